@@ -1,0 +1,13 @@
+//! The pure logic of mmr: no PostgreSQL, no I/O, plain unit tests.
+//!
+//! * [`hlc`]: hybrid logical clock arithmetic;
+//! * [`vv`]: per-row version vectors;
+//! * [`decide`]: what to do with an incoming change (apply, skip, conflict + LWW);
+//! * [`snapshot`]: `pg_snapshot` queue positions;
+//! * [`conninfo`]: rendering (and masking) libpq connection strings.
+
+pub mod conninfo;
+pub mod decide;
+pub mod hlc;
+pub mod snapshot;
+pub mod vv;
