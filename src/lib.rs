@@ -1,10 +1,40 @@
+//! mmr: multi-master replication for PostgreSQL.
+//!
+//! Layout: pure logic lives in the `mmr-core` crate; this crate is the PostgreSQL glue.
+//! `_PG_init` refuses to load unless preloaded, then registers settings, shared memory,
+//! the transaction callback and the launcher worker.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use pgrx::prelude::*;
+
+mod api;
+mod capture;
+mod catalog;
+mod clock;
+mod error;
+mod gucs;
+mod peer;
+mod queue;
+mod shmem;
+mod xact;
 
 ::pgrx::pg_module_magic!(name, version);
 
-#[pg_extern]
-fn hello() -> &'static str {
-    "hi"
+pgrx::extension_sql_file!("sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: reading a postmaster global while loading the library.
+    if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
+        error::MmrError::NotPreloaded.raise();
+    }
+    gucs::init();
+    // SAFETY: plain C call with a static string.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"mmr".as_ptr()) };
+    shmem::init();
+    xact::init();
 }
 
 #[cfg(test)]
@@ -13,6 +43,12 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec![
+            "shared_preload_libraries = 'mmr'",
+            "mmr.database = 'pgrx_tests'",
+        ]
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;

@@ -6,7 +6,11 @@ pub fn render(pairs: &[(String, String)], mask_password: bool) -> String {
     pairs
         .iter()
         .map(|(k, v)| {
-            let v = if mask_password && k == "password" { "********" } else { v.as_str() };
+            let v = if mask_password && k == "password" {
+                "********"
+            } else {
+                v.as_str()
+            };
             format!("{k}={}", quote(v))
         })
         .collect::<Vec<_>>()
@@ -16,7 +20,10 @@ pub fn render(pairs: &[(String, String)], mask_password: bool) -> String {
 /// Quotes a value the way libpq reads it back: single quotes around values that are
 /// empty or hold whitespace, quotes or backslashes; `'` and `\` escaped with `\`.
 pub fn quote(v: &str) -> String {
-    let plain = !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\');
+    let plain = !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\');
     if plain {
         return v.to_string();
     }
@@ -42,9 +49,19 @@ mod tests {
 
     #[test]
     fn masks_password_and_quotes() {
-        let pairs = vec![p("host", "db1"), p("password", "s3cr3t"), p("application_name", "a b'c")];
-        assert_eq!(render(&pairs, true), r"host=db1 password=******** application_name='a b\'c'");
-        assert_eq!(render(&pairs, false), r"host=db1 password=s3cr3t application_name='a b\'c'");
+        let pairs = vec![
+            p("host", "db1"),
+            p("password", "s3cr3t"),
+            p("application_name", "a b'c"),
+        ];
+        assert_eq!(
+            render(&pairs, true),
+            r"host=db1 password=******** application_name='a b\'c'"
+        );
+        assert_eq!(
+            render(&pairs, false),
+            r"host=db1 password=s3cr3t application_name='a b\'c'"
+        );
         assert_eq!(quote(""), "''");
     }
 }

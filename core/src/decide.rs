@@ -143,7 +143,9 @@ pub fn decide(op: Op, remote: &Version, local: &Local) -> Decision {
         Causality::After => Decision::Apply,
         Causality::Equal => Decision::Skip(Skip::Duplicate),
         Causality::Before => Decision::Skip(Skip::Stale),
-        Causality::Concurrent => Decision::Conflict(conflict(op, remote, local_version, local_deleted)),
+        Causality::Concurrent => {
+            Decision::Conflict(conflict(op, remote, local_version, local_deleted))
+        }
     }
 }
 
@@ -157,8 +159,18 @@ fn conflict(op: Op, remote: &Version, local: &Version, local_deleted: bool) -> C
         (Op::Delete, true) => ConflictKind::DeleteDelete,
     };
     let winner = lww_winner(remote, local);
-    let kept = if winner == Side::Remote { remote } else { local };
-    Conflict { kind, winner, hlc: kept.hlc, node: kept.node, vv: remote.vv.merged(&local.vv) }
+    let kept = if winner == Side::Remote {
+        remote
+    } else {
+        local
+    };
+    Conflict {
+        kind,
+        winner,
+        hlc: kept.hlc,
+        node: kept.node,
+        vv: remote.vv.merged(&local.vv),
+    }
 }
 
 /// Last-write-wins: the greater `(hlc, origin node)` wins. Two distinct versions never
@@ -177,46 +189,72 @@ mod tests {
     use super::*;
 
     fn v(hlc: i64, node: i32, flat: &[i64]) -> Version {
-        Version { hlc, node, vv: VersionVector::from_flat(flat).unwrap() }
+        Version {
+            hlc,
+            node,
+            vv: VersionVector::from_flat(flat).unwrap(),
+        }
     }
 
     #[test]
     fn absent_applies() {
-        assert_eq!(decide(Op::Update, &v(5, 1, &[1, 1]), &Local::Absent), Decision::Apply);
-        assert_eq!(decide(Op::Delete, &v(5, 1, &[1, 1]), &Local::Absent), Decision::Apply);
+        assert_eq!(
+            decide(Op::Update, &v(5, 1, &[1, 1]), &Local::Absent),
+            Decision::Apply
+        );
+        assert_eq!(
+            decide(Op::Delete, &v(5, 1, &[1, 1]), &Local::Absent),
+            Decision::Apply
+        );
     }
 
     #[test]
     fn causally_later_applies_even_with_smaller_stamp() {
         // The vector decides causality; the stamp only breaks true conflicts.
         let local = Local::Row(v(100, 2, &[1, 1]));
-        assert_eq!(decide(Op::Update, &v(50, 1, &[1, 2]), &local), Decision::Apply);
+        assert_eq!(
+            decide(Op::Update, &v(50, 1, &[1, 2]), &local),
+            Decision::Apply
+        );
     }
 
     #[test]
     fn stale_and_duplicate_skip() {
         let local = Local::Row(v(100, 2, &[1, 1, 2, 1]));
-        assert_eq!(decide(Op::Update, &v(50, 1, &[1, 1]), &local), Decision::Skip(Skip::Stale));
-        assert_eq!(decide(Op::Update, &v(100, 2, &[1, 1, 2, 1]), &local), Decision::Skip(Skip::Duplicate));
+        assert_eq!(
+            decide(Op::Update, &v(50, 1, &[1, 1]), &local),
+            Decision::Skip(Skip::Stale)
+        );
+        assert_eq!(
+            decide(Op::Update, &v(100, 2, &[1, 1, 2, 1]), &local),
+            Decision::Skip(Skip::Duplicate)
+        );
     }
 
     #[test]
     fn tombstone_blocks_stale_insert() {
         let local = Local::Tombstone(v(100, 2, &[1, 1, 2, 1]));
-        assert_eq!(decide(Op::Insert, &v(50, 1, &[1, 1]), &local), Decision::Skip(Skip::Stale));
+        assert_eq!(
+            decide(Op::Insert, &v(50, 1, &[1, 1]), &local),
+            Decision::Skip(Skip::Stale)
+        );
     }
 
     #[test]
     fn concurrent_update_lww_by_hlc_then_origin() {
         let local = Local::Row(v(100, 2, &[2, 1]));
-        let Decision::Conflict(c) = decide(Op::Update, &v(101, 1, &[1, 1]), &local) else { panic!() };
+        let Decision::Conflict(c) = decide(Op::Update, &v(101, 1, &[1, 1]), &local) else {
+            panic!()
+        };
         assert_eq!(c.kind, ConflictKind::UpdateUpdate);
         assert_eq!(c.winner, Side::Remote);
         assert_eq!((c.hlc, c.node), (101, 1));
         assert_eq!(c.vv.to_flat(), vec![1, 1, 2, 1]);
 
         // Equal stamps: the higher origin node id wins, whoever applies.
-        let Decision::Conflict(c) = decide(Op::Update, &v(100, 1, &[1, 1]), &local) else { panic!() };
+        let Decision::Conflict(c) = decide(Op::Update, &v(100, 1, &[1, 1]), &local) else {
+            panic!()
+        };
         assert_eq!(c.winner, Side::Local);
         assert_eq!((c.hlc, c.node), (100, 2));
     }
@@ -227,9 +265,16 @@ mod tests {
         // the same version with the same stamp and vector.
         let a = v(200, 1, &[1, 1]);
         let b = v(150, 2, &[2, 1]);
-        let Decision::Conflict(at_a) = decide(Op::Update, &b, &Local::Row(a.clone())) else { panic!() };
-        let Decision::Conflict(at_b) = decide(Op::Update, &a, &Local::Row(b.clone())) else { panic!() };
-        assert_eq!((at_a.hlc, at_a.node, &at_a.vv), (at_b.hlc, at_b.node, &at_b.vv));
+        let Decision::Conflict(at_a) = decide(Op::Update, &b, &Local::Row(a.clone())) else {
+            panic!()
+        };
+        let Decision::Conflict(at_b) = decide(Op::Update, &a, &Local::Row(b.clone())) else {
+            panic!()
+        };
+        assert_eq!(
+            (at_a.hlc, at_a.node, &at_a.vv),
+            (at_b.hlc, at_b.node, &at_b.vv)
+        );
         assert_eq!(at_a.winner, Side::Local);
         assert_eq!(at_b.winner, Side::Remote);
     }
@@ -256,7 +301,14 @@ mod tests {
     #[test]
     fn every_arrival_order_converges() {
         let versions = [v(300, 1, &[1, 1]), v(300, 3, &[3, 1]), v(250, 2, &[2, 1])];
-        let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
         let mut finals = Vec::new();
         for order in orders {
             let mut state = Local::Absent;
@@ -265,7 +317,11 @@ mod tests {
                 state = match decide(Op::Update, r, &state) {
                     Decision::Apply => Local::Row(r.clone()),
                     Decision::Skip(_) => state,
-                    Decision::Conflict(c) => Local::Row(Version { hlc: c.hlc, node: c.node, vv: c.vv }),
+                    Decision::Conflict(c) => Local::Row(Version {
+                        hlc: c.hlc,
+                        node: c.node,
+                        vv: c.vv,
+                    }),
                 };
             }
             finals.push(state);

@@ -52,17 +52,24 @@ impl VersionVector {
     /// and non-positive counters, so a damaged vector is never silently compared.
     pub fn from_flat(flat: &[i64]) -> Result<Self, VvError> {
         if flat.len() % 2 != 0 {
-            return Err(VvError(format!("version vector has odd length {}", flat.len())));
+            return Err(VvError(format!(
+                "version vector has odd length {}",
+                flat.len()
+            )));
         }
         let mut entries = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
             let (node, count) = (pair[0], pair[1]);
             if count <= 0 {
-                return Err(VvError(format!("version vector counter {count} for node {node} is not positive")));
+                return Err(VvError(format!(
+                    "version vector counter {count} for node {node} is not positive"
+                )));
             }
             if let Some(&(last, _)) = entries.last() {
                 if node <= last {
-                    return Err(VvError(format!("version vector node ids not strictly increasing at {node}")));
+                    return Err(VvError(format!(
+                        "version vector node ids not strictly increasing at {node}"
+                    )));
                 }
             }
             entries.push((node, count));
@@ -87,7 +94,11 @@ impl VersionVector {
         }
         let flat = inner
             .split(',')
-            .map(|s| s.trim().parse::<i64>().map_err(|e| VvError(format!("bad element {s:?}: {e}"))))
+            .map(|s| {
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|e| VvError(format!("bad element {s:?}: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Self::from_flat(&flat)
     }
@@ -124,7 +135,10 @@ impl VersionVector {
     /// The pointwise maximum: the vector of a version that has seen both.
     pub fn merged(&self, other: &Self) -> Self {
         let mut entries = Vec::with_capacity(self.entries.len().max(other.entries.len()));
-        let (mut a, mut b) = (self.entries.iter().peekable(), other.entries.iter().peekable());
+        let (mut a, mut b) = (
+            self.entries.iter().peekable(),
+            other.entries.iter().peekable(),
+        );
         loop {
             match (a.peek(), b.peek()) {
                 (Some(&&(na, ca)), Some(&&(nb, cb))) => match na.cmp(&nb) {
@@ -159,7 +173,10 @@ impl VersionVector {
     /// How `self` relates to `other`.
     pub fn compare(&self, other: &Self) -> Causality {
         let (mut less, mut greater) = (false, false);
-        let (mut a, mut b) = (self.entries.iter().peekable(), other.entries.iter().peekable());
+        let (mut a, mut b) = (
+            self.entries.iter().peekable(),
+            other.entries.iter().peekable(),
+        );
         loop {
             let (ca, cb) = match (a.peek(), b.peek()) {
                 (Some(&&(na, ca)), Some(&&(nb, cb))) => match na.cmp(&nb) {
@@ -213,7 +230,10 @@ mod tests {
         assert_eq!(v.to_flat(), vec![1, 3, 2, 5]);
         assert_eq!(v.to_pg_array(), "{1,3,2,5}");
         assert_eq!(VersionVector::parse_pg_array("{1,3,2,5}").unwrap(), v);
-        assert_eq!(VersionVector::parse_pg_array("{}").unwrap(), VersionVector::new());
+        assert_eq!(
+            VersionVector::parse_pg_array("{}").unwrap(),
+            VersionVector::new()
+        );
     }
 
     #[test]

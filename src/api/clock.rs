@@ -1,0 +1,25 @@
+use crate::error::MmrError;
+use pgrx::prelude::*;
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// A new stamp from this node's hybrid logical clock: greater than every stamp this node
+/// has issued or received.
+#[pg_extern(volatile, parallel_restricted)]
+fn hlc_now() -> i64 {
+    crate::clock::tick()
+}
+
+/// The wall-clock time of a stamp (its millisecond part).
+#[pg_extern(immutable, parallel_safe, strict)]
+fn hlc_to_timestamptz(hlc: i64) -> TimestampWithTimeZone {
+    let unix_us = mmr_core::hlc::millis(hlc.max(0) as u64) as i64 * 1000;
+    TimestampWithTimeZone::try_from(unix_us - PG_EPOCH_OFFSET_US).unwrap_or_else(|_| {
+        MmrError::InvalidName {
+            what: "stamp",
+            name: hlc.to_string(),
+        }
+        .raise()
+    })
+}

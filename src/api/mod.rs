@@ -1,0 +1,6 @@
+//! The SQL API: thin `#[pg_extern]` wrappers; the work happens in the modules they call.
+
+mod clock;
+mod node;
+mod peers;
+mod tables;

@@ -1,0 +1,235 @@
+//! `mmr.replicate`, `mmr.unreplicate`, `mmr.set_resolver`.
+
+use crate::capture::meta::{primary_key, qualified_name};
+use crate::catalog;
+use crate::error::{MmrError, OrRaise, Result};
+use pgrx::prelude::*;
+
+/// Columns mmr adds to a replicated table.
+const MMR_COLUMNS: [&str; 3] = ["mmr_hlc", "mmr_node", "mmr_vv"];
+
+#[pg_extern]
+fn _replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
+    replicate(tbl, resolver).or_raise()
+}
+
+#[pg_extern]
+fn _unreplicate(tbl: pg_sys::Oid) {
+    unreplicate(tbl).or_raise()
+}
+
+#[pg_extern]
+fn _set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
+    set_resolver(tbl, resolver).or_raise()
+}
+
+fn internal(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Internal(e.to_string())
+}
+
+fn is_replicated(tbl: pg_sys::Oid) -> Result<bool> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = $1::oid)",
+        &[tbl.into()],
+    )
+    .map(|b| b.unwrap_or(false))
+    .map_err(internal)
+}
+
+/// Refuses anything but an ordinary, permanent, logged table with a primary key and no
+/// column names of mmr's own.
+fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
+    let (kind, persistence) = Spi::get_two_with_args::<i8, i8>(
+        "SELECT relkind, relpersistence FROM pg_catalog.pg_class WHERE oid = $1",
+        &[tbl.into()],
+    )
+    .map_err(internal)?;
+    let kind = match kind.map(|k| k as u8 as char) {
+        Some('r') => None,
+        Some('p') => Some("a partitioned table"),
+        Some('v') => Some("a view"),
+        Some('m') => Some("a materialized view"),
+        Some('f') => Some("a foreign table"),
+        Some('S') => Some("a sequence"),
+        Some('i') | Some('I') => Some("an index"),
+        _ => Some("not an ordinary relation"),
+    };
+    if let Some(kind) = kind {
+        return Err(MmrError::NotATable {
+            tbl: name.into(),
+            kind,
+        });
+    }
+    match persistence.map(|p| p as u8 as char) {
+        Some('t') => return Err(MmrError::TemporaryTable(name.into())),
+        Some('u') => return Err(MmrError::UnloggedTable(name.into())),
+        _ => {}
+    }
+    if primary_key(tbl)?.is_empty() {
+        return Err(MmrError::NoPrimaryKey(name.into()));
+    }
+    for column in MMR_COLUMNS {
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+             WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped)",
+            &[tbl.into(), column.into()],
+        )
+        .map_err(internal)?
+        .unwrap_or(false);
+        if exists {
+            return Err(MmrError::ReservedColumn {
+                tbl: name.into(),
+                column: column.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `resolver` is `f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t`.
+pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
+    let shown = Spi::get_one_with_args::<String>(
+        "SELECT $1::pg_catalog.regprocedure::text",
+        &[resolver.into()],
+    )
+    .map_err(internal)?
+    .unwrap_or_else(|| u32::from(resolver).to_string());
+    let bad = |problem: String| MmrError::BadResolver {
+        resolver: shown.clone(),
+        problem,
+    };
+    let row = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT p.prokind::text, p.proretset, p.prorettype::regtype::text, \
+                    (p.prorettype = c.reltype), p.pronargs::int4, \
+                    (SELECT array_agg(format_type(a, NULL) ORDER BY n) FROM unnest(p.proargtypes) WITH ORDINALITY u(a, n)), \
+                    (SELECT array_agg(a = CASE WHEN n = 4 THEN 'mmr.conflict_info'::regtype ELSE c.reltype END ORDER BY n) \
+                       FROM unnest(p.proargtypes) WITH ORDINALITY u(a, n)) \
+             FROM pg_catalog.pg_proc p, pg_catalog.pg_class c WHERE p.oid = $1 AND c.oid = $2",
+            None,
+            &[resolver.into(), tbl.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::SpiError>(Some((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<bool>(2)?.unwrap_or(false),
+            r.get::<String>(3)?.unwrap_or_default(),
+            r.get::<bool>(4)?.unwrap_or(false),
+            r.get::<i32>(5)?.unwrap_or(0),
+            r.get::<Vec<String>>(6)?.unwrap_or_default(),
+            r.get::<Vec<bool>>(7)?.unwrap_or_default(),
+        )))
+    })
+    .map_err(internal)?;
+    let Some((kind, retset, rettype, ret_ok, nargs, argtypes, args_ok)) = row else {
+        return Err(bad("function does not exist".into()));
+    };
+    let table = qualified_name(tbl)?;
+    if kind != "f" {
+        return Err(bad("it is not a plain function".into()));
+    }
+    if nargs != 4 {
+        return Err(bad(format!(
+            "it takes {nargs} arguments, a resolver takes 4"
+        )));
+    }
+    let expected = [
+        table.as_str(),
+        table.as_str(),
+        table.as_str(),
+        "mmr.conflict_info",
+    ];
+    for (i, ok) in args_ok.iter().enumerate() {
+        if !ok {
+            let got = argtypes.get(i).map(String::as_str).unwrap_or("?");
+            return Err(bad(format!(
+                "argument {} is {got}, expected {}",
+                i + 1,
+                expected[i]
+            )));
+        }
+    }
+    if retset || !ret_ok {
+        let got = if retset {
+            format!("SETOF {rettype}")
+        } else {
+            rettype
+        };
+        return Err(bad(format!("it returns {got}, expected {table}")));
+    }
+    Ok(())
+}
+
+fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
+    catalog::require_node()?;
+    let name = qualified_name(tbl)?;
+    if is_replicated(tbl)? {
+        return Err(MmrError::AlreadyReplicated(name));
+    }
+    check_table(tbl, &name)?;
+    if let Some(r) = resolver {
+        check_resolver(tbl, r)?;
+    }
+    // Existing rows get the "unknown history" version: stamp 0, node 0, empty vector.
+    // Any write from any node dominates it, and nodes that loaded the same data before
+    // replicating hold identical mmr columns. Defaults make this instant (no rewrite).
+    let ddl = format!(
+        "ALTER TABLE {name} ADD COLUMN mmr_hlc bigint NOT NULL DEFAULT 0, \
+           ADD COLUMN mmr_node integer NOT NULL DEFAULT 0, \
+           ADD COLUMN mmr_vv bigint[] NOT NULL DEFAULT '{{}}'; \
+         CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE ON {name} \
+           FOR EACH ROW EXECUTE FUNCTION mmr.stamp(); \
+         CREATE TRIGGER zz_mmr_capture AFTER INSERT OR UPDATE OR DELETE ON {name} \
+           FOR EACH ROW EXECUTE FUNCTION mmr.capture(); \
+         CREATE TRIGGER zz_mmr_truncate BEFORE TRUNCATE ON {name} \
+           FOR EACH STATEMENT EXECUTE FUNCTION mmr.refuse_truncate()"
+    );
+    Spi::run(&ddl).map_err(internal)?;
+    Spi::run_with_args(
+        "INSERT INTO mmr.replicated_table (relid, resolver) VALUES ($1::oid, $2::oid)",
+        &[tbl.into(), resolver.into()],
+    )
+    .map_err(internal)
+}
+
+fn unreplicate(tbl: pg_sys::Oid) -> Result<()> {
+    let name = qualified_name(tbl)?;
+    if !is_replicated(tbl)? {
+        return Err(MmrError::NotReplicated(name));
+    }
+    let ddl = format!(
+        "DROP TRIGGER zz_mmr_stamp ON {name}; \
+         DROP TRIGGER zz_mmr_capture ON {name}; \
+         DROP TRIGGER zz_mmr_truncate ON {name}; \
+         ALTER TABLE {name} DROP COLUMN mmr_hlc, DROP COLUMN mmr_node, DROP COLUMN mmr_vv"
+    );
+    Spi::run(&ddl).map_err(internal)?;
+    Spi::run_with_args(
+        "DELETE FROM mmr.tombstone WHERE relid = $1::oid",
+        &[tbl.into()],
+    )
+    .map_err(internal)?;
+    Spi::run_with_args(
+        "DELETE FROM mmr.replicated_table WHERE relid = $1::oid",
+        &[tbl.into()],
+    )
+    .map_err(internal)
+}
+
+fn set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
+    let name = qualified_name(tbl)?;
+    if !is_replicated(tbl)? {
+        return Err(MmrError::NotReplicated(name));
+    }
+    if let Some(r) = resolver {
+        check_resolver(tbl, r)?;
+    }
+    Spi::run_with_args(
+        "UPDATE mmr.replicated_table SET resolver = $2::oid WHERE relid = $1::oid",
+        &[tbl.into(), resolver.into()],
+    )
+    .map_err(internal)
+}

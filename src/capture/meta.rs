@@ -1,0 +1,238 @@
+//! What the capture triggers need to know about a replicated table, cached per backend:
+//! attribute numbers of the mmr columns, the primary key, and prepared statements.
+//!
+//! Entries are dropped when PostgreSQL invalidates the table's relcache entry (any
+//! ALTER TABLE, replicate/unreplicate, a changed primary key), so a cached attribute
+//! number is never used against a changed table. The invalidation callback only marks
+//! entries stale; they are dropped at the next lookup, never while a plan may be running.
+
+use crate::error::{MmrError, Result};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub struct TableMeta {
+    /// `"schema"."table"`: the table's identity across nodes.
+    pub name: String,
+    pub relid: pg_sys::Oid,
+    /// The table's composite type, for passing whole rows to SQL.
+    pub rowtype: pg_sys::Oid,
+    pub att_hlc: i32,
+    pub att_node: i32,
+    pub att_vv: i32,
+    /// Primary-key columns: attribute number, type, name (in key order).
+    pub pk: Vec<(i32, pg_sys::Oid, String)>,
+    /// INSERT INTO mmr.queue (...): $1 op, $2 hlc, $3 vv, $4 new row, $5 old row.
+    pub enqueue: OwnedPreparedStatement,
+    /// Removes and returns the tombstone of a key: $1.. the key columns.
+    pub take_tombstone: OwnedPreparedStatement,
+    /// Writes the tombstone of a key: $1 hlc, $2 node, $3 vv, $4.. the key columns.
+    pub put_tombstone: OwnedPreparedStatement,
+}
+
+struct Entry {
+    meta: Rc<TableMeta>,
+    stale: bool,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<pg_sys::Oid, Entry>> = RefCell::new(HashMap::new());
+    static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    CACHE.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            for (oid, e) in c.iter_mut() {
+                if relid == pg_sys::InvalidOid || *oid == relid {
+                    e.stale = true;
+                }
+            }
+        }
+    });
+}
+
+fn ensure_callback() {
+    CALLBACK_REGISTERED.with(|r| {
+        if !*r.borrow() {
+            // SAFETY: registering a backend-lifetime callback; the function is 'static.
+            unsafe {
+                pg_sys::CacheRegisterRelcacheCallback(
+                    Some(on_relcache_invalidation),
+                    pg_sys::Datum::from(0),
+                )
+            };
+            *r.borrow_mut() = true;
+        }
+    });
+}
+
+/// The cached metadata of `rel`, building it (inside the caller's SPI connection) if needed.
+pub fn lookup(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<Rc<TableMeta>> {
+    ensure_callback();
+    // SAFETY: the trigger manager hands us an open relation.
+    let relid = unsafe { (*rel).rd_id };
+    let cached = CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        match c.get(&relid) {
+            Some(e) if !e.stale => Some(e.meta.clone()),
+            Some(_) => {
+                c.remove(&relid);
+                None
+            }
+            None => None,
+        }
+    });
+    if let Some(m) = cached {
+        return Ok(m);
+    }
+    let meta = Rc::new(build(client, rel)?);
+    CACHE.with(|c| {
+        c.borrow_mut().insert(
+            relid,
+            Entry {
+                meta: meta.clone(),
+                stale: false,
+            },
+        )
+    });
+    Ok(meta)
+}
+
+fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i32> {
+    // SAFETY: rd_att describes natts attributes.
+    unsafe {
+        let desc = (*rel).rd_att;
+        for i in 0..(*desc).natts as usize {
+            let att = (*desc).attrs.as_ptr().add(i);
+            if !(*att).attisdropped && pgrx::name_data_to_str(&(*att).attname) == name {
+                return Some(i as i32 + 1);
+            }
+        }
+    }
+    None
+}
+
+fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
+    // SAFETY: open relation from the trigger manager.
+    let (relid, rowtype) = unsafe { ((*rel).rd_id, (*(*rel).rd_rel).reltype) };
+    let name = qualified_name(relid)?;
+    let missing =
+        |c: &str| MmrError::Internal(format!("replicated table {name} has no column {c}"));
+    let att_hlc = attnum(rel, "mmr_hlc").ok_or_else(|| missing("mmr_hlc"))?;
+    let att_node = attnum(rel, "mmr_node").ok_or_else(|| missing("mmr_node"))?;
+    let att_vv = attnum(rel, "mmr_vv").ok_or_else(|| missing("mmr_vv"))?;
+    let pk = primary_key(relid)?;
+    if pk.is_empty() {
+        return Err(MmrError::NoPrimaryKey(name));
+    }
+    let key_expr = |first_param: usize| -> String {
+        let parts: Vec<String> = pk
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, col))| {
+                format!("{}, ${}", pgrx::spi::quote_literal(col), first_param + i)
+            })
+            .collect();
+        format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
+    };
+    let pk_types: Vec<PgOid> = pk.iter().map(|(_, t, _)| PgOid::from(*t)).collect();
+    let prepare = |sql: String, types: Vec<PgOid>| -> Result<OwnedPreparedStatement> {
+        client
+            .prepare_mut(sql.as_str(), &types)
+            .map(|p| p.keep())
+            .map_err(|e| MmrError::Internal(format!("preparing capture statement for {name}: {e}")))
+    };
+    let enqueue = prepare(
+        format!(
+            "INSERT INTO mmr.queue (tbl, op, hlc, vv, new_row, old_row) \
+             VALUES ({}, $1, $2, $3, pg_catalog.to_jsonb($4), pg_catalog.to_jsonb($5))",
+            pgrx::spi::quote_literal(&name)
+        ),
+        vec![
+            PgOid::from(pg_sys::CHAROID),
+            PgOid::from(pg_sys::INT8OID),
+            PgOid::from(pg_sys::INT8ARRAYOID),
+            PgOid::from(rowtype),
+            PgOid::from(rowtype),
+        ],
+    )?;
+    let take_tombstone = prepare(
+        format!(
+            "DELETE FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {} RETURNING vv",
+            u32::from(relid),
+            key_expr(1)
+        ),
+        pk_types.clone(),
+    )?;
+    let mut put_types = vec![
+        PgOid::from(pg_sys::INT8OID),
+        PgOid::from(pg_sys::INT4OID),
+        PgOid::from(pg_sys::INT8ARRAYOID),
+    ];
+    put_types.extend(pk_types);
+    let put_tombstone = prepare(
+        format!(
+            "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
+             VALUES ({}::pg_catalog.oid, {}, $1, $2, $3) \
+             ON CONFLICT (relid, pk) DO UPDATE \
+             SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, deleted_at = excluded.deleted_at",
+            u32::from(relid),
+            key_expr(4)
+        ),
+        put_types,
+    )?;
+    Ok(TableMeta {
+        name,
+        relid,
+        rowtype,
+        att_hlc,
+        att_node,
+        att_vv,
+        pk,
+        enqueue,
+        take_tombstone,
+        put_tombstone,
+    })
+}
+
+/// `"schema"."table"` of a relation: how nodes name a table to each other.
+pub fn qualified_name(relid: pg_sys::Oid) -> Result<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
+    .ok_or_else(|| MmrError::Internal(format!("relation {} not found", u32::from(relid))))
+}
+
+/// The primary-key columns of a table, in key order: (attnum, type, name).
+pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<(i32, pg_sys::Oid, String)>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT a.attnum::int4, a.atttypid, a.attname::text \
+             FROM pg_catalog.pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+            None,
+            &[relid.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push((
+                row.get::<i32>(1)?.unwrap_or(0),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<String>(3)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .map_err(|e| MmrError::Internal(format!("reading primary key: {e}")))
+}

@@ -1,0 +1,432 @@
+//! Capture of local writes on replicated tables.
+//!
+//! Two row triggers, written in Rust:
+//! * `mmr.stamp()` (BEFORE INSERT OR UPDATE) sets `mmr_hlc`/`mmr_node` to a fresh clock
+//!   stamp and this node, and `mmr_vv` to the previous version's vector with this node's
+//!   entry incremented. For a new key the previous version is the key's tombstone, if it
+//!   was deleted before: a re-inserted key continues the deleted row's history, otherwise
+//!   peers holding the tombstone would judge the new row stale.
+//! * `mmr.capture()` (AFTER INSERT OR UPDATE OR DELETE) writes the change to `mmr.queue`
+//!   in the same transaction, and a tombstone for deletes. A primary-key update is a
+//!   delete of the old key plus an insert of the new one.
+//!
+//! Both fire only for local writes: the apply worker runs with
+//! `session_replication_role = replica`, which skips ordinary triggers, so applied
+//! changes are never captured again.
+
+pub mod meta;
+
+use crate::catalog;
+use crate::clock;
+use crate::error::{MmrError, OrRaise, Result};
+use meta::TableMeta;
+use mmr_core::vv::VersionVector;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// Runs SPI work as the bootstrap superuser: a replicated table is written by ordinary
+/// roles, but the queue and tombstones are not theirs to touch. Restored on drop (and
+/// by transaction abort if an ERROR unwinds).
+pub struct AsSuperuser {
+    uid: pg_sys::Oid,
+    sec: i32,
+}
+
+impl AsSuperuser {
+    pub fn enter() -> AsSuperuser {
+        let (mut uid, mut sec) = (pg_sys::InvalidOid, 0);
+        // SAFETY: plain reads/writes of the backend's user id.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut uid, &mut sec);
+            pg_sys::SetUserIdAndSecContext(
+                pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+                sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+        AsSuperuser { uid, sec }
+    }
+}
+
+impl Drop for AsSuperuser {
+    fn drop(&mut self) {
+        // SAFETY: restores what enter() saved.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.uid, self.sec) };
+    }
+}
+
+/// The trigger data of a trigger call, or an error when called otherwise.
+///
+/// # Safety
+/// `fcinfo` must be the call info of a function invoked by the fmgr.
+unsafe fn trigger_data<'a>(fcinfo: pg_sys::FunctionCallInfo) -> &'a pg_sys::TriggerData {
+    // SAFETY: the caller passes the fmgr's fcinfo; context is checked before the cast.
+    unsafe {
+        if !pgrx::trigger_support::called_as_trigger(fcinfo) {
+            MmrError::Internal("mmr trigger functions can only be called as triggers".into())
+                .raise();
+        }
+        &*((*fcinfo).context as *const pg_sys::TriggerData)
+    }
+}
+
+fn event_is(ev: u32, what: u32) -> bool {
+    ev & pg_sys::TRIGGER_EVENT_OPMASK == what
+}
+
+/// Reads attribute `att` of a tuple.
+///
+/// # Safety
+/// `tuple` must be a valid tuple described by `rel`'s descriptor.
+unsafe fn attr(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, att: i32) -> Option<pg_sys::Datum> {
+    let mut isnull = false;
+    // SAFETY: guaranteed by the caller.
+    let d = unsafe { pg_sys::heap_getattr(tuple, att, (*rel).rd_att, &mut isnull) };
+    (!isnull).then_some(d)
+}
+
+/// The version vector stored in a row.
+///
+/// # Safety
+/// As for [`attr`].
+unsafe fn row_vv(
+    rel: pg_sys::Relation,
+    meta: &TableMeta,
+    tuple: pg_sys::HeapTuple,
+) -> Result<VersionVector> {
+    // SAFETY: guaranteed by the caller; mmr_vv is a bigint[].
+    let flat =
+        unsafe { attr(rel, tuple, meta.att_vv).and_then(|d| Vec::<i64>::from_datum(d, false)) };
+    VersionVector::from_flat(&flat.unwrap_or_default())
+        .map_err(|e| MmrError::Internal(format!("{}: damaged mmr_vv: {e}", meta.name)))
+}
+
+/// # Safety
+/// As for [`attr`].
+unsafe fn row_hlc(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> i64 {
+    // SAFETY: guaranteed by the caller; mmr_hlc is a bigint.
+    unsafe {
+        attr(rel, tuple, meta.att_hlc)
+            .and_then(|d| i64::from_datum(d, false))
+            .unwrap_or(0)
+    }
+}
+
+/// The primary-key values of a tuple as SPI arguments.
+///
+/// # Safety
+/// As for [`attr`].
+unsafe fn key_args(
+    rel: pg_sys::Relation,
+    meta: &TableMeta,
+    tuple: pg_sys::HeapTuple,
+) -> Vec<DatumWithOid<'static>> {
+    meta.pk
+        .iter()
+        .map(|&(att, typ, _)| {
+            // SAFETY: guaranteed by the caller; the datum lives as long as the tuple,
+            // which outlives the SPI call it is passed to.
+            unsafe { raw_arg(attr(rel, tuple, att), typ) }
+        })
+        .collect()
+}
+
+/// A raw datum (or NULL) of type `typ` as an SPI argument.
+///
+/// # Safety
+/// The datum must be a valid value of `typ` that outlives the SPI call.
+unsafe fn raw_arg(d: Option<pg_sys::Datum>, typ: pg_sys::Oid) -> DatumWithOid<'static> {
+    match d {
+        // SAFETY: guaranteed by the caller.
+        Some(d) => unsafe { DatumWithOid::new(d, typ) },
+        None => DatumWithOid::null_oid(typ),
+    }
+}
+
+/// Whether an UPDATE changed the primary key (binary comparison of the key columns).
+///
+/// # Safety
+/// As for [`attr`], for both tuples.
+unsafe fn key_changed(
+    rel: pg_sys::Relation,
+    meta: &TableMeta,
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+) -> bool {
+    meta.pk.iter().any(|&(att, _, _)| {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let a = attr(rel, old, att);
+            let b = attr(rel, new, att);
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let desc = (*rel).rd_att;
+                    let f = (*desc).attrs.as_ptr().add(att as usize - 1);
+                    !same_image(a, b, (*f).attbyval, (*f).attlen)
+                }
+                (None, None) => false,
+                _ => true,
+            }
+        }
+    })
+}
+
+/// Whether two values of a column are the same value image, looking through TOAST
+/// compression (a recompressed but unchanged key must not count as a key change: that
+/// would restart the row's version vector).
+///
+/// # Safety
+/// Both datums must be valid values of a type with the given `byval`/`len`.
+unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
+    if byval {
+        return a == b;
+    }
+    // SAFETY: guaranteed by the caller; by-reference datums are pointers.
+    unsafe {
+        let (pa, pb) = (a.cast_mut_ptr::<u8>(), b.cast_mut_ptr::<u8>());
+        let bytes = |p: *mut u8| -> &[u8] {
+            let v = pg_sys::pg_detoast_datum_packed(p as *mut pg_sys::varlena);
+            std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(v) as *const u8,
+                pgrx::varlena::varsize_any_exhdr(v),
+            )
+        };
+        match len {
+            n if n > 0 => {
+                std::slice::from_raw_parts(pa, n as usize)
+                    == std::slice::from_raw_parts(pb, n as usize)
+            }
+            -1 => bytes(pa) == bytes(pb),
+            _ => {
+                std::ffi::CStr::from_ptr(pa as *const std::ffi::c_char)
+                    == std::ffi::CStr::from_ptr(pb as *const std::ffi::c_char)
+            }
+        }
+    }
+}
+
+/// Removes the key's tombstone, returning its version vector (empty if there was none).
+fn take_tombstone(
+    client: &mut SpiClient<'_>,
+    meta: &TableMeta,
+    key: &[DatumWithOid<'_>],
+) -> Result<VersionVector> {
+    let flat = client
+        .update(&meta.take_tombstone, None, key)
+        .and_then(|t| {
+            if t.is_empty() {
+                Ok(None)
+            } else {
+                t.first().get_one::<Vec<i64>>()
+            }
+        })
+        .map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
+    VersionVector::from_flat(&flat.unwrap_or_default())
+        .map_err(|e| MmrError::Internal(format!("{}: damaged tombstone vector: {e}", meta.name)))
+}
+
+/// `mmr.stamp()`: BEFORE INSERT OR UPDATE row trigger. See the module documentation.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn mmr_stamp(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: called by the fmgr as a trigger (checked by trigger_data).
+    unsafe { stamp(trigger_data(fcinfo)).or_raise() }
+}
+
+unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
+    let ev = td.tg_event;
+    let rel = td.tg_relation;
+    let node = catalog::require_node()?.node_id;
+    let is_insert = event_is(ev, pg_sys::TRIGGER_EVENT_INSERT);
+    let new_tuple = if is_insert {
+        td.tg_trigtuple
+    } else {
+        td.tg_newtuple
+    };
+    let (meta, base) = Spi::connect_mut(|client| -> Result<_> {
+        let _su = AsSuperuser::enter();
+        let meta = meta::lookup(client, rel)?;
+        // SAFETY: trigger tuples of `rel`, valid during the trigger call.
+        let base = unsafe {
+            if is_insert || key_changed(rel, &meta, td.tg_trigtuple, td.tg_newtuple) {
+                take_tombstone(client, &meta, &key_args(rel, &meta, new_tuple))?
+            } else {
+                row_vv(rel, &meta, td.tg_trigtuple)?
+            }
+        };
+        Ok((meta, base))
+    })?;
+    let vv = base.incremented(node as i64);
+    let hlc = clock::tick();
+    let mut cols = [meta.att_hlc, meta.att_node, meta.att_vv];
+    let mut values = [
+        hlc.into_datum().unwrap(),
+        node.into_datum().unwrap(),
+        vv.to_flat()
+            .into_datum()
+            .ok_or_else(|| MmrError::Internal("building mmr_vv".into()))?,
+    ];
+    let mut nulls = [false; 3];
+    // SAFETY: builds a modified copy of the trigger's new tuple in the current (per-tuple)
+    // memory context, outside the SPI connection, as the trigger manager expects.
+    let modified = unsafe {
+        pg_sys::heap_modify_tuple_by_cols(
+            new_tuple,
+            (*rel).rd_att,
+            3,
+            cols.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        )
+    };
+    Ok(pg_sys::Datum::from(modified))
+}
+
+/// `mmr.capture()`: AFTER INSERT OR UPDATE OR DELETE row trigger. See the module documentation.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn mmr_capture(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: called by the fmgr as a trigger (checked by trigger_data).
+    unsafe { capture(trigger_data(fcinfo)).or_raise() };
+    pg_sys::Datum::from(0)
+}
+
+unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
+    let ev = td.tg_event;
+    let rel = td.tg_relation;
+    let node = catalog::require_node()?.node_id;
+    Spi::connect_mut(|client| -> Result<()> {
+        let _su = AsSuperuser::enter();
+        let meta = meta::lookup(client, rel)?;
+        // SAFETY: trigger tuples of `rel`, valid during the trigger call.
+        unsafe {
+            if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) {
+                let new = td.tg_trigtuple;
+                enqueue(
+                    client,
+                    &meta,
+                    rel,
+                    'I',
+                    row_hlc(rel, &meta, new),
+                    &row_vv(rel, &meta, new)?,
+                    Some(new),
+                    None,
+                )?;
+            } else if event_is(ev, pg_sys::TRIGGER_EVENT_UPDATE) {
+                let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
+                let (hlc, vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
+                if key_changed(rel, &meta, old, new) {
+                    record_delete(client, &meta, rel, node, old)?;
+                    enqueue(client, &meta, rel, 'I', hlc, &vv, Some(new), None)?;
+                } else {
+                    enqueue(client, &meta, rel, 'U', hlc, &vv, Some(new), Some(old))?;
+                }
+            } else if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
+                record_delete(client, &meta, rel, node, td.tg_trigtuple)?;
+            }
+        }
+        Ok(())
+    })?;
+    crate::xact::note_queued();
+    Ok(())
+}
+
+/// Queues the deletion of `old`'s key and leaves its tombstone. The deletion is a new
+/// version of the row: a fresh stamp, and the row's vector with this node incremented.
+///
+/// # Safety
+/// `old` must be a valid tuple of `rel`.
+unsafe fn record_delete(
+    client: &mut SpiClient<'_>,
+    meta: &TableMeta,
+    rel: pg_sys::Relation,
+    node: i32,
+    old: pg_sys::HeapTuple,
+) -> Result<()> {
+    // SAFETY: guaranteed by the caller.
+    let vv = unsafe { row_vv(rel, meta, old)? }.incremented(node as i64);
+    let hlc = clock::tick();
+    let mut args: Vec<DatumWithOid> = vec![hlc.into(), node.into(), vv.to_flat().into()];
+    // SAFETY: guaranteed by the caller.
+    args.extend(unsafe { key_args(rel, meta, old) });
+    client
+        .update(&meta.put_tombstone, None, &args)
+        .map_err(|e| MmrError::Internal(format!("writing tombstone of {}: {e}", meta.name)))?;
+    // SAFETY: guaranteed by the caller.
+    unsafe { enqueue(client, meta, rel, 'D', hlc, &vv, None, Some(old)) }
+}
+
+/// Writes one change to `mmr.queue`.
+///
+/// # Safety
+/// `new`/`old` must be valid tuples of `rel`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn enqueue(
+    client: &mut SpiClient<'_>,
+    meta: &TableMeta,
+    rel: pg_sys::Relation,
+    op: char,
+    hlc: i64,
+    vv: &VersionVector,
+    new: Option<pg_sys::HeapTuple>,
+    old: Option<pg_sys::HeapTuple>,
+) -> Result<()> {
+    // SAFETY: guaranteed by the caller; the composite datums are palloc'd copies in the
+    // SPI context, alive until the statement below has run.
+    let row = |t: Option<pg_sys::HeapTuple>| unsafe {
+        raw_arg(
+            t.map(|t| pg_sys::heap_copy_tuple_as_datum(t, (*rel).rd_att)),
+            meta.rowtype,
+        )
+    };
+    let args: Vec<DatumWithOid> = vec![
+        (op as u8 as i8).into(),
+        hlc.into(),
+        vv.to_flat().into(),
+        row(new),
+        row(old),
+    ];
+    client
+        .update(&meta.enqueue, None, &args)
+        .map_err(|e| MmrError::Internal(format!("queueing change of {}: {e}", meta.name)))?;
+    Ok(())
+}
+
+/// `mmr.refuse_truncate()`: BEFORE TRUNCATE statement trigger.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn mmr_refuse_truncate(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: called by the fmgr as a trigger (checked by trigger_data).
+    let relid = unsafe { (*trigger_data(fcinfo).tg_relation).rd_id };
+    let name = meta::qualified_name(relid).unwrap_or_else(|_| u32::from(relid).to_string());
+    MmrError::TruncateRefused(name).raise()
+}
+
+macro_rules! finfo_v1 {
+    ($($name:ident),*) => {$(
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    )*};
+}
+finfo_v1!(
+    pg_finfo_mmr_stamp,
+    pg_finfo_mmr_capture,
+    pg_finfo_mmr_refuse_truncate
+);
+
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION mmr.stamp() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'mmr_stamp';
+COMMENT ON FUNCTION mmr.stamp() IS 'mmr: stamps local writes with the clock and the row''s version vector.';
+CREATE FUNCTION mmr.capture() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'mmr_capture';
+COMMENT ON FUNCTION mmr.capture() IS 'mmr: queues local writes for the peers.';
+CREATE FUNCTION mmr.refuse_truncate() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'mmr_refuse_truncate';
+"#,
+    name = "capture_triggers",
+    requires = ["schema"]
+);

@@ -1,0 +1,65 @@
+//! Reading mmr's own catalog: this node's identity and the replicated tables.
+
+use crate::error::{MmrError, Result};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+
+/// This node's identity.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub node_id: i32,
+}
+
+thread_local! {
+    /// Cached per backend: a node's identity never changes once set.
+    static NODE: RefCell<Option<NodeIdentity>> = const { RefCell::new(None) };
+}
+
+/// This node's identity, if `mmr.init_node` has run.
+pub fn node_identity() -> Option<NodeIdentity> {
+    if let Some(n) = NODE.with(|n| n.borrow().clone()) {
+        return Some(n);
+    }
+    let row = Spi::get_two::<String, i32>("SELECT name, node_id FROM mmr.node").ok()?;
+    let node = match row {
+        (Some(name), Some(node_id)) => NodeIdentity { name, node_id },
+        _ => return None,
+    };
+    NODE.with(|n| *n.borrow_mut() = Some(node.clone()));
+    Some(node)
+}
+
+/// This node's identity, or the error telling the user to run `mmr.init_node`.
+pub fn require_node() -> Result<NodeIdentity> {
+    node_identity().ok_or(MmrError::NodeNotInitialized)
+}
+
+/// Forgets the cached identity (after `init_node` in this backend).
+pub fn forget_node_identity() {
+    NODE.with(|n| *n.borrow_mut() = None);
+}
+
+/// Names of nodes, peers: what `mmr.init_node` and `mmr.add_peer` accept.
+pub fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// The first column of the first row of `sql`, or `None` when there is no row (or it
+/// is NULL). `Spi::get_one` treats "no row" as an error; here it is an answer.
+pub fn select_opt<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> std::result::Result<Option<T>, pgrx::spi::SpiError> {
+    Spi::connect(|c| {
+        let t = c.select(sql, Some(1), args)?;
+        if t.is_empty() {
+            Ok(None)
+        } else {
+            t.first().get_one::<T>()
+        }
+    })
+}

@@ -1,0 +1,172 @@
+//! Every error mmr raises: one enum, each variant with its SQLSTATE, message, detail
+//! and hint, so a DBA gets the same quality of message from every entry point.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgLogLevel;
+use pgrx::PgSqlErrorCode as Code;
+
+#[derive(Debug, Clone)]
+pub enum MmrError {
+    NotPreloaded,
+    NodeNotInitialized,
+    NodeAlreadyInitialized { name: String, node_id: i32 },
+    InvalidNodeId(i32),
+    InvalidName { what: &'static str, name: String },
+    PeerExists(String),
+    PeerIsSelf(String),
+    UnknownPeer(String),
+    BadConninfo(String),
+    NotATable { tbl: String, kind: &'static str },
+    TemporaryTable(String),
+    UnloggedTable(String),
+    NoPrimaryKey(String),
+    AlreadyReplicated(String),
+    NotReplicated(String),
+    ReservedColumn { tbl: String, column: String },
+    BadResolver { resolver: String, problem: String },
+    TruncateRefused(String),
+    UnknownConflict(i64),
+    Internal(String),
+}
+
+use MmrError::*;
+
+impl MmrError {
+    fn code(&self) -> Code {
+        match self {
+            NotPreloaded | NodeNotInitialized => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            NodeAlreadyInitialized { .. } | PeerExists(_) | AlreadyReplicated(_) => {
+                Code::ERRCODE_DUPLICATE_OBJECT
+            }
+            InvalidNodeId(_) | InvalidName { .. } | PeerIsSelf(_) | BadConninfo(_) => {
+                Code::ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            UnknownPeer(_) | NotReplicated(_) | UnknownConflict(_) => {
+                Code::ERRCODE_UNDEFINED_OBJECT
+            }
+            NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
+            TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) => {
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED
+            }
+            NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
+            Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            NotPreloaded => "mmr must be loaded via shared_preload_libraries".into(),
+            NodeNotInitialized => "this node has no mmr identity yet".into(),
+            NodeAlreadyInitialized { name, node_id } => {
+                format!("this node is already initialized as \"{name}\" (node_id {node_id})")
+            }
+            InvalidNodeId(id) => format!("node_id {id} is out of range"),
+            InvalidName { what, name } => format!("invalid {what} name \"{name}\""),
+            PeerExists(name) => format!("peer \"{name}\" already exists"),
+            PeerIsSelf(name) => format!("\"{name}\" is the name of this node, not of a peer"),
+            UnknownPeer(name) => format!("peer \"{name}\" does not exist"),
+            BadConninfo(msg) => format!("invalid connection string: {msg}"),
+            NotATable { tbl, kind } => format!("\"{tbl}\" is {kind}, not a table"),
+            TemporaryTable(tbl) => format!("cannot replicate temporary table \"{tbl}\""),
+            UnloggedTable(tbl) => format!("cannot replicate unlogged table \"{tbl}\""),
+            NoPrimaryKey(tbl) => format!("table \"{tbl}\" has no primary key"),
+            AlreadyReplicated(tbl) => format!("table \"{tbl}\" is already replicated"),
+            NotReplicated(tbl) => format!("table \"{tbl}\" is not replicated"),
+            ReservedColumn { tbl, column } => {
+                format!("table \"{tbl}\" already has a column named \"{column}\"")
+            }
+            BadResolver { resolver, problem } => {
+                format!("function {resolver} cannot be used as a resolver: {problem}")
+            }
+            TruncateRefused(tbl) => format!(
+                "TRUNCATE is not replicated; refusing to truncate replicated table \"{tbl}\""
+            ),
+            UnknownConflict(id) => format!("conflict {id} does not exist"),
+            Internal(msg) => format!("mmr internal error: {msg}"),
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            NodeAlreadyInitialized { .. } => {
+                Some("A node's name and id cannot change once set.".into())
+            }
+            InvalidNodeId(_) => {
+                Some("node_id must be between 1 and 1023 and unique in the group.".into())
+            }
+            InvalidName { .. } => {
+                Some("Names are 1 to 63 characters: letters, digits, '_', '-' and '.'.".into())
+            }
+            NoPrimaryKey(_) => {
+                Some("mmr identifies rows across nodes by their primary key.".into())
+            }
+            TemporaryTable(_) => Some("Temporary tables exist only in one session.".into()),
+            UnloggedTable(_) => Some(
+                "Unlogged tables are emptied by a crash, which replication cannot repeat.".into(),
+            ),
+            TruncateRefused(_) => {
+                Some("TRUNCATE would remove rows here without telling the other nodes.".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            NotPreloaded => "Add mmr to shared_preload_libraries in postgresql.conf and restart the server.".into(),
+            NodeNotInitialized => "Run SELECT mmr.init_node('<name>', <node_id>) on this server first.".into(),
+            NodeAlreadyInitialized { .. } => "To start over, DROP EXTENSION mmr CASCADE and create it again.".into(),
+            InvalidNodeId(_) => "Pick an unused id between 1 and 1023.".into(),
+            InvalidName { what, .. } => format!("Pick a {what} name such as 'db1' or 'paris-2'."),
+            PeerExists(_) => "Use mmr.remove_peer first to change its connection string.".into(),
+            PeerIsSelf(_) => "Add the other nodes of the group as peers.".into(),
+            UnknownPeer(_) => "SELECT name FROM mmr.peers lists the peers of this node.".into(),
+            BadConninfo(_) => "Use a libpq connection string, e.g. 'host=db2 port=5432 dbname=app user=mmr_pull'.".into(),
+            NotATable { .. } => "Only ordinary tables can be replicated.".into(),
+            TemporaryTable(_) | UnloggedTable(_) => "Replicate an ordinary (logged, permanent) table.".into(),
+            NoPrimaryKey(tbl) => format!("Add one with ALTER TABLE {tbl} ADD PRIMARY KEY (...), on every node."),
+            AlreadyReplicated(_) => "Use mmr.set_resolver to change its resolver.".into(),
+            NotReplicated(tbl) => format!("Run SELECT mmr.replicate('{tbl}') on this node."),
+            ReservedColumn { .. } => "mmr adds the columns mmr_hlc, mmr_node and mmr_vv; rename yours.".into(),
+            BadResolver { .. } => {
+                "A resolver is f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t.".into()
+            }
+            TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
+            UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
+            _ => return None,
+        })
+    }
+
+    /// Raises the error as a PostgreSQL ERROR (aborts the statement; never returns).
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.code(), self.message(), "mmr");
+        if let Some(d) = self.detail() {
+            report = report.set_detail(d);
+        }
+        if let Some(h) = self.hint() {
+            report = report.set_hint(h);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+impl std::fmt::Display for MmrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+pub type Result<T, E = MmrError> = std::result::Result<T, E>;
+
+/// Raises `Err` as an ERROR, returns the `Ok` value.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| e.raise())
+    }
+}

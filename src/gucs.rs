@@ -1,0 +1,116 @@
+//! Every `mmr.*` setting: one private static each, with a typed getter.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+use std::time::Duration;
+
+/// Database the background workers serve (the one where `CREATE EXTENSION mmr` ran).
+static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// How far ahead of the local wall clock an incoming stamp may be before the batch
+/// holding it is held back (not applied) and reported.
+static MAX_CLOCK_SKEW_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// Upper bound on the changes fetched from a peer in one batch (whole transactions are
+/// never split, so one large transaction can exceed it).
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// How long a peer's serving backend waits for new changes before answering "nothing new".
+static POLL_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// Connection timeout for peer connections, in seconds.
+static CONNECT_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(5);
+
+/// How long rows stay in `mmr.conflicts` before the launcher deletes them (0 = forever).
+static CONFLICT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"mmr.database",
+        c"Database in which the mmr background workers run.",
+        c"The database where CREATE EXTENSION mmr was run. Changing it needs a restart.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.max_clock_skew",
+        c"Largest lead of a remote stamp over the local clock that is accepted.",
+        c"A batch holding a stamp further ahead than this is held back and reported in mmr.peers.",
+        &MAX_CLOCK_SKEW_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.batch_size",
+        c"Approximate number of changes pulled from a peer per batch.",
+        c"Transactions are never split, so a batch can be larger.",
+        &BATCH_SIZE,
+        1,
+        10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.poll_wait",
+        c"How long a peer waits for new changes before answering an empty batch.",
+        c"",
+        &POLL_WAIT_MS,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.connect_timeout",
+        c"Connection timeout for peer connections.",
+        c"Used unless the peer's conninfo sets connect_timeout itself.",
+        &CONNECT_TIMEOUT_S,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.conflict_retention",
+        c"How long rows are kept in mmr.conflicts (0 keeps them forever).",
+        c"",
+        &CONFLICT_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+pub fn max_clock_skew() -> Duration {
+    Duration::from_millis(MAX_CLOCK_SKEW_MS.get().max(0) as u64)
+}
+
+pub fn batch_size() -> i32 {
+    BATCH_SIZE.get()
+}
+
+pub fn poll_wait() -> Duration {
+    Duration::from_millis(POLL_WAIT_MS.get().max(0) as u64)
+}
+
+pub fn connect_timeout() -> Duration {
+    Duration::from_secs(CONNECT_TIMEOUT_S.get().max(1) as u64)
+}
+
+/// `None` keeps conflicts forever.
+pub fn conflict_retention() -> Option<Duration> {
+    let s = CONFLICT_RETENTION_S.get();
+    (s > 0).then(|| Duration::from_secs(s as u64))
+}

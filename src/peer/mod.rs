@@ -1,0 +1,3 @@
+//! Peers: their connection strings and the connection a worker holds to one.
+
+pub mod conninfo;

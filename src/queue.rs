@@ -1,0 +1,225 @@
+//! Serving this node's queue to peers, in commit order.
+//!
+//! A consumer's position is a snapshot taken on this node (plus the id of the tick it
+//! came from). A batch is every queued change whose transaction is visible in the next
+//! tick's snapshot but not in the consumer's position. Because visibility is decided by
+//! snapshots, a transaction that took low queue ids early and committed late is served
+//! in the batch where it became visible -- never skipped, as `id > last_id` would -- and
+//! no change is served twice to a consumer that stores its new position atomically with
+//! the changes it applied.
+//!
+//! Ticks (`mmr.tick`) are snapshots taken in order (creation is serialized), so that a
+//! consumer far behind gets its backlog in bounded batches.
+
+use crate::catalog;
+use crate::clock;
+use crate::error::{MmrError, OrRaise, Result};
+use crate::shmem::{self, Wakeup};
+use mmr_core::snapshot::Snapshot;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn internal(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Internal(e.to_string())
+}
+
+/// A tick: a batch boundary.
+struct Tick {
+    id: i64,
+    snap: String,
+    last_qid: i64,
+    hlc: i64,
+    as_of: String,
+}
+
+/// Starts serving one batch to `consumer`, positioned at (`tick`, `position`): records
+/// the position the consumer reports (it has applied everything visible in it), picks
+/// or creates the tick that ends the batch, waiting up to `wait_ms` for new changes.
+/// Returns the batch header as jsonb; `mmr.pull` then returns the batch's rows.
+#[pg_extern(volatile)]
+fn _pull_begin(
+    consumer: &str,
+    tick: i64,
+    position: Option<&str>,
+    max_changes: i32,
+    wait_ms: i32,
+) -> JsonB {
+    pull_begin(consumer, tick, position, max_changes, wait_ms).or_raise()
+}
+
+fn pull_begin(
+    consumer: &str,
+    tick: i64,
+    position: Option<&str>,
+    max_changes: i32,
+    wait_ms: i32,
+) -> Result<JsonB> {
+    // SAFETY: reading a backend global.
+    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
+        return Err(MmrError::Internal(
+            "mmr.pull must run at READ COMMITTED isolation".into(),
+        ));
+    }
+    let me = catalog::require_node()?;
+    let from = match position {
+        Some(p) => Some(Snapshot::parse(p).map_err(internal)?),
+        None => None,
+    };
+    record_consumer(consumer, tick, position)?;
+
+    let deadline = Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
+    let to = loop {
+        // Read the commit counter before looking, so a commit between the look and the
+        // sleep still wakes us.
+        let seq = shmem::commit_seq();
+        if let Some(t) = next_tick(tick, from.as_ref(), max_changes)? {
+            break Some(t);
+        }
+        if has_unserved_changes(position)? {
+            break Some(create_tick(tick, from.as_ref())?);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break None;
+        }
+        shmem::wait_for(Wakeup::Commit, seq, left.as_millis() as i64);
+    };
+
+    // Everything visible in the batch's snapshot has committed; make sure it is also
+    // durable before a peer applies it, or a crash here could take back (and later
+    // reuse) transaction ids the peer has already acted on.
+    // SAFETY: plain WAL flush request, valid outside recovery.
+    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+
+    let pending = pending_changes(to.as_ref().map(|t| t.last_qid))?;
+    let header = match to {
+        Some(t) => json!({
+            "node": me.name, "node_id": me.node_id, "to_tick": t.id, "to_snap": t.snap,
+            "hlc": t.hlc, "as_of": t.as_of, "pending": pending,
+        }),
+        None => json!({
+            "node": me.name, "node_id": me.node_id, "to_tick": null, "to_snap": null,
+            "hlc": clock::current(), "as_of": now_text()?, "pending": pending,
+        }),
+    };
+    Ok(JsonB(header))
+}
+
+fn now_text() -> Result<String> {
+    Spi::get_one::<String>("SELECT clock_timestamp()::text")
+        .map_err(internal)
+        .map(|s| s.unwrap_or_default())
+}
+
+fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<()> {
+    Spi::run_with_args(
+        "INSERT INTO mmr.consumer (name, tick, position, last_seen) VALUES ($1, $2, $3::pg_snapshot, now()) \
+         ON CONFLICT (name) DO UPDATE SET tick = excluded.tick, position = excluded.position, last_seen = now()",
+        &[consumer.into(), tick.into(), position.into()],
+    )
+    .map_err(internal)
+}
+
+/// The tick that ends the next batch after `tick`, if one exists: the furthest that keeps
+/// the batch near `max_changes` (but at least the first), and only ticks whose snapshot
+/// covers the consumer's position, so a position never moves backwards.
+fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Option<Tick>> {
+    let base = catalog::select_opt::<i64>(
+        "SELECT last_qid FROM mmr.tick WHERE id = $1",
+        &[tick.into()],
+    )
+    .map_err(internal)?;
+    let candidates = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT id, snap::text, last_qid, hlc, created_at::text FROM mmr.tick WHERE id > $1 ORDER BY id LIMIT 1000",
+            None,
+            &[tick.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(Tick {
+                id: r.get(1)?.unwrap_or(0),
+                snap: r.get(2)?.unwrap_or_default(),
+                last_qid: r.get(3)?.unwrap_or(0),
+                hlc: r.get(4)?.unwrap_or(0),
+                as_of: r.get(5)?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .map_err(internal)?;
+    let mut chosen: Option<Tick> = None;
+    for t in candidates {
+        let snap = Snapshot::parse(&t.snap).map_err(internal)?;
+        if from.is_some_and(|f| !snap.covers(f)) {
+            continue;
+        }
+        let within = base.is_some_and(|b| t.last_qid - b <= max_changes as i64);
+        if chosen.is_some() && !within {
+            break;
+        }
+        chosen = Some(t);
+    }
+    Ok(chosen)
+}
+
+/// Whether some committed change is not yet visible in `position`.
+fn has_unserved_changes(position: Option<&str>) -> Result<bool> {
+    // client.update(): a non-read-only SPI call takes a fresh snapshot per statement at
+    // READ COMMITTED, so each poll sees commits made since the last one.
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT EXISTS (SELECT 1 FROM mmr.queue q WHERE \
+               ($1::pg_snapshot IS NULL OR (q.xid >= pg_snapshot_xmin($1::pg_snapshot) \
+                                            AND NOT pg_visible_in_snapshot(q.xid, $1::pg_snapshot))) \
+               AND pg_visible_in_snapshot(q.xid, pg_current_snapshot()))",
+            None,
+            &[position.into()],
+        )?;
+        t.first().get_one::<bool>()
+    })
+    .map(|b| b.unwrap_or(false))
+    .map_err(internal)
+}
+
+/// Takes a new tick now, unless another consumer took one after `tick` while we waited
+/// for the lock. Creation is serialized so tick ids and snapshots are in the same order.
+fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
+    Spi::run("LOCK TABLE mmr.tick IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
+    if let Some(t) = next_tick(tick, from, i32::MAX)? {
+        return Ok(t);
+    }
+    Spi::connect_mut(|c| {
+        let r = c.update(
+            "INSERT INTO mmr.tick (snap, hlc, last_qid) \
+             VALUES (pg_current_snapshot(), $1, (SELECT last_value FROM mmr.queue_id_seq)) \
+             RETURNING id, snap::text, last_qid, hlc, created_at::text",
+            None,
+            &[clock::current().into()],
+        )?;
+        let r = r.first();
+        Ok::<_, pgrx::spi::SpiError>(Tick {
+            id: r.get(1)?.unwrap_or(0),
+            snap: r.get(2)?.unwrap_or_default(),
+            last_qid: r.get(3)?.unwrap_or(0),
+            hlc: r.get(4)?.unwrap_or(0),
+            as_of: r.get(5)?.unwrap_or_default(),
+        })
+    })
+    .map_err(internal)
+}
+
+/// Roughly how many changes were queued after the batch's end (queue ids taken since).
+fn pending_changes(last_qid: Option<i64>) -> Result<i64> {
+    let last = Spi::get_one::<i64>(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mmr.queue_id_seq",
+    )
+    .map_err(internal)?
+    .unwrap_or(0);
+    Ok(match last_qid {
+        Some(q) => (last - q).max(0),
+        None => 0,
+    })
+}

@@ -1,0 +1,330 @@
+//! Shared memory: the clock, the wake-up signals and the per-peer worker status.
+//!
+//! One fixed-size struct, allocated once by the postmaster and inherited by every
+//! backend. Plain atomics for the clock and counters; the peer status slots are guarded
+//! by an LWLock because they hold strings.
+
+use pgrx::pg_sys;
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Most peer workers that can report their status at once.
+pub const MAX_PEER_SLOTS: usize = 64;
+const NAME_LEN: usize = 64;
+const STATE_LEN: usize = 32;
+const ERROR_LEN: usize = 512;
+
+/// LWLocks of the "mmr" tranche.
+#[derive(Clone, Copy)]
+pub enum Lock {
+    /// Serializes writing the clock's high-water mark file.
+    ClockFile = 0,
+    /// Guards `Shared::peers`.
+    PeerSlots = 1,
+}
+const NUM_LOCKS: i32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerSlot {
+    pub in_use: bool,
+    pub pid: i32,
+    name: [u8; NAME_LEN],
+    state: [u8; STATE_LEN],
+    last_error: [u8; ERROR_LEN],
+    /// TimestampTz of the last successful exchange with the peer; 0 = never.
+    pub last_contact: i64,
+    /// Changes the peer still had for us at the last exchange; -1 = unknown.
+    pub lag_changes: i64,
+}
+
+#[repr(C)]
+pub struct Shared {
+    /// The hybrid logical clock (see `clock.rs`).
+    pub clock: AtomicU64,
+    /// Highest stamp covered by the high-water mark file.
+    pub reserved: AtomicU64,
+    /// Bumped whenever a transaction that queued changes commits.
+    pub commit_seq: AtomicU64,
+    /// Broadcast with `commit_seq`: wakes peers' long-polling `mmr.pull` calls.
+    pub commit_cv: pg_sys::ConditionVariable,
+    /// Bumped when the peer catalog changes; the launcher sleeps on `config_cv`.
+    pub config_seq: AtomicU64,
+    pub config_cv: pg_sys::ConditionVariable,
+    pub peers: [PeerSlot; MAX_PEER_SLOTS],
+}
+
+static mut SHARED: *mut Shared = ptr::null_mut();
+static mut LOCKS: *mut pg_sys::LWLockPadded = ptr::null_mut();
+static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+const TRANCHE: &CStr = c"mmr";
+
+/// Installs the shared-memory hooks. Called from `_PG_init` in the postmaster.
+pub fn init() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster before any hook fires.
+    unsafe {
+        PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request_hook);
+        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(startup_hook);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn request_hook() {
+    // SAFETY: called by the postmaster inside its shmem request phase.
+    unsafe {
+        if let Some(prev) = PREV_REQUEST_HOOK {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), NUM_LOCKS);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn startup_hook() {
+    // SAFETY: called by the postmaster once shared memory exists; on Linux (no
+    // EXEC_BACKEND) nothing else runs concurrently, and backends inherit the pointers.
+    unsafe {
+        if let Some(prev) = PREV_STARTUP_HOOK {
+            prev();
+        }
+        let mut found = false;
+        let shared = pg_sys::ShmemInitStruct(
+            c"mmr shared state".as_ptr(),
+            std::mem::size_of::<Shared>(),
+            &mut found,
+        ) as *mut Shared;
+        if !found {
+            ptr::write_bytes(shared as *mut u8, 0, std::mem::size_of::<Shared>());
+            pg_sys::ConditionVariableInit(&mut (*shared).commit_cv);
+            pg_sys::ConditionVariableInit(&mut (*shared).config_cv);
+            crate::clock::init_shared(&(*shared).clock, &(*shared).reserved);
+        }
+        SHARED = shared;
+        LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+    }
+}
+
+/// The shared state. Only valid in processes started by a postmaster that preloaded mmr.
+pub fn shared() -> &'static Shared {
+    // SAFETY: set once by the postmaster before any backend starts; never freed.
+    unsafe {
+        let p = SHARED;
+        if p.is_null() {
+            crate::error::MmrError::NotPreloaded.raise();
+        }
+        &*p
+    }
+}
+
+fn shared_mut() -> *mut Shared {
+    shared() as *const Shared as *mut Shared
+}
+
+/// An LWLock held in the given mode until dropped.
+pub struct LockGuard(*mut pg_sys::LWLock);
+
+impl LockGuard {
+    pub fn acquire(lock: Lock, exclusive: bool) -> LockGuard {
+        shared();
+        // SAFETY: LOCKS points at NUM_LOCKS padded LWLocks of our tranche.
+        unsafe {
+            let l = &mut (*LOCKS.add(lock as usize)).lock as *mut pg_sys::LWLock;
+            let mode = if exclusive {
+                pg_sys::LWLockMode::LW_EXCLUSIVE
+            } else {
+                pg_sys::LWLockMode::LW_SHARED
+            };
+            pg_sys::LWLockAcquire(l, mode);
+            LockGuard(l)
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // SAFETY: we acquired this lock. If an ERROR unwound past us, PostgreSQL has
+        // already released every LWLock (LWLockReleaseAll), so check before releasing.
+        unsafe {
+            if pg_sys::LWLockHeldByMe(self.0) {
+                pg_sys::LWLockRelease(self.0);
+            }
+        }
+    }
+}
+
+/// Wakes everyone waiting for new queued changes (called at commit).
+pub fn signal_commit() {
+    let s = shared_mut();
+    // SAFETY: the CV lives in shared memory for the life of the server.
+    unsafe {
+        (*s).commit_seq.fetch_add(1, Ordering::SeqCst);
+        pg_sys::ConditionVariableBroadcast(&mut (*s).commit_cv);
+    }
+}
+
+/// Wakes the launcher so it re-reads the peer catalog (called at commit).
+pub fn signal_config() {
+    let s = shared_mut();
+    // SAFETY: as above.
+    unsafe {
+        (*s).config_seq.fetch_add(1, Ordering::SeqCst);
+        pg_sys::ConditionVariableBroadcast(&mut (*s).config_cv);
+    }
+}
+
+/// Which condition variable to sleep on.
+#[derive(Clone, Copy)]
+pub enum Wakeup {
+    Commit,
+    Config,
+}
+
+/// Sleeps until `seq_before` changes or `timeout_ms` passes. Interruptible: a cancel or
+/// shutdown request is served (CHECK_FOR_INTERRUPTS) while sleeping.
+pub fn wait_for(which: Wakeup, seq_before: u64, timeout_ms: i64) {
+    let s = shared_mut();
+    // SAFETY: CVs live in shared memory; prepare/sleep/cancel is the documented protocol.
+    unsafe {
+        let (cv, seq) = match which {
+            Wakeup::Commit => (&mut (*s).commit_cv as *mut _, &(*s).commit_seq),
+            Wakeup::Config => (&mut (*s).config_cv as *mut _, &(*s).config_seq),
+        };
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+        pg_sys::ConditionVariablePrepareToSleep(cv);
+        while seq.load(Ordering::SeqCst) == seq_before {
+            let left = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis() as i64;
+            if left <= 0 {
+                break;
+            }
+            pg_sys::ConditionVariableTimedSleep(cv, left, pg_sys::PG_WAIT_EXTENSION);
+        }
+        pg_sys::ConditionVariableCancelSleep();
+    }
+}
+
+pub fn commit_seq() -> u64 {
+    shared().commit_seq.load(Ordering::SeqCst)
+}
+
+pub fn config_seq() -> u64 {
+    shared().config_seq.load(Ordering::SeqCst)
+}
+
+fn put_str(dst: &mut [u8], s: &str) {
+    dst.fill(0);
+    // Keep room for the terminating zero; cut on a char boundary.
+    let mut n = s.len().min(dst.len() - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+fn get_str(src: &[u8]) -> String {
+    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    String::from_utf8_lossy(&src[..end]).into_owned()
+}
+
+/// A copy of one peer worker's status, for the `mmr.peers` view.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStatus {
+    pub name: String,
+    pub pid: i32,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub last_contact: i64,
+    pub lag_changes: i64,
+}
+
+impl PeerSlot {
+    fn status(&self) -> PeerStatus {
+        let err = get_str(&self.last_error);
+        PeerStatus {
+            name: get_str(&self.name),
+            pid: self.pid,
+            state: get_str(&self.state),
+            last_error: (!err.is_empty()).then_some(err),
+            last_contact: self.last_contact,
+            lag_changes: self.lag_changes,
+        }
+    }
+}
+
+/// Status of every peer worker that has claimed a slot.
+pub fn peer_statuses() -> Vec<PeerStatus> {
+    let _g = LockGuard::acquire(Lock::PeerSlots, false);
+    shared()
+        .peers
+        .iter()
+        .filter(|s| s.in_use)
+        .map(|s| s.status())
+        .collect()
+}
+
+/// Updates (claiming if needed) the status slot of peer `name`. Returns false when all
+/// slots are taken.
+pub fn update_peer_status(name: &str, f: impl FnOnce(&mut PeerStatusWriter)) -> bool {
+    let _g = LockGuard::acquire(Lock::PeerSlots, true);
+    // SAFETY: exclusive lock held; the slots array lives in shared memory.
+    let peers = unsafe { &mut (*shared_mut()).peers };
+    let idx = peers
+        .iter()
+        .position(|s| s.in_use && get_str(&s.name) == name)
+        .or_else(|| peers.iter().position(|s| !s.in_use));
+    let Some(idx) = idx else { return false };
+    let slot = &mut peers[idx];
+    if !slot.in_use {
+        *slot = PeerSlot {
+            in_use: true,
+            pid: 0,
+            name: [0; NAME_LEN],
+            state: [0; STATE_LEN],
+            last_error: [0; ERROR_LEN],
+            last_contact: 0,
+            lag_changes: -1,
+        };
+        put_str(&mut slot.name, name);
+    }
+    f(&mut PeerStatusWriter(slot));
+    true
+}
+
+/// Frees the status slot of a removed peer.
+pub fn release_peer_status(name: &str) {
+    let _g = LockGuard::acquire(Lock::PeerSlots, true);
+    // SAFETY: exclusive lock held.
+    let peers = unsafe { &mut (*shared_mut()).peers };
+    for s in peers
+        .iter_mut()
+        .filter(|s| s.in_use && get_str(&s.name) == name)
+    {
+        s.in_use = false;
+    }
+}
+
+/// Write access to one slot while the lock is held.
+pub struct PeerStatusWriter<'a>(&'a mut PeerSlot);
+
+impl PeerStatusWriter<'_> {
+    pub fn set_pid(&mut self, pid: i32) {
+        self.0.pid = pid;
+    }
+    pub fn set_state(&mut self, state: &str) {
+        put_str(&mut self.0.state, state);
+    }
+    pub fn set_error(&mut self, err: Option<&str>) {
+        put_str(&mut self.0.last_error, err.unwrap_or(""));
+    }
+    pub fn set_contact(&mut self, ts: i64, lag_changes: i64) {
+        self.0.last_contact = ts;
+        self.0.lag_changes = lag_changes;
+    }
+}

@@ -1,0 +1,119 @@
+-- mmr catalog. Everything here is replication state of this node; none of it is
+-- readable by PUBLIC. Configuration tables (node, peer, replicated_table) are marked for
+-- pg_dump; progress, queue, tombstones and conflicts are node-local state and are not.
+
+CREATE TABLE mmr.node (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    name text NOT NULL,
+    node_id integer NOT NULL CHECK (node_id BETWEEN 1 AND 1023)
+);
+COMMENT ON TABLE mmr.node IS 'This server''s identity in the replication group; set once by mmr.init_node.';
+
+CREATE TABLE mmr.peer (
+    name text PRIMARY KEY,
+    conninfo text NOT NULL,
+    paused boolean NOT NULL DEFAULT false,
+    node_id integer,
+    added_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE mmr.peer IS 'Servers this node pulls changes from (mmr.add_peer). node_id is learned at first contact.';
+
+-- Where this node stands in each peer's queue. Updated in the same transaction as the
+-- rows it covers, so a crash can neither skip nor repeat a change.
+CREATE TABLE mmr.peer_progress (
+    peer text PRIMARY KEY REFERENCES mmr.peer (name) ON DELETE CASCADE,
+    tick bigint NOT NULL DEFAULT 0,
+    position pg_snapshot,
+    applied_hlc bigint,
+    applied_asof timestamptz,
+    applied_changes bigint NOT NULL DEFAULT 0,
+    report jsonb
+);
+COMMENT ON TABLE mmr.peer_progress IS 'Position of this node in each peer''s queue: a snapshot taken on the peer.';
+
+CREATE TABLE mmr.replicated_table (
+    relid regclass PRIMARY KEY,
+    resolver regprocedure,
+    added_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE mmr.replicated_table IS 'Tables replicated by mmr (mmr.replicate) and their conflict resolver (NULL = last-write-wins).';
+
+-- The change queue: one row per changed row, written by the capture trigger in the
+-- writing transaction. Peers read it in commit order, by snapshots (see mmr.pull).
+CREATE SEQUENCE mmr.queue_id_seq;
+CREATE TABLE mmr.queue (
+    id bigint NOT NULL DEFAULT nextval('mmr.queue_id_seq'),
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    tbl text NOT NULL,
+    op "char" NOT NULL CHECK (op IN ('I', 'U', 'D')),
+    hlc bigint NOT NULL,
+    vv bigint[] NOT NULL,
+    new_row jsonb,
+    old_row jsonb
+);
+CREATE INDEX queue_xid_idx ON mmr.queue (xid);
+COMMENT ON TABLE mmr.queue IS 'Changes written on this node, kept until every peer has applied them.';
+
+-- Batch boundaries: snapshots taken on this node, in order. A consumer's batch is
+-- "visible in the next tick's snapshot but not in my position".
+CREATE TABLE mmr.tick (
+    id bigserial PRIMARY KEY,
+    snap pg_snapshot NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    hlc bigint NOT NULL,
+    last_qid bigint NOT NULL
+);
+
+-- What each peer reported, when it last pulled, as its position in our queue.
+CREATE TABLE mmr.consumer (
+    name text PRIMARY KEY,
+    tick bigint NOT NULL,
+    position pg_snapshot,
+    last_seen timestamptz NOT NULL
+);
+
+-- Deleted keys with the stamp and version vector of the deletion, so a late change
+-- for the key resolves against the delete the same way on every node.
+CREATE TABLE mmr.tombstone (
+    relid regclass NOT NULL,
+    pk jsonb NOT NULL,
+    hlc bigint NOT NULL,
+    node integer NOT NULL,
+    vv bigint[] NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (relid, pk)
+);
+COMMENT ON TABLE mmr.tombstone IS 'Deleted rows: key, stamp and version vector of the deletion.';
+
+CREATE TABLE mmr.conflicts (
+    id bigserial PRIMARY KEY,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    tbl text NOT NULL,
+    pk jsonb NOT NULL,
+    kind text NOT NULL,
+    local_row jsonb,
+    remote_row jsonb,
+    local_hlc bigint,
+    remote_hlc bigint,
+    local_node integer,
+    remote_node integer,
+    resolution text NOT NULL,
+    resolver text,
+    note text
+);
+CREATE INDEX conflicts_detected_at_idx ON mmr.conflicts (detected_at);
+COMMENT ON TABLE mmr.conflicts IS 'Concurrent writes detected while applying peers'' changes, and how each was resolved.';
+
+CREATE TYPE mmr.conflict_info AS (
+    kind text,
+    tbl regclass,
+    local_node integer,
+    remote_node integer,
+    local_hlc bigint,
+    remote_hlc bigint
+);
+COMMENT ON TYPE mmr.conflict_info IS 'Last argument of a conflict resolver: what conflicted, and both versions'' stamps.';
+
+SELECT pg_catalog.pg_extension_config_dump('mmr.node', '');
+SELECT pg_catalog.pg_extension_config_dump('mmr.peer', '');
+SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table', '');

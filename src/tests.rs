@@ -1,0 +1,482 @@
+//! In-server tests (`cargo pgrx test`): one PostgreSQL, real SQL. Each test runs in a
+//! transaction that is rolled back; tests that need several committed sessions open
+//! them with dblink on a database of their own.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    fn text(sql: &str) -> String {
+        one::<String>(sql).unwrap_or_else(|| panic!("{sql}: NULL"))
+    }
+
+    /// Runs `sql` in a subtransaction; returns "SQLSTATE: message | hint" if it failed.
+    fn error_of(sql: &str) -> Option<String> {
+        run("CREATE OR REPLACE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+             DECLARE h text; BEGIN EXECUTE q; RETURN NULL; \
+             EXCEPTION WHEN others THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; \
+             RETURN SQLSTATE || ': ' || SQLERRM || ' | ' || coalesce(h, ''); END $$");
+        Spi::get_one_with_args::<String>("SELECT pg_temp.error_of($1)", &[sql.into()]).unwrap()
+    }
+
+    /// Asserts that `sql` fails with `sqlstate`, a message containing `msg` and a hint.
+    fn assert_rejected(sql: &str, sqlstate: &str, msg: &str) {
+        let e = error_of(sql).unwrap_or_else(|| panic!("expected {sql} to fail"));
+        assert!(e.starts_with(sqlstate), "{sql}: wrong SQLSTATE: {e}");
+        assert!(
+            e.contains(msg),
+            "{sql}: message should contain {msg:?}: {e}"
+        );
+        let hint = e.rsplit(" | ").next().unwrap_or("");
+        assert!(!hint.is_empty(), "{sql}: no hint: {e}");
+    }
+
+    /// A fingerprint of mmr's catalog, to check a rejected call changed nothing.
+    fn catalog_state() -> String {
+        text(
+            "SELECT concat_ws(' / ', \
+               (SELECT string_agg(name || ':' || node_id, ',') FROM mmr.node), \
+               (SELECT string_agg(name || '=' || conninfo || ':' || paused, ',' ORDER BY name) FROM mmr.peer), \
+               (SELECT string_agg(relid::text || ':' || coalesce(resolver::text, '-'), ',' ORDER BY relid::text) \
+                  FROM mmr.replicated_table), \
+               (SELECT count(*)::text FROM mmr.queue), \
+               (SELECT count(*)::text FROM mmr.tombstone), \
+               (SELECT string_agg(attrelid::regclass || '.' || attname, ',' ORDER BY 1) FROM pg_attribute \
+                  WHERE attname LIKE 'mmr\\_%' AND NOT attisdropped), \
+               (SELECT string_agg(tgname || '@' || tgrelid::regclass, ',' ORDER BY 1) FROM pg_trigger \
+                  WHERE tgname LIKE 'zz_mmr%'), 'end')",
+        )
+    }
+
+    #[pg_test]
+    fn hlc_now_strictly_increases() {
+        let a = one::<i64>("SELECT mmr.hlc_now()").unwrap();
+        let b = one::<i64>("SELECT mmr.hlc_now()").unwrap();
+        assert!(b > a);
+        assert!(one::<bool>(
+            "SELECT abs(extract(epoch FROM mmr.hlc_to_timestamptz(mmr.hlc_now()) - clock_timestamp())) < 5"
+        )
+        .unwrap());
+        // Many stamps in a row from one statement: strictly increasing, no repeats.
+        assert!(one::<bool>(
+            "SELECT bool_and(d > 0) FROM (SELECT s - lag(s) OVER (ORDER BY n) AS d \
+             FROM (SELECT n, mmr.hlc_now() AS s FROM generate_series(1, 100000) n) x) y"
+        )
+        .unwrap());
+    }
+
+    #[pg_test]
+    fn capture_writes_queue_rows_and_tombstones() {
+        run("SELECT mmr.init_node('n1', 7)");
+        run("CREATE TABLE cap (id int PRIMARY KEY, v text)");
+        run("SELECT mmr.replicate('cap')");
+
+        run("INSERT INTO cap VALUES (1, 'a')");
+        assert_eq!(text("SELECT mmr_vv::text FROM cap WHERE id = 1"), "{7,1}");
+        assert_eq!(one::<i32>("SELECT mmr_node FROM cap WHERE id = 1"), Some(7));
+        assert_eq!(
+            text("SELECT concat_ws(' ', tbl, op, vv::text, new_row->>'v', old_row IS NULL, \
+                  hlc = (SELECT mmr_hlc FROM cap WHERE id = 1)) FROM mmr.queue ORDER BY id DESC LIMIT 1"),
+            "public.cap I {7,1} a t t"
+        );
+
+        run("UPDATE cap SET v = 'b' WHERE id = 1");
+        assert_eq!(
+            text("SELECT concat_ws(' ', op, vv::text, new_row->>'v', old_row->>'v') FROM mmr.queue ORDER BY id DESC LIMIT 1"),
+            "U {7,2} b a"
+        );
+
+        // A primary-key update is a delete of the old key and an insert of the new one.
+        run("UPDATE cap SET id = 2 WHERE id = 1");
+        assert_eq!(
+            text("SELECT string_agg(concat_ws(' ', op, vv::text, coalesce(new_row->>'id', old_row->>'id')), ', ' ORDER BY id) \
+                  FROM (SELECT * FROM mmr.queue ORDER BY id DESC LIMIT 2) q"),
+            "D {7,3} 1, I {7,1} 2"
+        );
+        assert_eq!(
+            text("SELECT concat_ws(' ', pk::text, vv::text, node) FROM mmr.tombstone"),
+            "{\"id\": 1} {7,3} 7"
+        );
+
+        run("DELETE FROM cap WHERE id = 2");
+        assert_eq!(
+            text("SELECT concat_ws(' ', op, vv::text, old_row->>'v', new_row IS NULL) FROM mmr.queue ORDER BY id DESC LIMIT 1"),
+            "D {7,2} b t"
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.tombstone"), Some(2));
+        // The delete's stamp is newer than the row's last stamp, and so is the tombstone's.
+        assert!(one::<bool>(
+            "SELECT q.hlc > (q.old_row->>'mmr_hlc')::bigint AND t.hlc = q.hlc \
+             FROM mmr.queue q, mmr.tombstone t WHERE q.op = 'D' AND t.pk = '{\"id\": 2}' ORDER BY q.id DESC LIMIT 1"
+        )
+        .unwrap());
+
+        // Re-inserting a deleted key continues the tombstone's vector and removes it.
+        run("INSERT INTO cap VALUES (2, 'again')");
+        assert_eq!(text("SELECT mmr_vv::text FROM cap WHERE id = 2"), "{7,3}");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM mmr.tombstone WHERE pk = '{\"id\": 2}'"),
+            Some(0)
+        );
+
+        // Every change got a stamp of its own.
+        assert!(one::<bool>("SELECT count(DISTINCT hlc) = count(*) FROM mmr.queue").unwrap());
+
+        // A user cannot forge the mmr columns: they are recomputed.
+        run("UPDATE cap SET mmr_vv = '{7,100}', mmr_hlc = 1 WHERE id = 2");
+        assert_eq!(text("SELECT mmr_vv::text FROM cap WHERE id = 2"), "{7,4}");
+        assert!(one::<bool>("SELECT mmr_hlc > 1 FROM cap WHERE id = 2").unwrap());
+    }
+
+    #[pg_test]
+    fn existing_rows_get_unknown_history_and_unreplicate_keeps_data() {
+        run("SELECT mmr.init_node('n1', 1)");
+        run("CREATE TABLE pre (id int PRIMARY KEY, v text)");
+        run("INSERT INTO pre SELECT g, 'x' FROM generate_series(1, 10) g");
+        run("SELECT mmr.replicate('pre')");
+        assert_eq!(
+            text("SELECT DISTINCT concat_ws(' ', mmr_hlc, mmr_node, mmr_vv::text) FROM pre"),
+            "0 0 {}"
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queue"), Some(0));
+        run("UPDATE pre SET v = 'y' WHERE id = 3");
+        assert_eq!(text("SELECT mmr_vv::text FROM pre WHERE id = 3"), "{1,1}");
+        run("SELECT mmr.unreplicate('pre')");
+        assert_eq!(one::<i64>("SELECT count(*) FROM pre"), Some(10));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM mmr.replicated_table"),
+            Some(0)
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM pg_attribute WHERE attrelid = 'pre'::regclass AND attname LIKE 'mmr%' AND NOT attisdropped"),
+            Some(0)
+        );
+        run("INSERT INTO pre VALUES (11, 'z')");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM mmr.queue WHERE op = 'I'"),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn dropping_a_replicated_table_forgets_it() {
+        run("SELECT mmr.init_node('n1', 1)");
+        run("CREATE TABLE gone (id int PRIMARY KEY)");
+        run("SELECT mmr.replicate('gone')");
+        run("INSERT INTO gone VALUES (1)");
+        run("DELETE FROM gone");
+        run("DROP TABLE gone");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM mmr.replicated_table"),
+            Some(0)
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.tombstone"), Some(0));
+    }
+
+    #[pg_test]
+    fn bad_input_is_rejected_and_changes_nothing() {
+        run("CREATE TABLE ok_t (id int PRIMARY KEY, v int)");
+        run("CREATE TABLE nopk (id int, v int)");
+        run("CREATE UNLOGGED TABLE unl (id int PRIMARY KEY)");
+        run("CREATE TEMP TABLE tmp (id int PRIMARY KEY)");
+        run("CREATE VIEW vw AS SELECT 1 AS id");
+        run("CREATE TABLE has_mmr (id int PRIMARY KEY, mmr_hlc int)");
+        run("CREATE FUNCTION bad_args(a int, b int, c int, d int) RETURNS int LANGUAGE sql AS 'SELECT 1'");
+        run("CREATE FUNCTION bad_ret(l ok_t, r ok_t, o ok_t, i mmr.conflict_info) RETURNS int LANGUAGE sql AS 'SELECT 1'");
+        run("CREATE FUNCTION bad_n(l ok_t, r ok_t) RETURNS ok_t LANGUAGE sql AS 'SELECT l'");
+
+        // Before init_node.
+        let before = catalog_state();
+        assert_rejected("SELECT mmr.replicate('ok_t')", "55000", "no mmr identity");
+        assert_rejected(
+            "SELECT mmr.add_peer('p', 'host=x')",
+            "55000",
+            "no mmr identity",
+        );
+        assert_rejected(
+            "SELECT mmr.init_node('bad name', 1)",
+            "22023",
+            "invalid node name",
+        );
+        assert_rejected("SELECT mmr.init_node('n', 0)", "22023", "out of range");
+        assert_rejected("SELECT mmr.init_node('n', 1024)", "22023", "out of range");
+        assert_eq!(catalog_state(), before);
+
+        run("SELECT mmr.init_node('n1', 1)");
+        run("CREATE FUNCTION good(l ok_t, r ok_t, o ok_t, i mmr.conflict_info) RETURNS ok_t LANGUAGE sql AS 'SELECT r'");
+        run("SELECT mmr.replicate('ok_t')");
+        run("SELECT mmr.add_peer('p2', 'host=127.0.0.1 port=1 password=secret')");
+        let before = catalog_state();
+
+        assert_rejected(
+            "SELECT mmr.init_node('n1', 1)",
+            "42710",
+            "already initialized",
+        );
+        assert_rejected(
+            "SELECT mmr.init_node('other', 2)",
+            "42710",
+            "already initialized",
+        );
+        assert_rejected(
+            "SELECT mmr.replicate('nopk')",
+            "42P16",
+            "has no primary key",
+        );
+        assert_rejected("SELECT mmr.replicate('unl')", "0A000", "unlogged");
+        assert_rejected("SELECT mmr.replicate('tmp')", "0A000", "temporary");
+        assert_rejected("SELECT mmr.replicate('vw')", "42809", "is a view");
+        assert_rejected("SELECT mmr.replicate('has_mmr')", "42P16", "mmr_hlc");
+        assert_rejected(
+            "SELECT mmr.replicate('ok_t')",
+            "42710",
+            "already replicated",
+        );
+        assert_rejected(
+            "SELECT mmr.unreplicate('nopk')",
+            "42704",
+            "is not replicated",
+        );
+        assert_rejected(
+            "SELECT mmr.set_resolver('nopk', NULL)",
+            "42704",
+            "is not replicated",
+        );
+        assert_rejected(
+            "SELECT mmr.set_resolver('ok_t', 'bad_args(int,int,int,int)')",
+            "42P13",
+            "argument 1 is integer",
+        );
+        assert_rejected(
+            "SELECT mmr.set_resolver('ok_t', 'bad_ret(ok_t,ok_t,ok_t,mmr.conflict_info)')",
+            "42P13",
+            "returns integer",
+        );
+        assert_rejected(
+            "SELECT mmr.set_resolver('ok_t', 'bad_n(ok_t,ok_t)')",
+            "42P13",
+            "takes 2 arguments",
+        );
+        assert_rejected(
+            "SELECT mmr.add_peer('p2', 'host=y')",
+            "42710",
+            "already exists",
+        );
+        assert_rejected(
+            "SELECT mmr.add_peer('n1', 'host=y')",
+            "22023",
+            "name of this node",
+        );
+        assert_rejected(
+            "SELECT mmr.add_peer('p3', 'this is not a conninfo')",
+            "22023",
+            "invalid connection string",
+        );
+        assert_rejected(
+            "SELECT mmr.add_peer('p3', 'host=x nosuchoption=1')",
+            "22023",
+            "invalid connection string",
+        );
+        assert_rejected(
+            "SELECT mmr.add_peer('bad/name', 'host=x')",
+            "22023",
+            "invalid peer name",
+        );
+        assert_rejected("SELECT mmr.remove_peer('nope')", "42704", "does not exist");
+        assert_rejected("SELECT mmr.pause_peer('nope')", "42704", "does not exist");
+        assert_rejected("SELECT mmr.resume_peer('nope')", "42704", "does not exist");
+        assert_rejected("TRUNCATE ok_t", "0A000", "TRUNCATE is not replicated");
+        assert_eq!(catalog_state(), before);
+
+        // The good resolver is accepted; the password is masked in the view.
+        run("SELECT mmr.set_resolver('ok_t', 'good(ok_t,ok_t,ok_t,mmr.conflict_info)')");
+        assert_eq!(
+            text("SELECT mmr._mask_conninfo(conninfo) FROM mmr.peer"),
+            "password=******** host=127.0.0.1 port=1"
+        );
+    }
+
+    /// Several committed sessions on a database of the test's own, through dblink.
+    struct Sessions {
+        db: String,
+        names: Vec<String>,
+    }
+
+    fn conninfo(db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname={db} user={}",
+            text("SHOW port"),
+            text("SELECT current_user::text")
+        )
+    }
+
+    fn lit(s: &str) -> String {
+        pgrx::spi::quote_literal(s)
+    }
+
+    impl Sessions {
+        /// A fresh database with mmr initialized as node 1 and table `t` replicated.
+        fn new(db: &str, names: &[&str]) -> Sessions {
+            run("CREATE EXTENSION IF NOT EXISTS dblink");
+            let admin = lit(&conninfo("postgres"));
+            run(&format!(
+                "SELECT dblink_exec({admin}, 'DROP DATABASE IF EXISTS {db} WITH (FORCE)')"
+            ));
+            run(&format!(
+                "SELECT dblink_exec({admin}, 'CREATE DATABASE {db}')"
+            ));
+            let s = Sessions {
+                db: db.into(),
+                names: names.iter().map(|n| n.to_string()).collect(),
+            };
+            for n in names {
+                run(&format!(
+                    "SELECT dblink_connect({}, {})",
+                    lit(n),
+                    lit(&conninfo(db))
+                ));
+            }
+            s.exec(names[0], "CREATE EXTENSION mmr");
+            s.exec(names[0], "SELECT mmr.init_node('n1', 1)");
+            s.exec(names[0], "CREATE TABLE t (id int PRIMARY KEY, v text)");
+            s.exec(names[0], "SELECT mmr.replicate('t')");
+            s
+        }
+
+        fn exec(&self, session: &str, sql: &str) {
+            // dblink_exec refuses statements that return rows: run a SELECT as PERFORM.
+            let sql = match sql.strip_prefix("SELECT ") {
+                Some(rest) => format!("DO $x$ BEGIN PERFORM {rest}; END $x$"),
+                None => sql.to_string(),
+            };
+            run(&format!(
+                "SELECT dblink_exec({}, {})",
+                lit(session),
+                lit(&sql)
+            ));
+        }
+
+        /// One text value computed in `session`.
+        fn query(&self, session: &str, sql: &str) -> String {
+            text(&format!(
+                "SELECT v FROM dblink({}, {}) AS r(v text)",
+                lit(session),
+                lit(&format!("SELECT ({sql})::text"))
+            ))
+        }
+    }
+
+    impl Drop for Sessions {
+        fn drop(&mut self) {
+            for n in &self.names {
+                let _ = Spi::run(&format!("SELECT dblink_disconnect({})", lit(n)));
+            }
+            let admin = lit(&conninfo("postgres"));
+            let _ = Spi::run(&format!(
+                "SELECT dblink_exec({admin}, 'DROP DATABASE IF EXISTS {} WITH (FORCE)')",
+                self.db
+            ));
+        }
+    }
+
+    /// Two sessions insert concurrently: every stamp is distinct, and within a session
+    /// stamps increase in the order the rows were written.
+    #[pg_test]
+    fn stamps_strictly_increase_under_concurrent_writers() {
+        let s = Sessions::new("mmr_t_conc", &["s0", "a", "b"]);
+        run("SELECT dblink_send_query('a', 'INSERT INTO t SELECT g, ''a'' FROM generate_series(1, 20000) g')");
+        run("SELECT dblink_send_query('b', 'INSERT INTO t SELECT g, ''b'' FROM generate_series(100001, 120000) g')");
+        run("SELECT * FROM dblink_get_result('a') AS r(x text)");
+        run("SELECT * FROM dblink_get_result('b') AS r(x text)");
+        assert_eq!(
+            s.query(
+                "s0",
+                "SELECT count(*) = 40000 AND count(DISTINCT mmr_hlc) = 40000 FROM t"
+            ),
+            "true"
+        );
+        for (lo, hi) in [(1, 20000), (100001, 120000)] {
+            let q = format!(
+                "SELECT bool_and(d > 0) FROM (SELECT mmr_hlc - lag(mmr_hlc) OVER (ORDER BY id) AS d \
+                 FROM t WHERE id BETWEEN {lo} AND {hi}) x"
+            );
+            assert_eq!(
+                s.query("s0", &q),
+                "true",
+                "session stamps not increasing in {lo}..{hi}"
+            );
+        }
+        // The two sessions really overlapped: their stamp ranges interleave.
+        assert_eq!(
+            s.query(
+                "s0",
+                "SELECT (SELECT max(mmr_hlc) FROM t WHERE v = 'a') > (SELECT min(mmr_hlc) FROM t WHERE v = 'b') \
+                 AND (SELECT max(mmr_hlc) FROM t WHERE v = 'b') > (SELECT min(mmr_hlc) FROM t WHERE v = 'a')"
+            ),
+            "true"
+        );
+    }
+
+    /// A transaction that took its queue id first but committed last is served once it
+    /// commits, in a later batch; no position ever yields a change twice.
+    #[pg_test]
+    fn pull_serves_late_committing_transaction_with_earlier_id() {
+        let s = Sessions::new("mmr_t_order", &["s0", "a", "b"]);
+        s.exec("a", "BEGIN");
+        s.exec("a", "INSERT INTO t VALUES (1, 'early id, late commit')");
+        s.exec("b", "INSERT INTO t VALUES (2, 'late id, early commit')");
+        // 'a' has not committed: only 'b''s change is visible.
+        assert_eq!(
+            s.query(
+                "s0",
+                "SELECT string_agg(new_row->>'id', ',') FROM mmr.queue"
+            ),
+            "2"
+        );
+
+        let pull = |tick: &str, pos: &str| -> (String, String, String) {
+            let r = s.query("s0", &format!("WITH p AS (SELECT * FROM mmr.pull('c', {tick}, {pos}, 100, 0)) \
+                SELECT concat_ws('|', coalesce((SELECT meta->>'to_tick' FROM p WHERE kind = 'H'), ''), \
+                                      coalesce((SELECT meta->>'to_snap' FROM p WHERE kind = 'H'), ''), \
+                                      coalesce((SELECT string_agg(new_row->>'id', ',') FROM p WHERE kind = 'C'), ''))"));
+            let mut parts = r.splitn(3, '|').map(String::from);
+            (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            )
+        };
+
+        let (t1, p1, rows) = pull("0", "NULL");
+        assert_eq!(
+            rows, "2",
+            "first batch holds only the committed transaction"
+        );
+        s.exec("a", "COMMIT");
+        assert_eq!(
+            s.query("s0", "SELECT (SELECT id FROM mmr.queue WHERE new_row->>'id' = '1') < (SELECT id FROM mmr.queue WHERE new_row->>'id' = '2')"),
+            "true", // now visible: it holds the lower queue id
+        );
+        let (t2, p2, rows) = pull(&t1, &lit(&p1));
+        assert_eq!(rows, "1", "the late commit is served in the next batch");
+        let (t3, _, rows) = pull(&t2, &lit(&p2));
+        assert_eq!(
+            (t3.as_str(), rows.as_str()),
+            ("", ""),
+            "nothing is served twice"
+        );
+        // The consumer's reported position is recorded for pruning and wait_for_peers.
+        assert_eq!(
+            s.query("s0", "SELECT tick FROM mmr.consumer WHERE name = 'c'"),
+            t2
+        );
+    }
+}

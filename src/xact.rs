@@ -1,0 +1,48 @@
+//! Transaction callback: at commit, wake whoever waits for what this transaction did.
+
+use crate::shmem;
+use pgrx::pg_sys;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set when the current transaction queued changes (capture trigger).
+static QUEUED: AtomicBool = AtomicBool::new(false);
+/// Set when the current transaction changed the peer catalog.
+static PEERS_CHANGED: AtomicBool = AtomicBool::new(false);
+
+pub fn init() {
+    // SAFETY: registering a process-wide callback from _PG_init.
+    unsafe { pg_sys::RegisterXactCallback(Some(callback), std::ptr::null_mut()) };
+}
+
+pub fn note_queued() {
+    QUEUED.store(true, Ordering::Relaxed);
+}
+
+pub fn note_peers_changed() {
+    PEERS_CHANGED.store(true, Ordering::Relaxed);
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        // COMMIT fires after the commit is visible to other backends, so a woken reader
+        // sees the new rows.
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            if QUEUED.swap(false, Ordering::Relaxed) {
+                shmem::signal_commit();
+            }
+            if PEERS_CHANGED.swap(false, Ordering::Relaxed) {
+                shmem::signal_config();
+            }
+        }
+        // A prepared transaction is committed later by another session; its readers
+        // then wake at their poll timeout instead.
+        pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            QUEUED.store(false, Ordering::Relaxed);
+            PEERS_CHANGED.store(false, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
