@@ -9,6 +9,7 @@
 
 use crate::shmem::{self, Lock, LockGuard};
 use mmr_core::hlc;
+use pgrx::pg_sys;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -84,10 +85,80 @@ pub fn tick() -> i64 {
     advance(hlc::tick) as i64
 }
 
+thread_local! {
+    /// Whether this backend's current transaction has registered in `open_stamps`.
+    static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn my_slot() -> &'static AtomicU64 {
+    // SAFETY: MyProc is set for every backend that can run a trigger.
+    let procno = unsafe { (*pg_sys::MyProc).pgprocno } as usize;
+    let slots = shmem::open_stamps();
+    slots.get(procno).unwrap_or_else(|| {
+        crate::error::MmrError::Internal(format!(
+            "no open-stamp slot for process number {procno} ({} slots)",
+            slots.len()
+        ))
+        .raise()
+    })
+}
+
+/// A stamp for a row written by this transaction. Before the first one, the
+/// transaction registers a lower bound of its stamps (the clock's current value, which
+/// every later tick exceeds), so `stable()` never passes a stamp still uncommitted.
+pub fn tick_for_write() -> i64 {
+    if !REGISTERED.with(|r| r.replace(true)) {
+        my_slot().store(shmem::shared().clock.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+    tick()
+}
+
+/// Whether the current transaction has stamped rows (see `xact.rs`).
+pub fn wrote_stamps() -> bool {
+    REGISTERED.with(|r| r.get())
+}
+
+/// Transaction end: this backend holds no uncommitted stamps any more. Called at
+/// COMMIT after the commit is visible, so `stable()` only passes committed stamps.
+pub fn end_of_transaction() {
+    if REGISTERED.with(|r| r.replace(false)) {
+        my_slot().store(0, Ordering::SeqCst);
+    }
+}
+
+/// A stamp below which every change this node wrote has committed: the clock, or the
+/// lowest stamp a still-open writing transaction may hold. Reading the clock before the
+/// slots makes a transaction that registers concurrently harmless: it registers a value
+/// at least the clock we read, so all its stamps are above the result.
+pub fn stable() -> i64 {
+    let clock = shmem::shared().clock.load(Ordering::SeqCst);
+    let open = shmem::open_stamps()
+        .iter()
+        .map(|s| s.load(Ordering::SeqCst))
+        .filter(|&v| v != 0)
+        .min();
+    open.map_or(clock, |o| o.min(clock)) as i64
+}
+
 /// Advances the clock past a stamp received from a peer.
 pub fn observe(remote: i64) {
     let remote = remote.max(0) as u64;
     advance(|prev, now| hlc::receive(prev, remote, now));
+}
+
+/// Advances the clock past `remote` unless it is further ahead of the wall clock than
+/// `mmr.max_clock_skew`; such a stamp is refused (the caller holds its change back).
+pub fn observe_checked(remote: i64) -> crate::error::Result<()> {
+    let ahead = hlc::ahead_by_millis(remote.max(0) as u64, wall_millis());
+    let limit = crate::gucs::max_clock_skew().as_millis() as u64;
+    if ahead > limit {
+        return Err(crate::error::MmrError::ClockSkew {
+            ahead_ms: ahead,
+            limit_ms: limit,
+        });
+    }
+    observe(remote);
+    Ok(())
 }
 
 /// The current clock value, without advancing it.

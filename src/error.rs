@@ -26,6 +26,8 @@ pub enum MmrError {
     BadResolver { resolver: String, problem: String },
     TruncateRefused(String),
     UnknownConflict(i64),
+    ClockSkew { ahead_ms: u64, limit_ms: u64 },
+    TwoPhaseCommit,
     Internal(String),
 }
 
@@ -35,21 +37,18 @@ impl MmrError {
     fn code(&self) -> Code {
         match self {
             NotPreloaded | NodeNotInitialized => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            NodeAlreadyInitialized { .. } | PeerExists(_) | AlreadyReplicated(_) => {
-                Code::ERRCODE_DUPLICATE_OBJECT
-            }
+            NodeAlreadyInitialized { .. } | PeerExists(_) | AlreadyReplicated(_) => Code::ERRCODE_DUPLICATE_OBJECT,
             InvalidNodeId(_) | InvalidName { .. } | PeerIsSelf(_) | BadConninfo(_) => {
                 Code::ERRCODE_INVALID_PARAMETER_VALUE
             }
-            UnknownPeer(_) | NotReplicated(_) | UnknownConflict(_) => {
-                Code::ERRCODE_UNDEFINED_OBJECT
-            }
+            UnknownPeer(_) | NotReplicated(_) | UnknownConflict(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
-            TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) => {
+            TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | TwoPhaseCommit => {
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED
             }
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
+            ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
             Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -79,35 +78,27 @@ impl MmrError {
             BadResolver { resolver, problem } => {
                 format!("function {resolver} cannot be used as a resolver: {problem}")
             }
-            TruncateRefused(tbl) => format!(
-                "TRUNCATE is not replicated; refusing to truncate replicated table \"{tbl}\""
-            ),
+            TruncateRefused(tbl) => {
+                format!("TRUNCATE is not replicated; refusing to truncate replicated table \"{tbl}\"")
+            }
             UnknownConflict(id) => format!("conflict {id} does not exist"),
+            ClockSkew { ahead_ms, limit_ms } => {
+                format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
+            }
+            TwoPhaseCommit => "cannot PREPARE a transaction that wrote to replicated tables".into(),
             Internal(msg) => format!("mmr internal error: {msg}"),
         }
     }
 
     fn detail(&self) -> Option<String> {
         match self {
-            NodeAlreadyInitialized { .. } => {
-                Some("A node's name and id cannot change once set.".into())
-            }
-            InvalidNodeId(_) => {
-                Some("node_id must be between 1 and 1023 and unique in the group.".into())
-            }
-            InvalidName { .. } => {
-                Some("Names are 1 to 63 characters: letters, digits, '_', '-' and '.'.".into())
-            }
-            NoPrimaryKey(_) => {
-                Some("mmr identifies rows across nodes by their primary key.".into())
-            }
+            NodeAlreadyInitialized { .. } => Some("A node's name and id cannot change once set.".into()),
+            InvalidNodeId(_) => Some("node_id must be between 1 and 1023 and unique in the group.".into()),
+            InvalidName { .. } => Some("Names are 1 to 63 characters: letters, digits, '_', '-' and '.'.".into()),
+            NoPrimaryKey(_) => Some("mmr identifies rows across nodes by their primary key.".into()),
             TemporaryTable(_) => Some("Temporary tables exist only in one session.".into()),
-            UnloggedTable(_) => Some(
-                "Unlogged tables are emptied by a crash, which replication cannot repeat.".into(),
-            ),
-            TruncateRefused(_) => {
-                Some("TRUNCATE would remove rows here without telling the other nodes.".into())
-            }
+            UnloggedTable(_) => Some("Unlogged tables are emptied by a crash, which replication cannot repeat.".into()),
+            TruncateRefused(_) => Some("TRUNCATE would remove rows here without telling the other nodes.".into()),
             _ => None,
         }
     }
@@ -122,7 +113,9 @@ impl MmrError {
             PeerExists(_) => "Use mmr.remove_peer first to change its connection string.".into(),
             PeerIsSelf(_) => "Add the other nodes of the group as peers.".into(),
             UnknownPeer(_) => "SELECT name FROM mmr.peers lists the peers of this node.".into(),
-            BadConninfo(_) => "Use a libpq connection string, e.g. 'host=db2 port=5432 dbname=app user=mmr_pull'.".into(),
+            BadConninfo(_) => {
+                "Use a libpq connection string, e.g. 'host=db2 port=5432 dbname=app user=mmr_pull'.".into()
+            }
             NotATable { .. } => "Only ordinary tables can be replicated.".into(),
             TemporaryTable(_) | UnloggedTable(_) => "Replicate an ordinary (logged, permanent) table.".into(),
             NoPrimaryKey(tbl) => format!("Add one with ALTER TABLE {tbl} ADD PRIMARY KEY (...), on every node."),
@@ -134,6 +127,8 @@ impl MmrError {
             }
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
+            TwoPhaseCommit => "Commit it directly; mmr does not support two-phase commit on replicated tables.".into(),
+            ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),
             _ => return None,
         })
     }

@@ -5,8 +5,7 @@ use std::ffi::CString;
 use std::time::Duration;
 
 /// Database the background workers serve (the one where `CREATE EXTENSION mmr` ran).
-static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// How far ahead of the local wall clock an incoming stamp may be before the batch
 /// holding it is held back (not applied) and reported.

@@ -9,14 +9,18 @@
 use pgrx::prelude::*;
 
 mod api;
+mod apply;
 mod capture;
 mod catalog;
 mod clock;
 mod error;
 mod gucs;
 mod peer;
+mod prune;
 mod queue;
+mod relcache;
 mod shmem;
+mod worker;
 mod xact;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -35,6 +39,7 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"mmr".as_ptr()) };
     shmem::init();
     xact::init();
+    worker::register_launcher();
 }
 
 #[cfg(test)]
@@ -43,10 +48,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![
-            "shared_preload_libraries = 'mmr'",
-            "mmr.database = 'pgrx_tests'",
-        ]
+        vec!["shared_preload_libraries = 'mmr'", "mmr.database = 'pgrx_tests'"]
     }
 }
 

@@ -31,6 +31,7 @@ struct Tick {
     snap: String,
     last_qid: i64,
     hlc: i64,
+    stable_hlc: i64,
     as_of: String,
 }
 
@@ -39,23 +40,11 @@ struct Tick {
 /// or creates the tick that ends the batch, waiting up to `wait_ms` for new changes.
 /// Returns the batch header as jsonb; `mmr.pull` then returns the batch's rows.
 #[pg_extern(volatile)]
-fn _pull_begin(
-    consumer: &str,
-    tick: i64,
-    position: Option<&str>,
-    max_changes: i32,
-    wait_ms: i32,
-) -> JsonB {
+fn _pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i32, wait_ms: i32) -> JsonB {
     pull_begin(consumer, tick, position, max_changes, wait_ms).or_raise()
 }
 
-fn pull_begin(
-    consumer: &str,
-    tick: i64,
-    position: Option<&str>,
-    max_changes: i32,
-    wait_ms: i32,
-) -> Result<JsonB> {
+fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i32, wait_ms: i32) -> Result<JsonB> {
     // SAFETY: reading a backend global.
     if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
         return Err(MmrError::Internal(
@@ -70,19 +59,21 @@ fn pull_begin(
     record_consumer(consumer, tick, position)?;
 
     let deadline = Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
-    let to = loop {
+    let (to, stable) = loop {
         // Read the commit counter before looking, so a commit between the look and the
-        // sleep still wakes us.
+        // sleep still wakes us; and the stable stamp before the snapshot the look uses,
+        // so that "nothing new" also means "every change stamped below it was served".
         let seq = shmem::commit_seq();
+        let stable = clock::stable();
         if let Some(t) = next_tick(tick, from.as_ref(), max_changes)? {
-            break Some(t);
+            break (Some(t), None);
         }
         if has_unserved_changes(position)? {
-            break Some(create_tick(tick, from.as_ref())?);
+            break (Some(create_tick(tick, from.as_ref())?), None);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break None;
+            break (None, Some(stable));
         }
         shmem::wait_for(Wakeup::Commit, seq, left.as_millis() as i64);
     };
@@ -94,17 +85,42 @@ fn pull_begin(
     unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
 
     let pending = pending_changes(to.as_ref().map(|t| t.last_qid))?;
+    let report = frontier_report()?;
     let header = match to {
         Some(t) => json!({
             "node": me.name, "node_id": me.node_id, "to_tick": t.id, "to_snap": t.snap,
-            "hlc": t.hlc, "as_of": t.as_of, "pending": pending,
+            "hlc": t.hlc, "stable": t.stable_hlc, "as_of": t.as_of, "pending": pending, "report": report,
         }),
         None => json!({
             "node": me.name, "node_id": me.node_id, "to_tick": null, "to_snap": null,
-            "hlc": clock::current(), "as_of": now_text()?, "pending": pending,
+            "hlc": clock::current(), "stable": stable, "as_of": now_text()?, "pending": pending,
+            "report": report,
         }),
     };
     Ok(JsonB(header))
+}
+
+/// What this node has applied from each of its peers (their watermarks here), and a
+/// stable stamp of this node taken after reading them: every change this node wrote
+/// before it had applied those changes is stamped below `self`. Peers use it to know
+/// when a tombstone can no longer meet a concurrent change (see prune.rs).
+fn frontier_report() -> Result<serde_json::Value> {
+    let rows = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT p.peer, p.watermark FROM mmr.peer_progress p WHERE p.watermark IS NOT NULL",
+            None,
+            &[],
+        )?;
+        let mut m = serde_json::Map::new();
+        for r in t {
+            let name: String = r.get(1)?.unwrap_or_default();
+            let w: i64 = r.get(2)?.unwrap_or(0);
+            m.insert(name, json!(w));
+        }
+        Ok::<_, pgrx::spi::SpiError>(m)
+    })
+    .map_err(internal)?;
+    Ok(json!({ "applied": rows, "self": clock::stable() }))
 }
 
 fn now_text() -> Result<String> {
@@ -126,14 +142,12 @@ fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<
 /// the batch near `max_changes` (but at least the first), and only ticks whose snapshot
 /// covers the consumer's position, so a position never moves backwards.
 fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Option<Tick>> {
-    let base = catalog::select_opt::<i64>(
-        "SELECT last_qid FROM mmr.tick WHERE id = $1",
-        &[tick.into()],
-    )
-    .map_err(internal)?;
+    let base =
+        catalog::select_opt::<i64>("SELECT last_qid FROM mmr.tick WHERE id = $1", &[tick.into()]).map_err(internal)?;
     let candidates = Spi::connect(|c| {
         let rows = c.select(
-            "SELECT id, snap::text, last_qid, hlc, created_at::text FROM mmr.tick WHERE id > $1 ORDER BY id LIMIT 1000",
+            "SELECT id, snap::text, last_qid, hlc, stable_hlc, created_at::text FROM mmr.tick \
+             WHERE id > $1 ORDER BY id LIMIT 1000",
             None,
             &[tick.into()],
         )?;
@@ -144,7 +158,8 @@ fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Opt
                 snap: r.get(2)?.unwrap_or_default(),
                 last_qid: r.get(3)?.unwrap_or(0),
                 hlc: r.get(4)?.unwrap_or(0),
-                as_of: r.get(5)?.unwrap_or_default(),
+                stable_hlc: r.get(5)?.unwrap_or(0),
+                as_of: r.get(6)?.unwrap_or_default(),
             });
         }
         Ok::<_, pgrx::spi::SpiError>(out)
@@ -191,13 +206,16 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
     if let Some(t) = next_tick(tick, from, i32::MAX)? {
         return Ok(t);
     }
+    // The stable stamp is taken before the snapshot (the INSERT below): every change
+    // stamped below it has committed, so it is visible in the tick.
+    let stable = clock::stable();
     Spi::connect_mut(|c| {
         let r = c.update(
-            "INSERT INTO mmr.tick (snap, hlc, last_qid) \
-             VALUES (pg_current_snapshot(), $1, (SELECT last_value FROM mmr.queue_id_seq)) \
-             RETURNING id, snap::text, last_qid, hlc, created_at::text",
+            "INSERT INTO mmr.tick (snap, hlc, stable_hlc, last_qid) \
+             VALUES (pg_current_snapshot(), $1, $2, (SELECT last_value FROM mmr.queue_id_seq)) \
+             RETURNING id, snap::text, last_qid, hlc, stable_hlc, created_at::text",
             None,
-            &[clock::current().into()],
+            &[clock::current().into(), stable.into()],
         )?;
         let r = r.first();
         Ok::<_, pgrx::spi::SpiError>(Tick {
@@ -205,7 +223,8 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
             snap: r.get(2)?.unwrap_or_default(),
             last_qid: r.get(3)?.unwrap_or(0),
             hlc: r.get(4)?.unwrap_or(0),
-            as_of: r.get(5)?.unwrap_or_default(),
+            stable_hlc: r.get(5)?.unwrap_or(0),
+            as_of: r.get(6)?.unwrap_or_default(),
         })
     })
     .map_err(internal)
@@ -213,11 +232,9 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
 
 /// Roughly how many changes were queued after the batch's end (queue ids taken since).
 fn pending_changes(last_qid: Option<i64>) -> Result<i64> {
-    let last = Spi::get_one::<i64>(
-        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mmr.queue_id_seq",
-    )
-    .map_err(internal)?
-    .unwrap_or(0);
+    let last = Spi::get_one::<i64>("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mmr.queue_id_seq")
+        .map_err(internal)?
+        .unwrap_or(0);
     Ok(match last_qid {
         Some(q) => (last - q).max(0),
         None => 0,

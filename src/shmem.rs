@@ -37,6 +37,8 @@ pub struct PeerSlot {
     pub last_contact: i64,
     /// Changes the peer still had for us at the last exchange; -1 = unknown.
     pub lag_changes: i64,
+    /// Every change of the peer stamped below this has been applied here (0 = unknown).
+    pub watermark: i64,
 }
 
 #[repr(C)]
@@ -53,9 +55,14 @@ pub struct Shared {
     pub config_seq: AtomicU64,
     pub config_cv: pg_sys::ConditionVariable,
     pub peers: [PeerSlot; MAX_PEER_SLOTS],
+    /// Number of entries of the `open_stamps` array that follows this struct.
+    pub n_open_stamps: usize,
 }
 
 static mut SHARED: *mut Shared = ptr::null_mut();
+/// One entry per PGPROC (indexed by pgprocno): a lower bound of the stamps written by
+/// the transaction running there, 0 when it has written none (see clock::stable).
+static mut OPEN_STAMPS: *const AtomicU64 = ptr::null();
 static mut LOCKS: *mut pg_sys::LWLockPadded = ptr::null_mut();
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
@@ -72,6 +79,17 @@ pub fn init() {
     }
 }
 
+/// Entries of the open-stamps array: one per possible PGPROC (backends, auxiliary
+/// processes, prepared transactions), with room to spare.
+fn open_stamp_slots() -> usize {
+    // SAFETY: both globals are set before shared memory is sized.
+    unsafe { (pg_sys::MaxBackends + 64) as usize }
+}
+
+fn shared_size() -> usize {
+    std::mem::size_of::<Shared>() + open_stamp_slots() * std::mem::size_of::<AtomicU64>()
+}
+
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn request_hook() {
     // SAFETY: called by the postmaster inside its shmem request phase.
@@ -79,7 +97,7 @@ unsafe extern "C-unwind" fn request_hook() {
         if let Some(prev) = PREV_REQUEST_HOOK {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
+        pg_sys::RequestAddinShmemSpace(shared_size());
         pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), NUM_LOCKS);
     }
 }
@@ -93,18 +111,16 @@ unsafe extern "C-unwind" fn startup_hook() {
             prev();
         }
         let mut found = false;
-        let shared = pg_sys::ShmemInitStruct(
-            c"mmr shared state".as_ptr(),
-            std::mem::size_of::<Shared>(),
-            &mut found,
-        ) as *mut Shared;
+        let shared = pg_sys::ShmemInitStruct(c"mmr shared state".as_ptr(), shared_size(), &mut found) as *mut Shared;
         if !found {
-            ptr::write_bytes(shared as *mut u8, 0, std::mem::size_of::<Shared>());
+            ptr::write_bytes(shared as *mut u8, 0, shared_size());
+            (*shared).n_open_stamps = open_stamp_slots();
             pg_sys::ConditionVariableInit(&mut (*shared).commit_cv);
             pg_sys::ConditionVariableInit(&mut (*shared).config_cv);
             crate::clock::init_shared(&(*shared).clock, &(*shared).reserved);
         }
         SHARED = shared;
+        OPEN_STAMPS = shared.add(1) as *const AtomicU64;
         LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
     }
 }
@@ -119,6 +135,13 @@ pub fn shared() -> &'static Shared {
         }
         &*p
     }
+}
+
+/// The open-stamps array (see `OPEN_STAMPS`).
+pub fn open_stamps() -> &'static [AtomicU64] {
+    let n = shared().n_open_stamps;
+    // SAFETY: n entries follow the struct in the same shared-memory allocation.
+    unsafe { std::slice::from_raw_parts(OPEN_STAMPS, n) }
 }
 
 fn shared_mut() -> *mut Shared {
@@ -194,8 +217,7 @@ pub fn wait_for(which: Wakeup, seq_before: u64, timeout_ms: i64) {
             Wakeup::Commit => (&mut (*s).commit_cv as *mut _, &(*s).commit_seq),
             Wakeup::Config => (&mut (*s).config_cv as *mut _, &(*s).config_seq),
         };
-        let deadline =
-            std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
         pg_sys::ConditionVariablePrepareToSleep(cv);
         while seq.load(Ordering::SeqCst) == seq_before {
             let left = deadline
@@ -242,6 +264,7 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     pub last_contact: i64,
     pub lag_changes: i64,
+    pub watermark: i64,
 }
 
 impl PeerSlot {
@@ -254,6 +277,7 @@ impl PeerSlot {
             last_error: (!err.is_empty()).then_some(err),
             last_contact: self.last_contact,
             lag_changes: self.lag_changes,
+            watermark: self.watermark,
         }
     }
 }
@@ -261,12 +285,7 @@ impl PeerSlot {
 /// Status of every peer worker that has claimed a slot.
 pub fn peer_statuses() -> Vec<PeerStatus> {
     let _g = LockGuard::acquire(Lock::PeerSlots, false);
-    shared()
-        .peers
-        .iter()
-        .filter(|s| s.in_use)
-        .map(|s| s.status())
-        .collect()
+    shared().peers.iter().filter(|s| s.in_use).map(|s| s.status()).collect()
 }
 
 /// Updates (claiming if needed) the status slot of peer `name`. Returns false when all
@@ -290,6 +309,7 @@ pub fn update_peer_status(name: &str, f: impl FnOnce(&mut PeerStatusWriter)) -> 
             last_error: [0; ERROR_LEN],
             last_contact: 0,
             lag_changes: -1,
+            watermark: 0,
         };
         put_str(&mut slot.name, name);
     }
@@ -302,10 +322,7 @@ pub fn release_peer_status(name: &str) {
     let _g = LockGuard::acquire(Lock::PeerSlots, true);
     // SAFETY: exclusive lock held.
     let peers = unsafe { &mut (*shared_mut()).peers };
-    for s in peers
-        .iter_mut()
-        .filter(|s| s.in_use && get_str(&s.name) == name)
-    {
+    for s in peers.iter_mut().filter(|s| s.in_use && get_str(&s.name) == name) {
         s.in_use = false;
     }
 }
@@ -326,5 +343,8 @@ impl PeerStatusWriter<'_> {
     pub fn set_contact(&mut self, ts: i64, lag_changes: i64) {
         self.0.last_contact = ts;
         self.0.lag_changes = lag_changes;
+    }
+    pub fn set_watermark(&mut self, w: i64) {
+        self.0.watermark = self.0.watermark.max(w);
     }
 }

@@ -20,10 +20,12 @@ mod tests {
 
     /// Runs `sql` in a subtransaction; returns "SQLSTATE: message | hint" if it failed.
     fn error_of(sql: &str) -> Option<String> {
-        run("CREATE OR REPLACE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+        run(
+            "CREATE OR REPLACE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
              DECLARE h text; BEGIN EXECUTE q; RETURN NULL; \
              EXCEPTION WHEN others THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; \
-             RETURN SQLSTATE || ': ' || SQLERRM || ' | ' || coalesce(h, ''); END $$");
+             RETURN SQLSTATE || ': ' || SQLERRM || ' | ' || coalesce(h, ''); END $$",
+        );
         Spi::get_one_with_args::<String>("SELECT pg_temp.error_of($1)", &[sql.into()]).unwrap()
     }
 
@@ -31,10 +33,7 @@ mod tests {
     fn assert_rejected(sql: &str, sqlstate: &str, msg: &str) {
         let e = error_of(sql).unwrap_or_else(|| panic!("expected {sql} to fail"));
         assert!(e.starts_with(sqlstate), "{sql}: wrong SQLSTATE: {e}");
-        assert!(
-            e.contains(msg),
-            "{sql}: message should contain {msg:?}: {e}"
-        );
+        assert!(e.contains(msg), "{sql}: message should contain {msg:?}: {e}");
         let hint = e.rsplit(" | ").next().unwrap_or("");
         assert!(!hint.is_empty(), "{sql}: no hint: {e}");
     }
@@ -83,8 +82,10 @@ mod tests {
         assert_eq!(text("SELECT mmr_vv::text FROM cap WHERE id = 1"), "{7,1}");
         assert_eq!(one::<i32>("SELECT mmr_node FROM cap WHERE id = 1"), Some(7));
         assert_eq!(
-            text("SELECT concat_ws(' ', tbl, op, vv::text, new_row->>'v', old_row IS NULL, \
-                  hlc = (SELECT mmr_hlc FROM cap WHERE id = 1)) FROM mmr.queue ORDER BY id DESC LIMIT 1"),
+            text(
+                "SELECT concat_ws(' ', tbl, op, vv::text, new_row->>'v', old_row IS NULL, \
+                  hlc = (SELECT mmr_hlc FROM cap WHERE id = 1)) FROM mmr.queue ORDER BY id DESC LIMIT 1"
+            ),
             "public.cap I {7,1} a t t"
         );
 
@@ -151,19 +152,13 @@ mod tests {
         assert_eq!(text("SELECT mmr_vv::text FROM pre WHERE id = 3"), "{1,1}");
         run("SELECT mmr.unreplicate('pre')");
         assert_eq!(one::<i64>("SELECT count(*) FROM pre"), Some(10));
-        assert_eq!(
-            one::<i64>("SELECT count(*) FROM mmr.replicated_table"),
-            Some(0)
-        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.replicated_table"), Some(0));
         assert_eq!(
             one::<i64>("SELECT count(*) FROM pg_attribute WHERE attrelid = 'pre'::regclass AND attname LIKE 'mmr%' AND NOT attisdropped"),
             Some(0)
         );
         run("INSERT INTO pre VALUES (11, 'z')");
-        assert_eq!(
-            one::<i64>("SELECT count(*) FROM mmr.queue WHERE op = 'I'"),
-            Some(0)
-        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queue WHERE op = 'I'"), Some(0));
     }
 
     #[pg_test]
@@ -174,10 +169,7 @@ mod tests {
         run("INSERT INTO gone VALUES (1)");
         run("DELETE FROM gone");
         run("DROP TABLE gone");
-        assert_eq!(
-            one::<i64>("SELECT count(*) FROM mmr.replicated_table"),
-            Some(0)
-        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.replicated_table"), Some(0));
         assert_eq!(one::<i64>("SELECT count(*) FROM mmr.tombstone"), Some(0));
     }
 
@@ -196,60 +188,30 @@ mod tests {
         // Before init_node.
         let before = catalog_state();
         assert_rejected("SELECT mmr.replicate('ok_t')", "55000", "no mmr identity");
-        assert_rejected(
-            "SELECT mmr.add_peer('p', 'host=x')",
-            "55000",
-            "no mmr identity",
-        );
-        assert_rejected(
-            "SELECT mmr.init_node('bad name', 1)",
-            "22023",
-            "invalid node name",
-        );
+        assert_rejected("SELECT mmr.add_peer('p', 'host=x')", "55000", "no mmr identity");
+        assert_rejected("SELECT mmr.init_node('bad name', 1)", "22023", "invalid node name");
         assert_rejected("SELECT mmr.init_node('n', 0)", "22023", "out of range");
         assert_rejected("SELECT mmr.init_node('n', 1024)", "22023", "out of range");
         assert_eq!(catalog_state(), before);
 
         run("SELECT mmr.init_node('n1', 1)");
-        run("CREATE FUNCTION good(l ok_t, r ok_t, o ok_t, i mmr.conflict_info) RETURNS ok_t LANGUAGE sql AS 'SELECT r'");
+        run(
+            "CREATE FUNCTION good(l ok_t, r ok_t, o ok_t, i mmr.conflict_info) RETURNS ok_t LANGUAGE sql AS 'SELECT r'",
+        );
         run("SELECT mmr.replicate('ok_t')");
         run("SELECT mmr.add_peer('p2', 'host=127.0.0.1 port=1 password=secret')");
         let before = catalog_state();
 
-        assert_rejected(
-            "SELECT mmr.init_node('n1', 1)",
-            "42710",
-            "already initialized",
-        );
-        assert_rejected(
-            "SELECT mmr.init_node('other', 2)",
-            "42710",
-            "already initialized",
-        );
-        assert_rejected(
-            "SELECT mmr.replicate('nopk')",
-            "42P16",
-            "has no primary key",
-        );
+        assert_rejected("SELECT mmr.init_node('n1', 1)", "42710", "already initialized");
+        assert_rejected("SELECT mmr.init_node('other', 2)", "42710", "already initialized");
+        assert_rejected("SELECT mmr.replicate('nopk')", "42P16", "has no primary key");
         assert_rejected("SELECT mmr.replicate('unl')", "0A000", "unlogged");
         assert_rejected("SELECT mmr.replicate('tmp')", "0A000", "temporary");
         assert_rejected("SELECT mmr.replicate('vw')", "42809", "is a view");
         assert_rejected("SELECT mmr.replicate('has_mmr')", "42P16", "mmr_hlc");
-        assert_rejected(
-            "SELECT mmr.replicate('ok_t')",
-            "42710",
-            "already replicated",
-        );
-        assert_rejected(
-            "SELECT mmr.unreplicate('nopk')",
-            "42704",
-            "is not replicated",
-        );
-        assert_rejected(
-            "SELECT mmr.set_resolver('nopk', NULL)",
-            "42704",
-            "is not replicated",
-        );
+        assert_rejected("SELECT mmr.replicate('ok_t')", "42710", "already replicated");
+        assert_rejected("SELECT mmr.unreplicate('nopk')", "42704", "is not replicated");
+        assert_rejected("SELECT mmr.set_resolver('nopk', NULL)", "42704", "is not replicated");
         assert_rejected(
             "SELECT mmr.set_resolver('ok_t', 'bad_args(int,int,int,int)')",
             "42P13",
@@ -265,16 +227,8 @@ mod tests {
             "42P13",
             "takes 2 arguments",
         );
-        assert_rejected(
-            "SELECT mmr.add_peer('p2', 'host=y')",
-            "42710",
-            "already exists",
-        );
-        assert_rejected(
-            "SELECT mmr.add_peer('n1', 'host=y')",
-            "22023",
-            "name of this node",
-        );
+        assert_rejected("SELECT mmr.add_peer('p2', 'host=y')", "42710", "already exists");
+        assert_rejected("SELECT mmr.add_peer('n1', 'host=y')", "22023", "name of this node");
         assert_rejected(
             "SELECT mmr.add_peer('p3', 'this is not a conninfo')",
             "22023",
@@ -330,19 +284,13 @@ mod tests {
             run(&format!(
                 "SELECT dblink_exec({admin}, 'DROP DATABASE IF EXISTS {db} WITH (FORCE)')"
             ));
-            run(&format!(
-                "SELECT dblink_exec({admin}, 'CREATE DATABASE {db}')"
-            ));
+            run(&format!("SELECT dblink_exec({admin}, 'CREATE DATABASE {db}')"));
             let s = Sessions {
                 db: db.into(),
                 names: names.iter().map(|n| n.to_string()).collect(),
             };
             for n in names {
-                run(&format!(
-                    "SELECT dblink_connect({}, {})",
-                    lit(n),
-                    lit(&conninfo(db))
-                ));
+                run(&format!("SELECT dblink_connect({}, {})", lit(n), lit(&conninfo(db))));
             }
             s.exec(names[0], "CREATE EXTENSION mmr");
             s.exec(names[0], "SELECT mmr.init_node('n1', 1)");
@@ -357,11 +305,7 @@ mod tests {
                 Some(rest) => format!("DO $x$ BEGIN PERFORM {rest}; END $x$"),
                 None => sql.to_string(),
             };
-            run(&format!(
-                "SELECT dblink_exec({}, {})",
-                lit(session),
-                lit(&sql)
-            ));
+            run(&format!("SELECT dblink_exec({}, {})", lit(session), lit(&sql)));
         }
 
         /// One text value computed in `session`.
@@ -408,11 +352,7 @@ mod tests {
                 "SELECT bool_and(d > 0) FROM (SELECT mmr_hlc - lag(mmr_hlc) OVER (ORDER BY id) AS d \
                  FROM t WHERE id BETWEEN {lo} AND {hi}) x"
             );
-            assert_eq!(
-                s.query("s0", &q),
-                "true",
-                "session stamps not increasing in {lo}..{hi}"
-            );
+            assert_eq!(s.query("s0", &q), "true", "session stamps not increasing in {lo}..{hi}");
         }
         // The two sessions really overlapped: their stamp ranges interleave.
         assert_eq!(
@@ -435,31 +375,26 @@ mod tests {
         s.exec("b", "INSERT INTO t VALUES (2, 'late id, early commit')");
         // 'a' has not committed: only 'b''s change is visible.
         assert_eq!(
-            s.query(
-                "s0",
-                "SELECT string_agg(new_row->>'id', ',') FROM mmr.queue"
-            ),
+            s.query("s0", "SELECT string_agg(new_row->>'id', ',') FROM mmr.queue"),
             "2"
         );
 
         let pull = |tick: &str, pos: &str| -> (String, String, String) {
-            let r = s.query("s0", &format!("WITH p AS (SELECT * FROM mmr.pull('c', {tick}, {pos}, 100, 0)) \
+            let r = s.query(
+                "s0",
+                &format!(
+                    "WITH p AS (SELECT * FROM mmr.pull('c', {tick}, {pos}, 100, 0)) \
                 SELECT concat_ws('|', coalesce((SELECT meta->>'to_tick' FROM p WHERE kind = 'H'), ''), \
                                       coalesce((SELECT meta->>'to_snap' FROM p WHERE kind = 'H'), ''), \
-                                      coalesce((SELECT string_agg(new_row->>'id', ',') FROM p WHERE kind = 'C'), ''))"));
+                                      coalesce((SELECT string_agg(new_row->>'id', ',') FROM p WHERE kind = 'C'), ''))"
+                ),
+            );
             let mut parts = r.splitn(3, '|').map(String::from);
-            (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-            )
+            (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
         };
 
         let (t1, p1, rows) = pull("0", "NULL");
-        assert_eq!(
-            rows, "2",
-            "first batch holds only the committed transaction"
-        );
+        assert_eq!(rows, "2", "first batch holds only the committed transaction");
         s.exec("a", "COMMIT");
         assert_eq!(
             s.query("s0", "SELECT (SELECT id FROM mmr.queue WHERE new_row->>'id' = '1') < (SELECT id FROM mmr.queue WHERE new_row->>'id' = '2')"),
@@ -468,15 +403,8 @@ mod tests {
         let (t2, p2, rows) = pull(&t1, &lit(&p1));
         assert_eq!(rows, "1", "the late commit is served in the next batch");
         let (t3, _, rows) = pull(&t2, &lit(&p2));
-        assert_eq!(
-            (t3.as_str(), rows.as_str()),
-            ("", ""),
-            "nothing is served twice"
-        );
+        assert_eq!((t3.as_str(), rows.as_str()), ("", ""), "nothing is served twice");
         // The consumer's reported position is recorded for pruning and wait_for_peers.
-        assert_eq!(
-            s.query("s0", "SELECT tick FROM mmr.consumer WHERE name = 'c'"),
-            t2
-        );
+        assert_eq!(s.query("s0", "SELECT tick FROM mmr.consumer WHERE name = 'c'"), t2);
     }
 }

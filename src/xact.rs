@@ -28,6 +28,7 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         // COMMIT fires after the commit is visible to other backends, so a woken reader
         // sees the new rows.
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            crate::clock::end_of_transaction();
             if QUEUED.swap(false, Ordering::Relaxed) {
                 shmem::signal_commit();
             }
@@ -35,11 +36,17 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
                 shmem::signal_config();
             }
         }
-        // A prepared transaction is committed later by another session; its readers
-        // then wake at their poll timeout instead.
+        // A prepared transaction would keep its stamps open after this backend moves on,
+        // where clock::stable() cannot see them; refuse it (before anything is prepared).
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            if crate::clock::wrote_stamps() {
+                crate::error::MmrError::TwoPhaseCommit.raise();
+            }
+        }
         pg_sys::XactEvent::XACT_EVENT_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            crate::clock::end_of_transaction();
             QUEUED.store(false, Ordering::Relaxed);
             PEERS_CHANGED.store(false, Ordering::Relaxed);
         }

@@ -20,10 +20,7 @@ pub fn render(pairs: &[(String, String)], mask_password: bool) -> String {
 /// Quotes a value the way libpq reads it back: single quotes around values that are
 /// empty or hold whitespace, quotes or backslashes; `'` and `\` escaped with `\`.
 pub fn quote(v: &str) -> String {
-    let plain = !v.is_empty()
-        && !v
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\');
+    let plain = !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\');
     if plain {
         return v.to_string();
     }

@@ -143,9 +143,7 @@ pub fn decide(op: Op, remote: &Version, local: &Local) -> Decision {
         Causality::After => Decision::Apply,
         Causality::Equal => Decision::Skip(Skip::Duplicate),
         Causality::Before => Decision::Skip(Skip::Stale),
-        Causality::Concurrent => {
-            Decision::Conflict(conflict(op, remote, local_version, local_deleted))
-        }
+        Causality::Concurrent => Decision::Conflict(conflict(op, remote, local_version, local_deleted)),
     }
 }
 
@@ -159,11 +157,7 @@ fn conflict(op: Op, remote: &Version, local: &Version, local_deleted: bool) -> C
         (Op::Delete, true) => ConflictKind::DeleteDelete,
     };
     let winner = lww_winner(remote, local);
-    let kept = if winner == Side::Remote {
-        remote
-    } else {
-        local
-    };
+    let kept = if winner == Side::Remote { remote } else { local };
     Conflict {
         kind,
         winner,
@@ -198,24 +192,15 @@ mod tests {
 
     #[test]
     fn absent_applies() {
-        assert_eq!(
-            decide(Op::Update, &v(5, 1, &[1, 1]), &Local::Absent),
-            Decision::Apply
-        );
-        assert_eq!(
-            decide(Op::Delete, &v(5, 1, &[1, 1]), &Local::Absent),
-            Decision::Apply
-        );
+        assert_eq!(decide(Op::Update, &v(5, 1, &[1, 1]), &Local::Absent), Decision::Apply);
+        assert_eq!(decide(Op::Delete, &v(5, 1, &[1, 1]), &Local::Absent), Decision::Apply);
     }
 
     #[test]
     fn causally_later_applies_even_with_smaller_stamp() {
         // The vector decides causality; the stamp only breaks true conflicts.
         let local = Local::Row(v(100, 2, &[1, 1]));
-        assert_eq!(
-            decide(Op::Update, &v(50, 1, &[1, 2]), &local),
-            Decision::Apply
-        );
+        assert_eq!(decide(Op::Update, &v(50, 1, &[1, 2]), &local), Decision::Apply);
     }
 
     #[test]
@@ -271,10 +256,7 @@ mod tests {
         let Decision::Conflict(at_b) = decide(Op::Update, &a, &Local::Row(b.clone())) else {
             panic!()
         };
-        assert_eq!(
-            (at_a.hlc, at_a.node, &at_a.vv),
-            (at_b.hlc, at_b.node, &at_b.vv)
-        );
+        assert_eq!((at_a.hlc, at_a.node, &at_a.vv), (at_b.hlc, at_b.node, &at_b.vv));
         assert_eq!(at_a.winner, Side::Local);
         assert_eq!(at_b.winner, Side::Remote);
     }
@@ -301,14 +283,7 @@ mod tests {
     #[test]
     fn every_arrival_order_converges() {
         let versions = [v(300, 1, &[1, 1]), v(300, 3, &[3, 1]), v(250, 2, &[2, 1])];
-        let orders = [
-            [0, 1, 2],
-            [0, 2, 1],
-            [1, 0, 2],
-            [1, 2, 0],
-            [2, 0, 1],
-            [2, 1, 0],
-        ];
+        let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
         let mut finals = Vec::new();
         for order in orders {
             let mut state = Local::Absent;

@@ -51,11 +51,8 @@ impl VersionVector {
     /// Reads the stored flat form. Rejects odd lengths, unsorted or repeated node ids
     /// and non-positive counters, so a damaged vector is never silently compared.
     pub fn from_flat(flat: &[i64]) -> Result<Self, VvError> {
-        if flat.len() % 2 != 0 {
-            return Err(VvError(format!(
-                "version vector has odd length {}",
-                flat.len()
-            )));
+        if !flat.len().is_multiple_of(2) {
+            return Err(VvError(format!("version vector has odd length {}", flat.len())));
         }
         let mut entries = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
@@ -135,10 +132,7 @@ impl VersionVector {
     /// The pointwise maximum: the vector of a version that has seen both.
     pub fn merged(&self, other: &Self) -> Self {
         let mut entries = Vec::with_capacity(self.entries.len().max(other.entries.len()));
-        let (mut a, mut b) = (
-            self.entries.iter().peekable(),
-            other.entries.iter().peekable(),
-        );
+        let (mut a, mut b) = (self.entries.iter().peekable(), other.entries.iter().peekable());
         loop {
             match (a.peek(), b.peek()) {
                 (Some(&&(na, ca)), Some(&&(nb, cb))) => match na.cmp(&nb) {
@@ -173,10 +167,7 @@ impl VersionVector {
     /// How `self` relates to `other`.
     pub fn compare(&self, other: &Self) -> Causality {
         let (mut less, mut greater) = (false, false);
-        let (mut a, mut b) = (
-            self.entries.iter().peekable(),
-            other.entries.iter().peekable(),
-        );
+        let (mut a, mut b) = (self.entries.iter().peekable(), other.entries.iter().peekable());
         loop {
             let (ca, cb) = match (a.peek(), b.peek()) {
                 (Some(&&(na, ca)), Some(&&(nb, cb))) => match na.cmp(&nb) {
@@ -230,10 +221,7 @@ mod tests {
         assert_eq!(v.to_flat(), vec![1, 3, 2, 5]);
         assert_eq!(v.to_pg_array(), "{1,3,2,5}");
         assert_eq!(VersionVector::parse_pg_array("{1,3,2,5}").unwrap(), v);
-        assert_eq!(
-            VersionVector::parse_pg_array("{}").unwrap(),
-            VersionVector::new()
-        );
+        assert_eq!(VersionVector::parse_pg_array("{}").unwrap(), VersionVector::new());
     }
 
     #[test]

@@ -23,3 +23,12 @@ fn hlc_to_timestamptz(hlc: i64) -> TimestampWithTimeZone {
         .raise()
     })
 }
+
+/// Advances this node's clock past `stamp`, as receiving a change stamped `stamp` does.
+/// Refuses a stamp further ahead of the wall clock than `mmr.max_clock_skew`. Internal
+/// (superuser only): the apply path and tests use it.
+#[pg_extern(volatile)]
+fn _observe_hlc(stamp: i64) -> i64 {
+    crate::clock::observe_checked(stamp).unwrap_or_else(|e| e.raise());
+    crate::clock::current()
+}

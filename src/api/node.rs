@@ -27,13 +27,10 @@ fn init(name: &str, node_id: i32) -> Result<()> {
             node_id: existing.node_id,
         });
     }
-    if Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1)",
-        &[name.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    if Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1)", &[name.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(false)
     {
         return Err(MmrError::PeerIsSelf(name.into()));
     }

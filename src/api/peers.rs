@@ -11,12 +11,9 @@ fn internal(e: impl std::fmt::Display) -> MmrError {
 }
 
 fn peer_exists(name: &str) -> Result<bool> {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1)",
-        &[name.into()],
-    )
-    .map(|b| b.unwrap_or(false))
-    .map_err(internal)
+    Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1)", &[name.into()])
+        .map(|b| b.unwrap_or(false))
+        .map_err(internal)
 }
 
 /// Starts pulling changes from the node called `name` (its `mmr.init_node` name), reached
@@ -46,11 +43,7 @@ fn add(name: &str, conninfo: &str) -> Result<()> {
         &[name.into(), conninfo.into()],
     )
     .map_err(internal)?;
-    Spi::run_with_args(
-        "INSERT INTO mmr.peer_progress (peer) VALUES ($1)",
-        &[name.into()],
-    )
-    .map_err(internal)?;
+    Spi::run_with_args("INSERT INTO mmr.peer_progress (peer) VALUES ($1)", &[name.into()]).map_err(internal)?;
     crate::xact::note_peers_changed();
     Ok(())
 }
@@ -67,8 +60,7 @@ fn remove(name: &str) -> Result<()> {
         return Err(MmrError::UnknownPeer(name.into()));
     }
     Spi::run_with_args("DELETE FROM mmr.peer WHERE name = $1", &[name.into()]).map_err(internal)?;
-    Spi::run_with_args("DELETE FROM mmr.consumer WHERE name = $1", &[name.into()])
-        .map_err(internal)?;
+    Spi::run_with_args("DELETE FROM mmr.consumer WHERE name = $1", &[name.into()]).map_err(internal)?;
     crate::xact::note_peers_changed();
     Ok(())
 }
@@ -102,4 +94,88 @@ fn resume_peer(name: &str) {
 #[pg_extern(immutable, parallel_safe, strict)]
 fn _mask_conninfo(conninfo: &str) -> String {
     conninfo::masked(conninfo)
+}
+
+/// Status of the running apply workers (shared memory), for the `mmr.peers` view.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn _peer_status() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(pid, i32),
+        name!(state, String),
+        name!(last_error, Option<String>),
+        name!(last_contact, Option<TimestampWithTimeZone>),
+        name!(lag_changes, Option<i64>),
+        name!(watermark, Option<i64>),
+    ),
+> {
+    let rows: Vec<_> = crate::shmem::peer_statuses()
+        .into_iter()
+        .map(|s| {
+            let contact = (s.last_contact != 0)
+                .then(|| TimestampWithTimeZone::try_from(s.last_contact).ok())
+                .flatten();
+            (
+                s.name,
+                s.pid,
+                s.state,
+                s.last_error,
+                contact,
+                (s.lag_changes >= 0).then_some(s.lag_changes),
+                (s.watermark > 0).then_some(s.watermark),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// True once every peer has applied every change committed on this node before the
+/// call; false when `timeout` passes first. Call it outside a transaction block: peers
+/// cannot see what the calling transaction has not committed.
+#[pg_extern(volatile)]
+fn _wait_for_peers(timeout_ms: i64) -> bool {
+    let snap = Spi::get_one::<String>("SELECT pg_current_snapshot()::text")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| MmrError::Internal("no snapshot".into()).raise());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+    loop {
+        // A non-read-only SPI call takes a fresh snapshot: we see peers' new positions.
+        let done = Spi::connect_mut(|c| {
+            c.update(
+                "SELECT NOT EXISTS ( \
+                   SELECT 1 FROM mmr.peer p LEFT JOIN mmr.consumer c ON c.name = p.name \
+                   WHERE EXISTS (SELECT 1 FROM mmr.queue q \
+                                 WHERE pg_visible_in_snapshot(q.xid, $1::pg_snapshot) \
+                                   AND (c.position IS NULL \
+                                        OR (q.xid >= pg_snapshot_xmin(c.position) \
+                                            AND NOT pg_visible_in_snapshot(q.xid, c.position)))))",
+                None,
+                &[snap.as_str().into()],
+            )?
+            .first()
+            .get_one::<bool>()
+        })
+        .unwrap_or_else(|e| MmrError::Internal(e.to_string()).raise())
+        .unwrap_or(false);
+        if done {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        // SAFETY: a short interruptible sleep on our own latch.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                20,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
 }

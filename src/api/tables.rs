@@ -55,10 +55,7 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
         _ => Some("not an ordinary relation"),
     };
     if let Some(kind) = kind {
-        return Err(MmrError::NotATable {
-            tbl: name.into(),
-            kind,
-        });
+        return Err(MmrError::NotATable { tbl: name.into(), kind });
     }
     match persistence.map(|p| p as u8 as char) {
         Some('t') => return Err(MmrError::TemporaryTable(name.into())),
@@ -88,12 +85,9 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
 
 /// Checks that `resolver` is `f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t`.
 pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
-    let shown = Spi::get_one_with_args::<String>(
-        "SELECT $1::pg_catalog.regprocedure::text",
-        &[resolver.into()],
-    )
-    .map_err(internal)?
-    .unwrap_or_else(|| u32::from(resolver).to_string());
+    let shown = Spi::get_one_with_args::<String>("SELECT $1::pg_catalog.regprocedure::text", &[resolver.into()])
+        .map_err(internal)?
+        .unwrap_or_else(|| u32::from(resolver).to_string());
     let bad = |problem: String| MmrError::BadResolver {
         resolver: shown.clone(),
         problem,
@@ -132,32 +126,17 @@ pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
         return Err(bad("it is not a plain function".into()));
     }
     if nargs != 4 {
-        return Err(bad(format!(
-            "it takes {nargs} arguments, a resolver takes 4"
-        )));
+        return Err(bad(format!("it takes {nargs} arguments, a resolver takes 4")));
     }
-    let expected = [
-        table.as_str(),
-        table.as_str(),
-        table.as_str(),
-        "mmr.conflict_info",
-    ];
+    let expected = [table.as_str(), table.as_str(), table.as_str(), "mmr.conflict_info"];
     for (i, ok) in args_ok.iter().enumerate() {
         if !ok {
             let got = argtypes.get(i).map(String::as_str).unwrap_or("?");
-            return Err(bad(format!(
-                "argument {} is {got}, expected {}",
-                i + 1,
-                expected[i]
-            )));
+            return Err(bad(format!("argument {} is {got}, expected {}", i + 1, expected[i])));
         }
     }
     if retset || !ret_ok {
-        let got = if retset {
-            format!("SETOF {rettype}")
-        } else {
-            rettype
-        };
+        let got = if retset { format!("SETOF {rettype}") } else { rettype };
         return Err(bad(format!("it returns {got}, expected {table}")));
     }
     Ok(())
@@ -207,16 +186,8 @@ fn unreplicate(tbl: pg_sys::Oid) -> Result<()> {
          ALTER TABLE {name} DROP COLUMN mmr_hlc, DROP COLUMN mmr_node, DROP COLUMN mmr_vv"
     );
     Spi::run(&ddl).map_err(internal)?;
-    Spi::run_with_args(
-        "DELETE FROM mmr.tombstone WHERE relid = $1::oid",
-        &[tbl.into()],
-    )
-    .map_err(internal)?;
-    Spi::run_with_args(
-        "DELETE FROM mmr.replicated_table WHERE relid = $1::oid",
-        &[tbl.into()],
-    )
-    .map_err(internal)
+    Spi::run_with_args("DELETE FROM mmr.tombstone WHERE relid = $1::oid", &[tbl.into()]).map_err(internal)?;
+    Spi::run_with_args("DELETE FROM mmr.replicated_table WHERE relid = $1::oid", &[tbl.into()]).map_err(internal)
 }
 
 fn set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {

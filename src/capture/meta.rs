@@ -1,23 +1,19 @@
 //! What the capture triggers need to know about a replicated table, cached per backend:
 //! attribute numbers of the mmr columns, the primary key, and prepared statements.
 //!
-//! Entries are dropped when PostgreSQL invalidates the table's relcache entry (any
-//! ALTER TABLE, replicate/unreplicate, a changed primary key), so a cached attribute
-//! number is never used against a changed table. The invalidation callback only marks
-//! entries stale; they are dropped at the next lookup, never while a plan may be running.
+//! Entries are rebuilt after PostgreSQL invalidates the table (see `relcache.rs`), so a
+//! cached attribute number is never used against a changed table.
 
 use crate::error::{MmrError, Result};
+use crate::relcache::RelCache;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::PgOid;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 pub struct TableMeta {
     /// `"schema"."table"`: the table's identity across nodes.
     pub name: String,
-    pub relid: pg_sys::Oid,
     /// The table's composite type, for passing whole rows to SQL.
     pub rowtype: pg_sys::Oid,
     pub att_hlc: i32,
@@ -33,74 +29,15 @@ pub struct TableMeta {
     pub put_tombstone: OwnedPreparedStatement,
 }
 
-struct Entry {
-    meta: Rc<TableMeta>,
-    stale: bool,
-}
-
 thread_local! {
-    static CACHE: RefCell<HashMap<pg_sys::Oid, Entry>> = RefCell::new(HashMap::new());
-    static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
-}
-
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    CACHE.with(|c| {
-        if let Ok(mut c) = c.try_borrow_mut() {
-            for (oid, e) in c.iter_mut() {
-                if relid == pg_sys::InvalidOid || *oid == relid {
-                    e.stale = true;
-                }
-            }
-        }
-    });
-}
-
-fn ensure_callback() {
-    CALLBACK_REGISTERED.with(|r| {
-        if !*r.borrow() {
-            // SAFETY: registering a backend-lifetime callback; the function is 'static.
-            unsafe {
-                pg_sys::CacheRegisterRelcacheCallback(
-                    Some(on_relcache_invalidation),
-                    pg_sys::Datum::from(0),
-                )
-            };
-            *r.borrow_mut() = true;
-        }
-    });
+    static CACHE: RelCache<pg_sys::Oid, TableMeta> = RelCache::new();
 }
 
 /// The cached metadata of `rel`, building it (inside the caller's SPI connection) if needed.
 pub fn lookup(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<Rc<TableMeta>> {
-    ensure_callback();
     // SAFETY: the trigger manager hands us an open relation.
     let relid = unsafe { (*rel).rd_id };
-    let cached = CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        match c.get(&relid) {
-            Some(e) if !e.stale => Some(e.meta.clone()),
-            Some(_) => {
-                c.remove(&relid);
-                None
-            }
-            None => None,
-        }
-    });
-    if let Some(m) = cached {
-        return Ok(m);
-    }
-    let meta = Rc::new(build(client, rel)?);
-    CACHE.with(|c| {
-        c.borrow_mut().insert(
-            relid,
-            Entry {
-                meta: meta.clone(),
-                stale: false,
-            },
-        )
-    });
-    Ok(meta)
+    CACHE.with(|c| c.get_or_build(&relid, || build(client, rel).map(|m| (relid, m))))
 }
 
 fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i32> {
@@ -121,8 +58,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     // SAFETY: open relation from the trigger manager.
     let (relid, rowtype) = unsafe { ((*rel).rd_id, (*(*rel).rd_rel).reltype) };
     let name = qualified_name(relid)?;
-    let missing =
-        |c: &str| MmrError::Internal(format!("replicated table {name} has no column {c}"));
+    let missing = |c: &str| MmrError::Internal(format!("replicated table {name} has no column {c}"));
     let att_hlc = attnum(rel, "mmr_hlc").ok_or_else(|| missing("mmr_hlc"))?;
     let att_node = attnum(rel, "mmr_node").ok_or_else(|| missing("mmr_node"))?;
     let att_vv = attnum(rel, "mmr_vv").ok_or_else(|| missing("mmr_vv"))?;
@@ -134,9 +70,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         let parts: Vec<String> = pk
             .iter()
             .enumerate()
-            .map(|(i, (_, _, col))| {
-                format!("{}, ${}", pgrx::spi::quote_literal(col), first_param + i)
-            })
+            .map(|(i, (_, _, col))| format!("{}, ${}", pgrx::spi::quote_literal(col), first_param + i))
             .collect();
         format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
     };
@@ -177,10 +111,11 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     put_types.extend(pk_types);
     let put_tombstone = prepare(
         format!(
-            "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
-             VALUES ({}::pg_catalog.oid, {}, $1, $2, $3) \
+            "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv, horizon) \
+             VALUES ({}::pg_catalog.oid, {}, $1, $2, $3, ARRAY[$2::int8, $1]) \
              ON CONFLICT (relid, pk) DO UPDATE \
-             SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, deleted_at = excluded.deleted_at",
+             SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, horizon = excluded.horizon, \
+                 deleted_at = excluded.deleted_at",
             u32::from(relid),
             key_expr(4)
         ),
@@ -188,7 +123,6 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     )?;
     Ok(TableMeta {
         name,
-        relid,
         rowtype,
         att_hlc,
         att_node,

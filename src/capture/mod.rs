@@ -63,8 +63,7 @@ unsafe fn trigger_data<'a>(fcinfo: pg_sys::FunctionCallInfo) -> &'a pg_sys::Trig
     // SAFETY: the caller passes the fmgr's fcinfo; context is checked before the cast.
     unsafe {
         if !pgrx::trigger_support::called_as_trigger(fcinfo) {
-            MmrError::Internal("mmr trigger functions can only be called as triggers".into())
-                .raise();
+            MmrError::Internal("mmr trigger functions can only be called as triggers".into()).raise();
         }
         &*((*fcinfo).context as *const pg_sys::TriggerData)
     }
@@ -89,14 +88,9 @@ unsafe fn attr(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, att: i32) -> Opt
 ///
 /// # Safety
 /// As for [`attr`].
-unsafe fn row_vv(
-    rel: pg_sys::Relation,
-    meta: &TableMeta,
-    tuple: pg_sys::HeapTuple,
-) -> Result<VersionVector> {
+unsafe fn row_vv(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> Result<VersionVector> {
     // SAFETY: guaranteed by the caller; mmr_vv is a bigint[].
-    let flat =
-        unsafe { attr(rel, tuple, meta.att_vv).and_then(|d| Vec::<i64>::from_datum(d, false)) };
+    let flat = unsafe { attr(rel, tuple, meta.att_vv).and_then(|d| Vec::<i64>::from_datum(d, false)) };
     VersionVector::from_flat(&flat.unwrap_or_default())
         .map_err(|e| MmrError::Internal(format!("{}: damaged mmr_vv: {e}", meta.name)))
 }
@@ -116,11 +110,7 @@ unsafe fn row_hlc(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTu
 ///
 /// # Safety
 /// As for [`attr`].
-unsafe fn key_args(
-    rel: pg_sys::Relation,
-    meta: &TableMeta,
-    tuple: pg_sys::HeapTuple,
-) -> Vec<DatumWithOid<'static>> {
+unsafe fn key_args(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> Vec<DatumWithOid<'static>> {
     meta.pk
         .iter()
         .map(|&(att, typ, _)| {
@@ -147,12 +137,7 @@ unsafe fn raw_arg(d: Option<pg_sys::Datum>, typ: pg_sys::Oid) -> DatumWithOid<'s
 ///
 /// # Safety
 /// As for [`attr`], for both tuples.
-unsafe fn key_changed(
-    rel: pg_sys::Relation,
-    meta: &TableMeta,
-    old: pg_sys::HeapTuple,
-    new: pg_sys::HeapTuple,
-) -> bool {
+unsafe fn key_changed(rel: pg_sys::Relation, meta: &TableMeta, old: pg_sys::HeapTuple, new: pg_sys::HeapTuple) -> bool {
     meta.pk.iter().any(|&(att, _, _)| {
         // SAFETY: guaranteed by the caller.
         unsafe {
@@ -192,10 +177,7 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
             )
         };
         match len {
-            n if n > 0 => {
-                std::slice::from_raw_parts(pa, n as usize)
-                    == std::slice::from_raw_parts(pb, n as usize)
-            }
+            n if n > 0 => std::slice::from_raw_parts(pa, n as usize) == std::slice::from_raw_parts(pb, n as usize),
             -1 => bytes(pa) == bytes(pb),
             _ => {
                 std::ffi::CStr::from_ptr(pa as *const std::ffi::c_char)
@@ -206,11 +188,7 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
 }
 
 /// Removes the key's tombstone, returning its version vector (empty if there was none).
-fn take_tombstone(
-    client: &mut SpiClient<'_>,
-    meta: &TableMeta,
-    key: &[DatumWithOid<'_>],
-) -> Result<VersionVector> {
+fn take_tombstone(client: &mut SpiClient<'_>, meta: &TableMeta, key: &[DatumWithOid<'_>]) -> Result<VersionVector> {
     let flat = client
         .update(&meta.take_tombstone, None, key)
         .and_then(|t| {
@@ -238,11 +216,7 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     let rel = td.tg_relation;
     let node = catalog::require_node()?.node_id;
     let is_insert = event_is(ev, pg_sys::TRIGGER_EVENT_INSERT);
-    let new_tuple = if is_insert {
-        td.tg_trigtuple
-    } else {
-        td.tg_newtuple
-    };
+    let new_tuple = if is_insert { td.tg_trigtuple } else { td.tg_newtuple };
     let (meta, base) = Spi::connect_mut(|client| -> Result<_> {
         let _su = AsSuperuser::enter();
         let meta = meta::lookup(client, rel)?;
@@ -257,7 +231,7 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
         Ok((meta, base))
     })?;
     let vv = base.incremented(node as i64);
-    let hlc = clock::tick();
+    let hlc = clock::tick_for_write();
     let mut cols = [meta.att_hlc, meta.att_node, meta.att_vv];
     let mut values = [
         hlc.into_datum().unwrap(),
@@ -345,7 +319,7 @@ unsafe fn record_delete(
 ) -> Result<()> {
     // SAFETY: guaranteed by the caller.
     let vv = unsafe { row_vv(rel, meta, old)? }.incremented(node as i64);
-    let hlc = clock::tick();
+    let hlc = clock::tick_for_write();
     let mut args: Vec<DatumWithOid> = vec![hlc.into(), node.into(), vv.to_flat().into()];
     // SAFETY: guaranteed by the caller.
     args.extend(unsafe { key_args(rel, meta, old) });
@@ -395,9 +369,7 @@ unsafe fn enqueue(
 /// `mmr.refuse_truncate()`: BEFORE TRUNCATE statement trigger.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn mmr_refuse_truncate(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn mmr_refuse_truncate(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: called by the fmgr as a trigger (checked by trigger_data).
     let relid = unsafe { (*trigger_data(fcinfo).tg_relation).rd_id };
     let name = meta::qualified_name(relid).unwrap_or_else(|_| u32::from(relid).to_string());
@@ -413,11 +385,7 @@ macro_rules! finfo_v1 {
         }
     )*};
 }
-finfo_v1!(
-    pg_finfo_mmr_stamp,
-    pg_finfo_mmr_capture,
-    pg_finfo_mmr_refuse_truncate
-);
+finfo_v1!(pg_finfo_mmr_stamp, pg_finfo_mmr_capture, pg_finfo_mmr_refuse_truncate);
 
 pgrx::extension_sql!(
     r#"

@@ -5,8 +5,7 @@ use std::ffi::{CStr, CString};
 
 /// The options set in `conninfo`, in libpq's order, or libpq's error message.
 pub fn parse(conninfo: &str) -> Result<Vec<(String, String)>, String> {
-    let c =
-        CString::new(conninfo).map_err(|_| "connection string contains a zero byte".to_string())?;
+    let c = CString::new(conninfo).map_err(|_| "connection string contains a zero byte".to_string())?;
     let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
     // SAFETY: libpq parses a NUL-terminated string; we free what it returns.
     unsafe {

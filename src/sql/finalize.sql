@@ -16,6 +16,30 @@ LANGUAGE sql AS $$ SELECT mmr._set_resolver(tbl::oid, resolver::oid) $$;
 COMMENT ON FUNCTION mmr.set_resolver(regclass, regprocedure) IS
     'Change the conflict resolver of a replicated table (NULL = last-write-wins).';
 
+CREATE FUNCTION mmr.wait_for_peers(timeout interval DEFAULT '60 s') RETURNS boolean
+LANGUAGE sql AS $$ SELECT mmr._wait_for_peers((extract(epoch FROM timeout) * 1000)::bigint) $$;
+COMMENT ON FUNCTION mmr.wait_for_peers(interval) IS
+    'True once every peer has applied every change committed here before the call; false on timeout.';
+
+CREATE VIEW mmr.peers AS
+SELECT p.name,
+       p.node_id,
+       mmr._mask_conninfo(p.conninfo) AS conninfo,
+       CASE WHEN p.paused THEN 'paused' ELSE coalesce(s.state, 'stopped') END AS state,
+       s.last_error,
+       s.last_contact,
+       nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0) AS applied_hlc,
+       s.lag_changes,
+       extract(epoch FROM clock_timestamp() - mmr.hlc_to_timestamptz(
+           nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0)))::double precision AS lag_seconds
+FROM mmr.peer p
+LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name
+LEFT JOIN mmr._peer_status() s ON s.name = p.name;
+COMMENT ON VIEW mmr.peers IS
+    'Peers of this node: connection, state, last error, and how far behind this node is in applying their changes. '
+    'applied_hlc: every change of the peer stamped below it has been applied here; '
+    'lag_seconds: age of that stamp; lag_changes: changes the peer still had queued at the last contact.';
+
 -- The function peers call to read this node's queue (see src/queue.rs). The first row
 -- (kind 'H') is the batch header; the others (kind 'C') are the changes, grouped by
 -- transaction and in commit order: a transaction comes after every transaction it

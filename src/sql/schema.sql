@@ -25,6 +25,8 @@ CREATE TABLE mmr.peer_progress (
     tick bigint NOT NULL DEFAULT 0,
     position pg_snapshot,
     applied_hlc bigint,
+    -- Every change of the peer stamped below this has been applied here.
+    watermark bigint,
     applied_asof timestamptz,
     applied_changes bigint NOT NULL DEFAULT 0,
     report jsonb
@@ -61,6 +63,8 @@ CREATE TABLE mmr.tick (
     snap pg_snapshot NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     hlc bigint NOT NULL,
+    -- Every change of this node stamped below this was committed before the snapshot.
+    stable_hlc bigint NOT NULL,
     last_qid bigint NOT NULL
 );
 
@@ -80,6 +84,9 @@ CREATE TABLE mmr.tombstone (
     hlc bigint NOT NULL,
     node integer NOT NULL,
     vv bigint[] NOT NULL,
+    -- (origin node, stamp) pairs of the versions merged into this deletion; it may be
+    -- dropped once every node has applied them (see prune.rs).
+    horizon bigint[] NOT NULL DEFAULT '{}',
     deleted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (relid, pk)
 );

@@ -1,1 +1,459 @@
+//! Multi-node test harness: throw-away PostgreSQL 15 clusters on 127.0.0.1, TCP proxies
+//! between them that a test can cut and heal, kill -9 and restart.
+//!
+//! Every node runs as the `postgres` OS user (the server refuses root) with
+//! `shared_preload_libraries = 'mmr'`. Node `i` reaches node `j` through its own proxy,
+//! so cutting the link `i -> j` stops `i` from pulling from `j` and nothing else.
+//! When a test panics, every node's server log is printed; clusters are always stopped
+//! and removed when the `Cluster` is dropped.
 
+pub mod proxy;
+
+use postgres::{Client, NoTls};
+use proxy::{CutMode, Proxy};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// One PostgreSQL server of a test group.
+pub struct Node {
+    pub name: String,
+    pub node_id: i32,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    pub fn connect(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&self.conninfo(), NoTls) {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("connecting to {}: {e}", self.name),
+            }
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+/// Options for a test group.
+#[derive(Clone)]
+pub struct Options {
+    /// Extra postgresql.conf lines for every node.
+    pub conf: Vec<String>,
+    /// Create the extension and call mmr.init_node on every node.
+    pub init: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            conf: vec![],
+            init: true,
+        }
+    }
+}
+
+/// A group of nodes and the proxies between them.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    root: PathBuf,
+    /// `links[i][j]`: the proxy node `i` uses to reach node `j`.
+    links: Vec<Vec<Option<Proxy>>>,
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
+    c
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn workspace_target() -> PathBuf {
+    // tests/ lives one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target")
+}
+
+impl Cluster {
+    /// Starts `n` nodes named n1..nN with node ids 1..N.
+    pub fn start(test: &str, n: usize) -> Cluster {
+        Self::start_with(test, n, Options::default())
+    }
+
+    pub fn start_with(test: &str, n: usize, opts: Options) -> Cluster {
+        let root = workspace_target()
+            .join("mmr-clusters")
+            .join(format!("{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        run(Command::new("chown").args(["-R", "postgres", root.to_str().unwrap()]));
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            root: root.clone(),
+            links: Vec::new(),
+        };
+        for i in 0..n {
+            let dir = root.join(format!("n{}", i + 1));
+            std::fs::create_dir_all(&dir).unwrap();
+            run(Command::new("chown").args(["postgres", dir.to_str().unwrap()]));
+            let node = Node {
+                name: format!("n{}", i + 1),
+                node_id: i as i32 + 1,
+                port: free_port(),
+                dir,
+            };
+            run(as_postgres("initdb").args([
+                "-D",
+                node.data().to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ]));
+            let mut conf = vec![
+                format!("port = {}", node.port),
+                "listen_addresses = '127.0.0.1'".into(),
+                format!("unix_socket_directories = '{}'", node.dir.display()),
+                "shared_preload_libraries = 'mmr'".into(),
+                "mmr.database = 'postgres'".into(),
+                "fsync = off".into(),
+                "max_connections = 60".into(),
+                "log_line_prefix = '%m [%p] %b '".into(),
+                "log_min_messages = info".into(),
+            ];
+            conf.extend(opts.conf.iter().cloned());
+            let path = node.data().join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            text.push_str(&conf.join("\n"));
+            text.push('\n');
+            std::fs::write(&path, text).unwrap();
+            c.nodes.push(node);
+        }
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c.links = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        if opts.init {
+            for i in 0..n {
+                let node = &c.nodes[i];
+                let mut db = node.connect();
+                db.batch_execute("CREATE EXTENSION mmr").unwrap();
+                db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id])
+                    .unwrap();
+            }
+        }
+        c
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn connect(&self, i: usize) -> Client {
+        self.nodes[i].connect()
+    }
+
+    /// The proxy node `i` uses to reach node `j` (created on first use).
+    fn link(&mut self, i: usize, j: usize) -> &Proxy {
+        if self.links[i][j].is_none() {
+            self.links[i][j] = Some(Proxy::start(self.nodes[j].port));
+        }
+        self.links[i][j].as_ref().unwrap()
+    }
+
+    /// The conninfo node `i` uses to reach node `j` (through the proxy).
+    pub fn peer_conninfo(&mut self, i: usize, j: usize) -> String {
+        let port = self.link(i, j).port();
+        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2")
+    }
+
+    /// Makes every node a peer of every other one, through the proxies.
+    pub fn mesh(&mut self) {
+        for i in 0..self.len() {
+            for j in 0..self.len() {
+                if i != j {
+                    let conninfo = self.peer_conninfo(i, j);
+                    let name = self.nodes[j].name.clone();
+                    self.connect(i)
+                        .execute("SELECT mmr.add_peer($1, $2)", &[&name, &conninfo])
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    /// Cuts the link `i -> j`: node i can no longer reach node j.
+    pub fn cut(&mut self, i: usize, j: usize) {
+        self.link(i, j).cut(CutMode::Refuse);
+    }
+
+    /// Makes `i -> j` a black hole: connections open but nothing comes back.
+    pub fn blackhole(&mut self, i: usize, j: usize) {
+        self.link(i, j).cut(CutMode::Blackhole);
+    }
+
+    pub fn heal(&mut self, i: usize, j: usize) {
+        self.link(i, j).heal();
+    }
+
+    /// Cuts both directions between `i` and every other node.
+    pub fn isolate(&mut self, i: usize) {
+        for j in 0..self.len() {
+            if i != j {
+                self.cut(i, j);
+                self.cut(j, i);
+            }
+        }
+    }
+
+    pub fn heal_all(&mut self) {
+        for i in 0..self.len() {
+            for j in 0..self.len() {
+                if i != j {
+                    self.heal(i, j);
+                }
+            }
+        }
+    }
+
+    pub fn start_node(&self, i: usize) {
+        let node = &self.nodes[i];
+        run(as_postgres("pg_ctl").args([
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            node.data().to_str().unwrap(),
+            "-l",
+            node.log_path().to_str().unwrap(),
+        ]));
+    }
+
+    /// Stops node `i` with a fast shutdown; returns how long it took.
+    pub fn stop_node(&self, i: usize) -> Duration {
+        let t = Instant::now();
+        run(as_postgres("pg_ctl").args([
+            "stop",
+            "-w",
+            "-t",
+            "60",
+            "-m",
+            "fast",
+            "-D",
+            self.nodes[i].data().to_str().unwrap(),
+        ]));
+        t.elapsed()
+    }
+
+    pub fn restart_node(&self, i: usize) {
+        self.stop_node(i);
+        self.start_node(i);
+    }
+
+    /// kill -9 of the postmaster and every process it started: a crash.
+    pub fn kill9(&self, i: usize) {
+        let pidfile = self.nodes[i].data().join("postmaster.pid");
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let children = children_of(pid);
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        for c in children {
+            let _ = Command::new("kill").args(["-9", &c.to_string()]).status();
+        }
+        // Wait until every process is gone before anyone restarts the node.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (Path::new(&format!("/proc/{pid}")).exists() || !children_of(pid).is_empty()) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `query` (a boolean) on node `i` until it is true; panics after `timeout`.
+    pub fn wait_until(&self, i: usize, query: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut db = self.connect(i);
+        let mut last;
+        loop {
+            match db.query_one(query, &[]) {
+                Ok(row) if row.get::<_, Option<bool>>(0) == Some(true) => return,
+                Ok(_) => last = "false".into(),
+                Err(e) => {
+                    last = e.to_string();
+                    db = self.connect(i);
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting on {} for: {query} (last: {last})",
+                    self.nodes[i].name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `mmr.wait_for_peers` on every node: everything committed anywhere has reached
+    /// every other node. Panics on timeout.
+    pub fn sync(&self, timeout: Duration) {
+        for i in 0..self.len() {
+            let secs = format!("{} s", timeout.as_secs());
+            let ok: bool = self
+                .connect(i)
+                .query_one("SELECT mmr.wait_for_peers($1::text::interval)", &[&secs])
+                .unwrap()
+                .get(0);
+            assert!(ok, "mmr.wait_for_peers timed out on {}", self.nodes[i].name);
+        }
+    }
+
+    /// Every node's server log, for failure reports.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(n.log_path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(300)..];
+            out.push_str(&format!(
+                "===== server log of {} (last {} lines) =====\n",
+                n.name,
+                tail.len()
+            ));
+            for l in tail {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            // The command name is in parentheses and may hold spaces; ppid follows it.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for row in &mut self.links {
+            for p in row.iter_mut() {
+                p.take();
+            }
+        }
+        for n in &self.nodes {
+            let _ = as_postgres("pg_ctl")
+                .args(["stop", "-w", "-m", "immediate", "-D", n.data().to_str().unwrap()])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Rows of a table on a node, with every column (user and mmr) as text, sorted: two
+/// nodes hold the same data iff these are equal.
+pub fn table_image(db: &mut Client, table: &str) -> Vec<String> {
+    let q = format!("SELECT t::text FROM {table} t ORDER BY 1");
+    db.query(&q, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+/// Asserts every node holds identical rows (user and mmr columns) for `table`.
+pub fn assert_converged(c: &Cluster, table: &str) {
+    let images: Vec<Vec<String>> = (0..c.len()).map(|i| table_image(&mut c.connect(i), table)).collect();
+    for i in 1..images.len() {
+        if images[i] != images[0] {
+            let a: std::collections::BTreeSet<_> = images[0].iter().collect();
+            let b: std::collections::BTreeSet<_> = images[i].iter().collect();
+            let only0: Vec<_> = a.difference(&b).take(10).collect();
+            let only_i: Vec<_> = b.difference(&a).take(10).collect();
+            panic!(
+                "{table} differs between {} ({} rows) and {} ({} rows)\nonly on {}: {only0:?}\nonly on {}: {only_i:?}",
+                c.nodes[0].name,
+                images[0].len(),
+                c.nodes[i].name,
+                images[i].len(),
+                c.nodes[0].name,
+                c.nodes[i].name
+            );
+        }
+    }
+}
+
+/// The server's message of a database error (the Display of postgres::Error is just "db error").
+pub fn error_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,396 @@
+//! Applying a peer's changes to local tables.
+//!
+//! For each change: lock what this node holds for the key (row or tombstone), let the
+//! pure `decide` pick apply / skip / conflict, and write the outcome. Applied rows keep
+//! the origin's stamp, node and version vector -- never the applying node's -- so every
+//! node holds the same mmr columns for the same version. The worker runs all of this
+//! with `session_replication_role = replica`: user triggers, FK triggers and mmr's own
+//! capture triggers do not fire, so nothing applied is queued again.
+
+pub mod table;
+
+use crate::clock;
+use crate::error::{MmrError, Result};
+use mmr_core::decide::{decide, Conflict, Decision, Local, Op, Side, Version};
+use mmr_core::vv::VersionVector;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use table::ApplyTable;
+
+fn internal(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Internal(e.to_string())
+}
+
+/// One change as served by a peer's `mmr.pull`.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub xid: String,
+    pub tbl: String,
+    pub op: Op,
+    pub hlc: i64,
+    pub vv: VersionVector,
+    pub new_row: Option<String>,
+    pub old_row: Option<String>,
+}
+
+impl Change {
+    /// From a `mmr.pull` row: kind, xid, tbl, op, hlc, vv, new_row, old_row, meta.
+    pub fn from_row(row: &[Option<String>]) -> Result<Change> {
+        let col = |i: usize| row.get(i).cloned().flatten();
+        let need = |i: usize, what: &str| col(i).ok_or_else(|| internal(format!("change without {what}")));
+        let op_text = need(3, "op")?;
+        let op = op_text
+            .chars()
+            .next()
+            .and_then(Op::from_code)
+            .ok_or_else(|| internal(format!("bad op {op_text}")))?;
+        Ok(Change {
+            xid: need(1, "xid")?,
+            tbl: need(2, "table")?,
+            op,
+            hlc: need(4, "hlc")?.parse().map_err(internal)?,
+            vv: VersionVector::parse_pg_array(&need(5, "version vector")?).map_err(internal)?,
+            new_row: col(6),
+            old_row: col(7),
+        })
+    }
+
+    /// The row image that carries the key: the new row, or the old one for a delete.
+    fn image(&self) -> Result<&str> {
+        let img = if self.op == Op::Delete {
+            &self.old_row
+        } else {
+            &self.new_row
+        };
+        img.as_deref()
+            .ok_or_else(|| internal(format!("{:?} change of {} without a row image", self.op, self.tbl)))
+    }
+}
+
+/// Counts of one batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub applied: i64,
+    pub skipped: i64,
+    pub conflicts: i64,
+}
+
+/// Applies the changes of one peer inside the worker's current transaction.
+pub struct Applier {
+    pub peer_node: i32,
+    pub stats: Stats,
+}
+
+/// What this node holds for a key, with the tombstone's horizon.
+struct Held {
+    local: Local,
+    horizon: VersionVector,
+}
+
+/// A horizon entry `(node, stamp)`; versions of unknown origin (rows that existed
+/// before replication started: node 0, stamp 0) contribute nothing.
+fn horizon_of(node: i32, hlc: i64) -> VersionVector {
+    if node > 0 && hlc > 0 {
+        VersionVector::from_flat(&[node as i64, hlc]).unwrap_or_default()
+    } else {
+        VersionVector::new()
+    }
+}
+
+/// The incoming row image, parsed once into a jsonb datum.
+#[derive(Clone, Copy)]
+struct Image(pg_sys::Datum);
+
+impl Image {
+    fn arg(self) -> DatumWithOid<'static> {
+        // SAFETY: a valid jsonb datum that lives as long as the SPI connection.
+        unsafe { DatumWithOid::new(self.0, pg_sys::JSONBOID) }
+    }
+}
+
+/// A jsonb datum parsed from text, allocated in the SPI connection's memory.
+fn jsonb_arg(text: &str) -> Result<Image> {
+    let c = std::ffi::CString::new(text).map_err(|_| internal("row image contains a zero byte"))?;
+    // SAFETY: jsonb_in reads a NUL-terminated string and returns a palloc'd jsonb in the
+    // current (SPI) memory context, which lives until the connection closes.
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(c.as_ptr()))])
+            .map(Image)
+            .ok_or_else(|| internal("jsonb_in returned NULL"))
+    }
+}
+
+impl Applier {
+    pub fn new(peer_node: i32) -> Applier {
+        Applier {
+            peer_node,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Applies one change (in the caller's transaction).
+    pub fn apply(&mut self, ch: &Change) -> Result<()> {
+        // Receiving a stamp moves the clock past it, so later local writes are ordered
+        // after it. (The caller has checked it against mmr.max_clock_skew.)
+        clock::observe(ch.hlc);
+        Spi::connect_mut(|client| {
+            let t = table::lookup(client, &ch.tbl)?;
+            let image = jsonb_arg(ch.image()?)?;
+            let held = self.held(client, &t, image)?;
+            let remote = Version {
+                hlc: ch.hlc,
+                node: self.peer_node,
+                vv: ch.vv.clone(),
+            };
+            match decide(ch.op, &remote, &held.local) {
+                Decision::Apply => {
+                    self.stats.applied += 1;
+                    self.write_remote(client, &t, ch, image, &held)
+                }
+                Decision::Skip(_) => {
+                    self.stats.skipped += 1;
+                    Ok(())
+                }
+                Decision::Conflict(c) => {
+                    self.stats.conflicts += 1;
+                    self.resolve_lww(client, &t, ch, image, &held, &c)
+                }
+            }
+        })
+    }
+
+    /// Locks and reads the local row, or else the key's tombstone.
+    fn held(&self, client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Held> {
+        let rows = client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(internal)?;
+        if !rows.is_empty() {
+            let r = rows.first();
+            let hlc: i64 = r.get(1).map_err(internal)?.unwrap_or(0);
+            let node: i32 = r.get(2).map_err(internal)?.unwrap_or(0);
+            let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default())
+                .map_err(|e| internal(format!("{}: damaged mmr_vv: {e}", t.name)))?;
+            return Ok(Held {
+                local: Local::Row(Version { hlc, node, vv }),
+                horizon: horizon_of(node, hlc),
+            });
+        }
+        let rows = client
+            .update(&t.lock_tombstone, Some(1), &[image.arg()])
+            .map_err(internal)?;
+        if rows.is_empty() {
+            return Ok(Held {
+                local: Local::Absent,
+                horizon: VersionVector::new(),
+            });
+        }
+        let r = rows.first();
+        let flat = |i: usize| -> Result<VersionVector> {
+            VersionVector::from_flat(&r.get::<Vec<i64>>(i).map_err(internal)?.unwrap_or_default())
+                .map_err(|e| internal(format!("{}: damaged tombstone: {e}", t.name)))
+        };
+        let version = Version {
+            hlc: r.get(1).map_err(internal)?.unwrap_or(0),
+            node: r.get(2).map_err(internal)?.unwrap_or(0),
+            vv: flat(3)?,
+        };
+        Ok(Held {
+            local: Local::Tombstone(version),
+            horizon: flat(4)?,
+        })
+    }
+
+    /// Writes the remote version as it is: it causally follows whatever is here.
+    fn write_remote(
+        &self,
+        client: &mut SpiClient<'_>,
+        t: &ApplyTable,
+        ch: &Change,
+        image: Image,
+        held: &Held,
+    ) -> Result<()> {
+        let stamp = (ch.hlc, self.peer_node, &ch.vv);
+        if ch.op == Op::Delete {
+            delete_with_tombstone(client, t, image, stamp, &horizon_of(self.peer_node, ch.hlc))
+        } else {
+            upsert(client, t, image, stamp, matches!(held.local, Local::Tombstone(_)))
+        }
+    }
+
+    /// Last-write-wins: keep the version with the greater (stamp, origin node), with the
+    /// merged version vector, and record the conflict.
+    fn resolve_lww(
+        &self,
+        client: &mut SpiClient<'_>,
+        t: &ApplyTable,
+        ch: &Change,
+        image: Image,
+        held: &Held,
+        c: &Conflict,
+    ) -> Result<()> {
+        let local_row = match held.local {
+            Local::Row(_) => row_json(client, t, image)?,
+            _ => None,
+        };
+        // The outcome absorbs the remote version: a tombstone must now also wait for
+        // every node to have applied it before it can be dropped.
+        let horizon = held.horizon.merged(&horizon_of(self.peer_node, ch.hlc));
+        let stamp = (c.hlc, c.node, &c.vv);
+        match (c.winner, ch.op, &held.local) {
+            (Side::Remote, Op::Delete, _) => delete_with_tombstone(client, t, image, stamp, &horizon)?,
+            (Side::Remote, _, local) => upsert(client, t, image, stamp, matches!(local, Local::Tombstone(_)))?,
+            (Side::Local, _, Local::Row(_)) => {
+                client
+                    .update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()])
+                    .map_err(internal)?;
+            }
+            (Side::Local, _, _) => put_tombstone(client, t, image, stamp, &horizon)?,
+        }
+        let resolution = if c.winner == Side::Remote {
+            "remote_wins"
+        } else {
+            "local_wins"
+        };
+        let local_version = match &held.local {
+            Local::Row(v) | Local::Tombstone(v) => Some(v),
+            Local::Absent => None,
+        };
+        let remote_row = if ch.op == Op::Delete {
+            None
+        } else {
+            ch.new_row.as_deref()
+        };
+        record_conflict(
+            client,
+            t,
+            image,
+            ConflictRecord {
+                kind: c.kind.as_str(),
+                local_row: local_row.as_deref(),
+                remote_row,
+                local: local_version,
+                remote_hlc: ch.hlc,
+                remote_node: self.peer_node,
+                resolution,
+                resolver: "last_write_wins",
+                note: None,
+            },
+        )
+    }
+}
+
+type Stamp<'a> = (i64, i32, &'a VersionVector);
+
+fn upsert(
+    client: &mut SpiClient<'_>,
+    t: &ApplyTable,
+    image: Image,
+    (hlc, node, vv): Stamp<'_>,
+    had_tombstone: bool,
+) -> Result<()> {
+    client
+        .update(
+            &t.upsert,
+            None,
+            &[image.arg(), hlc.into(), node.into(), vv.to_flat().into()],
+        )
+        .map_err(|e| internal(format!("applying a change to {}: {e}", t.name)))?;
+    if had_tombstone {
+        client
+            .update(&t.delete_tombstone, None, &[image.arg()])
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+fn delete_with_tombstone(
+    client: &mut SpiClient<'_>,
+    t: &ApplyTable,
+    image: Image,
+    stamp: Stamp<'_>,
+    horizon: &VersionVector,
+) -> Result<()> {
+    client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+    put_tombstone(client, t, image, stamp, horizon)
+}
+
+fn put_tombstone(
+    client: &mut SpiClient<'_>,
+    t: &ApplyTable,
+    image: Image,
+    (hlc, node, vv): Stamp<'_>,
+    horizon: &VersionVector,
+) -> Result<()> {
+    client
+        .update(
+            &t.put_tombstone,
+            None,
+            &[
+                image.arg(),
+                hlc.into(),
+                node.into(),
+                vv.to_flat().into(),
+                horizon.to_flat().into(),
+            ],
+        )
+        .map_err(internal)?;
+    Ok(())
+}
+
+fn row_json(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Option<String>> {
+    let rows = client.update(&t.row_json, Some(1), &[image.arg()]).map_err(internal)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(rows
+        .first()
+        .get::<pgrx::JsonB>(1)
+        .map_err(internal)?
+        .map(|j| j.0.to_string()))
+}
+
+/// A row of `mmr.conflicts`.
+pub struct ConflictRecord<'a> {
+    pub kind: &'a str,
+    pub local_row: Option<&'a str>,
+    pub remote_row: Option<&'a str>,
+    pub local: Option<&'a Version>,
+    pub remote_hlc: i64,
+    pub remote_node: i32,
+    pub resolution: &'a str,
+    pub resolver: &'a str,
+    pub note: Option<&'a str>,
+}
+
+pub fn record_conflict(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, r: ConflictRecord<'_>) -> Result<()> {
+    let key = client
+        .update(&t.key_json, Some(1), &[image.arg()])
+        .map_err(internal)?
+        .first()
+        .get::<pgrx::JsonB>(1)
+        .map_err(internal)?
+        .map(|j| j.0.to_string())
+        .unwrap_or_else(|| "null".into());
+    client
+        .update(
+            "INSERT INTO mmr.conflicts (tbl, pk, kind, local_row, remote_row, local_hlc, remote_hlc, \
+                                        local_node, remote_node, resolution, resolver, note) \
+             VALUES ($1, $2::jsonb, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12)",
+            None,
+            &[
+                t.name.as_str().into(),
+                key.into(),
+                r.kind.into(),
+                r.local_row.into(),
+                r.remote_row.into(),
+                r.local.map(|v| v.hlc).into(),
+                r.remote_hlc.into(),
+                r.local.map(|v| v.node).into(),
+                r.remote_node.into(),
+                r.resolution.into(),
+                r.resolver.into(),
+                r.note.into(),
+            ],
+        )
+        .map_err(internal)?;
+    Ok(())
+}

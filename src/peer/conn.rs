@@ -1,0 +1,277 @@
+//! A libpq connection to a peer, driven without ever blocking the worker: every wait is
+//! on the worker's latch and the socket together, so a shutdown request (SIGTERM sets
+//! the latch; CHECK_FOR_INTERRUPTS then exits) is served within milliseconds even while
+//! the peer is unreachable or a query hangs.
+//!
+//! The connection string is the user's, as libpq reads it (service, passfile, sslmode,
+//! multiple hosts ...). mmr adds a fallback application_name and TCP keepalives, and
+//! enforces its own connect and read deadlines (libpq ignores connect_timeout in
+//! non-blocking mode).
+
+use pgrx::pg_sys;
+use pq_sys::*;
+use std::ffi::{CStr, CString};
+use std::time::{Duration, Instant};
+
+/// One result row: every column as text (or NULL).
+pub type Row = Vec<Option<String>>;
+
+pub struct PeerConn {
+    conn: *mut PGconn,
+    /// Longest silence tolerated while waiting for a reply.
+    read_timeout: Duration,
+}
+
+// Closing on drop: an ERROR unwinding through the worker must not leak the connection.
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        // SAFETY: conn came from PQconnectStartParams and is finished exactly once.
+        unsafe { PQfinish(self.conn) };
+    }
+}
+
+fn conn_error(conn: *const PGconn) -> String {
+    // SAFETY: PQerrorMessage returns a string owned by the connection.
+    let msg = unsafe { CStr::from_ptr(PQerrorMessage(conn)) };
+    let msg = msg.to_string_lossy().trim().to_string();
+    if msg.is_empty() {
+        "connection failed".into()
+    } else {
+        msg
+    }
+}
+
+#[derive(Clone, Copy)]
+enum WaitFor {
+    Read,
+    Write,
+}
+
+/// Waits until the socket is ready, the deadline passes, or the latch is set; serves
+/// interrupts (a pending shutdown exits here). Returns false on timeout.
+fn wait_socket(sock: i32, what: WaitFor, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ev = match what {
+            WaitFor::Read => pg_sys::WL_SOCKET_READABLE,
+            WaitFor::Write => pg_sys::WL_SOCKET_WRITEABLE,
+        };
+        // SAFETY: MyLatch is this process's latch; sock is libpq's open socket.
+        let rc = unsafe {
+            pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | ev | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                sock,
+                left.as_millis().clamp(1, i64::MAX as u128) as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            )
+        };
+        if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+            // SAFETY: resetting our own latch before re-checking what woke us.
+            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+            pgrx::check_for_interrupts!();
+        }
+        if rc & ev as i32 != 0 {
+            return true;
+        }
+    }
+}
+
+impl PeerConn {
+    /// Connects to `conninfo` within `timeout` (the conninfo's own connect_timeout wins).
+    pub fn connect(conninfo: &str, application_name: &str, timeout: Duration) -> Result<PeerConn, String> {
+        let mut params = super::conninfo::parse(conninfo)?;
+        let timeout = params
+            .iter()
+            .find(|(k, _)| k == "connect_timeout")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(timeout);
+        for (k, v) in [
+            ("fallback_application_name", application_name),
+            ("keepalives", "1"),
+            ("keepalives_idle", "10"),
+            ("keepalives_interval", "5"),
+            ("keepalives_count", "3"),
+        ] {
+            if !params.iter().any(|(key, _)| key == k) {
+                params.push((k.to_string(), v.to_string()));
+            }
+        }
+        let keys: Vec<CString> = params
+            .iter()
+            .map(|(k, _)| CString::new(k.as_str()).unwrap_or_default())
+            .collect();
+        let vals: Vec<CString> = params
+            .iter()
+            .map(|(_, v)| CString::new(v.as_str()).unwrap_or_default())
+            .collect();
+        let mut kp: Vec<*const std::ffi::c_char> = keys.iter().map(|k| k.as_ptr()).collect();
+        let mut vp: Vec<*const std::ffi::c_char> = vals.iter().map(|v| v.as_ptr()).collect();
+        kp.push(std::ptr::null());
+        vp.push(std::ptr::null());
+
+        // SAFETY: NULL-terminated keyword/value arrays that outlive the call.
+        let conn = unsafe { PQconnectStartParams(kp.as_ptr(), vp.as_ptr(), 0) };
+        if conn.is_null() {
+            return Err("out of memory starting a connection".into());
+        }
+        let pc = PeerConn {
+            conn,
+            read_timeout: Duration::from_secs(30),
+        };
+        // SAFETY: conn is valid until pc is dropped.
+        if unsafe { PQstatus(conn) } == ConnStatusType::CONNECTION_BAD {
+            return Err(conn_error(conn));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut what = WaitFor::Write;
+        loop {
+            // SAFETY: as above.
+            let sock = unsafe { PQsocket(conn) };
+            if sock < 0 || !wait_socket(sock, what, deadline) {
+                return Err(format!("could not connect within {} s", timeout.as_secs()));
+            }
+            // SAFETY: as above.
+            match unsafe { PQconnectPoll(conn) } {
+                PostgresPollingStatusType::PGRES_POLLING_OK => break,
+                PostgresPollingStatusType::PGRES_POLLING_READING => what = WaitFor::Read,
+                PostgresPollingStatusType::PGRES_POLLING_WRITING => what = WaitFor::Write,
+                _ => return Err(conn_error(conn)),
+            }
+        }
+        // SAFETY: as above.
+        if unsafe { PQsetnonblocking(conn, 1) } != 0 {
+            return Err(conn_error(conn));
+        }
+        Ok(pc)
+    }
+
+    /// Sets the longest silence tolerated while waiting for a reply.
+    pub fn set_read_timeout(&mut self, t: Duration) {
+        self.read_timeout = t;
+    }
+
+    /// Sends a query with text parameters; rows then come one at a time from `next_row`.
+    pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), String> {
+        let sql = CString::new(sql).map_err(|_| "query contains a zero byte".to_string())?;
+        let vals: Vec<Option<CString>> = params.iter().map(|p| p.and_then(|s| CString::new(s).ok())).collect();
+        let ptrs: Vec<*const std::ffi::c_char> = vals
+            .iter()
+            .map(|v| v.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()))
+            .collect();
+        // SAFETY: arrays of nparams entries that outlive the call.
+        let ok = unsafe {
+            PQsendQueryParams(
+                self.conn,
+                sql.as_ptr(),
+                ptrs.len() as i32,
+                std::ptr::null(),
+                ptrs.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+            )
+        };
+        if ok != 1 {
+            return Err(conn_error(self.conn));
+        }
+        // SAFETY: valid right after PQsendQuery*.
+        if unsafe { PQsetSingleRowMode(self.conn) } != 1 {
+            return Err("could not enter single-row mode".into());
+        }
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + self.read_timeout;
+        loop {
+            // SAFETY: valid connection.
+            match unsafe { PQflush(self.conn) } {
+                0 => return Ok(()),
+                1 => {
+                    // SAFETY: valid connection.
+                    let sock = unsafe { PQsocket(self.conn) };
+                    if !wait_socket(sock, WaitFor::Write, deadline) {
+                        return Err("timed out sending to the peer".into());
+                    }
+                }
+                _ => return Err(conn_error(self.conn)),
+            }
+        }
+    }
+
+    /// The next row of the current query; `None` once the query has finished.
+    pub fn next_row(&mut self) -> Result<Option<Row>, String> {
+        loop {
+            // SAFETY: valid connection; results are cleared after use.
+            unsafe {
+                if PQisBusy(self.conn) == 1 {
+                    let deadline = Instant::now() + self.read_timeout;
+                    if !wait_socket(PQsocket(self.conn), WaitFor::Read, deadline) {
+                        return Err(format!("no reply from the peer for {} s", self.read_timeout.as_secs()));
+                    }
+                    if PQconsumeInput(self.conn) != 1 {
+                        return Err(conn_error(self.conn));
+                    }
+                    continue;
+                }
+                let res = PQgetResult(self.conn);
+                if res.is_null() {
+                    return Ok(None);
+                }
+                let status = PQresultStatus(res);
+                let out = match status {
+                    ExecStatusType::PGRES_SINGLE_TUPLE => Some(Ok(read_row(res))),
+                    ExecStatusType::PGRES_TUPLES_OK | ExecStatusType::PGRES_COMMAND_OK => None,
+                    _ => {
+                        let msg = CStr::from_ptr(PQresultErrorMessage(res))
+                            .to_string_lossy()
+                            .trim()
+                            .to_string();
+                        Some(Err(if msg.is_empty() { conn_error(self.conn) } else { msg }))
+                    }
+                };
+                PQclear(res);
+                match out {
+                    Some(Ok(row)) => return Ok(Some(row)),
+                    // The caller drops the connection after an error: draining the rest
+                    // here could block.
+                    Some(Err(e)) => return Err(e),
+                    None => continue,
+                }
+            }
+        }
+    }
+
+    /// Runs a query and returns all its rows.
+    pub fn query(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Vec<Row>, String> {
+        self.send(sql, params)?;
+        let mut rows = Vec::new();
+        while let Some(r) = self.next_row()? {
+            rows.push(r);
+        }
+        Ok(rows)
+    }
+}
+
+/// # Safety
+/// `res` must be a valid PGresult with one row.
+unsafe fn read_row(res: *const PGresult) -> Row {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        (0..PQnfields(res))
+            .map(|c| {
+                if PQgetisnull(res, 0, c) == 1 {
+                    None
+                } else {
+                    Some(CStr::from_ptr(PQgetvalue(res, 0, c)).to_string_lossy().into_owned())
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,139 @@
+//! The launcher: keeps exactly one apply worker running per active (not paused) peer,
+//! reacting to `add_peer`/`remove_peer`/`pause_peer`/`resume_peer` at their commit,
+//! and runs housekeeping (pruning, conflict-log retention) every few seconds.
+
+use super::txn;
+use crate::error::{MmrError, Result};
+use crate::{gucs, shmem};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
+/// A peer worker that exits is started again after this long at the earliest.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+struct Launcher {
+    workers: HashMap<String, DynamicBackgroundWorker>,
+    last_start: HashMap<String, Instant>,
+    last_housekeeping: Instant,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
+    super::setup_signals();
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    let mut l = Launcher {
+        workers: HashMap::new(),
+        last_start: HashMap::new(),
+        last_housekeeping: Instant::now(),
+    };
+    loop {
+        super::check_interrupts_and_reload();
+        let seq = shmem::config_seq();
+        match txn::run(active_peers) {
+            Ok(Some(peers)) => {
+                l.reconcile(&peers);
+                if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                    l.last_housekeeping = Instant::now();
+                    if let Err(e) = txn::run(crate::prune::housekeeping) {
+                        pgrx::warning!("mmr: housekeeping failed: {e}");
+                    }
+                }
+            }
+            // The extension is not (yet) installed in mmr.database.
+            Ok(None) => l.reconcile(&[]),
+            Err(e) => pgrx::warning!("mmr launcher: {e}"),
+        }
+        shmem::wait_for(shmem::Wakeup::Config, seq, 1000);
+    }
+}
+
+/// Names of the peers to pull from, or `None` when mmr is not installed here.
+fn active_peers() -> Result<Option<Vec<String>>> {
+    let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'mmr')")
+        .map_err(|e| MmrError::Internal(e.to_string()))?
+        .unwrap_or(false);
+    if !installed {
+        return Ok(None);
+    }
+    Spi::connect(|c| {
+        let rows = c.select("SELECT name FROM mmr.peer WHERE NOT paused ORDER BY name", None, &[])?;
+        rows.into_iter()
+            .map(|r| r.get::<String>(1).map(|n| n.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map(Some)
+    .map_err(|e: pgrx::spi::SpiError| MmrError::Internal(e.to_string()))
+}
+
+impl Launcher {
+    fn reconcile(&mut self, active: &[String]) {
+        // Forget workers that have exited (crashed or stopped); they are restarted below.
+        self.workers.retain(|_, w| w.pid().is_ok());
+        let statuses = shmem::peer_statuses();
+        let running_pid = |name: &str| {
+            statuses
+                .iter()
+                .find(|s| s.name == name && super::alive(s.pid))
+                .map(|s| s.pid)
+        };
+
+        // Stop workers of removed or paused peers (also ones a previous launcher started).
+        for s in &statuses {
+            if !active.contains(&s.name) {
+                if let Some(w) = self.workers.remove(&s.name) {
+                    w.terminate();
+                } else if super::alive(s.pid) {
+                    // SAFETY: asking a worker of ours to exit.
+                    unsafe { libc::kill(s.pid, libc::SIGTERM) };
+                }
+                shmem::release_peer_status(&s.name);
+            }
+        }
+        for name in active {
+            if self.workers.contains_key(name) || running_pid(name).is_some() {
+                continue;
+            }
+            if self.last_start.get(name).is_some_and(|t| t.elapsed() < RESTART_DELAY) {
+                continue;
+            }
+            self.last_start.insert(name.clone(), Instant::now());
+            self.start(name);
+        }
+    }
+
+    fn start(&mut self, peer: &str) {
+        // SAFETY: reading our own pid.
+        let me = unsafe { pg_sys::MyProcPid };
+        let started = BackgroundWorkerBuilder::new(&format!("mmr apply from {peer}"))
+            .set_type("mmr apply")
+            .set_library("mmr")
+            .set_function("mmr_peer_worker_main")
+            .set_extra(peer)
+            .enable_spi_access()
+            .set_notify_pid(me)
+            .load_dynamic();
+        match started {
+            Ok(w) => match w.wait_for_startup() {
+                Ok(pid) => {
+                    shmem::update_peer_status(peer, |s| {
+                        s.set_pid(pid);
+                        s.set_state("starting");
+                    });
+                    self.workers.insert(peer.to_string(), w);
+                }
+                Err(status) => pgrx::warning!("mmr: apply worker for peer {peer} did not start: {status:?}"),
+            },
+            Err(_) => {
+                pgrx::warning!("mmr: cannot start an apply worker for peer {peer}; raise max_worker_processes");
+                shmem::update_peer_status(peer, |s| {
+                    s.set_state("error");
+                    s.set_error(Some("no free background worker slot (max_worker_processes)"));
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Background workers: one launcher (started by the postmaster) that starts and stops
+//! one apply worker per active peer, prunes what every peer has applied, and trims the
+//! conflict log.
+
+pub mod launcher;
+pub mod peer;
+mod txn;
+
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::pg_sys;
+use std::time::Duration;
+
+/// Registers the launcher. Called from `_PG_init` in the postmaster.
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new("mmr launcher")
+        .set_type("mmr launcher")
+        .set_library("mmr")
+        .set_function("mmr_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// SIGTERM: what PostgreSQL's `die` does -- set the interrupt flags and the latch -- so
+/// CHECK_FOR_INTERRUPTS exits cleanly wherever the worker is: waiting on a socket,
+/// inside SPI or a long apply. Deliberately not pgrx's handler, whose flag is cleared
+/// when read and can be swallowed by an inner loop.
+unsafe extern "C-unwind" fn on_sigterm(_sig: i32) {
+    // SAFETY: only async-signal-safe stores and SetLatch, as in PostgreSQL's die().
+    unsafe {
+        if !pg_sys::proc_exit_inprogress {
+            pg_sys::InterruptPending = 1;
+            pg_sys::ProcDiePending = 1;
+        }
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// SIGHUP: reload the configuration at the next check (SignalHandlerForConfigReload).
+unsafe extern "C-unwind" fn on_sighup(_sig: i32) {
+    // SAFETY: as above.
+    unsafe {
+        pg_sys::ConfigReloadPending = 1;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+pub fn setup_signals() {
+    // SAFETY: installing handlers at worker start, before signals are unblocked.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm));
+        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(on_sighup));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+}
+
+/// Serves interrupts and reloads the configuration after SIGHUP.
+pub fn check_interrupts_and_reload() {
+    pgrx::check_for_interrupts!();
+    // SAFETY: reading and clearing the flag the SIGHUP handler sets, as PostgreSQL does.
+    unsafe {
+        if pg_sys::ConfigReloadPending != 0 {
+            pg_sys::ConfigReloadPending = 0;
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}
+
+/// Sleeps up to `d`, waking early on the latch; serves interrupts.
+pub fn sleep(d: Duration) {
+    // SAFETY: waiting on our own latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    check_interrupts_and_reload();
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}

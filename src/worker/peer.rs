@@ -1,0 +1,401 @@
+//! The apply worker of one peer: connects with the peer's conninfo, pulls its queue in
+//! commit order and applies each batch in one local transaction together with the new
+//! position, so a crash on either side neither skips nor repeats a change.
+//!
+//! Loop: pull (long-polling when caught up) -> apply batch + position -> commit. After a
+//! non-empty batch the next pull does not wait, which both drains a backlog quickly and
+//! reports the new position to the peer at once (it prunes and answers
+//! `mmr.wait_for_peers` from it). Any error: report it, roll back, drop the connection,
+//! back off, reconnect.
+
+use super::txn;
+use crate::apply::{self, Applier, Change};
+use crate::catalog;
+use crate::clock;
+use crate::error::{MmrError, Result};
+use crate::peer::conn::PeerConn;
+use crate::{gucs, shmem};
+use mmr_core::hlc;
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Where this node stands in the peer's queue.
+#[derive(Clone, Debug, Default)]
+struct Position {
+    tick: i64,
+    snap: Option<String>,
+}
+
+/// The peer's catalog entry, re-read every round.
+struct PeerConfig {
+    conninfo: String,
+    node_id: Option<i32>,
+}
+
+struct Worker {
+    peer: String,
+    me: catalog::NodeIdentity,
+    position: Option<Position>,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
+    super::setup_signals();
+    let peer = BackgroundWorker::get_extra().to_string();
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    // SAFETY: reading our own pid.
+    let me_pid = unsafe { pg_sys::MyProcPid };
+    // Another worker may already serve this peer (started by an earlier launcher).
+    let other = shmem::peer_statuses()
+        .into_iter()
+        .find(|s| s.name == peer && s.pid != me_pid && super::alive(s.pid));
+    if other.is_some() {
+        return;
+    }
+    shmem::update_peer_status(&peer, |s| {
+        s.set_pid(me_pid);
+        s.set_state("starting");
+    });
+    let setup = txn::run(|| {
+        Spi::run("SET session_replication_role = replica").map_err(|e| MmrError::Internal(e.to_string()))?;
+        Spi::run("SET synchronous_commit = on").map_err(|e| MmrError::Internal(e.to_string()))?;
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config('application_name', $1, false)",
+            &[format!("mmr apply from {peer}").into()],
+        )
+        .map_err(|e| MmrError::Internal(e.to_string()))?;
+        catalog::require_node()
+    });
+    let me = match setup {
+        Ok(me) => me,
+        Err(e) => {
+            report_error(&peer, "error", &e.to_string());
+            super::sleep(Duration::from_secs(5));
+            return;
+        }
+    };
+    Worker {
+        peer,
+        me,
+        position: None,
+    }
+    .run();
+}
+
+fn report_error(peer: &str, state: &str, err: &str) {
+    shmem::update_peer_status(peer, |s| {
+        s.set_state(state);
+        s.set_error(Some(err));
+    });
+}
+
+fn internal(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Internal(e.to_string())
+}
+
+/// Why a round ended without applying.
+enum Stop {
+    /// The peer was removed or paused: exit.
+    Exit,
+    /// Something failed: report, back off, reconnect.
+    Failed { state: &'static str, error: String },
+}
+
+impl From<MmrError> for Stop {
+    fn from(e: MmrError) -> Stop {
+        match e {
+            MmrError::ClockSkew { .. } => Stop::Failed {
+                state: "held_back",
+                error: e.to_string(),
+            },
+            e => Stop::Failed {
+                state: "error",
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            super::check_interrupts_and_reload();
+            match self.session() {
+                Stop::Exit => return,
+                Stop::Failed { state, error } => {
+                    report_error(&self.peer, state, &error);
+                    // Re-read the position after a failure: the failed transaction
+                    // did not move it, and nothing else may.
+                    self.position = None;
+                    apply::table::forget_all();
+                    super::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One connection's life: connect, then pull and apply until something fails.
+    fn session(&mut self) -> Stop {
+        let Some(cfg) = self.config() else { return Stop::Exit };
+        shmem::update_peer_status(&self.peer, |s| s.set_state("connecting"));
+        let app = format!("mmr {} from {}", self.me.name, self.peer);
+        let mut conn = match PeerConn::connect(&cfg.conninfo, &app, gucs::connect_timeout()) {
+            Ok(c) => c,
+            Err(e) => {
+                return Stop::Failed {
+                    state: "error",
+                    error: format!("cannot connect: {e}"),
+                }
+            }
+        };
+        let poll_wait = gucs::poll_wait();
+        conn.set_read_timeout(poll_wait + Duration::from_secs(30));
+        for setup in [
+            "SET default_transaction_isolation = 'read committed'",
+            "SET statement_timeout = 0",
+        ] {
+            if let Err(e) = conn.query(setup, &[]) {
+                return Stop::Failed {
+                    state: "error",
+                    error: e,
+                };
+            }
+        }
+        let mut wait = Duration::ZERO;
+        let mut node_id = cfg.node_id;
+        loop {
+            super::check_interrupts_and_reload();
+            match self.round(&mut conn, &mut node_id, wait) {
+                Ok(n) => wait = if n == 0 { poll_wait } else { Duration::ZERO },
+                Err(stop) => return stop,
+            }
+            // Paused or removed while we were connected?
+            if self.config().is_none() {
+                return Stop::Exit;
+            }
+        }
+    }
+
+    fn config(&self) -> Option<PeerConfig> {
+        let peer = self.peer.clone();
+        txn::run(move || {
+            catalog::select_opt::<pgrx::JsonB>(
+                "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id) FROM mmr.peer \
+                 WHERE name = $1 AND NOT paused",
+                &[peer.into()],
+            )
+            .map_err(internal)
+        })
+        .ok()
+        .flatten()
+        .map(|j| PeerConfig {
+            conninfo: j.0["conninfo"].as_str().unwrap_or_default().to_string(),
+            node_id: j.0["node_id"].as_i64().map(|v| v as i32),
+        })
+    }
+
+    fn position(&mut self) -> Result<Position> {
+        if let Some(p) = &self.position {
+            return Ok(p.clone());
+        }
+        let peer = self.peer.clone();
+        let p = txn::run(move || {
+            let j = catalog::select_opt::<pgrx::JsonB>(
+                "SELECT jsonb_build_object('tick', tick, 'snap', position::text) FROM mmr.peer_progress WHERE peer = $1",
+                &[peer.into()],
+            )
+            .map_err(internal)?;
+            Ok(j.map(|j| Position {
+                tick: j.0["tick"].as_i64().unwrap_or(0),
+                snap: j.0["snap"].as_str().map(String::from),
+            })
+            .unwrap_or_default())
+        })?;
+        self.position = Some(p.clone());
+        Ok(p)
+    }
+
+    /// One pull: returns the number of changes applied.
+    fn round(&mut self, conn: &mut PeerConn, node_id: &mut Option<i32>, wait: Duration) -> Result<usize, Stop> {
+        let pos = self.position()?;
+        let tick = pos.tick.to_string();
+        let batch = gucs::batch_size().to_string();
+        let wait_ms = wait.as_millis().to_string();
+        conn.send(
+            "SELECT kind, xid, tbl, op, hlc, vv, new_row, old_row, meta FROM mmr.pull($1, $2, $3, $4, $5)",
+            &[
+                Some(&self.me.name),
+                Some(&tick),
+                pos.snap.as_deref(),
+                Some(&batch),
+                Some(&wait_ms),
+            ],
+        )
+        .map_err(|e| Stop::Failed {
+            state: "error",
+            error: e,
+        })?;
+        let header = match conn.next_row().map_err(|e| Stop::Failed {
+            state: "error",
+            error: e,
+        })? {
+            Some(row) if row.first().cloned().flatten().as_deref() == Some("H") => {
+                let meta = row.get(8).cloned().flatten().unwrap_or_default();
+                serde_json::from_str::<Value>(&meta).map_err(internal)?
+            }
+            _ => return Err(internal("the peer's mmr.pull returned no header").into()),
+        };
+        let peer_node = self.check_identity(&header, node_id)?;
+        let to_snap = header["to_snap"].as_str().map(String::from);
+        let Some(to_snap) = to_snap else {
+            // Caught up. Drain the (empty) rest of the result.
+            while conn
+                .next_row()
+                .map_err(|e| Stop::Failed {
+                    state: "error",
+                    error: e,
+                })?
+                .is_some()
+            {}
+            self.report_contact(&header, 0);
+            return Ok(0);
+        };
+        let to_tick = header["to_tick"].as_i64().unwrap_or(0);
+        let applied = self.apply_batch(conn, &header, peer_node, to_tick, &to_snap)?;
+        self.position = Some(Position {
+            tick: to_tick,
+            snap: Some(to_snap),
+        });
+        self.report_contact(&header, applied.max(1));
+        Ok(applied.max(1))
+    }
+
+    /// The peer must be who we think it is: the name we know it by, and a node id that
+    /// is not ours and does not change.
+    fn check_identity(&self, header: &Value, node_id: &mut Option<i32>) -> Result<i32, Stop> {
+        let name = header["node"].as_str().unwrap_or_default();
+        let id = header["node_id"].as_i64().unwrap_or(0) as i32;
+        let fail = |error: String| Err(Stop::Failed { state: "error", error });
+        if name != self.peer {
+            return fail(format!(
+                "the server at this conninfo is node \"{name}\", not \"{}\"; the peer name must be the node's name",
+                self.peer
+            ));
+        }
+        if id == self.me.node_id {
+            return fail(format!(
+                "peer \"{name}\" has this node's node_id {id}; node ids must be unique in the group"
+            ));
+        }
+        match *node_id {
+            Some(known) if known != id => {
+                return fail(format!("peer \"{name}\" now reports node_id {id}, it was {known}"));
+            }
+            Some(_) => {}
+            None => {
+                let peer = self.peer.clone();
+                txn::run(move || {
+                    Spi::run_with_args(
+                        "UPDATE mmr.peer SET node_id = $2 WHERE name = $1",
+                        &[peer.into(), id.into()],
+                    )
+                    .map_err(internal)
+                })?;
+                *node_id = Some(id);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Applies the rows of the current result in one transaction with the new position.
+    fn apply_batch(
+        &self,
+        conn: &mut PeerConn,
+        header: &Value,
+        peer_node: i32,
+        to_tick: i64,
+        to_snap: &str,
+    ) -> Result<usize, Stop> {
+        let skew_limit = gucs::max_clock_skew().as_millis() as u64;
+        let mut net_error = None;
+        let result = txn::run(|| {
+            // One apply transaction at a time on this node: two peers' changes to the
+            // same key must not interleave between "read what is here" and "write".
+            Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
+            let mut applier = Applier::new(peer_node);
+            let mut n = 0usize;
+            let mut max_hlc = 0i64;
+            loop {
+                let row = match conn.next_row() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        net_error = Some(e.clone());
+                        return Err(MmrError::Internal(e));
+                    }
+                };
+                let ch = Change::from_row(&row)?;
+                let ahead = hlc::ahead_by_millis(ch.hlc.max(0) as u64, clock::wall_millis());
+                if ahead > skew_limit {
+                    return Err(MmrError::ClockSkew {
+                        ahead_ms: ahead,
+                        limit_ms: skew_limit,
+                    });
+                }
+                applier.apply(&ch)?;
+                max_hlc = max_hlc.max(ch.hlc);
+                n += 1;
+            }
+            Spi::run_with_args(
+                "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
+                   applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
+                   applied_asof = $6::timestamptz, applied_changes = applied_changes + $7, report = $8 \
+                 WHERE peer = $1",
+                &[
+                    self.peer.as_str().into(),
+                    to_tick.into(),
+                    to_snap.into(),
+                    max_hlc.into(),
+                    header["stable"].as_i64().into(),
+                    header["as_of"].as_str().into(),
+                    (n as i64).into(),
+                    pgrx::JsonB(header["report"].clone()).into(),
+                ],
+            )
+            .map_err(internal)?;
+            Ok(n)
+        });
+        match (result, net_error) {
+            (Ok(n), _) => Ok(n),
+            (Err(_), Some(e)) => Err(Stop::Failed {
+                state: "error",
+                error: e,
+            }),
+            (Err(e), None) => Err(e.into()),
+        }
+    }
+
+    fn report_contact(&self, header: &Value, _applied: usize) {
+        let now = now_timestamptz();
+        let pending = header["pending"].as_i64().unwrap_or(0);
+        let stable = header["stable"].as_i64().unwrap_or(0);
+        shmem::update_peer_status(&self.peer, |s| {
+            s.set_state("streaming");
+            s.set_error(None);
+            s.set_contact(now, pending);
+            s.set_watermark(stable);
+        });
+    }
+}
+
+fn now_timestamptz() -> i64 {
+    // SAFETY: plain read of the current time.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}

@@ -1,0 +1,48 @@
+//! Transactions in a background worker, with PostgreSQL errors turned into `Err` and
+//! the transaction rolled back, so the worker can report the error and carry on.
+
+use crate::error::{MmrError, Result};
+use pgrx::pg_sys;
+use pgrx::PgTryBuilder;
+use std::panic::AssertUnwindSafe;
+
+/// Runs `f` in a new transaction: commits on `Ok`, rolls back on `Err` or ERROR.
+pub fn run<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    // SAFETY: workers call this outside any transaction; the snapshot is popped before
+    // commit, and abort cleans up whatever an ERROR left behind.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let out = PgTryBuilder::new(AssertUnwindSafe(f))
+        .catch_others(|e| Err(MmrError::Internal(caught_message(&e))))
+        .execute();
+    // SAFETY: see above.
+    unsafe {
+        match out {
+            Ok(v) => {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+                Ok(v)
+            }
+            Err(e) => {
+                pg_sys::AbortCurrentTransaction();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {
+    use pgrx::pg_sys::panic::CaughtError::*;
+    match e {
+        PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => {
+            let mut m = r.message().to_string();
+            if let Some(d) = r.detail() {
+                m.push_str(&format!(" ({d})"));
+            }
+            m
+        }
+    }
+}
