@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use serde_json::Value;
 use std::time::Duration;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where this node stands in the peer's queue.
 #[derive(Clone, Debug, Default)]
