@@ -126,18 +126,16 @@ pub fn end_of_transaction() {
     }
 }
 
-/// A stamp below which every change this node wrote has committed: the clock, or the
-/// lowest stamp a still-open writing transaction may hold. Reading the clock before the
-/// slots makes a transaction that registers concurrently harmless: it registers a value
-/// at least the clock we read, so all its stamps are above the result.
+/// A stamp below which every change this node wrote has committed, and above which
+/// every change it will write is stamped. It is a fresh tick -- so every later stamp is
+/// greater, whatever the wall clock does, and an idle node's stable stamp follows real
+/// time -- lowered to the smallest stamp a still-open writing transaction may hold.
+/// Ticking before reading the slots makes a transaction that registers concurrently
+/// harmless: it registers a value at least our tick, so all its stamps are above it.
 pub fn stable() -> i64 {
-    let clock = shmem::shared().clock.load(Ordering::SeqCst);
-    let open = shmem::open_stamps()
-        .iter()
-        .map(|s| s.load(Ordering::SeqCst))
-        .filter(|&v| v != 0)
-        .min();
-    open.map_or(clock, |o| o.min(clock)) as i64
+    let now = tick() as u64;
+    let open = shmem::open_stamps().iter().map(|s| s.load(Ordering::SeqCst)).filter(|&v| v != 0).min();
+    open.map_or(now, |o| o.min(now)) as i64
 }
 
 /// Advances the clock past a stamp received from a peer.

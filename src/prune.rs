@@ -26,11 +26,14 @@ pub fn housekeeping() -> Result<()> {
 }
 
 fn prune_queue() -> Result<()> {
+    // Rows visible in every peer's position have been applied by every peer. The xmax
+    // bound lets the xid index skip the rest.
     Spi::run(
         "WITH pos AS (SELECT p.name, c.position FROM mmr.peer p LEFT JOIN mmr.consumer c ON c.name = p.name) \
-         DELETE FROM mmr.queue \
+         DELETE FROM mmr.queue q \
          WHERE EXISTS (SELECT 1 FROM pos) AND NOT EXISTS (SELECT 1 FROM pos WHERE position IS NULL) \
-           AND xid < (SELECT min(pg_snapshot_xmin(position)) FROM pos)",
+           AND q.xid < (SELECT min(pg_snapshot_xmax(position)) FROM pos) \
+           AND NOT EXISTS (SELECT 1 FROM pos WHERE NOT pg_visible_in_snapshot(q.xid, pos.position))",
     )
     .map_err(internal)
 }

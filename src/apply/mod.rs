@@ -11,7 +11,7 @@ pub mod table;
 
 use crate::clock;
 use crate::error::{MmrError, Result};
-use mmr_core::decide::{decide, Conflict, Decision, Local, Op, Side, Version};
+use mmr_core::decide::{decide, Conflict, Decision, Local, Op, Side, Skip, Version};
 use mmr_core::vv::VersionVector;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -73,6 +73,8 @@ impl Change {
 pub struct Stats {
     pub applied: i64,
     pub skipped: i64,
+    /// Changes this node already held exactly (a replay; should never happen).
+    pub duplicates: i64,
     pub conflicts: i64,
 }
 
@@ -148,8 +150,9 @@ impl Applier {
                     self.stats.applied += 1;
                     self.write_remote(client, &t, ch, image, &held)
                 }
-                Decision::Skip(_) => {
+                Decision::Skip(why) => {
                     self.stats.skipped += 1;
+                    self.stats.duplicates += (why == Skip::Duplicate) as i64;
                     Ok(())
                 }
                 Decision::Conflict(c) => {

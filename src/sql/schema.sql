@@ -29,6 +29,10 @@ CREATE TABLE mmr.peer_progress (
     watermark bigint,
     applied_asof timestamptz,
     applied_changes bigint NOT NULL DEFAULT 0,
+    -- Changes received that this node already held exactly: a replay. Stays 0 unless
+    -- something delivered a change twice.
+    duplicate_changes bigint NOT NULL DEFAULT 0,
+    -- The peer's last report of what it has applied (see prune.rs).
     report jsonb
 );
 COMMENT ON TABLE mmr.peer_progress IS 'Position of this node in each peer''s queue: a snapshot taken on the peer.';

@@ -40,7 +40,13 @@ struct Worker {
     peer: String,
     me: catalog::NodeIdentity,
     position: Option<Position>,
+    /// When the peer's report and our watermark were last stored while idle.
+    last_idle_store: Option<std::time::Instant>,
 }
+
+/// While caught up, the peer's report and our watermark of it (which let tombstones be
+/// pruned) are stored at most this often.
+const IDLE_STORE_EVERY: Duration = Duration::from_secs(3);
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -83,6 +89,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         peer,
         me,
         position: None,
+        last_idle_store: None,
     }
     .run();
 }
@@ -265,6 +272,7 @@ impl Worker {
                 .is_some()
             {}
             self.report_contact(&header, 0);
+            self.store_idle_progress(&header)?;
             return Ok(0);
         };
         let to_tick = header["to_tick"].as_i64().unwrap_or(0);
@@ -356,7 +364,8 @@ impl Worker {
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
                    applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
-                   applied_asof = $6::timestamptz, applied_changes = applied_changes + $7, report = $8 \
+                   applied_asof = $6::timestamptz, applied_changes = applied_changes + $7, report = $8, \
+                   duplicate_changes = duplicate_changes + $9 \
                  WHERE peer = $1",
                 &[
                     self.peer.as_str().into(),
@@ -367,6 +376,7 @@ impl Worker {
                     header["as_of"].as_str().into(),
                     (n as i64).into(),
                     pgrx::JsonB(header["report"].clone()).into(),
+                    applier.stats.duplicates.into(),
                 ],
             )
             .map_err(internal)?;
@@ -380,6 +390,26 @@ impl Worker {
             }),
             (Err(e), None) => Err(e.into()),
         }
+    }
+
+    /// Stores the watermark and report of an empty batch, now and then. Valid because
+    /// "nothing new" means every change of the peer stamped below `stable` is already
+    /// covered by our (durable) position.
+    fn store_idle_progress(&mut self, header: &Value) -> Result<()> {
+        if self.last_idle_store.is_some_and(|t| t.elapsed() < IDLE_STORE_EVERY) {
+            return Ok(());
+        }
+        self.last_idle_store = Some(std::time::Instant::now());
+        let peer = self.peer.clone();
+        let stable = header["stable"].as_i64();
+        let report = pgrx::JsonB(header["report"].clone());
+        txn::run(move || {
+            Spi::run_with_args(
+                "UPDATE mmr.peer_progress SET watermark = greatest(watermark, $2), report = $3 WHERE peer = $1",
+                &[peer.into(), stable.into(), report.into()],
+            )
+            .map_err(internal)
+        })
     }
 
     fn report_contact(&self, header: &Value, _applied: usize) {

@@ -354,6 +354,37 @@ impl Cluster {
         }
     }
 
+    /// Runs `sql` (one or more statements) on node `i`; panics with the server's message.
+    pub fn exec(&self, i: usize, sql: &str) {
+        self.connect(i)
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    }
+
+    /// The bigint result of `sql` on node `i`.
+    pub fn int(&self, i: usize, sql: &str) -> i64 {
+        self.connect(i)
+            .query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
+            .get(0)
+    }
+
+    /// The text result of `sql` on node `i`.
+    pub fn text(&self, i: usize, sql: &str) -> String {
+        self.connect(i)
+            .query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
+            .get(0)
+    }
+
+    /// Creates a table with `ddl` on every node and replicates it.
+    pub fn replicated_table(&self, ddl: &str, table: &str) {
+        for i in 0..self.len() {
+            self.exec(i, ddl);
+            self.exec(i, &format!("SELECT mmr.replicate('{table}')"));
+        }
+    }
+
     /// Every node's server log, for failure reports.
     pub fn logs(&self) -> String {
         let mut out = String::new();

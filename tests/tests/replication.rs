@@ -5,21 +5,11 @@ use std::time::Duration;
 
 const SYNC: Duration = Duration::from_secs(60);
 
-fn setup_table(c: &Cluster, ddl: &str, table: &str) {
-    for i in 0..c.len() {
-        let mut db = c.connect(i);
-        db.batch_execute(ddl).unwrap();
-        db.execute("SELECT mmr.replicate($1::text::regclass)", &[&table])
-            .unwrap();
-    }
-}
-
 /// Scenario 1: three nodes each insert distinct keys; every node ends with all rows.
 #[test]
 fn three_nodes_distinct_inserts_reach_everyone() {
     let mut c = Cluster::start("distinct", 3);
-    setup_table(
-        &c,
+    c.replicated_table(
         "CREATE TABLE items (id int PRIMARY KEY, origin text, payload jsonb)",
         "items",
     );
@@ -45,18 +35,6 @@ fn three_nodes_distinct_inserts_reach_everyone() {
     assert_converged(&c, "items");
 }
 
-fn count(c: &Cluster, i: usize, sql: &str) -> i64 {
-    c.connect(i).query_one(sql, &[]).unwrap().get(0)
-}
-
-fn text(c: &Cluster, i: usize, sql: &str) -> String {
-    c.connect(i).query_one(sql, &[]).unwrap().get(0)
-}
-
-fn exec(c: &Cluster, i: usize, sql: &str) {
-    c.connect(i).batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", mmr_tests::error_text(&e)));
-}
-
 /// Scenario 2: a partition, then conflicting writes on every side -- the same rows
 /// updated on two and on three nodes, update on one side and delete on the other, the
 /// same key inserted on two sides. After healing, all nodes hold identical rows (user
@@ -65,9 +43,12 @@ fn exec(c: &Cluster, i: usize, sql: &str) {
 #[test]
 fn partition_conflicts_converge_to_the_later_write() {
     let mut c = Cluster::start("partition", 3);
-    setup_table(&c, "CREATE TABLE acct (id int PRIMARY KEY, owner text, balance int)", "acct");
+    c.replicated_table(
+        "CREATE TABLE acct (id int PRIMARY KEY, owner text, balance int)",
+        "acct",
+    );
     c.mesh();
-    exec(&c, 0, "INSERT INTO acct SELECT g, 'n1', 100 FROM generate_series(1, 4) g");
+    c.exec(0, "INSERT INTO acct SELECT g, 'n1', 100 FROM generate_series(1, 4) g");
     c.sync(SYNC);
     for i in 0..3 {
         c.isolate(i);
@@ -75,34 +56,46 @@ fn partition_conflicts_converge_to_the_later_write() {
     // Row 1: updated on n1 and n2 (n2 later). Row 2: updated on all three (n1 last).
     // Row 3: updated on n2, deleted on n3 later. Row 4: deleted on n1, updated on n3 later.
     // Row 10: inserted on n2 and n3 (n3 later).
-    exec(&c, 0, "UPDATE acct SET owner = 'n1', balance = 1 WHERE id = 1");
-    exec(&c, 1, "UPDATE acct SET owner = 'n2', balance = 2 WHERE id = 1");
-    exec(&c, 2, "UPDATE acct SET owner = 'n3', balance = 3 WHERE id = 2");
-    exec(&c, 1, "UPDATE acct SET owner = 'n2', balance = 2 WHERE id = 2");
-    exec(&c, 0, "UPDATE acct SET owner = 'n1', balance = 1 WHERE id = 2");
-    exec(&c, 1, "UPDATE acct SET owner = 'n2', balance = 2 WHERE id = 3");
-    exec(&c, 2, "DELETE FROM acct WHERE id = 3");
-    exec(&c, 0, "DELETE FROM acct WHERE id = 4");
-    exec(&c, 2, "UPDATE acct SET owner = 'n3', balance = 3 WHERE id = 4");
-    exec(&c, 1, "INSERT INTO acct VALUES (10, 'n2', 2)");
-    exec(&c, 2, "INSERT INTO acct VALUES (10, 'n3', 3)");
+    c.exec(0, "UPDATE acct SET owner = 'n1', balance = 1 WHERE id = 1");
+    c.exec(1, "UPDATE acct SET owner = 'n2', balance = 2 WHERE id = 1");
+    c.exec(2, "UPDATE acct SET owner = 'n3', balance = 3 WHERE id = 2");
+    c.exec(1, "UPDATE acct SET owner = 'n2', balance = 2 WHERE id = 2");
+    c.exec(0, "UPDATE acct SET owner = 'n1', balance = 1 WHERE id = 2");
+    c.exec(1, "UPDATE acct SET owner = 'n2', balance = 2 WHERE id = 3");
+    c.exec(2, "DELETE FROM acct WHERE id = 3");
+    c.exec(0, "DELETE FROM acct WHERE id = 4");
+    c.exec(2, "UPDATE acct SET owner = 'n3', balance = 3 WHERE id = 4");
+    c.exec(1, "INSERT INTO acct VALUES (10, 'n2', 2)");
+    c.exec(2, "INSERT INTO acct VALUES (10, 'n3', 3)");
     c.heal_all();
     c.sync(SYNC);
     assert_converged(&c, "acct");
-    let rows = text(&c, 0, "SELECT string_agg(id || ':' || owner, ' ' ORDER BY id) FROM acct");
+    let rows = c.text(0, "SELECT string_agg(id || ':' || owner, ' ' ORDER BY id) FROM acct");
     assert_eq!(rows, "1:n2 2:n1 4:n3 10:n3");
     // Every node recorded the conflicts it saw, with the right kinds.
-    let kinds = |i: usize| text(&c, i, "SELECT string_agg(DISTINCT kind, ',' ORDER BY kind) FROM mmr.conflicts");
-    let all: std::collections::BTreeSet<String> = (0..3).flat_map(|i| kinds(i).split(',').map(String::from).collect::<Vec<_>>()).collect();
+    let kinds = |i: usize| {
+        c.text(
+            i,
+            "SELECT string_agg(DISTINCT kind, ',' ORDER BY kind) FROM mmr.conflicts",
+        )
+    };
+    let all: std::collections::BTreeSet<String> = (0..3)
+        .flat_map(|i| kinds(i).split(',').map(String::from).collect::<Vec<_>>())
+        .collect();
     for k in ["update_update", "insert_insert", "delete_update", "update_delete"] {
         assert!(all.contains(k), "no {k} conflict recorded anywhere: {all:?}");
     }
     // n1 saw its own update of row 1 lose to n2's, and n2's insert of 10 lose to n3's.
     assert_eq!(
-        count(&c, 0, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'update_update' AND pk = '{\"id\": 1}' AND resolution = 'remote_wins'"),
+        c.int(0, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'update_update' AND pk = '{\"id\": 1}' AND resolution = 'remote_wins'"),
         1
     );
-    assert!(count(&c, 1, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'insert_insert' AND pk = '{\"id\": 10}'") >= 1);
+    assert!(
+        c.int(
+            1,
+            "SELECT count(*) FROM mmr.conflicts WHERE kind = 'insert_insert' AND pk = '{\"id\": 10}'"
+        ) >= 1
+    );
 }
 
 /// Scenario 5: a transaction that took its queue ids early and committed last (after
@@ -110,16 +103,16 @@ fn partition_conflicts_converge_to_the_later_write() {
 #[test]
 fn long_transaction_committed_last_is_applied() {
     let mut c = Cluster::start("longtx", 2);
-    setup_table(&c, "CREATE TABLE ev (id int PRIMARY KEY, v text)", "ev");
+    c.replicated_table("CREATE TABLE ev (id int PRIMARY KEY, v text)", "ev");
     c.mesh();
     let mut long = c.connect(0);
     let mut tx = long.transaction().unwrap();
     tx.batch_execute("INSERT INTO ev VALUES (1, 'long')").unwrap();
-    exec(&c, 0, "INSERT INTO ev VALUES (2, 'short')");
+    c.exec(0, "INSERT INTO ev VALUES (2, 'short')");
     c.wait_until(1, "SELECT count(*) = 1 FROM ev WHERE id = 2", SYNC);
     tx.commit().unwrap();
     c.sync(SYNC);
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM ev"), 2);
+    assert_eq!(c.int(1, "SELECT count(*) FROM ev"), 2);
     assert_converged(&c, "ev");
 }
 
@@ -129,22 +122,27 @@ fn long_transaction_committed_last_is_applied() {
 #[test]
 fn causally_later_change_applies_without_conflict() {
     let mut c = Cluster::start("causal", 3);
-    setup_table(&c, "CREATE TABLE doc (id int PRIMARY KEY, body text)", "doc");
+    c.replicated_table("CREATE TABLE doc (id int PRIMARY KEY, body text)", "doc");
     c.cut(2, 0); // C cannot pull from A
     c.mesh();
-    exec(&c, 0, "INSERT INTO doc VALUES (1, 'from A')");
+    c.exec(0, "INSERT INTO doc VALUES (1, 'from A')");
     c.wait_until(1, "SELECT count(*) = 1 FROM doc", SYNC);
-    exec(&c, 1, "UPDATE doc SET body = 'B after A' WHERE id = 1");
+    c.exec(1, "UPDATE doc SET body = 'B after A' WHERE id = 1");
     c.wait_until(2, "SELECT count(*) = 1 FROM doc WHERE body = 'B after A'", SYNC);
     c.heal(2, 0);
     c.sync(SYNC);
     assert_converged(&c, "doc");
-    assert_eq!(text(&c, 2, "SELECT body FROM doc"), "B after A");
+    assert_eq!(c.text(2, "SELECT body FROM doc"), "B after A");
     for i in 0..3 {
-        assert_eq!(count(&c, i, "SELECT count(*) FROM mmr.conflicts"), 0, "conflict on {}", c.nodes[i].name);
+        assert_eq!(
+            c.int(i, "SELECT count(*) FROM mmr.conflicts"),
+            0,
+            "conflict on {}",
+            c.nodes[i].name
+        );
     }
     // C applied A's insert after B's update: skipped as stale (its vector is dominated).
-    assert_eq!(text(&c, 2, "SELECT mmr_vv::text FROM doc"), "{1,1,2,1}");
+    assert_eq!(c.text(2, "SELECT mmr_vv::text FROM doc"), "{1,1,2,1}");
 }
 
 /// Invariant 7: applying a change never captures it again (no loops) and user
@@ -152,23 +150,29 @@ fn causally_later_change_applies_without_conflict() {
 #[test]
 fn apply_does_not_recapture_or_fire_user_triggers() {
     let mut c = Cluster::start("noloop", 2);
-    setup_table(&c, "CREATE TABLE t (id int PRIMARY KEY, v int)", "t");
-    exec(
-        &c,
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v int)", "t");
+    c.exec(
         1,
         "CREATE TABLE fired (n int); \
          CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO fired VALUES (1); RETURN NEW; END $$; \
          CREATE TRIGGER user_trg BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION note()",
     );
     c.mesh();
-    exec(&c, 0, "INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; UPDATE t SET v = v + 1");
+    c.exec(
+        0,
+        "INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; UPDATE t SET v = v + 1",
+    );
     c.sync(SYNC);
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM t"), 50);
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM fired"), 0, "user trigger fired on apply");
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM mmr.queue"), 0, "applied changes were queued again");
+    assert_eq!(c.int(1, "SELECT count(*) FROM t"), 50);
+    assert_eq!(c.int(1, "SELECT count(*) FROM fired"), 0, "user trigger fired on apply");
+    assert_eq!(
+        c.int(1, "SELECT count(*) FROM mmr.queue"),
+        0,
+        "applied changes were queued again"
+    );
     // Local writes on n2 still fire its trigger and are captured.
-    exec(&c, 1, "UPDATE t SET v = 0 WHERE id = 1");
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM fired"), 1);
+    c.exec(1, "UPDATE t SET v = 0 WHERE id = 1");
+    assert_eq!(c.int(1, "SELECT count(*) FROM fired"), 1);
     c.sync(SYNC);
     assert_converged(&c, "t");
 }
@@ -177,7 +181,7 @@ fn apply_does_not_recapture_or_fire_user_triggers() {
 #[test]
 fn remote_transaction_is_applied_atomically() {
     let mut c = Cluster::start("atomic", 2);
-    setup_table(&c, "CREATE TABLE bulk (id int PRIMARY KEY, v text)", "bulk");
+    c.replicated_table("CREATE TABLE bulk (id int PRIMARY KEY, v text)", "bulk");
     c.mesh();
     let watcher = {
         let node = c.nodes[1].conninfo();
@@ -194,9 +198,16 @@ fn remote_transaction_is_applied_atomically() {
             }
         })
     };
-    exec(&c, 0, "INSERT INTO bulk SELECT g, repeat('x', 50) FROM generate_series(1, 20000) g");
+    c.exec(
+        0,
+        "INSERT INTO bulk SELECT g, repeat('x', 50) FROM generate_series(1, 20000) g",
+    );
     let seen = watcher.join().unwrap();
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 20000], "a partial transaction was visible");
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec![0, 20000],
+        "a partial transaction was visible"
+    );
 }
 
 /// Scenario 7 and invariant 8: an unreachable peer (connections hang) and a peer with
@@ -205,27 +216,47 @@ fn remote_transaction_is_applied_atomically() {
 #[test]
 fn unreachable_peer_does_not_block_and_catches_up() {
     let mut c = Cluster::start("unreachable", 3);
-    setup_table(&c, "CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
     c.blackhole(0, 2); // n1 -> n3 hangs
     c.mesh();
-    exec(&c, 0, "SELECT mmr.add_peer('ghost', 'host=127.0.0.1 port=1 dbname=postgres connect_timeout=1')");
-    exec(&c, 0, "INSERT INTO t VALUES (1, 'n1')");
-    exec(&c, 2, "INSERT INTO t VALUES (3, 'n3')");
-    exec(&c, 1, "INSERT INTO t VALUES (2, 'n2')");
+    c.exec(
+        0,
+        "SELECT mmr.add_peer('ghost', 'host=127.0.0.1 port=1 dbname=postgres connect_timeout=1')",
+    );
+    c.exec(0, "INSERT INTO t VALUES (1, 'n1')");
+    c.exec(2, "INSERT INTO t VALUES (3, 'n3')");
+    c.exec(1, "INSERT INTO t VALUES (2, 'n2')");
     // n1 still gets n2's change; n2 gets everything.
     c.wait_until(0, "SELECT count(*) = 2 FROM t", SYNC);
     c.wait_until(1, "SELECT count(*) = 3 FROM t", SYNC);
-    c.wait_until(0, "SELECT last_error IS NOT NULL FROM mmr.peers WHERE name = 'ghost'", SYNC);
-    c.wait_until(0, "SELECT state = 'error' AND last_error LIKE '%connect%' FROM mmr.peers WHERE name = 'n3'", SYNC);
+    c.wait_until(
+        0,
+        "SELECT last_error IS NOT NULL FROM mmr.peers WHERE name = 'ghost'",
+        SYNC,
+    );
+    c.wait_until(
+        0,
+        "SELECT state = 'error' AND last_error LIKE '%connect%' FROM mmr.peers WHERE name = 'n3'",
+        SYNC,
+    );
     let took = c.stop_node(0);
-    assert!(took < Duration::from_secs(2), "fast shutdown took {took:?} with a hanging peer");
+    assert!(
+        took < Duration::from_secs(2),
+        "fast shutdown took {took:?} with a hanging peer"
+    );
     c.start_node(0);
-    exec(&c, 0, "SELECT mmr.remove_peer('ghost')");
+    c.exec(0, "SELECT mmr.remove_peer('ghost')");
     c.heal(0, 2);
     c.sync(SYNC);
-    assert_eq!(count(&c, 0, "SELECT count(*) FROM t"), 3);
+    assert_eq!(c.int(0, "SELECT count(*) FROM t"), 3);
     assert_converged(&c, "t");
-    assert_eq!(text(&c, 0, "SELECT string_agg(name || '=' || state, ',' ORDER BY name) FROM mmr.peers"), "n2=streaming,n3=streaming");
+    assert_eq!(
+        c.text(
+            0,
+            "SELECT string_agg(name || '=' || state, ',' ORDER BY name) FROM mmr.peers"
+        ),
+        "n2=streaming,n3=streaming"
+    );
 }
 
 /// Scenario 8 and invariant 4: a peer stamping far in the future is held back (nothing
@@ -233,21 +264,30 @@ fn unreachable_peer_does_not_block_and_catches_up() {
 #[test]
 fn clock_skew_is_held_back_and_reported() {
     let mut c = Cluster::start("skew", 2);
-    setup_table(&c, "CREATE TABLE t (id int PRIMARY KEY)", "t");
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY)", "t");
     c.mesh();
     // n1's clock jumps 5 minutes ahead (it trusts any skew), then it writes.
-    exec(&c, 0, "ALTER SYSTEM SET mmr.max_clock_skew = '1h'");
-    exec(&c, 0, "SELECT pg_reload_conf()");
+    c.exec(0, "ALTER SYSTEM SET mmr.max_clock_skew = '1h'");
+    c.exec(0, "SELECT pg_reload_conf()");
     c.wait_until(0, "SELECT current_setting('mmr.max_clock_skew') = '1h'", SYNC);
-    exec(&c, 0, "SELECT mmr._observe_hlc(mmr.hlc_now() + (300000::bigint << 16))");
-    exec(&c, 0, "INSERT INTO t VALUES (1)");
-    c.wait_until(1, "SELECT state = 'held_back' AND last_error LIKE '%ahead of the local clock%' FROM mmr.peers WHERE name = 'n1'", SYNC);
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM t"), 0);
+    c.exec(0, "SELECT mmr._observe_hlc(mmr.hlc_now() + (300000::bigint << 16))");
+    c.exec(0, "INSERT INTO t VALUES (1)");
+    c.wait_until(
+        1,
+        "SELECT state = 'held_back' AND last_error LIKE '%ahead of the local clock%' FROM mmr.peers WHERE name = 'n1'",
+        SYNC,
+    );
+    assert_eq!(c.int(1, "SELECT count(*) FROM t"), 0);
     // n2's clock was not dragged into the future.
-    assert!(count(&c, 1, "SELECT (mmr.hlc_now() >> 16) - (extract(epoch FROM clock_timestamp()) * 1000)::bigint") < 60_000);
-    exec(&c, 1, "ALTER SYSTEM SET mmr.max_clock_skew = '1h'");
-    exec(&c, 1, "SELECT pg_reload_conf()");
+    assert!(
+        c.int(
+            1,
+            "SELECT (mmr.hlc_now() >> 16) - (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        ) < 60_000
+    );
+    c.exec(1, "ALTER SYSTEM SET mmr.max_clock_skew = '1h'");
+    c.exec(1, "SELECT pg_reload_conf()");
     c.wait_until(1, "SELECT count(*) = 1 FROM t", SYNC);
     // Having received the stamp, n2's clock is now past it.
-    assert!(count(&c, 1, "SELECT count(*) FROM t WHERE mmr_hlc < mmr.hlc_now()") == 1);
+    assert!(c.int(1, "SELECT count(*) FROM t WHERE mmr_hlc < mmr.hlc_now()") == 1);
 }
