@@ -134,7 +134,11 @@ pub fn end_of_transaction() {
 /// harmless: it registers a value at least our tick, so all its stamps are above it.
 pub fn stable() -> i64 {
     let now = tick() as u64;
-    let open = shmem::open_stamps().iter().map(|s| s.load(Ordering::SeqCst)).filter(|&v| v != 0).min();
+    let open = shmem::open_stamps()
+        .iter()
+        .map(|s| s.load(Ordering::SeqCst))
+        .filter(|&v| v != 0)
+        .min();
     open.map_or(now, |o| o.min(now)) as i64
 }
 

@@ -28,6 +28,7 @@ pub enum MmrError {
     UnknownConflict(i64),
     ClockSkew { ahead_ms: u64, limit_ms: u64 },
     TwoPhaseCommit,
+    ConcurrentDelete(String),
     Internal(String),
 }
 
@@ -49,6 +50,7 @@ impl MmrError {
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
+            ConcurrentDelete(_) => Code::ERRCODE_T_R_SERIALIZATION_FAILURE,
             Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -84,6 +86,11 @@ impl MmrError {
             UnknownConflict(id) => format!("conflict {id} does not exist"),
             ClockSkew { ahead_ms, limit_ms } => {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
+            }
+            ConcurrentDelete(tbl) => {
+                format!(
+                    "could not serialize access: a replicated delete of this key of \"{tbl}\" committed concurrently"
+                )
             }
             TwoPhaseCommit => "cannot PREPARE a transaction that wrote to replicated tables".into(),
             Internal(msg) => format!("mmr internal error: {msg}"),
@@ -127,6 +134,7 @@ impl MmrError {
             }
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
+            ConcurrentDelete(_) => "Retry the transaction.".into(),
             TwoPhaseCommit => "Commit it directly; mmr does not support two-phase commit on replicated tables.".into(),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),
             _ => return None,

@@ -101,9 +101,11 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
 }
 
 /// What this node has applied from each of its peers (their watermarks here), and a
-/// stable stamp of this node taken after reading them: every change this node wrote
-/// before it had applied those changes is stamped below `self`. Peers use it to know
-/// when a tombstone can no longer meet a concurrent change (see prune.rs).
+/// fresh tick of this node's clock taken after reading them: every change this node
+/// stamped before it had applied those changes -- committed yet or not -- is stamped
+/// below `self`. Peers use it to know when a tombstone can no longer meet a concurrent
+/// change (see prune.rs): once their watermark of this node passes `self`, they have
+/// applied all of those changes.
 fn frontier_report() -> Result<serde_json::Value> {
     let rows = Spi::connect(|c| {
         let t = c.select(
@@ -120,7 +122,7 @@ fn frontier_report() -> Result<serde_json::Value> {
         Ok::<_, pgrx::spi::SpiError>(m)
     })
     .map_err(internal)?;
-    Ok(json!({ "applied": rows, "self": clock::stable() }))
+    Ok(json!({ "applied": rows, "self": clock::tick() }))
 }
 
 fn now_text() -> Result<String> {

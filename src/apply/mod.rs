@@ -139,27 +139,36 @@ impl Applier {
         Spi::connect_mut(|client| {
             let t = table::lookup(client, &ch.tbl)?;
             let image = jsonb_arg(ch.image()?)?;
-            let held = self.held(client, &t, image)?;
             let remote = Version {
                 hlc: ch.hlc,
                 node: self.peer_node,
                 vv: ch.vv.clone(),
             };
-            match decide(ch.op, &remote, &held.local) {
-                Decision::Apply => {
-                    self.stats.applied += 1;
-                    self.write_remote(client, &t, ch, image, &held)
+            // A local transaction can insert the key between our look and our write
+            // (an absent key cannot be locked). Our insert then waits for it and finds
+            // the key taken: we look again, now with its row in view.
+            for _ in 0..MAX_RACES {
+                let held = self.held(client, &t, image)?;
+                let decision = decide(ch.op, &remote, &held.local);
+                let written = match &decision {
+                    Decision::Apply => self.write_remote(client, &t, ch, image, &held)?,
+                    Decision::Skip(_) => Written::Done,
+                    Decision::Conflict(c) => self.resolve_lww(client, &t, ch, image, &held, c)?,
+                };
+                if written == Written::Raced {
+                    continue;
                 }
-                Decision::Skip(why) => {
-                    self.stats.skipped += 1;
-                    self.stats.duplicates += (why == Skip::Duplicate) as i64;
-                    Ok(())
+                match decision {
+                    Decision::Apply => self.stats.applied += 1,
+                    Decision::Skip(why) => {
+                        self.stats.skipped += 1;
+                        self.stats.duplicates += (why == Skip::Duplicate) as i64;
+                    }
+                    Decision::Conflict(_) => self.stats.conflicts += 1,
                 }
-                Decision::Conflict(c) => {
-                    self.stats.conflicts += 1;
-                    self.resolve_lww(client, &t, ch, image, &held, &c)
-                }
+                return Ok(());
             }
+            Err(internal(format!("a key of {} kept changing under apply", t.name)))
         })
     }
 
@@ -210,12 +219,19 @@ impl Applier {
         ch: &Change,
         image: Image,
         held: &Held,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let stamp = (ch.hlc, self.peer_node, &ch.vv);
         if ch.op == Op::Delete {
-            delete_with_tombstone(client, t, image, stamp, &horizon_of(self.peer_node, ch.hlc))
+            write_delete(
+                client,
+                t,
+                image,
+                stamp,
+                &horizon_of(self.peer_node, ch.hlc),
+                &held.local,
+            )
         } else {
-            upsert(client, t, image, stamp, matches!(held.local, Local::Tombstone(_)))
+            write_row(client, t, image, stamp, &held.local)
         }
     }
 
@@ -229,7 +245,7 @@ impl Applier {
         image: Image,
         held: &Held,
         c: &Conflict,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         let local_row = match held.local {
             Local::Row(_) => row_json(client, t, image)?,
             _ => None,
@@ -238,15 +254,22 @@ impl Applier {
         // every node to have applied it before it can be dropped.
         let horizon = held.horizon.merged(&horizon_of(self.peer_node, ch.hlc));
         let stamp = (c.hlc, c.node, &c.vv);
-        match (c.winner, ch.op, &held.local) {
-            (Side::Remote, Op::Delete, _) => delete_with_tombstone(client, t, image, stamp, &horizon)?,
-            (Side::Remote, _, local) => upsert(client, t, image, stamp, matches!(local, Local::Tombstone(_)))?,
+        let written = match (c.winner, ch.op, &held.local) {
+            (Side::Remote, Op::Delete, local) => write_delete(client, t, image, stamp, &horizon, local)?,
+            (Side::Remote, _, local) => write_row(client, t, image, stamp, local)?,
             (Side::Local, _, Local::Row(_)) => {
                 client
                     .update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()])
                     .map_err(internal)?;
+                Written::Done
             }
-            (Side::Local, _, _) => put_tombstone(client, t, image, stamp, &horizon)?,
+            (Side::Local, _, _) => {
+                put_tombstone(client, t, image, stamp, &horizon)?;
+                Written::Done
+            }
+        };
+        if written == Written::Raced {
+            return Ok(written);
         }
         let resolution = if c.winner == Side::Remote {
             "remote_wins"
@@ -277,43 +300,84 @@ impl Applier {
                 resolver: "last_write_wins",
                 note: None,
             },
-        )
+        )?;
+        Ok(Written::Done)
     }
 }
 
 type Stamp<'a> = (i64, i32, &'a VersionVector);
 
-fn upsert(
+/// Whether a write happened or a concurrent local insert took the key first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Done,
+    Raced,
+}
+
+/// How often one change is decided again because local inserts kept taking its key.
+const MAX_RACES: usize = 10;
+
+/// Writes the row from the image with the given stamp: overwrites the locked local row,
+/// or inserts it where there was none (removing the key's tombstone).
+fn write_row(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
     image: Image,
     (hlc, node, vv): Stamp<'_>,
-    had_tombstone: bool,
-) -> Result<()> {
-    client
-        .update(
-            &t.upsert,
-            None,
-            &[image.arg(), hlc.into(), node.into(), vv.to_flat().into()],
-        )
-        .map_err(|e| internal(format!("applying a change to {}: {e}", t.name)))?;
-    if had_tombstone {
+    local: &Local,
+) -> Result<Written> {
+    let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
+    let fail = |e: pgrx::spi::SpiError| internal(format!("applying a change to {}: {e}", t.name));
+    if let Local::Row(_) = local {
+        client.update(&t.update_row, None, &args).map_err(fail)?;
+        return Ok(Written::Done);
+    }
+    client.update(&t.insert_row, None, &args).map_err(fail)?;
+    if inserted_none() {
+        return Ok(Written::Raced);
+    }
+    if let Local::Tombstone(_) = local {
         client
             .update(&t.delete_tombstone, None, &[image.arg()])
             .map_err(internal)?;
     }
-    Ok(())
+    Ok(Written::Done)
 }
 
-fn delete_with_tombstone(
+/// Whether the last SPI command processed no row.
+fn inserted_none() -> bool {
+    // SAFETY: reading the SPI global set by the statement just executed.
+    unsafe { pg_sys::SPI_processed == 0 }
+}
+
+/// Deletes the key and leaves its tombstone with the given stamp. Where there is no row
+/// and no tombstone, the key is first claimed by inserting and deleting the old row: a
+/// local transaction inserting the same key concurrently then either finished first
+/// (our insert finds its row: decide again) or waits for us and sees the tombstone
+/// (the capture trigger checks again after its insert).
+fn write_delete(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
     image: Image,
     stamp: Stamp<'_>,
     horizon: &VersionVector,
-) -> Result<()> {
-    client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
-    put_tombstone(client, t, image, stamp, horizon)
+    local: &Local,
+) -> Result<Written> {
+    if let Local::Absent = local {
+        let (hlc, node, vv) = stamp;
+        let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
+        client
+            .update(&t.insert_row, None, &args)
+            .map_err(|e| internal(format!("claiming a key of {}: {e}", t.name)))?;
+        if inserted_none() {
+            return Ok(Written::Raced);
+        }
+    }
+    if !matches!(local, Local::Tombstone(_)) {
+        client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+    }
+    put_tombstone(client, t, image, stamp, horizon)?;
+    Ok(Written::Done)
 }
 
 fn put_tombstone(
@@ -352,7 +416,7 @@ fn row_json(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<
 }
 
 /// A row of `mmr.conflicts`.
-pub struct ConflictRecord<'a> {
+struct ConflictRecord<'a> {
     pub kind: &'a str,
     pub local_row: Option<&'a str>,
     pub remote_row: Option<&'a str>,
@@ -364,7 +428,7 @@ pub struct ConflictRecord<'a> {
     pub note: Option<&'a str>,
 }
 
-pub fn record_conflict(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, r: ConflictRecord<'_>) -> Result<()> {
+fn record_conflict(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, r: ConflictRecord<'_>) -> Result<()> {
     let key = client
         .update(&t.key_json, Some(1), &[image.arg()])
         .map_err(internal)?

@@ -23,8 +23,12 @@ pub struct ApplyTable {
     pub lock_tombstone: OwnedPreparedStatement,
     /// `to_jsonb` of the local row (for conflict records and resolvers).
     pub row_json: OwnedPreparedStatement,
-    /// Inserts or overwrites the row from the image: $2 hlc, $3 node, $4 vv.
-    pub upsert: OwnedPreparedStatement,
+    /// Overwrites the (locked) row from the image: $2 hlc, $3 node, $4 vv.
+    pub update_row: OwnedPreparedStatement,
+    /// Inserts the row from the image unless the key exists: $2 hlc, $3 node, $4 vv.
+    /// Inserting one row while another transaction inserts the same key waits for it,
+    /// which is how apply notices a concurrent local insert (see apply/mod.rs).
+    pub insert_row: OwnedPreparedStatement,
     pub delete_row: OwnedPreparedStatement,
     /// Sets the row's version vector: $2 vv.
     pub set_row_vv: OwnedPreparedStatement,
@@ -93,14 +97,14 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             .map(|p| p.keep())
             .map_err(|e| MmrError::Internal(format!("preparing apply statement for {name}: {e}\nstatement: {q}")))
     };
-    let overriding = if identity_always { "OVERRIDING SYSTEM VALUE" } else { "" };
-    let non_key: Vec<&String> = cols.iter().filter(|c| !pk.contains(c)).collect();
-    let mut set: Vec<String> = non_key.iter().map(|c| format!("{c} = excluded.{c}")).collect();
-    set.extend(
-        ["mmr_hlc", "mmr_node", "mmr_vv"]
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}")),
-    );
+    let overriding = if identity_always.is_empty() {
+        ""
+    } else {
+        "OVERRIDING SYSTEM VALUE"
+    };
+    // GENERATED ALWAYS identity columns cannot be assigned by UPDATE; they are key
+    // columns in practice, equal on both sides.
+    let updatable: Vec<&String> = cols.iter().filter(|c| !identity_always.contains(c)).collect();
 
     Ok(ApplyTable {
         lock_row: prepare(
@@ -122,15 +126,25 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             format!("SELECT pg_catalog.to_jsonb(x) FROM {name} x WHERE {}", sql.key_match()),
             &[jsonb],
         )?,
-        upsert: prepare(
+        update_row: prepare(
+            format!(
+                "UPDATE {name} AS x SET ({cols} mmr_hlc, mmr_node, mmr_vv) = \
+                 (SELECT {rcols} $2, $3, $4 FROM {image} r) WHERE {key}",
+                cols = updatable.iter().map(|c| format!("{c},")).collect::<String>(),
+                rcols = updatable.iter().map(|c| format!("r.{c},")).collect::<String>(),
+                image = sql.image(),
+                key = sql.key_match()
+            ),
+            &[jsonb, int8, int4, int8s],
+        )?,
+        insert_row: prepare(
             format!(
                 "INSERT INTO {name} AS x ({cols}, mmr_hlc, mmr_node, mmr_vv) {overriding} \
-                 SELECT {rcols}, $2, $3, $4 FROM pg_catalog.jsonb_populate_record(NULL::{name}, $1) r \
-                 ON CONFLICT ({pk}) DO UPDATE SET {set}",
+                 SELECT {rcols}, $2, $3, $4 FROM {image} r ON CONFLICT ({pk}) DO NOTHING",
                 cols = cols.join(", "),
                 rcols = cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
+                image = sql.image(),
                 pk = pk.join(", "),
-                set = set.join(", ")
             ),
             &[jsonb, int8, int4, int8s],
         )?,
@@ -211,8 +225,8 @@ fn unquote(ident: &str) -> String {
     }
 }
 
-/// Writable user columns (quoted), and whether one is GENERATED ALWAYS AS IDENTITY.
-fn columns(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<(Vec<String>, bool)> {
+/// Writable user columns (quoted), and those of them that are GENERATED ALWAYS AS IDENTITY.
+fn columns(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<(Vec<String>, Vec<String>)> {
     let rows = client
         .select(
             "SELECT attname::text, attidentity = 'a' FROM pg_catalog.pg_attribute \
@@ -223,12 +237,13 @@ fn columns(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<(Vec<String>, b
         )
         .map_err(internal)?;
     let mut cols = Vec::new();
-    let mut identity_always = false;
+    let mut identity_always = Vec::new();
     for r in rows {
-        cols.push(quote_identifier(
-            r.get::<String>(1).map_err(internal)?.unwrap_or_default(),
-        ));
-        identity_always |= r.get::<bool>(2).map_err(internal)?.unwrap_or(false);
+        let col = quote_identifier(r.get::<String>(1).map_err(internal)?.unwrap_or_default());
+        if r.get::<bool>(2).map_err(internal)?.unwrap_or(false) {
+            identity_always.push(col.clone());
+        }
+        cols.push(col);
     }
     Ok((cols, identity_always))
 }

@@ -4,6 +4,7 @@
 //! Entries are rebuilt after PostgreSQL invalidates the table (see `relcache.rs`), so a
 //! cached attribute number is never used against a changed table.
 
+use super::latest::LatestPlan;
 use crate::error::{MmrError, Result};
 use crate::relcache::RelCache;
 use pgrx::prelude::*;
@@ -24,7 +25,9 @@ pub struct TableMeta {
     /// INSERT INTO mmr.queue (...): $1 op, $2 hlc, $3 vv, $4 new row, $5 old row.
     pub enqueue: OwnedPreparedStatement,
     /// Removes and returns the tombstone of a key: $1.. the key columns.
-    pub take_tombstone: OwnedPreparedStatement,
+    pub take_tombstone: LatestPlan,
+    /// Whether the key has a tombstone: $1.. the key columns.
+    pub probe_tombstone: LatestPlan,
     /// Writes the tombstone of a key: $1 hlc, $2 node, $3 vv, $4.. the key columns.
     pub put_tombstone: OwnedPreparedStatement,
 }
@@ -95,14 +98,19 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
             PgOid::from(rowtype),
         ],
     )?;
-    let take_tombstone = prepare(
-        format!(
-            "DELETE FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {} RETURNING vv",
-            u32::from(relid),
-            key_expr(1)
-        ),
-        pk_types.clone(),
-    )?;
+    let latest = |sql: String| -> Result<LatestPlan> {
+        LatestPlan::prepare(&sql, &pk_types).map_err(|e| MmrError::Internal(format!("{name}: {e}")))
+    };
+    let take_tombstone = latest(format!(
+        "DELETE FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {} RETURNING vv",
+        u32::from(relid),
+        key_expr(1)
+    ))?;
+    let probe_tombstone = latest(format!(
+        "SELECT true FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {}",
+        u32::from(relid),
+        key_expr(1)
+    ))?;
     let mut put_types = vec![
         PgOid::from(pg_sys::INT8OID),
         PgOid::from(pg_sys::INT4OID),
@@ -130,6 +138,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         pk,
         enqueue,
         take_tombstone,
+        probe_tombstone,
         put_tombstone,
     })
 }

@@ -14,6 +14,7 @@
 //! `session_replication_role = replica`, which skips ordinary triggers, so applied
 //! changes are never captured again.
 
+mod latest;
 pub mod meta;
 
 use crate::catalog;
@@ -111,13 +112,27 @@ unsafe fn row_hlc(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTu
 /// # Safety
 /// As for [`attr`].
 unsafe fn key_args(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> Vec<DatumWithOid<'static>> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { raw_key(rel, meta, tuple) }
+        .into_iter()
+        // SAFETY: the datums live as long as the tuple, which outlives the SPI call.
+        .map(|(d, typ)| unsafe { raw_arg(d, typ) })
+        .collect()
+}
+
+/// The primary-key values of a tuple as raw (datum, type) pairs.
+///
+/// # Safety
+/// As for [`attr`].
+unsafe fn raw_key(
+    rel: pg_sys::Relation,
+    meta: &TableMeta,
+    tuple: pg_sys::HeapTuple,
+) -> Vec<(Option<pg_sys::Datum>, pg_sys::Oid)> {
+    // SAFETY: guaranteed by the caller.
     meta.pk
         .iter()
-        .map(|&(att, typ, _)| {
-            // SAFETY: guaranteed by the caller; the datum lives as long as the tuple,
-            // which outlives the SPI call it is passed to.
-            unsafe { raw_arg(attr(rel, tuple, att), typ) }
-        })
+        .map(|&(att, typ, _)| (unsafe { attr(rel, tuple, att) }, typ))
         .collect()
 }
 
@@ -188,19 +203,33 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
 }
 
 /// Removes the key's tombstone, returning its version vector (empty if there was none).
-fn take_tombstone(client: &mut SpiClient<'_>, meta: &TableMeta, key: &[DatumWithOid<'_>]) -> Result<VersionVector> {
-    let flat = client
-        .update(&meta.take_tombstone, None, key)
-        .and_then(|t| {
-            if t.is_empty() {
-                Ok(None)
-            } else {
-                t.first().get_one::<Vec<i64>>()
-            }
-        })
+fn take_tombstone(meta: &TableMeta, key: &[(Option<pg_sys::Datum>, pg_sys::Oid)]) -> Result<VersionVector> {
+    let vv = meta
+        .take_tombstone
+        .run(key)
         .map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
-    VersionVector::from_flat(&flat.unwrap_or_default())
+    // SAFETY: the returned datum is a bigint[] in the SPI connection's memory.
+    let flat = vv
+        .and_then(|d| unsafe { Vec::<i64>::from_datum(d, false) })
+        .unwrap_or_default();
+    VersionVector::from_flat(&flat)
         .map_err(|e| MmrError::Internal(format!("{}: damaged tombstone vector: {e}", meta.name)))
+}
+
+/// After inserting a key: if a tombstone for it is visible now, the apply worker
+/// committed a delete of the key after our BEFORE trigger looked and before our insert
+/// passed the unique index (the worker claims the key there). The row's version vector
+/// misses that delete; rather than let the nodes disagree, fail as a serialization
+/// failure -- the client retries, and the retry continues the tombstone's history.
+fn check_no_tombstone(meta: &TableMeta, key: &[(Option<pg_sys::Datum>, pg_sys::Oid)]) -> Result<()> {
+    let found = meta
+        .probe_tombstone
+        .run(key)
+        .map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
+    if found.is_some() {
+        return Err(MmrError::ConcurrentDelete(meta.name.clone()));
+    }
+    Ok(())
 }
 
 /// `mmr.stamp()`: BEFORE INSERT OR UPDATE row trigger. See the module documentation.
@@ -223,7 +252,7 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
         // SAFETY: trigger tuples of `rel`, valid during the trigger call.
         let base = unsafe {
             if is_insert || key_changed(rel, &meta, td.tg_trigtuple, td.tg_newtuple) {
-                take_tombstone(client, &meta, &key_args(rel, &meta, new_tuple))?
+                take_tombstone(&meta, &raw_key(rel, &meta, new_tuple))?
             } else {
                 row_vv(rel, &meta, td.tg_trigtuple)?
             }
@@ -276,6 +305,7 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
         unsafe {
             if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) {
                 let new = td.tg_trigtuple;
+                check_no_tombstone(&meta, &raw_key(rel, &meta, new))?;
                 enqueue(
                     client,
                     &meta,
@@ -290,6 +320,7 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
                 let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
                 let (hlc, vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
                 if key_changed(rel, &meta, old, new) {
+                    check_no_tombstone(&meta, &raw_key(rel, &meta, new))?;
                     record_delete(client, &meta, rel, node, old)?;
                     enqueue(client, &meta, rel, 'I', hlc, &vv, Some(new), None)?;
                 } else {

@@ -304,9 +304,15 @@ impl Cluster {
             .parse()
             .unwrap();
         let children = children_of(pid);
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
         for c in children {
-            let _ = Command::new("kill").args(["-9", &c.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-9", &c.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         // Wait until every process is gone before anyone restarts the node.
         let deadline = Instant::now() + Duration::from_secs(20);
