@@ -26,6 +26,8 @@ pub enum MmrError {
     BadResolver { resolver: String, problem: String },
     TruncateRefused(String),
     UnknownConflict(i64),
+    ConflictNotPending { id: i64, resolution: String },
+    BadChoice(String),
     ClockSkew { ahead_ms: u64, limit_ms: u64 },
     TwoPhaseCommit,
     ConcurrentDelete(String),
@@ -43,6 +45,8 @@ impl MmrError {
                 Code::ERRCODE_INVALID_PARAMETER_VALUE
             }
             UnknownPeer(_) | NotReplicated(_) | UnknownConflict(_) => Code::ERRCODE_UNDEFINED_OBJECT,
+            ConflictNotPending { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            BadChoice(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | TwoPhaseCommit => {
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED
@@ -84,6 +88,10 @@ impl MmrError {
                 format!("TRUNCATE is not replicated; refusing to truncate replicated table \"{tbl}\"")
             }
             UnknownConflict(id) => format!("conflict {id} does not exist"),
+            ConflictNotPending { id, resolution } => {
+                format!("conflict {id} is not pending (its resolution is {resolution})")
+            }
+            BadChoice(c) => format!("invalid choice \"{c}\""),
             ClockSkew { ahead_ms, limit_ms } => {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
             }
@@ -134,6 +142,8 @@ impl MmrError {
             }
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
+            ConflictNotPending { .. } => "Only conflicts with resolution 'pending' wait for a decision.".into(),
+            BadChoice(_) => "Choose 'local' or 'remote', or pass the row to keep as jsonb.".into(),
             ConcurrentDelete(_) => "Retry the transaction.".into(),
             TwoPhaseCommit => "Commit it directly; mmr does not support two-phase commit on replicated tables.".into(),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),

@@ -24,6 +24,9 @@ static CONNECT_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// How long rows stay in `mmr.conflicts` before the launcher deletes them (0 = forever).
 static CONFLICT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 
+/// The node whose versions `mmr.prefer_node` keeps. Must be the same on every node.
+static PREFERRED_NODE: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"mmr.database",
@@ -72,6 +75,16 @@ pub fn init() {
         3600,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.preferred_node",
+        c"Node id whose versions the mmr.prefer_node resolver keeps (0: none, last-write-wins).",
+        c"Set it to the same value on every node, or nodes will resolve differently.",
+        &PREFERRED_NODE,
+        0,
+        1023,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"mmr.conflict_retention",

@@ -20,6 +20,7 @@ mod prune;
 mod queue;
 mod relcache;
 mod shmem;
+mod subxact;
 mod worker;
 mod xact;
 

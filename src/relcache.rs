@@ -55,9 +55,12 @@ fn still_valid(relid: pg_sys::Oid, built: u64) -> bool {
     built > table && built > ALL_INVALIDATED.with(|a| a.get())
 }
 
+/// A cached value: the table it describes, when it was built, the value.
+type Entry<T> = (pg_sys::Oid, u64, Rc<T>);
+
 /// A cache of `T` per table (`K` names the table, e.g. its oid or its wire name).
 pub struct RelCache<K, T> {
-    entries: RefCell<HashMap<K, (pg_sys::Oid, u64, Rc<T>)>>,
+    entries: RefCell<HashMap<K, Entry<T>>>,
 }
 
 impl<K: std::hash::Hash + Eq + Clone, T> RelCache<K, T> {

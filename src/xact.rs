@@ -38,10 +38,8 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         }
         // A prepared transaction would keep its stamps open after this backend moves on,
         // where clock::stable() cannot see them; refuse it (before anything is prepared).
-        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
-            if crate::clock::wrote_stamps() {
-                crate::error::MmrError::TwoPhaseCommit.raise();
-            }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if crate::clock::wrote_stamps() => {
+            crate::error::MmrError::TwoPhaseCommit.raise();
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT

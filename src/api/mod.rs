@@ -1,6 +1,7 @@
 //! The SQL API: thin `#[pg_extern]` wrappers; the work happens in the modules they call.
 
 mod clock;
+mod conflicts;
 mod node;
 mod peers;
 mod tables;

@@ -83,7 +83,8 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `resolver` is `f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t`.
+/// Checks that `resolver` is `f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t`
+/// (or the polymorphic form with `anyelement`, like mmr's ready-made resolvers).
 pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
     let shown = Spi::get_one_with_args::<String>("SELECT $1::pg_catalog.regprocedure::text", &[resolver.into()])
         .map_err(internal)?
@@ -95,9 +96,10 @@ pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
     let row = Spi::connect(|c| {
         let t = c.select(
             "SELECT p.prokind::text, p.proretset, p.prorettype::regtype::text, \
-                    (p.prorettype = c.reltype), p.pronargs::int4, \
+                    (p.prorettype IN (c.reltype, 'anyelement'::regtype, 'anycompatible'::regtype)), p.pronargs::int4, \
                     (SELECT array_agg(format_type(a, NULL) ORDER BY n) FROM unnest(p.proargtypes) WITH ORDINALITY u(a, n)), \
-                    (SELECT array_agg(a = CASE WHEN n = 4 THEN 'mmr.conflict_info'::regtype ELSE c.reltype END ORDER BY n) \
+                    (SELECT array_agg(CASE WHEN n = 4 THEN a = 'mmr.conflict_info'::regtype \
+                            ELSE a IN (c.reltype, 'anyelement'::regtype, 'anycompatible'::regtype) END ORDER BY n) \
                        FROM unnest(p.proargtypes) WITH ORDINALITY u(a, n)) \
              FROM pg_catalog.pg_proc p, pg_catalog.pg_class c WHERE p.oid = $1 AND c.oid = $2",
             None,
@@ -202,5 +204,9 @@ fn set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
         "UPDATE mmr.replicated_table SET resolver = $2::oid WHERE relid = $1::oid",
         &[tbl.into(), resolver.into()],
     )
-    .map_err(internal)
+    .map_err(internal)?;
+    // Apply workers cache the resolver with the table: make them look again.
+    // SAFETY: queues a relcache invalidation for the table, sent at commit.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+    Ok(())
 }

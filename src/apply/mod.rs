@@ -25,7 +25,6 @@ fn internal(e: impl std::fmt::Display) -> MmrError {
 /// One change as served by a peer's `mmr.pull`.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub xid: String,
     pub tbl: String,
     pub op: Op,
     pub hlc: i64,
@@ -46,7 +45,6 @@ impl Change {
             .and_then(Op::from_code)
             .ok_or_else(|| internal(format!("bad op {op_text}")))?;
         Ok(Change {
-            xid: need(1, "xid")?,
             tbl: need(2, "table")?,
             op,
             hlc: need(4, "hlc")?.parse().map_err(internal)?,
@@ -153,7 +151,7 @@ impl Applier {
                 let written = match &decision {
                     Decision::Apply => self.write_remote(client, &t, ch, image, &held)?,
                     Decision::Skip(_) => Written::Done,
-                    Decision::Conflict(c) => self.resolve_lww(client, &t, ch, image, &held, c)?,
+                    Decision::Conflict(c) => self.resolve(client, &t, ch, image, &held, c)?,
                 };
                 if written == Written::Raced {
                     continue;
@@ -235,9 +233,12 @@ impl Applier {
         }
     }
 
-    /// Last-write-wins: keep the version with the greater (stamp, origin node), with the
-    /// merged version vector, and record the conflict.
-    fn resolve_lww(
+    /// A true conflict: the table's resolver decides (in a subtransaction; if it
+    /// raises, last-write-wins decides after all), or last-write-wins. Either way the
+    /// outcome carries the LWW winner's stamp and the merged version vector, so every
+    /// node stores the same mmr columns for it; the conflict is recorded.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve(
         &self,
         client: &mut SpiClient<'_>,
         t: &ApplyTable,
@@ -253,33 +254,37 @@ impl Applier {
         // The outcome absorbs the remote version: a tombstone must now also wait for
         // every node to have applied it before it can be dropped.
         let horizon = held.horizon.merged(&horizon_of(self.peer_node, ch.hlc));
-        let stamp = (c.hlc, c.node, &c.vv);
-        let written = match (c.winner, ch.op, &held.local) {
-            (Side::Remote, Op::Delete, local) => write_delete(client, t, image, stamp, &horizon, local)?,
-            (Side::Remote, _, local) => write_row(client, t, image, stamp, local)?,
-            (Side::Local, _, Local::Row(_)) => {
-                client
-                    .update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()])
-                    .map_err(internal)?;
-                Written::Done
-            }
-            (Side::Local, _, _) => {
-                put_tombstone(client, t, image, stamp, &horizon)?;
-                Written::Done
+        let local = held.version();
+        let (written, resolution, resolver, note) = match (&t.resolver, c.kind.resolvable()) {
+            (Some((name, stmt)), true) => match call_resolver(client, stmt, ch, image, local, self.peer_node, c) {
+                Ok((result, deferred)) => {
+                    let w = write_result(client, t, image, result.as_deref(), c, &horizon, &held.local)?;
+                    (w, if deferred { "pending" } else { "merged" }, name.as_str(), None)
+                }
+                Err(msg) => (
+                    write_lww(client, t, ch, image, held, c, &horizon)?,
+                    "lww_fallback",
+                    name.as_str(),
+                    Some(msg),
+                ),
+            },
+            _ => {
+                let res = if c.winner == Side::Remote {
+                    "remote_wins"
+                } else {
+                    "local_wins"
+                };
+                (
+                    write_lww(client, t, ch, image, held, c, &horizon)?,
+                    res,
+                    "last_write_wins",
+                    None,
+                )
             }
         };
         if written == Written::Raced {
             return Ok(written);
         }
-        let resolution = if c.winner == Side::Remote {
-            "remote_wins"
-        } else {
-            "local_wins"
-        };
-        let local_version = match &held.local {
-            Local::Row(v) | Local::Tombstone(v) => Some(v),
-            Local::Absent => None,
-        };
         let remote_row = if ch.op == Op::Delete {
             None
         } else {
@@ -293,16 +298,134 @@ impl Applier {
                 kind: c.kind.as_str(),
                 local_row: local_row.as_deref(),
                 remote_row,
-                local: local_version,
+                local,
                 remote_hlc: ch.hlc,
                 remote_node: self.peer_node,
                 resolution,
-                resolver: "last_write_wins",
-                note: None,
+                resolver,
+                note: note.as_deref(),
             },
         )?;
         Ok(Written::Done)
     }
+}
+
+impl Held {
+    fn version(&self) -> Option<&Version> {
+        match &self.local {
+            Local::Row(v) | Local::Tombstone(v) => Some(v),
+            Local::Absent => None,
+        }
+    }
+}
+
+/// Writes the last-write-wins outcome of a conflict.
+fn write_lww(
+    client: &mut SpiClient<'_>,
+    t: &ApplyTable,
+    ch: &Change,
+    image: Image,
+    held: &Held,
+    c: &Conflict,
+    horizon: &VersionVector,
+) -> Result<Written> {
+    let stamp = (c.hlc, c.node, &c.vv);
+    Ok(match (c.winner, ch.op, &held.local) {
+        (Side::Remote, Op::Delete, local) => write_delete(client, t, image, stamp, horizon, local)?,
+        (Side::Remote, _, local) => write_row(client, t, image, stamp, local)?,
+        // The local version stays; it has now seen the remote one.
+        (Side::Local, _, Local::Row(_)) => {
+            client
+                .update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()])
+                .map_err(internal)?;
+            Written::Done
+        }
+        (Side::Local, _, _) => {
+            put_tombstone(client, t, image, stamp, horizon)?;
+            Written::Done
+        }
+    })
+}
+
+/// Writes what a resolver returned: a row (json) or a deletion (None).
+fn write_result(
+    client: &mut SpiClient<'_>,
+    t: &ApplyTable,
+    image: Image,
+    result: Option<&str>,
+    c: &Conflict,
+    horizon: &VersionVector,
+    local: &Local,
+) -> Result<Written> {
+    let stamp = (c.hlc, c.node, &c.vv);
+    match result {
+        None => write_delete(client, t, image, stamp, horizon, local),
+        Some(row) => write_row(client, t, jsonb_arg(row)?, stamp, local),
+    }
+}
+
+thread_local! {
+    /// Set by `mmr._defer()` while a resolver runs: leave the outcome pending for a person.
+    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called by a resolver (e.g. `mmr.resolve_later`) to mark its conflict `pending`:
+/// a person settles it later with `mmr.resolve_conflict`.
+#[pg_extern(volatile)]
+fn _defer() {
+    DEFERRED.with(|d| d.set(true));
+}
+
+/// Calls the table's resolver in a subtransaction. Returns its result (row json, or
+/// None to delete) and whether it deferred to a person; `Err` with the error text if it
+/// raised or changed the key.
+fn call_resolver(
+    client: &mut SpiClient<'_>,
+    stmt: &pgrx::spi::OwnedPreparedStatement,
+    ch: &Change,
+    image: Image,
+    local: Option<&Version>,
+    peer_node: i32,
+    c: &Conflict,
+) -> std::result::Result<(Option<String>, bool), String> {
+    let remote = match (ch.op, ch.new_row.as_deref()) {
+        (Op::Delete, _) | (_, None) => None,
+        (_, Some(r)) => Some(jsonb_arg(r).map_err(|e| e.to_string())?),
+    };
+    let old = match ch.old_row.as_deref() {
+        Some(o) => Some(jsonb_arg(o).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let opt = |i: Option<Image>| {
+        i.map(Image::arg)
+            .unwrap_or_else(|| DatumWithOid::null_oid(pg_sys::JSONBOID))
+    };
+    DEFERRED.with(|d| d.set(false));
+    let result = crate::subxact::run(|| {
+        let rows = client
+            .update(
+                stmt,
+                Some(1),
+                &[
+                    image.arg(),
+                    opt(remote),
+                    opt(old),
+                    c.kind.as_str().into(),
+                    local.map(|v| v.node).into(),
+                    peer_node.into(),
+                    local.map(|v| v.hlc).into(),
+                    ch.hlc.into(),
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+        let r = rows.first();
+        let row: Option<pgrx::JsonB> = r.get(1).map_err(|e| e.to_string())?;
+        if r.get::<bool>(2).map_err(|e| e.to_string())? != Some(true) {
+            return Err("the resolver returned a row with a different primary key".into());
+        }
+        Ok(row.map(|j| j.0.to_string()))
+    })?;
+    Ok((result, DEFERRED.with(|d| d.get())))
 }
 
 type Stamp<'a> = (i64, i32, &'a VersionVector);

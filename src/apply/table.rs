@@ -16,7 +16,8 @@ use std::rc::Rc;
 pub struct ApplyTable {
     pub name: String,
     pub relid: pg_sys::Oid,
-    pub resolver: Option<pg_sys::Oid>,
+    /// The table's resolver, if it has one: its name and the statement calling it.
+    pub resolver: Option<(String, OwnedPreparedStatement)>,
     /// `SELECT mmr_hlc, mmr_node, mmr_vv ... FOR UPDATE` of the row with the image's key.
     pub lock_row: OwnedPreparedStatement,
     /// `SELECT hlc, node, vv, horizon ... FOR UPDATE` of the key's tombstone.
@@ -172,9 +173,20 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb],
         )?,
         key_json: prepare(format!("SELECT {}", sql.key_json()), &[jsonb])?,
+        resolver: match resolver {
+            None => None,
+            Some(f) => {
+                let func = function_name(client, f)?;
+                let text = PgOid::from(pg_sys::TEXTOID);
+                let stmt = prepare(
+                    sql.resolve(&func, relid),
+                    &[jsonb, jsonb, jsonb, text, int4, int4, int8, int8],
+                )?;
+                Some((func, stmt))
+            }
+        },
         name,
         relid,
-        resolver,
     })
 }
 
@@ -204,17 +216,71 @@ impl Sql<'_> {
     /// The image's key as `jsonb_build_object(...)`: the same form the capture trigger
     /// stores in tombstones.
     fn key_json(&self) -> String {
+        self.key_json_of("$1")
+    }
+
+    /// The key of the row image `json` (a jsonb expression), as in `key_json`.
+    fn key_json_of(&self, json: &str) -> String {
         let parts: Vec<String> = self
             .pk
             .iter()
             .map(|c| format!("{}, r.{c}", quote_literal(unquote(c))))
             .collect();
         format!(
-            "(SELECT pg_catalog.jsonb_build_object({}) FROM {} r)",
+            "(SELECT pg_catalog.jsonb_build_object({}) FROM pg_catalog.jsonb_populate_record(NULL::{}, {json}) r)",
             parts.join(", "),
-            self.image()
+            self.name
         )
     }
+
+    /// Calls the resolver `func` (schema-qualified) on the local row, the remote image
+    /// ($2, NULL for a delete), the remote old image ($3) and the conflict info
+    /// ($4 kind, $5/$6 local/remote node, $7/$8 local/remote stamp). Returns the result as
+    /// jsonb (NULL = delete) and whether it kept the conflict's key.
+    fn resolve(&self, func: &str, relid: pg_sys::Oid) -> String {
+        let rec = |p: &str| {
+            format!(
+                "CASE WHEN {p} IS NULL THEN NULL ELSE pg_catalog.jsonb_populate_record(NULL::{}, {p}) END",
+                self.name
+            )
+        };
+        format!(
+            "WITH res AS (SELECT pg_catalog.to_jsonb({func}( \
+                 (SELECT x FROM {name} x WHERE {key}), {remote}, {old}, \
+                 ROW($4, {relid}::oid::regclass, $5, $6, $7, $8)::mmr.conflict_info)) AS j) \
+             SELECT j, j IS NULL OR {res_key} = {img_key} FROM res",
+            name = self.name,
+            key = self.key_match(),
+            remote = rec("$2"),
+            old = rec("$3"),
+            relid = u32::from(relid),
+            res_key = self.key_json_of("res.j"),
+            img_key = self.key_json(),
+        )
+    }
+}
+
+/// `"schema"."function"` of a function: resolvers are called by their exact name and
+/// argument types, which identify the registered function.
+fn function_name(client: &SpiClient<'_>, oid: pg_sys::Oid) -> Result<String> {
+    let rows = client
+        .select(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1",
+            Some(1),
+            &[oid.into()],
+        )
+        .map_err(internal)?;
+    if rows.is_empty() {
+        return Err(MmrError::Internal(format!(
+            "resolver function {} no longer exists",
+            u32::from(oid)
+        )));
+    }
+    rows.first()
+        .get::<String>(1)
+        .map_err(internal)?
+        .ok_or_else(|| internal("resolver without a name"))
 }
 
 /// The column name inside a quoted identifier.
@@ -226,7 +292,7 @@ fn unquote(ident: &str) -> String {
 }
 
 /// Writable user columns (quoted), and those of them that are GENERATED ALWAYS AS IDENTITY.
-fn columns(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<(Vec<String>, Vec<String>)> {
+pub fn columns(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<(Vec<String>, Vec<String>)> {
     let rows = client
         .select(
             "SELECT attname::text, attidentity = 'a' FROM pg_catalog.pg_attribute \

@@ -84,6 +84,102 @@ $$;
 COMMENT ON FUNCTION mmr.grant_pull(regrole) IS
     'Grant a role what peers need to pull changes from this node (and nothing else).';
 
+-- mmr.resolution_log replicates like a user table; its trigger settles conflicts on
+-- every node, also when applied (ENABLE ALWAYS: it fires in replica mode too).
+CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE ON mmr.resolution_log
+    FOR EACH ROW EXECUTE FUNCTION mmr.stamp();
+CREATE TRIGGER zz_mmr_capture AFTER INSERT OR UPDATE OR DELETE ON mmr.resolution_log
+    FOR EACH ROW EXECUTE FUNCTION mmr.capture();
+CREATE FUNCTION mmr._settle_conflicts() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE mmr.conflicts
+       SET resolution = 'resolved',
+           note = format('resolved on %s by %s at %s: %s', NEW.resolved_on, NEW.resolved_by, NEW.resolved_at, NEW.choice)
+     WHERE tbl = NEW.tbl AND pk = NEW.pk AND resolution = 'pending'
+       AND coalesce(local_hlc, 0) <= NEW.upto_hlc AND coalesce(remote_hlc, 0) <= NEW.upto_hlc;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER mmr_settle AFTER INSERT ON mmr.resolution_log
+    FOR EACH ROW EXECUTE FUNCTION mmr._settle_conflicts();
+ALTER TABLE mmr.resolution_log ENABLE ALWAYS TRIGGER mmr_settle;
+
+CREATE FUNCTION mmr.resolve_conflict(id bigint, choice text) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._resolve_conflict(id, choice, NULL) $$;
+COMMENT ON FUNCTION mmr.resolve_conflict(bigint, text) IS
+    'Settle a pending conflict by keeping the local or the remote version (''local'', ''remote''), on every node.';
+CREATE FUNCTION mmr.resolve_conflict(id bigint, "row" jsonb) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._resolve_conflict(id, NULL, "row") $$;
+COMMENT ON FUNCTION mmr.resolve_conflict(bigint, jsonb) IS
+    'Settle a pending conflict by writing this row (jsonb, NULL = delete) on every node.';
+
+-- Ready-made resolvers. Each has the resolver signature for any table (anyelement).
+
+-- The last-write-wins choice between two versions, as mmr makes it: the greater
+-- (stamp, origin node). A NULL side is a deletion.
+CREATE FUNCTION mmr.lww(local anyelement, remote anyelement, info mmr.conflict_info) RETURNS anyelement
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN (info.remote_hlc, info.remote_node) > (info.local_hlc, info.local_node)
+                THEN remote ELSE local END
+$$;
+
+-- Keep the version written by node mmr.preferred_node (same setting on every node);
+-- when neither or both sides come from it, last-write-wins.
+CREATE FUNCTION mmr.prefer_node(local anyelement, remote anyelement, remote_old anyelement, info mmr.conflict_info)
+RETURNS anyelement LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    preferred int := current_setting('mmr.preferred_node')::int;
+BEGIN
+    IF info.remote_node = preferred AND info.local_node IS DISTINCT FROM preferred THEN
+        RETURN remote;
+    ELSIF info.local_node = preferred AND info.remote_node <> preferred THEN
+        RETURN local;
+    END IF;
+    RETURN mmr.lww(local, remote, info);
+END
+$$;
+
+-- Counters: every numeric column (except key columns) becomes local + remote - remote_old,
+-- so concurrent increments add up; other columns come from the last write. A deletion
+-- on either side is not an increment: last-write-wins decides.
+CREATE FUNCTION mmr.merge_counters(local anyelement, remote anyelement, remote_old anyelement, info mmr.conflict_info)
+RETURNS anyelement LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    l jsonb := to_jsonb(local);
+    r jsonb := to_jsonb(remote);
+    o jsonb := to_jsonb(remote_old);
+    result jsonb;
+    k text;
+BEGIN
+    IF l IS NULL OR r IS NULL THEN
+        RETURN mmr.lww(local, remote, info);
+    END IF;
+    result := to_jsonb(mmr.lww(local, remote, info));
+    FOR k IN
+        SELECT key FROM jsonb_each(l) WHERE jsonb_typeof(value) = 'number' AND jsonb_typeof(r -> key) = 'number'
+           AND key NOT IN ('mmr_hlc', 'mmr_node')
+           AND key NOT IN (SELECT a.attname FROM pg_index i JOIN pg_attribute a
+                             ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                            WHERE i.indrelid = info.tbl AND i.indisprimary)
+    LOOP
+        result := jsonb_set(result, ARRAY[k],
+            to_jsonb((l ->> k)::numeric + (r ->> k)::numeric - coalesce((o ->> k)::numeric, 0)));
+    END LOOP;
+    RETURN jsonb_populate_record(local, result);
+END
+$$;
+
+-- Keep the last-write-wins outcome for now, and leave the conflict 'pending' in
+-- mmr.conflicts for a person to settle with mmr.resolve_conflict.
+CREATE FUNCTION mmr.resolve_later(local anyelement, remote anyelement, remote_old anyelement, info mmr.conflict_info)
+RETURNS anyelement LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM mmr._defer();
+    RETURN mmr.lww(local, remote, info);
+END
+$$;
+
 -- Forget tables that are dropped while replicated.
 CREATE FUNCTION mmr._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -102,3 +198,7 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA mmr FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA mmr FROM PUBLIC;
 GRANT USAGE ON SCHEMA mmr TO PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.hlc_now(), mmr.hlc_to_timestamptz(bigint) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION mmr.lww(anyelement, anyelement, mmr.conflict_info),
+    mmr.prefer_node(anyelement, anyelement, anyelement, mmr.conflict_info),
+    mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info),
+    mmr.resolve_later(anyelement, anyelement, anyelement, mmr.conflict_info) TO PUBLIC;

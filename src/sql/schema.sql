@@ -127,4 +127,23 @@ COMMENT ON TYPE mmr.conflict_info IS 'Last argument of a conflict resolver: what
 
 SELECT pg_catalog.pg_extension_config_dump('mmr.node', '');
 SELECT pg_catalog.pg_extension_config_dump('mmr.peer', '');
-SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table', '');
+-- Decisions people took on pending conflicts (mmr.resolve_conflict). Replicated like a
+-- user table, so a decision taken on one node settles the conflict on every node.
+CREATE TABLE mmr.resolution_log (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    tbl text NOT NULL,
+    pk jsonb NOT NULL,
+    -- Pending conflicts of this key whose versions are stamped up to this are settled.
+    upto_hlc bigint NOT NULL,
+    choice text NOT NULL,
+    resolved_on text NOT NULL,
+    resolved_by text NOT NULL DEFAULT current_user,
+    resolved_at timestamptz NOT NULL DEFAULT now(),
+    mmr_hlc bigint NOT NULL DEFAULT 0,
+    mmr_node integer NOT NULL DEFAULT 0,
+    mmr_vv bigint[] NOT NULL DEFAULT '{}'
+);
+COMMENT ON TABLE mmr.resolution_log IS 'Decisions taken with mmr.resolve_conflict, replicated to every node.';
+INSERT INTO mmr.replicated_table (relid) VALUES ('mmr.resolution_log');
+
+SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table', 'WHERE relid <> ''mmr.resolution_log''::regclass');

@@ -1,0 +1,313 @@
+//! Custom conflict resolvers and conflicts settled by a person, on real clusters.
+
+use mmr_tests::{assert_converged, error_text, Cluster};
+use std::time::Duration;
+
+const SYNC: Duration = Duration::from_secs(90);
+
+fn partition_all(c: &mut Cluster) {
+    for i in 0..c.len() {
+        c.isolate(i);
+    }
+}
+
+/// Counters: three partitioned nodes each apply many increments to the same account
+/// row; after healing, every node's balance is the start plus all increments
+/// (mmr.merge_counters adds concurrent deltas instead of keeping one of them).
+#[test]
+fn counter_increments_on_three_partitioned_nodes_add_up() {
+    let mut c = Cluster::start("counter", 3);
+    c.replicated_table(
+        "CREATE TABLE account (id int PRIMARY KEY, balance bigint, note text)",
+        "account",
+    );
+    for i in 0..3 {
+        c.exec(i, "SELECT mmr.set_resolver('account', 'mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info)')");
+    }
+    c.mesh();
+    c.exec(0, "INSERT INTO account VALUES (1, 1000, 'start')");
+    c.sync(SYNC);
+    partition_all(&mut c);
+    let mut total = 0i64;
+    for i in 0..3 {
+        let mut db = c.connect(i);
+        for k in 1..=40i64 {
+            let delta = k * (i as i64 + 1);
+            db.execute("UPDATE account SET balance = balance + $1 WHERE id = 1", &[&delta])
+                .unwrap();
+            total += delta;
+        }
+    }
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "account");
+    for i in 0..3 {
+        assert_eq!(
+            c.int(i, "SELECT balance FROM account WHERE id = 1"),
+            1000 + total,
+            "on n{}",
+            i + 1
+        );
+        assert!(
+            c.int(
+                i,
+                "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'merged' AND resolver = 'mmr.merge_counters'"
+            ) > 0
+        );
+    }
+}
+
+const TAGS_RESOLVER: &str = "
+CREATE FUNCTION tags_union(local item, remote item, remote_old item, info mmr.conflict_info)
+RETURNS item LANGUAGE plpgsql AS $$
+DECLARE
+    result item;
+BEGIN
+    IF local IS NULL THEN RETURN remote; END IF;   -- a deleted side loses to a live one
+    IF remote IS NULL THEN RETURN local; END IF;
+    result := mmr.lww(local, remote, info);
+    result.tags := ARRAY(SELECT DISTINCT t FROM unnest(local.tags || remote.tags) AS t ORDER BY t);
+    RETURN result;
+END
+$$";
+
+/// A user-written PL/pgSQL resolver (union of a tags array) converges on three nodes
+/// that each added different tags to the same row while partitioned.
+#[test]
+fn tags_union_resolver_converges_on_three_nodes() {
+    let mut c = Cluster::start("tags", 3);
+    c.replicated_table(
+        "CREATE TABLE item (id int PRIMARY KEY, title text, tags text[])",
+        "item",
+    );
+    for i in 0..3 {
+        c.exec(i, TAGS_RESOLVER);
+        c.exec(
+            i,
+            "SELECT mmr.set_resolver('item', 'tags_union(item, item, item, mmr.conflict_info)')",
+        );
+    }
+    c.mesh();
+    c.exec(0, "INSERT INTO item VALUES (1, 'book', '{base}')");
+    c.sync(SYNC);
+    partition_all(&mut c);
+    c.exec(0, "UPDATE item SET tags = tags || '{red}'::text[] WHERE id = 1");
+    c.exec(
+        1,
+        "UPDATE item SET tags = tags || '{green}'::text[], title = 'Book' WHERE id = 1",
+    );
+    c.exec(2, "UPDATE item SET tags = tags || '{blue}'::text[] WHERE id = 1");
+    c.exec(2, "UPDATE item SET tags = tags || '{navy}'::text[] WHERE id = 1");
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "item");
+    assert_eq!(c.text(0, "SELECT tags::text FROM item"), "{base,blue,green,navy,red}");
+}
+
+/// A resolver that raises: the last-write-wins outcome is applied, the conflict is
+/// logged as lww_fallback with the error text, and replication goes on.
+#[test]
+fn raising_resolver_falls_back_to_lww_and_replication_goes_on() {
+    let mut c = Cluster::start("raising", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    for i in 0..2 {
+        c.exec(
+            i,
+            "CREATE FUNCTION boom(l t, r t, o t, i mmr.conflict_info) RETURNS t LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'resolver exploded for %', l.id; END $$",
+        );
+        c.exec(i, "SELECT mmr.set_resolver('t', 'boom(t, t, t, mmr.conflict_info)')");
+    }
+    c.mesh();
+    c.exec(0, "INSERT INTO t VALUES (1, 'start')");
+    c.sync(SYNC);
+    partition_all(&mut c);
+    c.exec(0, "UPDATE t SET v = 'n1' WHERE id = 1");
+    c.exec(1, "UPDATE t SET v = 'n2 later' WHERE id = 1");
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "t");
+    assert_eq!(c.text(0, "SELECT v FROM t"), "n2 later");
+    for i in 0..2 {
+        assert_eq!(
+            c.text(i, "SELECT resolution || ': ' || note FROM mmr.conflicts"),
+            "lww_fallback: resolver exploded for 1"
+        );
+    }
+    // Replication goes on.
+    c.exec(1, "INSERT INTO t VALUES (2, 'after')");
+    c.sync(SYNC);
+    assert_eq!(c.int(0, "SELECT count(*) FROM t"), 2);
+}
+
+/// Registering a resolver with a wrong signature fails with a clear error and keeps
+/// the table's resolver unchanged.
+#[test]
+fn wrong_resolver_signature_is_refused() {
+    let c = Cluster::start("badsig", 1);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.exec(
+        0,
+        "CREATE FUNCTION wrong(a t, b t) RETURNS t LANGUAGE sql AS 'SELECT a'",
+    );
+    let err = c
+        .connect(0)
+        .execute("SELECT mmr.set_resolver('t', 'wrong(t, t)')", &[])
+        .unwrap_err();
+    assert!(
+        error_text(&err).contains("cannot be used as a resolver: it takes 2 arguments"),
+        "{}",
+        error_text(&err)
+    );
+    assert_eq!(
+        c.text(
+            0,
+            "SELECT coalesce(resolver::text, 'lww') FROM mmr.replicated_table WHERE relid = 't'::regclass"
+        ),
+        "lww"
+    );
+}
+
+/// A person decides: mmr.resolve_later keeps the LWW outcome for now and leaves the
+/// conflict pending on every node that saw it; a decision taken on one node
+/// (mmr.resolve_conflict) reaches every node, data and conflict status alike.
+#[test]
+fn pending_conflict_resolved_by_a_person_reaches_all_nodes() {
+    let mut c = Cluster::start("person", 3);
+    c.replicated_table("CREATE TABLE doc (id int PRIMARY KEY, body text)", "doc");
+    for i in 0..3 {
+        c.exec(i, "SELECT mmr.set_resolver('doc', 'mmr.resolve_later(anyelement, anyelement, anyelement, mmr.conflict_info)')");
+    }
+    c.mesh();
+    c.exec(0, "INSERT INTO doc VALUES (1, 'v0')");
+    c.sync(SYNC);
+    partition_all(&mut c);
+    c.exec(0, "UPDATE doc SET body = 'n1 edit' WHERE id = 1");
+    c.exec(1, "UPDATE doc SET body = 'n2 edit (later)' WHERE id = 1");
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "doc");
+    assert_eq!(c.text(2, "SELECT body FROM doc"), "n2 edit (later)"); // LWW for now
+    assert!(c.int(0, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'pending'") >= 1);
+    assert!(c.int(1, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'pending'") >= 1);
+    // Replication is not stalled by the pending conflict.
+    c.exec(1, "INSERT INTO doc VALUES (2, 'unrelated')");
+    // On n1, the person keeps n1's own (local) version.
+    let id = c.int(
+        0,
+        "SELECT id FROM mmr.conflicts WHERE resolution = 'pending' ORDER BY id LIMIT 1",
+    );
+    c.exec(0, &format!("SELECT mmr.resolve_conflict({id}, 'local')"));
+    c.sync(SYNC);
+    assert_converged(&c, "doc");
+    for i in 0..3 {
+        assert_eq!(
+            c.text(i, "SELECT body FROM doc WHERE id = 1"),
+            "n1 edit",
+            "on n{}",
+            i + 1
+        );
+        assert_eq!(
+            c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'pending'"),
+            0,
+            "on n{}",
+            i + 1
+        );
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.resolution_log"), 1);
+    }
+    assert!(c
+        .text(
+            1,
+            "SELECT note FROM mmr.conflicts WHERE resolution = 'resolved' LIMIT 1"
+        )
+        .contains("resolved on n1"));
+    // Settling twice, or an unknown id, is refused clearly.
+    let err = c
+        .connect(0)
+        .execute(&format!("SELECT mmr.resolve_conflict({id}, 'remote')"), &[])
+        .unwrap_err();
+    assert!(error_text(&err).contains("is not pending"), "{}", error_text(&err));
+    let err = c
+        .connect(0)
+        .execute("SELECT mmr.resolve_conflict(999999, 'local')", &[])
+        .unwrap_err();
+    assert!(error_text(&err).contains("does not exist"), "{}", error_text(&err));
+}
+
+/// The resolver is called only for true (concurrent) conflicts: causally ordered
+/// changes, even crossing between nodes, never reach it.
+#[test]
+fn resolver_is_not_called_for_causally_ordered_changes() {
+    let mut c = Cluster::start("ordered", 3);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v int)", "t");
+    for i in 0..3 {
+        c.exec(
+            i,
+            "CREATE TABLE calls (n int); \
+             CREATE FUNCTION counting(l t, r t, o t, i mmr.conflict_info) RETURNS t LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO calls VALUES (1); RETURN mmr.lww(l, r, i); END $$",
+        );
+        c.exec(
+            i,
+            "SELECT mmr.set_resolver('t', 'counting(t, t, t, mmr.conflict_info)')",
+        );
+    }
+    c.mesh();
+    c.exec(0, "INSERT INTO t VALUES (1, 0)");
+    for round in 0..6 {
+        c.sync(SYNC);
+        c.exec(round % 3, "UPDATE t SET v = v + 1 WHERE id = 1");
+    }
+    c.exec(1, "DELETE FROM t WHERE id = 1");
+    c.sync(SYNC);
+    c.exec(2, "INSERT INTO t VALUES (1, 100)");
+    c.sync(SYNC);
+    for i in 0..3 {
+        assert_eq!(
+            c.int(i, "SELECT count(*) FROM calls"),
+            0,
+            "resolver called on n{}",
+            i + 1
+        );
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts"), 0);
+    }
+    assert_converged(&c, "t");
+    // A true conflict does reach it.
+    partition_all(&mut c);
+    c.exec(0, "UPDATE t SET v = 1 WHERE id = 1");
+    c.exec(1, "UPDATE t SET v = 2 WHERE id = 1");
+    c.heal_all();
+    c.sync(SYNC);
+    assert!(c.int(0, "SELECT count(*) FROM calls") > 0);
+    assert_converged(&c, "t");
+}
+
+/// mmr.prefer_node keeps the preferred node's version even when it is older.
+#[test]
+fn prefer_node_keeps_the_preferred_version() {
+    let mut c = Cluster::start_with(
+        "prefer",
+        2,
+        mmr_tests::Options {
+            conf: vec!["mmr.preferred_node = 1".into()],
+            ..Default::default()
+        },
+    );
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    for i in 0..2 {
+        c.exec(
+            i,
+            "SELECT mmr.set_resolver('t', 'mmr.prefer_node(anyelement, anyelement, anyelement, mmr.conflict_info)')",
+        );
+    }
+    c.mesh();
+    c.exec(0, "INSERT INTO t VALUES (1, 'start')");
+    c.sync(SYNC);
+    partition_all(&mut c);
+    c.exec(0, "UPDATE t SET v = 'n1 (preferred, older)' WHERE id = 1");
+    c.exec(1, "UPDATE t SET v = 'n2 (newer)' WHERE id = 1");
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "t");
+    assert_eq!(c.text(1, "SELECT v FROM t"), "n1 (preferred, older)");
+}
