@@ -78,11 +78,13 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         shmem::wait_for(Wakeup::Commit, seq, left.as_millis() as i64);
     };
 
-    // Everything visible in the batch's snapshot has committed; make sure it is also
-    // durable before a peer applies it, or a crash here could take back (and later
-    // reuse) transaction ids the peer has already acted on.
-    // SAFETY: plain WAL flush request, valid outside recovery.
-    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+    // Everything visible in the batch's snapshot has committed; it must also be durable
+    // before a peer applies it, or a crash here could take back (and later reuse)
+    // transaction ids the peer has already acted on. This transaction has written (the
+    // consumer's position), so a synchronous commit flushes WAL past every commit our
+    // snapshot saw; the peer applies only after the commit (it waits for the end of
+    // the reply, which follows the commit).
+    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)").map_err(internal)?;
 
     let pending = pending_changes(to.as_ref().map(|t| t.last_qid))?;
     let report = frontier_report()?;

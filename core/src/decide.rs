@@ -3,14 +3,22 @@
 //! The decision depends only on version vectors and stamps, never on which node is
 //! deciding, so every node reaches the same outcome for the same pair of versions:
 //!
-//! * the remote version causally follows the local one (or there is nothing local):
-//!   apply it as it is;
-//! * the local version has already seen the remote one (or it is the same version):
-//!   skip it;
-//! * neither has seen the other: a conflict. Last-write-wins picks the version with the
-//!   greater `(hlc, origin node id)` -- the id of the node that *wrote* the version, not
-//!   the id of the node applying it -- and the result carries the merged version vector,
-//!   so it dominates both inputs and later writes anywhere are ordered after it.
+//! A change is one write: the origin's `n`-th write to the row (its entry in the
+//! change's vector), together with the full row it produced. A row's vector counts the
+//! writes the row has *incorporated*, exactly:
+//!
+//! * the local row has incorporated that write already (its entry for the origin is at
+//!   least `n`): skip it -- even if the change has seen other nodes' writes the row has
+//!   not, those arrive from their own origins;
+//! * the change has seen every write the local row has (its vector dominates): apply it
+//!   as it is -- its row includes all of them;
+//! * otherwise: a conflict. Last-write-wins keeps the version with the greater
+//!   `(hlc, origin node id)` -- the id of the node that *wrote* it, not of the node
+//!   applying it -- or a resolver merges the two. The outcome has incorporated the
+//!   local writes plus this one write, so its vector is the local one with the origin's
+//!   entry raised to `n`. Not the pointwise maximum: claiming writes the change had
+//!   seen but whose effect the merge did not take in (a counter merge adds only the
+//!   change's own delta) would make their own arrival look stale and lose them.
 
 use crate::vv::{Causality, VersionVector};
 
@@ -128,7 +136,7 @@ pub struct Conflict {
     /// The stamp of the kept version.
     pub hlc: i64,
     pub node: i32,
-    /// Version vector of the outcome: the merge of both sides.
+    /// Version vector of the outcome: the local one plus the change's own write.
     pub vv: VersionVector,
 }
 
@@ -139,11 +147,12 @@ pub fn decide(op: Op, remote: &Version, local: &Local) -> Decision {
         Local::Row(v) => (v, false),
         Local::Tombstone(v) => (v, true),
     };
+    let origin = remote.node as i64;
     match remote.vv.compare(&local_version.vv) {
-        Causality::After => Decision::Apply,
         Causality::Equal => Decision::Skip(Skip::Duplicate),
-        Causality::Before => Decision::Skip(Skip::Stale),
-        Causality::Concurrent => Decision::Conflict(conflict(op, remote, local_version, local_deleted)),
+        _ if local_version.vv.get(origin) >= remote.vv.get(origin) => Decision::Skip(Skip::Stale),
+        Causality::After => Decision::Apply,
+        _ => Decision::Conflict(conflict(op, remote, local_version, local_deleted)),
     }
 }
 
@@ -158,12 +167,14 @@ fn conflict(op: Op, remote: &Version, local: &Version, local_deleted: bool) -> C
     };
     let winner = lww_winner(remote, local);
     let kept = if winner == Side::Remote { remote } else { local };
+    let origin = remote.node as i64;
+    let vv = local.vv.with_at_least(origin, remote.vv.get(origin));
     Conflict {
         kind,
         winner,
         hlc: kept.hlc,
         node: kept.node,
-        vv: remote.vv.merged(&local.vv),
+        vv,
     }
 }
 
@@ -303,5 +314,245 @@ mod tests {
         }
         assert!(finals.windows(2).all(|w| w[0] == w[1]), "{finals:?}");
         assert_eq!(finals[0], Local::Row(v(300, 3, &[1, 1, 2, 1, 3, 1])));
+    }
+}
+
+/// Randomized simulation of three nodes writing one row concurrently, with every
+/// delivery order that per-origin FIFO channels allow: after everything is delivered,
+/// all nodes hold the same state, and a counter merged with
+/// `local + remote - remote_old` has counted every increment exactly once.
+#[cfg(test)]
+mod simulation {
+    use super::*;
+    use std::collections::VecDeque;
+
+    const NODES: usize = 3;
+
+    #[derive(Clone, Debug)]
+    struct State {
+        version: Version,
+        deleted: bool,
+        value: i64,
+        /// Ghost: the writes (origin, n) -> delta this state has incorporated.
+        writes: std::collections::BTreeMap<(i64, i64), i64>,
+    }
+
+    impl PartialEq for State {
+        fn eq(&self, o: &Self) -> bool {
+            (&self.version, self.deleted, self.value) == (&o.version, o.deleted, o.value)
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    struct Change {
+        op: Op,
+        version: Version,
+        value: i64,
+        old_value: i64,
+        writes: std::collections::BTreeMap<(i64, i64), i64>,
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        LastWriteWins,
+        Counter,
+    }
+
+    struct Node {
+        id: usize,
+        clock: i64,
+        state: Option<State>,
+    }
+
+    impl Node {
+        fn write(&mut self, delete: bool, delta: i64) -> Change {
+            self.clock += 1;
+            let base = self.state.clone();
+            let vv = base
+                .as_ref()
+                .map(|s| s.version.vv.clone())
+                .unwrap_or_default()
+                .incremented(self.id as i64);
+            let old_value = base.as_ref().filter(|s| !s.deleted).map_or(0, |s| s.value);
+            let was_live = base.as_ref().is_some_and(|s| !s.deleted);
+            let value = if delete { old_value } else { old_value + delta };
+            let op = if delete {
+                Op::Delete
+            } else if was_live {
+                Op::Update
+            } else {
+                Op::Insert
+            };
+            let mut writes = base.map(|s| s.writes).unwrap_or_default();
+            writes.insert((self.id as i64, vv.get(self.id as i64)), value - old_value);
+            let version = Version {
+                hlc: self.clock,
+                node: self.id as i32,
+                vv,
+            };
+            self.state = Some(State {
+                version: version.clone(),
+                deleted: delete,
+                value,
+                writes: writes.clone(),
+            });
+            Change {
+                op,
+                version,
+                value,
+                old_value,
+                writes,
+            }
+        }
+
+        fn receive(&mut self, ch: &Change, mode: Mode) {
+            self.clock = self.clock.max(ch.version.hlc) + 1;
+            let local = match &self.state {
+                None => Local::Absent,
+                Some(s) if s.deleted => Local::Tombstone(s.version.clone()),
+                Some(s) => Local::Row(s.version.clone()),
+            };
+            let remote_state = State {
+                version: ch.version.clone(),
+                deleted: ch.op == Op::Delete,
+                value: ch.value,
+                writes: ch.writes.clone(),
+            };
+            let d = decide(ch.op, &ch.version, &local);
+            if let (Mode::Counter, Some(s)) = (mode, &self.state) {
+                check_exact(s, self.id);
+            }
+            match d {
+                Decision::Apply => self.state = Some(remote_state),
+                Decision::Skip(_) => {}
+                Decision::Conflict(c) => {
+                    let l = self.state.clone().unwrap();
+                    let version = Version {
+                        hlc: c.hlc,
+                        node: c.node,
+                        vv: c.vv.clone(),
+                    };
+                    let winner = if c.winner == Side::Remote { &remote_state } else { &l };
+                    let (deleted, value) = match mode {
+                        Mode::Counter => (false, l.value + ch.value - ch.old_value),
+                        Mode::LastWriteWins => (winner.deleted, winner.value),
+                    };
+                    let mut writes = l.writes.clone();
+                    let own = (ch.version.node as i64, ch.version.vv.get(ch.version.node as i64));
+                    writes.insert(own, ch.writes[&own]);
+                    self.state = Some(State {
+                        version,
+                        deleted,
+                        value,
+                        writes,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A state's vector must count exactly the writes it incorporated, and a counter's
+    /// value must be their sum.
+    fn check_exact(s: &State, node: usize) {
+        let mut counts = VersionVector::new();
+        for &(o, n) in s.writes.keys() {
+            counts = counts.with_at_least(o, n);
+        }
+        let complete = s
+            .writes
+            .keys()
+            .all(|&(o, n)| (1..=n).all(|k| s.writes.contains_key(&(o, k))));
+        assert!(
+            complete && counts == s.version.vv,
+            "n{node}: vector {:?} vs writes {:?}",
+            s.version.vv,
+            s.writes
+        );
+        assert_eq!(
+            s.value,
+            s.writes.values().sum::<i64>(),
+            "n{node}: value vs writes {:?}",
+            s.writes
+        );
+    }
+
+    fn run(seed: u64, mode: Mode) {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut nodes: Vec<Node> = (0..NODES)
+            .map(|i| Node {
+                id: i + 1,
+                clock: 0,
+                state: None,
+            })
+            .collect();
+        let mut chans: Vec<Vec<VecDeque<Change>>> = (0..NODES)
+            .map(|_| (0..NODES).map(|_| VecDeque::new()).collect())
+            .collect();
+        // Everyone starts from the same row, written by node 1 and delivered.
+        let first = nodes[0].write(false, 100);
+        for j in 1..NODES {
+            nodes[j].receive(&first, mode);
+        }
+        let mut total = 100;
+        for _ in 0..40 {
+            if rng.next(3) == 0 {
+                let i = rng.next(NODES as u64) as usize;
+                let delete = mode == Mode::LastWriteWins && rng.next(5) == 0;
+                let delta = rng.next(10) as i64 + 1;
+                let ch = nodes[i].write(delete, delta);
+                total += delta;
+                for (j, chan) in chans[i].iter_mut().enumerate() {
+                    if j != i {
+                        chan.push_back(ch.clone());
+                    }
+                }
+            } else {
+                let (i, j) = (rng.next(NODES as u64) as usize, rng.next(NODES as u64) as usize);
+                if let Some(ch) = chans[i][j].pop_front() {
+                    nodes[j].receive(&ch, mode);
+                }
+            }
+        }
+        // Heal: deliver everything, in random channel order.
+        while chans.iter().flatten().any(|c| !c.is_empty()) {
+            let (i, j) = (rng.next(NODES as u64) as usize, rng.next(NODES as u64) as usize);
+            if let Some(ch) = chans[i][j].pop_front() {
+                nodes[j].receive(&ch, mode);
+            }
+        }
+        let states: Vec<&State> = nodes.iter().map(|n| n.state.as_ref().unwrap()).collect();
+        for s in &states[1..] {
+            assert_eq!(*s, states[0], "seed {seed}: nodes diverged");
+        }
+        if mode == Mode::Counter {
+            assert_eq!(
+                states[0].value, total,
+                "seed {seed}: counter lost or doubled increments"
+            );
+        }
+    }
+
+    #[test]
+    fn last_write_wins_converges_in_any_delivery_order() {
+        for seed in 1..3000 {
+            run(seed, Mode::LastWriteWins);
+        }
+    }
+
+    #[test]
+    fn counter_merge_counts_every_increment_once() {
+        for seed in 1..3000 {
+            run(seed, Mode::Counter);
+        }
     }
 }

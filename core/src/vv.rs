@@ -129,6 +129,21 @@ impl VersionVector {
         Self { entries }
     }
 
+    /// This vector with `node`'s counter raised to at least `count`: the vector after
+    /// incorporating that node's `count`-th write (and, by per-origin order, its earlier
+    /// ones) and nothing else.
+    pub fn with_at_least(&self, node: i64, count: i64) -> Self {
+        if count <= 0 || self.get(node) >= count {
+            return self.clone();
+        }
+        let mut entries = self.entries.clone();
+        match entries.binary_search_by_key(&node, |&(n, _)| n) {
+            Ok(i) => entries[i].1 = count,
+            Err(i) => entries.insert(i, (node, count)),
+        }
+        Self { entries }
+    }
+
     /// The pointwise maximum: the vector of a version that has seen both.
     pub fn merged(&self, other: &Self) -> Self {
         let mut entries = Vec::with_capacity(self.entries.len().max(other.entries.len()));

@@ -77,6 +77,8 @@ pub struct Cluster {
     root: PathBuf,
     /// `links[i][j]`: the proxy node `i` uses to reach node `j`.
     links: Vec<Vec<Option<Proxy>>>,
+    /// Leave the servers running (and their data) when dropped.
+    keep: bool,
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -127,6 +129,7 @@ impl Cluster {
             nodes: Vec::new(),
             root: root.clone(),
             links: Vec::new(),
+            keep: false,
         };
         for i in 0..n {
             let dir = root.join(format!("n{}", i + 1));
@@ -391,6 +394,29 @@ impl Cluster {
         }
     }
 
+    /// Keeps the servers running after this process ends: peers are re-pointed from the
+    /// proxies (which end with the process) to the servers themselves.
+    pub fn keep_running(&mut self) {
+        for i in 0..self.len() {
+            for j in 0..self.len() {
+                if i != j {
+                    // The progress stays: only the address changes, and workers pick up
+                    // the new one when the proxy's connection ends with this process.
+                    let (name, conninfo) = (self.nodes[j].name.clone(), self.nodes[j].conninfo());
+                    self.connect(i)
+                        .execute("UPDATE mmr.peer SET conninfo = $2 WHERE name = $1", &[&name, &conninfo])
+                        .unwrap();
+                }
+            }
+        }
+        self.keep = true;
+    }
+
+    /// Where the cluster's files are.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Every node's server log, for failure reports.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -439,6 +465,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+        }
+        if self.keep {
+            return;
         }
         for row in &mut self.links {
             for p in row.iter_mut() {
