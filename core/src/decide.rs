@@ -500,8 +500,8 @@ mod simulation {
             .collect();
         // Everyone starts from the same row, written by node 1 and delivered.
         let first = nodes[0].write(false, 100);
-        for j in 1..NODES {
-            nodes[j].receive(&first, mode);
+        for node in nodes.iter_mut().skip(1) {
+            node.receive(&first, mode);
         }
         let mut total = 100;
         for _ in 0..40 {

@@ -28,8 +28,17 @@ fn chaos_secs() -> u64 {
 }
 
 /// One random write (or small transaction) on a small key space. Errors such as
-/// duplicate keys are part of the game and ignored.
-fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str) {
+/// duplicate keys are part of the game and ignored. Returns the increments committed
+/// to the `counters` table (merged with mmr.merge_counters).
+fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str) -> i64 {
+    if rng.gen_range(0..4) == 0 {
+        let id: i32 = rng.gen_range(1..=3);
+        let by: i64 = rng.gen_range(1..=5);
+        return match db.execute("UPDATE counters SET n = n + $2 WHERE id = $1", &[&id, &by]) {
+            Ok(1) => by,
+            _ => 0,
+        };
+    }
     let k: i32 = rng.gen_range(1..=40);
     let v: i32 = rng.gen_range(0..1000);
     let r = match rng.gen_range(0..10) {
@@ -57,6 +66,7 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str) {
         }
     };
     let _ = r;
+    0
 }
 
 /// Scenario 3: three writers per node do random inserts, updates and deletes over a
@@ -75,7 +85,16 @@ fn run_random(seed: u64) {
     {
         let mut cl = c.lock().unwrap();
         cl.replicated_table("CREATE TABLE kv (k int PRIMARY KEY, v int, who text)", "kv");
+        cl.replicated_table("CREATE TABLE counters (id int PRIMARY KEY, n bigint)", "counters");
+        for i in 0..3 {
+            cl.exec(
+                i,
+                "SELECT mmr.set_resolver('counters', 'mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info)')",
+            );
+        }
         cl.mesh();
+        cl.exec(0, "INSERT INTO counters VALUES (1, 0), (2, 0), (3, 0)");
+        cl.sync(SYNC);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -87,12 +106,12 @@ fn run_random(seed: u64) {
             writers.push(thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed * 1000 + (node * 10 + w) as u64);
                 let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-                let mut n = 0u64;
+                let (mut n, mut increments) = (0u64, 0i64);
                 while !stop.load(Ordering::Relaxed) {
-                    random_write(&mut db, &mut rng, &who);
+                    increments += random_write(&mut db, &mut rng, &who);
                     n += 1;
                 }
-                n
+                (n, increments)
             }));
         }
     }
@@ -116,11 +135,19 @@ fn run_random(seed: u64) {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let results: Vec<(u64, i64)> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let writes: u64 = results.iter().map(|r| r.0).sum();
+    let increments: i64 = results.iter().map(|r| r.1).sum();
     let mut cl = c.lock().unwrap();
     cl.heal_all();
     cl.sync(SYNC);
     assert_converged(&cl, "kv");
+    assert_converged(&cl, "counters");
+    assert_eq!(
+        cl.int(0, "SELECT sum(n)::bigint FROM counters"),
+        increments,
+        "counter increments lost or doubled"
+    );
     let conflicts: i64 = (0..3).map(|i| cl.int(i, "SELECT count(*) FROM mmr.conflicts")).sum();
     let rows = cl.int(0, "SELECT count(*) FROM kv");
     println!("seed {seed}: {writes} writes, {cuts} cuts, {rows} rows, {conflicts} conflicts recorded");
