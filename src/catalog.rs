@@ -43,9 +43,7 @@ pub fn forget_node_identity() {
 /// Names of nodes, peers: what `mmr.init_node` and `mmr.add_peer` accept.
 pub fn valid_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 /// The first column of the first row of `sql`, or `None` when there is no row (or it

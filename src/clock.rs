@@ -20,10 +20,7 @@ const HWM_FILE: &str = "mmr_hlc_hwm";
 const RESERVE_MS: u64 = 10_000;
 
 pub fn wall_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Called once by the postmaster when shared memory is created.
@@ -71,10 +68,7 @@ fn advance(step: impl Fn(u64, u64) -> u64) -> u64 {
         let prev = clock.load(Ordering::SeqCst);
         let next = step(prev, wall_millis());
         reserve(next);
-        if clock
-            .compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
+        if clock.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
             return next;
         }
     }
@@ -134,11 +128,7 @@ pub fn end_of_transaction() {
 /// harmless: it registers a value at least our tick, so all its stamps are above it.
 pub fn stable() -> i64 {
     let now = tick() as u64;
-    let open = shmem::open_stamps()
-        .iter()
-        .map(|s| s.load(Ordering::SeqCst))
-        .filter(|&v| v != 0)
-        .min();
+    let open = shmem::open_stamps().iter().map(|s| s.load(Ordering::SeqCst)).filter(|&v| v != 0).min();
     open.map_or(now, |o| o.min(now)) as i64
 }
 
@@ -154,10 +144,7 @@ pub fn observe_checked(remote: i64) -> crate::error::Result<()> {
     let ahead = hlc::ahead_by_millis(remote.max(0) as u64, wall_millis());
     let limit = crate::gucs::max_clock_skew().as_millis() as u64;
     if ahead > limit {
-        return Err(crate::error::MmrError::ClockSkew {
-            ahead_ms: ahead,
-            limit_ms: limit,
-        });
+        return Err(crate::error::MmrError::ClockSkew { ahead_ms: ahead, limit_ms: limit });
     }
     observe(remote);
     Ok(())

@@ -99,10 +99,7 @@ pub fn init() {
 }
 
 pub fn database() -> String {
-    DATABASE
-        .get()
-        .and_then(|s| s.into_string().ok())
-        .unwrap_or_else(|| "postgres".into())
+    DATABASE.get().and_then(|s| s.into_string().ok()).unwrap_or_else(|| "postgres".into())
 }
 
 pub fn max_clock_skew() -> Duration {

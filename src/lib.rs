@@ -19,6 +19,7 @@ mod peer;
 mod prune;
 mod queue;
 mod relcache;
+mod rowsql;
 mod shmem;
 mod subxact;
 mod worker;

@@ -47,9 +47,7 @@ fn _pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i
 fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i32, wait_ms: i32) -> Result<JsonB> {
     // SAFETY: reading a backend global.
     if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
-        return Err(MmrError::Internal(
-            "mmr.pull must run at READ COMMITTED isolation".into(),
-        ));
+        return Err(MmrError::Internal("mmr.pull must run at READ COMMITTED isolation".into()));
     }
     let me = catalog::require_node()?;
     let from = match position {
@@ -86,7 +84,10 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
     // the reply, which follows the commit).
     Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)").map_err(internal)?;
 
-    let pending = pending_changes(to.as_ref().map(|t| t.last_qid))?;
+    let pending = match &to {
+        Some(t) => pending_changes(&t.snap)?,
+        None => 0,
+    };
     let report = frontier_report()?;
     let header = match to {
         Some(t) => json!({
@@ -110,11 +111,8 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
 /// applied all of those changes.
 fn frontier_report() -> Result<serde_json::Value> {
     let rows = Spi::connect(|c| {
-        let t = c.select(
-            "SELECT p.peer, p.watermark FROM mmr.peer_progress p WHERE p.watermark IS NOT NULL",
-            None,
-            &[],
-        )?;
+        let t =
+            c.select("SELECT p.peer, p.watermark FROM mmr.peer_progress p WHERE p.watermark IS NOT NULL", None, &[])?;
         let mut m = serde_json::Map::new();
         for r in t {
             let name: String = r.get(1)?.unwrap_or_default();
@@ -128,9 +126,7 @@ fn frontier_report() -> Result<serde_json::Value> {
 }
 
 fn now_text() -> Result<String> {
-    Spi::get_one::<String>("SELECT clock_timestamp()::text")
-        .map_err(internal)
-        .map(|s| s.unwrap_or_default())
+    Spi::get_one::<String>("SELECT clock_timestamp()::text").map_err(internal).map(|s| s.unwrap_or_default())
 }
 
 fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<()> {
@@ -234,13 +230,15 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
     .map_err(internal)
 }
 
-/// Roughly how many changes were queued after the batch's end (queue ids taken since).
-fn pending_changes(last_qid: Option<i64>) -> Result<i64> {
-    let last = Spi::get_one::<i64>("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mmr.queue_id_seq")
-        .map_err(internal)?
-        .unwrap_or(0);
-    Ok(match last_qid {
-        Some(q) => (last - q).max(0),
-        None => 0,
-    })
+/// How many changes are queued beyond the batch ending at `snap` (counted exactly up to
+/// 10000 queue rows, so a large backlog does not make every pull scan it).
+fn pending_changes(snap: &str) -> Result<i64> {
+    Spi::get_one_with_args::<i64>(
+        "SELECT coalesce(sum(n), 0)::bigint FROM (SELECT n_changes AS n FROM mmr.queue \
+           WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) \
+           LIMIT 10000) s",
+        &[snap.into()],
+    )
+    .map_err(internal)
+    .map(|n| n.unwrap_or(0))
 }

@@ -65,9 +65,7 @@ pub struct RelCache<K, T> {
 
 impl<K: std::hash::Hash + Eq + Clone, T> RelCache<K, T> {
     pub fn new() -> Self {
-        RelCache {
-            entries: RefCell::new(HashMap::new()),
-        }
+        RelCache { entries: RefCell::new(HashMap::new()) }
     }
 
     /// The cached value, or a fresh one from `build` (which returns the table's oid too).
@@ -84,9 +82,7 @@ impl<K: std::hash::Hash + Eq + Clone, T> RelCache<K, T> {
         let built = bump();
         let (relid, value) = build()?;
         let value = Rc::new(value);
-        self.entries
-            .borrow_mut()
-            .insert(key.clone(), (relid, built, value.clone()));
+        self.entries.borrow_mut().insert(key.clone(), (relid, built, value.clone()));
         Ok(value)
     }
 

@@ -157,11 +157,7 @@ impl LockGuard {
         // SAFETY: LOCKS points at NUM_LOCKS padded LWLocks of our tranche.
         unsafe {
             let l = &mut (*LOCKS.add(lock as usize)).lock as *mut pg_sys::LWLock;
-            let mode = if exclusive {
-                pg_sys::LWLockMode::LW_EXCLUSIVE
-            } else {
-                pg_sys::LWLockMode::LW_SHARED
-            };
+            let mode = if exclusive { pg_sys::LWLockMode::LW_EXCLUSIVE } else { pg_sys::LWLockMode::LW_SHARED };
             pg_sys::LWLockAcquire(l, mode);
             LockGuard(l)
         }
@@ -220,9 +216,7 @@ pub fn wait_for(which: Wakeup, seq_before: u64, timeout_ms: i64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
         pg_sys::ConditionVariablePrepareToSleep(cv);
         while seq.load(Ordering::SeqCst) == seq_before {
-            let left = deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .as_millis() as i64;
+            let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as i64;
             if left <= 0 {
                 break;
             }

@@ -1,4 +1,6 @@
-//! Transaction callback: at commit, wake whoever waits for what this transaction did.
+//! Transaction callbacks: write the transaction's buffered changes to the queue just
+//! before it commits, wake whoever waits for them once it has, and forget them when it
+//! (or a savepoint) rolls back.
 
 use crate::shmem;
 use pgrx::pg_sys;
@@ -11,7 +13,10 @@ static PEERS_CHANGED: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
     // SAFETY: registering a process-wide callback from _PG_init.
-    unsafe { pg_sys::RegisterXactCallback(Some(callback), std::ptr::null_mut()) };
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
 }
 
 pub fn note_queued() {
@@ -25,6 +30,13 @@ pub fn note_peers_changed() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
+        // Still inside the transaction (deferred triggers have fired): the changes go to
+        // the queue in this same transaction. An error here aborts the commit.
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            if let Err(e) = crate::capture::buffer::flush() {
+                e.raise();
+            }
+        }
         // COMMIT fires after the commit is visible to other backends, so a woken reader
         // sees the new rows.
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
@@ -44,10 +56,23 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         pg_sys::XactEvent::XACT_EVENT_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            crate::capture::buffer::discard_all();
             crate::clock::end_of_transaction();
             QUEUED.store(false, Ordering::Relaxed);
             PEERS_CHANGED.store(false, Ordering::Relaxed);
         }
         _ => {}
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        crate::capture::buffer::discard_from(sub);
     }
 }

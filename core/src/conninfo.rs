@@ -6,11 +6,7 @@ pub fn render(pairs: &[(String, String)], mask_password: bool) -> String {
     pairs
         .iter()
         .map(|(k, v)| {
-            let v = if mask_password && k == "password" {
-                "********"
-            } else {
-                v.as_str()
-            };
+            let v = if mask_password && k == "password" { "********" } else { v.as_str() };
             format!("{k}={}", quote(v))
         })
         .collect::<Vec<_>>()
@@ -46,19 +42,9 @@ mod tests {
 
     #[test]
     fn masks_password_and_quotes() {
-        let pairs = vec![
-            p("host", "db1"),
-            p("password", "s3cr3t"),
-            p("application_name", "a b'c"),
-        ];
-        assert_eq!(
-            render(&pairs, true),
-            r"host=db1 password=******** application_name='a b\'c'"
-        );
-        assert_eq!(
-            render(&pairs, false),
-            r"host=db1 password=s3cr3t application_name='a b\'c'"
-        );
+        let pairs = vec![p("host", "db1"), p("password", "s3cr3t"), p("application_name", "a b'c")];
+        assert_eq!(render(&pairs, true), r"host=db1 password=******** application_name='a b\'c'");
+        assert_eq!(render(&pairs, false), r"host=db1 password=s3cr3t application_name='a b\'c'");
         assert_eq!(quote(""), "''");
     }
 }

@@ -169,13 +169,7 @@ fn conflict(op: Op, remote: &Version, local: &Version, local_deleted: bool) -> C
     let kept = if winner == Side::Remote { remote } else { local };
     let origin = remote.node as i64;
     let vv = local.vv.with_at_least(origin, remote.vv.get(origin));
-    Conflict {
-        kind,
-        winner,
-        hlc: kept.hlc,
-        node: kept.node,
-        vv,
-    }
+    Conflict { kind, winner, hlc: kept.hlc, node: kept.node, vv }
 }
 
 /// Last-write-wins: the greater `(hlc, origin node)` wins. Two distinct versions never
@@ -194,11 +188,7 @@ mod tests {
     use super::*;
 
     fn v(hlc: i64, node: i32, flat: &[i64]) -> Version {
-        Version {
-            hlc,
-            node,
-            vv: VersionVector::from_flat(flat).unwrap(),
-        }
+        Version { hlc, node, vv: VersionVector::from_flat(flat).unwrap() }
     }
 
     #[test]
@@ -217,40 +207,27 @@ mod tests {
     #[test]
     fn stale_and_duplicate_skip() {
         let local = Local::Row(v(100, 2, &[1, 1, 2, 1]));
-        assert_eq!(
-            decide(Op::Update, &v(50, 1, &[1, 1]), &local),
-            Decision::Skip(Skip::Stale)
-        );
-        assert_eq!(
-            decide(Op::Update, &v(100, 2, &[1, 1, 2, 1]), &local),
-            Decision::Skip(Skip::Duplicate)
-        );
+        assert_eq!(decide(Op::Update, &v(50, 1, &[1, 1]), &local), Decision::Skip(Skip::Stale));
+        assert_eq!(decide(Op::Update, &v(100, 2, &[1, 1, 2, 1]), &local), Decision::Skip(Skip::Duplicate));
     }
 
     #[test]
     fn tombstone_blocks_stale_insert() {
         let local = Local::Tombstone(v(100, 2, &[1, 1, 2, 1]));
-        assert_eq!(
-            decide(Op::Insert, &v(50, 1, &[1, 1]), &local),
-            Decision::Skip(Skip::Stale)
-        );
+        assert_eq!(decide(Op::Insert, &v(50, 1, &[1, 1]), &local), Decision::Skip(Skip::Stale));
     }
 
     #[test]
     fn concurrent_update_lww_by_hlc_then_origin() {
         let local = Local::Row(v(100, 2, &[2, 1]));
-        let Decision::Conflict(c) = decide(Op::Update, &v(101, 1, &[1, 1]), &local) else {
-            panic!()
-        };
+        let Decision::Conflict(c) = decide(Op::Update, &v(101, 1, &[1, 1]), &local) else { panic!() };
         assert_eq!(c.kind, ConflictKind::UpdateUpdate);
         assert_eq!(c.winner, Side::Remote);
         assert_eq!((c.hlc, c.node), (101, 1));
         assert_eq!(c.vv.to_flat(), vec![1, 1, 2, 1]);
 
         // Equal stamps: the higher origin node id wins, whoever applies.
-        let Decision::Conflict(c) = decide(Op::Update, &v(100, 1, &[1, 1]), &local) else {
-            panic!()
-        };
+        let Decision::Conflict(c) = decide(Op::Update, &v(100, 1, &[1, 1]), &local) else { panic!() };
         assert_eq!(c.winner, Side::Local);
         assert_eq!((c.hlc, c.node), (100, 2));
     }
@@ -261,12 +238,8 @@ mod tests {
         // the same version with the same stamp and vector.
         let a = v(200, 1, &[1, 1]);
         let b = v(150, 2, &[2, 1]);
-        let Decision::Conflict(at_a) = decide(Op::Update, &b, &Local::Row(a.clone())) else {
-            panic!()
-        };
-        let Decision::Conflict(at_b) = decide(Op::Update, &a, &Local::Row(b.clone())) else {
-            panic!()
-        };
+        let Decision::Conflict(at_a) = decide(Op::Update, &b, &Local::Row(a.clone())) else { panic!() };
+        let Decision::Conflict(at_b) = decide(Op::Update, &a, &Local::Row(b.clone())) else { panic!() };
         assert_eq!((at_a.hlc, at_a.node, &at_a.vv), (at_b.hlc, at_b.node, &at_b.vv));
         assert_eq!(at_a.winner, Side::Local);
         assert_eq!(at_b.winner, Side::Remote);
@@ -303,11 +276,7 @@ mod tests {
                 state = match decide(Op::Update, r, &state) {
                     Decision::Apply => Local::Row(r.clone()),
                     Decision::Skip(_) => state,
-                    Decision::Conflict(c) => Local::Row(Version {
-                        hlc: c.hlc,
-                        node: c.node,
-                        vv: c.vv,
-                    }),
+                    Decision::Conflict(c) => Local::Row(Version { hlc: c.hlc, node: c.node, vv: c.vv }),
                 };
             }
             finals.push(state);
@@ -378,11 +347,7 @@ mod simulation {
         fn write(&mut self, delete: bool, delta: i64) -> Change {
             self.clock += 1;
             let base = self.state.clone();
-            let vv = base
-                .as_ref()
-                .map(|s| s.version.vv.clone())
-                .unwrap_or_default()
-                .incremented(self.id as i64);
+            let vv = base.as_ref().map(|s| s.version.vv.clone()).unwrap_or_default().incremented(self.id as i64);
             let old_value = base.as_ref().filter(|s| !s.deleted).map_or(0, |s| s.value);
             let was_live = base.as_ref().is_some_and(|s| !s.deleted);
             let value = if delete { old_value } else { old_value + delta };
@@ -395,24 +360,9 @@ mod simulation {
             };
             let mut writes = base.map(|s| s.writes).unwrap_or_default();
             writes.insert((self.id as i64, vv.get(self.id as i64)), value - old_value);
-            let version = Version {
-                hlc: self.clock,
-                node: self.id as i32,
-                vv,
-            };
-            self.state = Some(State {
-                version: version.clone(),
-                deleted: delete,
-                value,
-                writes: writes.clone(),
-            });
-            Change {
-                op,
-                version,
-                value,
-                old_value,
-                writes,
-            }
+            let version = Version { hlc: self.clock, node: self.id as i32, vv };
+            self.state = Some(State { version: version.clone(), deleted: delete, value, writes: writes.clone() });
+            Change { op, version, value, old_value, writes }
         }
 
         fn receive(&mut self, ch: &Change, mode: Mode) {
@@ -437,11 +387,7 @@ mod simulation {
                 Decision::Skip(_) => {}
                 Decision::Conflict(c) => {
                     let l = self.state.clone().unwrap();
-                    let version = Version {
-                        hlc: c.hlc,
-                        node: c.node,
-                        vv: c.vv.clone(),
-                    };
+                    let version = Version { hlc: c.hlc, node: c.node, vv: c.vv.clone() };
                     let winner = if c.winner == Side::Remote { &remote_state } else { &l };
                     let (deleted, value) = match mode {
                         Mode::Counter => (false, l.value + ch.value - ch.old_value),
@@ -450,12 +396,7 @@ mod simulation {
                     let mut writes = l.writes.clone();
                     let own = (ch.version.node as i64, ch.version.vv.get(ch.version.node as i64));
                     writes.insert(own, ch.writes[&own]);
-                    self.state = Some(State {
-                        version,
-                        deleted,
-                        value,
-                        writes,
-                    });
+                    self.state = Some(State { version, deleted, value, writes });
                 }
             }
         }
@@ -468,36 +409,16 @@ mod simulation {
         for &(o, n) in s.writes.keys() {
             counts = counts.with_at_least(o, n);
         }
-        let complete = s
-            .writes
-            .keys()
-            .all(|&(o, n)| (1..=n).all(|k| s.writes.contains_key(&(o, k))));
-        assert!(
-            complete && counts == s.version.vv,
-            "n{node}: vector {:?} vs writes {:?}",
-            s.version.vv,
-            s.writes
-        );
-        assert_eq!(
-            s.value,
-            s.writes.values().sum::<i64>(),
-            "n{node}: value vs writes {:?}",
-            s.writes
-        );
+        let complete = s.writes.keys().all(|&(o, n)| (1..=n).all(|k| s.writes.contains_key(&(o, k))));
+        assert!(complete && counts == s.version.vv, "n{node}: vector {:?} vs writes {:?}", s.version.vv, s.writes);
+        assert_eq!(s.value, s.writes.values().sum::<i64>(), "n{node}: value vs writes {:?}", s.writes);
     }
 
     fn run(seed: u64, mode: Mode) {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut nodes: Vec<Node> = (0..NODES)
-            .map(|i| Node {
-                id: i + 1,
-                clock: 0,
-                state: None,
-            })
-            .collect();
-        let mut chans: Vec<Vec<VecDeque<Change>>> = (0..NODES)
-            .map(|_| (0..NODES).map(|_| VecDeque::new()).collect())
-            .collect();
+        let mut nodes: Vec<Node> = (0..NODES).map(|i| Node { id: i + 1, clock: 0, state: None }).collect();
+        let mut chans: Vec<Vec<VecDeque<Change>>> =
+            (0..NODES).map(|_| (0..NODES).map(|_| VecDeque::new()).collect()).collect();
         // Everyone starts from the same row, written by node 1 and delivered.
         let first = nodes[0].write(false, 100);
         for node in nodes.iter_mut().skip(1) {
@@ -535,10 +456,7 @@ mod simulation {
             assert_eq!(*s, states[0], "seed {seed}: nodes diverged");
         }
         if mode == Mode::Counter {
-            assert_eq!(
-                states[0].value, total,
-                "seed {seed}: counter lost or doubled increments"
-            );
+            assert_eq!(states[0].value, total, "seed {seed}: counter lost or doubled increments");
         }
     }
 

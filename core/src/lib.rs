@@ -4,10 +4,12 @@
 //! * [`vv`]: per-row version vectors;
 //! * [`decide`]: what to do with an incoming change (apply, skip, conflict + LWW);
 //! * [`snapshot`]: `pg_snapshot` queue positions;
+//! * [`json`]: JSON text for the capture trigger's row encoding;
 //! * [`conninfo`]: rendering (and masking) libpq connection strings.
 
 pub mod conninfo;
 pub mod decide;
 pub mod hlc;
+pub mod json;
 pub mod snapshot;
 pub mod vv;

@@ -56,10 +56,7 @@ impl Snapshot {
     /// `earlier` was taken.
     pub fn covers(&self, earlier: &Snapshot) -> bool {
         earlier.xmax <= self.xmax
-            && self
-                .xip
-                .iter()
-                .all(|&x| x >= earlier.xmax || earlier.xip.binary_search(&x).is_ok())
+            && self.xip.iter().all(|&x| x >= earlier.xmax || earlier.xip.binary_search(&x).is_ok())
     }
 }
 
@@ -77,14 +74,7 @@ mod tests {
     #[test]
     fn parse_and_display() {
         let s = Snapshot::parse("10:20:12,15").unwrap();
-        assert_eq!(
-            s,
-            Snapshot {
-                xmin: 10,
-                xmax: 20,
-                xip: vec![12, 15]
-            }
-        );
+        assert_eq!(s, Snapshot { xmin: 10, xmax: 20, xip: vec![12, 15] });
         assert_eq!(s.to_string(), "10:20:12,15");
         assert_eq!(Snapshot::parse("5:5:").unwrap().xip, Vec::<u64>::new());
         assert!(Snapshot::parse("5:4:").is_err());

@@ -58,15 +58,11 @@ impl VersionVector {
         for pair in flat.chunks_exact(2) {
             let (node, count) = (pair[0], pair[1]);
             if count <= 0 {
-                return Err(VvError(format!(
-                    "version vector counter {count} for node {node} is not positive"
-                )));
+                return Err(VvError(format!("version vector counter {count} for node {node} is not positive")));
             }
             if let Some(&(last, _)) = entries.last() {
                 if node <= last {
-                    return Err(VvError(format!(
-                        "version vector node ids not strictly increasing at {node}"
-                    )));
+                    return Err(VvError(format!("version vector node ids not strictly increasing at {node}")));
                 }
             }
             entries.push((node, count));
@@ -91,11 +87,7 @@ impl VersionVector {
         }
         let flat = inner
             .split(',')
-            .map(|s| {
-                s.trim()
-                    .parse::<i64>()
-                    .map_err(|e| VvError(format!("bad element {s:?}: {e}")))
-            })
+            .map(|s| s.trim().parse::<i64>().map_err(|e| VvError(format!("bad element {s:?}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         Self::from_flat(&flat)
     }

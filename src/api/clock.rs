@@ -15,13 +15,8 @@ fn hlc_now() -> i64 {
 #[pg_extern(immutable, parallel_safe, strict)]
 fn hlc_to_timestamptz(hlc: i64) -> TimestampWithTimeZone {
     let unix_us = mmr_core::hlc::millis(hlc.max(0) as u64) as i64 * 1000;
-    TimestampWithTimeZone::try_from(unix_us - PG_EPOCH_OFFSET_US).unwrap_or_else(|_| {
-        MmrError::InvalidName {
-            what: "stamp",
-            name: hlc.to_string(),
-        }
-        .raise()
-    })
+    TimestampWithTimeZone::try_from(unix_us - PG_EPOCH_OFFSET_US)
+        .unwrap_or_else(|_| MmrError::InvalidName { what: "stamp", name: hlc.to_string() }.raise())
 }
 
 /// Advances this node's clock past `stamp`, as receiving a change stamped `stamp` does.

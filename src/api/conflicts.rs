@@ -5,11 +5,11 @@
 //! and the decision is inserted into `mmr.resolution_log`, which replicates in the same
 //! transaction; its trigger marks the conflict resolved on every node.
 
-use crate::apply::table::columns;
 use crate::catalog;
 use crate::error::{MmrError, OrRaise, Result};
+use crate::rowsql;
 use pgrx::prelude::*;
-use pgrx::spi::{quote_identifier, SpiClient};
+use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 
 fn internal(e: impl std::fmt::Display) -> MmrError {
@@ -53,9 +53,17 @@ fn resolve(id: i64, choice: Option<&str>, row: Option<serde_json::Value>) -> Res
         client
             .update(
                 "INSERT INTO mmr.resolution_log (tbl, pk, upto_hlc, choice, resolved_on) \
-                 SELECT $1, $2, greatest($3, (SELECT max(q.hlc) FROM mmr.queue q WHERE q.xid = pg_current_xact_id())), $4, $5",
+                 VALUES ($1, $2, greatest($3, $6), $4, $5)",
                 None,
-                &[p.tbl.as_str().into(), JsonB(p.pk.clone()).into(), p.upto.into(), label.as_str().into(), me.name.as_str().into()],
+                &[
+                    p.tbl.as_str().into(),
+                    JsonB(p.pk.clone()).into(),
+                    p.upto.into(),
+                    label.as_str().into(),
+                    me.name.as_str().into(),
+                    // At least every stamp this node has written, the decision's included.
+                    crate::clock::current().into(),
+                ],
             )
             .map_err(internal)?;
         Ok(())
@@ -101,10 +109,7 @@ fn replicated_relid(client: &SpiClient<'_>, tbl: &str) -> Result<pg_sys::Oid> {
     if rows.is_empty() {
         return Err(MmrError::NotReplicated(tbl.into()));
     }
-    rows.first()
-        .get::<pg_sys::Oid>(1)
-        .map_err(internal)?
-        .ok_or_else(|| MmrError::NotReplicated(tbl.into()))
+    rows.first().get::<pg_sys::Oid>(1).map_err(internal)?.ok_or_else(|| MmrError::NotReplicated(tbl.into()))
 }
 
 /// Makes the key hold `chosen` (NULL = deleted) through ordinary writes, which the
@@ -116,57 +121,33 @@ fn write(
     pk: &serde_json::Value,
     chosen: Option<&serde_json::Value>,
 ) -> Result<()> {
-    let keys: Vec<String> = crate::capture::meta::primary_key(relid)?
-        .into_iter()
-        .map(|(_, _, n)| quote_identifier(n))
-        .collect();
-    let key_match = format!(
-        "({}) = (SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{tbl}, $1) r)",
-        keys.iter().map(|k| format!("x.{k}")).collect::<Vec<_>>().join(", "),
-        keys.iter().map(|k| format!("r.{k}")).collect::<Vec<_>>().join(", ")
-    );
+    let shape = rowsql::shape(client, relid, tbl)?;
     let Some(row) = chosen else {
         client
-            .update(
-                &format!("DELETE FROM {tbl} x WHERE {key_match}"),
-                None,
-                &[JsonB(pk.clone()).into()],
-            )
+            .update(&format!("DELETE FROM {tbl} x WHERE {}", shape.key_match("$1")), None, &[JsonB(pk.clone()).into()])
             .map_err(internal)?;
         return Ok(());
     };
-    let (cols, identity_always) = columns(client, relid)?;
-    let settable: Vec<&String> = cols
-        .iter()
-        .filter(|c| !keys.contains(c) && !identity_always.contains(c))
-        .collect();
-    let overriding = if identity_always.is_empty() {
-        ""
-    } else {
-        "OVERRIDING SYSTEM VALUE"
-    };
+    let cols: Vec<&rowsql::Col> = shape.image_cols().collect();
+    let settable: Vec<&&rowsql::Col> =
+        cols.iter().filter(|c| !shape.pk.contains(&c.ident) && !c.identity_always).collect();
+    let overriding = if cols.iter().any(|c| c.identity_always) { "OVERRIDING SYSTEM VALUE" } else { "" };
     let on_conflict = if settable.is_empty() {
         "DO NOTHING".to_string()
     } else {
         format!(
             "DO UPDATE SET ({}) = ROW({})",
-            settable.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
-            settable
-                .iter()
-                .map(|c| format!("excluded.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            settable.iter().map(|c| c.ident.as_str()).collect::<Vec<_>>().join(", "),
+            settable.iter().map(|c| format!("excluded.{}", c.ident)).collect::<Vec<_>>().join(", ")
         )
     };
     let sql = format!(
-        "INSERT INTO {tbl} ({cols}) {overriding} SELECT {rcols} FROM pg_catalog.jsonb_populate_record(NULL::{tbl}, $1) r \
-         ON CONFLICT ({keys}) {on_conflict}",
-        cols = cols.join(", "),
-        rcols = cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
-        keys = keys.join(", "),
+        "INSERT INTO {tbl} ({cols}) {overriding} SELECT {rcols} FROM {src} ON CONFLICT ({keys}) {on_conflict}",
+        cols = cols.iter().map(|c| c.ident.as_str()).collect::<Vec<_>>().join(", "),
+        rcols = cols.iter().map(|c| format!("r.{}", c.ident)).collect::<Vec<_>>().join(", "),
+        src = shape.source("$1"),
+        keys = shape.pk.join(", "),
     );
-    client
-        .update(&sql, None, &[JsonB(row.clone()).into()])
-        .map_err(internal)?;
+    client.update(&sql, None, &[JsonB(row.clone()).into()]).map_err(internal)?;
     Ok(())
 }

@@ -12,20 +12,14 @@ fn init_node(name: &str, node_id: i32) {
 
 fn init(name: &str, node_id: i32) -> Result<()> {
     if !catalog::valid_name(name) {
-        return Err(MmrError::InvalidName {
-            what: "node",
-            name: name.into(),
-        });
+        return Err(MmrError::InvalidName { what: "node", name: name.into() });
     }
     if !(1..=1023).contains(&node_id) {
         return Err(MmrError::InvalidNodeId(node_id));
     }
     catalog::forget_node_identity();
     if let Some(existing) = catalog::node_identity() {
-        return Err(MmrError::NodeAlreadyInitialized {
-            name: existing.name,
-            node_id: existing.node_id,
-        });
+        return Err(MmrError::NodeAlreadyInitialized { name: existing.name, node_id: existing.node_id });
     }
     if Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1)", &[name.into()])
         .ok()
@@ -34,11 +28,8 @@ fn init(name: &str, node_id: i32) -> Result<()> {
     {
         return Err(MmrError::PeerIsSelf(name.into()));
     }
-    Spi::run_with_args(
-        "INSERT INTO mmr.node (name, node_id) VALUES ($1, $2)",
-        &[name.into(), node_id.into()],
-    )
-    .map_err(|e| MmrError::Internal(e.to_string()))?;
+    Spi::run_with_args("INSERT INTO mmr.node (name, node_id) VALUES ($1, $2)", &[name.into(), node_id.into()])
+        .map_err(|e| MmrError::Internal(e.to_string()))?;
     catalog::forget_node_identity();
     Ok(())
 }

@@ -26,10 +26,7 @@ fn add_peer(name: &str, conninfo: &str) {
 fn add(name: &str, conninfo: &str) -> Result<()> {
     let me = catalog::require_node()?;
     if !catalog::valid_name(name) {
-        return Err(MmrError::InvalidName {
-            what: "peer",
-            name: name.into(),
-        });
+        return Err(MmrError::InvalidName { what: "peer", name: name.into() });
     }
     if name == me.name {
         return Err(MmrError::PeerIsSelf(name.into()));
@@ -38,11 +35,8 @@ fn add(name: &str, conninfo: &str) -> Result<()> {
         return Err(MmrError::PeerExists(name.into()));
     }
     conninfo::parse(conninfo).map_err(MmrError::BadConninfo)?;
-    Spi::run_with_args(
-        "INSERT INTO mmr.peer (name, conninfo) VALUES ($1, $2)",
-        &[name.into(), conninfo.into()],
-    )
-    .map_err(internal)?;
+    Spi::run_with_args("INSERT INTO mmr.peer (name, conninfo) VALUES ($1, $2)", &[name.into(), conninfo.into()])
+        .map_err(internal)?;
     Spi::run_with_args("INSERT INTO mmr.peer_progress (peer) VALUES ($1)", &[name.into()]).map_err(internal)?;
     crate::xact::note_peers_changed();
     Ok(())
@@ -69,11 +63,8 @@ fn set_paused(name: &str, paused: bool) -> Result<()> {
     if !peer_exists(name)? {
         return Err(MmrError::UnknownPeer(name.into()));
     }
-    Spi::run_with_args(
-        "UPDATE mmr.peer SET paused = $2 WHERE name = $1",
-        &[name.into(), paused.into()],
-    )
-    .map_err(internal)?;
+    Spi::run_with_args("UPDATE mmr.peer SET paused = $2 WHERE name = $1", &[name.into(), paused.into()])
+        .map_err(internal)?;
     crate::xact::note_peers_changed();
     Ok(())
 }
@@ -114,9 +105,7 @@ fn _peer_status() -> TableIterator<
     let rows: Vec<_> = crate::shmem::peer_statuses()
         .into_iter()
         .map(|s| {
-            let contact = (s.last_contact != 0)
-                .then(|| TimestampWithTimeZone::try_from(s.last_contact).ok())
-                .flatten();
+            let contact = (s.last_contact != 0).then(|| TimestampWithTimeZone::try_from(s.last_contact).ok()).flatten();
             (
                 s.name,
                 s.pid,

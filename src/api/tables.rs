@@ -74,10 +74,7 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
         .map_err(internal)?
         .unwrap_or(false);
         if exists {
-            return Err(MmrError::ReservedColumn {
-                tbl: name.into(),
-                column: column.into(),
-            });
+            return Err(MmrError::ReservedColumn { tbl: name.into(), column: column.into() });
         }
     }
     Ok(())
@@ -89,10 +86,7 @@ pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
     let shown = Spi::get_one_with_args::<String>("SELECT $1::pg_catalog.regprocedure::text", &[resolver.into()])
         .map_err(internal)?
         .unwrap_or_else(|| u32::from(resolver).to_string());
-    let bad = |problem: String| MmrError::BadResolver {
-        resolver: shown.clone(),
-        problem,
-    };
+    let bad = |problem: String| MmrError::BadResolver { resolver: shown.clone(), problem };
     let row = Spi::connect(|c| {
         let t = c.select(
             "SELECT p.prokind::text, p.proretset, p.prorettype::regtype::text, \

@@ -33,36 +33,43 @@ pub struct Change {
     pub old_row: Option<String>,
 }
 
+/// One change as encoded by the capture trigger (see `capture::enqueue`).
+#[derive(serde::Deserialize)]
+struct Encoded<'a> {
+    t: String,
+    o: char,
+    h: i64,
+    v: Vec<i64>,
+    #[serde(borrow)]
+    n: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    p: Option<&'a serde_json::value::RawValue>,
+}
+
 impl Change {
-    /// From a `mmr.pull` row: kind, xid, tbl, op, hlc, vv, new_row, old_row, meta.
-    pub fn from_row(row: &[Option<String>]) -> Result<Change> {
-        let col = |i: usize| row.get(i).cloned().flatten();
-        let need = |i: usize, what: &str| col(i).ok_or_else(|| internal(format!("change without {what}")));
-        let op_text = need(3, "op")?;
-        let op = op_text
-            .chars()
-            .next()
-            .and_then(Op::from_code)
-            .ok_or_else(|| internal(format!("bad op {op_text}")))?;
-        Ok(Change {
-            tbl: need(2, "table")?,
-            op,
-            hlc: need(4, "hlc")?.parse().map_err(internal)?,
-            vv: VersionVector::parse_pg_array(&need(5, "version vector")?).map_err(internal)?,
-            new_row: col(6),
-            old_row: col(7),
-        })
+    /// The changes of one queue row (a JSON array), in the order they were made.
+    pub fn parse_all(changes: &str) -> Result<Vec<Change>> {
+        let encoded: Vec<Encoded> =
+            serde_json::from_str(changes).map_err(|e| internal(format!("malformed queue row: {e}")))?;
+        encoded
+            .into_iter()
+            .map(|e| {
+                Ok(Change {
+                    op: Op::from_code(e.o).ok_or_else(|| internal(format!("bad op {}", e.o)))?,
+                    tbl: e.t,
+                    hlc: e.h,
+                    vv: VersionVector::from_flat(&e.v).map_err(internal)?,
+                    new_row: e.n.map(|r| r.get().to_string()),
+                    old_row: e.p.map(|r| r.get().to_string()),
+                })
+            })
+            .collect()
     }
 
     /// The row image that carries the key: the new row, or the old one for a delete.
     fn image(&self) -> Result<&str> {
-        let img = if self.op == Op::Delete {
-            &self.old_row
-        } else {
-            &self.new_row
-        };
-        img.as_deref()
-            .ok_or_else(|| internal(format!("{:?} change of {} without a row image", self.op, self.tbl)))
+        let img = if self.op == Op::Delete { &self.old_row } else { &self.new_row };
+        img.as_deref().ok_or_else(|| internal(format!("{:?} change of {} without a row image", self.op, self.tbl)))
     }
 }
 
@@ -123,10 +130,7 @@ fn jsonb_arg(text: &str) -> Result<Image> {
 
 impl Applier {
     pub fn new(peer_node: i32) -> Applier {
-        Applier {
-            peer_node,
-            stats: Stats::default(),
-        }
+        Applier { peer_node, stats: Stats::default() }
     }
 
     /// Applies one change (in the caller's transaction).
@@ -137,11 +141,7 @@ impl Applier {
         Spi::connect_mut(|client| {
             let t = table::lookup(client, &ch.tbl)?;
             let image = jsonb_arg(ch.image()?)?;
-            let remote = Version {
-                hlc: ch.hlc,
-                node: self.peer_node,
-                vv: ch.vv.clone(),
-            };
+            let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
             // A local transaction can insert the key between our look and our write
             // (an absent key cannot be locked). Our insert then waits for it and finds
             // the key taken: we look again, now with its row in view.
@@ -179,19 +179,11 @@ impl Applier {
             let node: i32 = r.get(2).map_err(internal)?.unwrap_or(0);
             let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default())
                 .map_err(|e| internal(format!("{}: damaged mmr_vv: {e}", t.name)))?;
-            return Ok(Held {
-                local: Local::Row(Version { hlc, node, vv }),
-                horizon: horizon_of(node, hlc),
-            });
+            return Ok(Held { local: Local::Row(Version { hlc, node, vv }), horizon: horizon_of(node, hlc) });
         }
-        let rows = client
-            .update(&t.lock_tombstone, Some(1), &[image.arg()])
-            .map_err(internal)?;
+        let rows = client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
         if rows.is_empty() {
-            return Ok(Held {
-                local: Local::Absent,
-                horizon: VersionVector::new(),
-            });
+            return Ok(Held { local: Local::Absent, horizon: VersionVector::new() });
         }
         let r = rows.first();
         let flat = |i: usize| -> Result<VersionVector> {
@@ -203,10 +195,7 @@ impl Applier {
             node: r.get(2).map_err(internal)?.unwrap_or(0),
             vv: flat(3)?,
         };
-        Ok(Held {
-            local: Local::Tombstone(version),
-            horizon: flat(4)?,
-        })
+        Ok(Held { local: Local::Tombstone(version), horizon: flat(4)? })
     }
 
     /// Writes the remote version as it is: it causally follows whatever is here.
@@ -220,14 +209,7 @@ impl Applier {
     ) -> Result<Written> {
         let stamp = (ch.hlc, self.peer_node, &ch.vv);
         if ch.op == Op::Delete {
-            write_delete(
-                client,
-                t,
-                image,
-                stamp,
-                &horizon_of(self.peer_node, ch.hlc),
-                &held.local,
-            )
+            write_delete(client, t, image, stamp, &horizon_of(self.peer_node, ch.hlc), &held.local)
         } else {
             write_row(client, t, image, stamp, &held.local)
         }
@@ -261,35 +243,19 @@ impl Applier {
                     let w = write_result(client, t, image, result.as_deref(), c, &horizon, &held.local)?;
                     (w, if deferred { "pending" } else { "merged" }, name.as_str(), None)
                 }
-                Err(msg) => (
-                    write_lww(client, t, ch, image, held, c, &horizon)?,
-                    "lww_fallback",
-                    name.as_str(),
-                    Some(msg),
-                ),
+                Err(msg) => {
+                    (write_lww(client, t, ch, image, held, c, &horizon)?, "lww_fallback", name.as_str(), Some(msg))
+                }
             },
             _ => {
-                let res = if c.winner == Side::Remote {
-                    "remote_wins"
-                } else {
-                    "local_wins"
-                };
-                (
-                    write_lww(client, t, ch, image, held, c, &horizon)?,
-                    res,
-                    "last_write_wins",
-                    None,
-                )
+                let res = if c.winner == Side::Remote { "remote_wins" } else { "local_wins" };
+                (write_lww(client, t, ch, image, held, c, &horizon)?, res, "last_write_wins", None)
             }
         };
         if written == Written::Raced {
             return Ok(written);
         }
-        let remote_row = if ch.op == Op::Delete {
-            None
-        } else {
-            ch.new_row.as_deref()
-        };
+        let remote_row = if ch.op == Op::Delete { None } else { ch.new_row.as_deref() };
         record_conflict(
             client,
             t,
@@ -335,9 +301,7 @@ fn write_lww(
         (Side::Remote, _, local) => write_row(client, t, image, stamp, local)?,
         // The local version stays; it has now seen the remote one.
         (Side::Local, _, Local::Row(_)) => {
-            client
-                .update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()])
-                .map_err(internal)?;
+            client.update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()]).map_err(internal)?;
             Written::Done
         }
         (Side::Local, _, _) => {
@@ -396,10 +360,7 @@ fn call_resolver(
         Some(o) => Some(jsonb_arg(o).map_err(|e| e.to_string())?),
         None => None,
     };
-    let opt = |i: Option<Image>| {
-        i.map(Image::arg)
-            .unwrap_or_else(|| DatumWithOid::null_oid(pg_sys::JSONBOID))
-    };
+    let opt = |i: Option<Image>| i.map(Image::arg).unwrap_or_else(|| DatumWithOid::null_oid(pg_sys::JSONBOID));
     DEFERRED.with(|d| d.set(false));
     let result = crate::subxact::run(|| {
         let rows = client
@@ -460,9 +421,7 @@ fn write_row(
         return Ok(Written::Raced);
     }
     if let Local::Tombstone(_) = local {
-        client
-            .update(&t.delete_tombstone, None, &[image.arg()])
-            .map_err(internal)?;
+        client.update(&t.delete_tombstone, None, &[image.arg()]).map_err(internal)?;
     }
     Ok(Written::Done)
 }
@@ -514,13 +473,7 @@ fn put_tombstone(
         .update(
             &t.put_tombstone,
             None,
-            &[
-                image.arg(),
-                hlc.into(),
-                node.into(),
-                vv.to_flat().into(),
-                horizon.to_flat().into(),
-            ],
+            &[image.arg(), hlc.into(), node.into(), vv.to_flat().into(), horizon.to_flat().into()],
         )
         .map_err(internal)?;
     Ok(())
@@ -531,11 +484,7 @@ fn row_json(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<
     if rows.is_empty() {
         return Ok(None);
     }
-    Ok(rows
-        .first()
-        .get::<pgrx::JsonB>(1)
-        .map_err(internal)?
-        .map(|j| j.0.to_string()))
+    Ok(rows.first().get::<pgrx::JsonB>(1).map_err(internal)?.map(|j| j.0.to_string()))
 }
 
 /// A row of `mmr.conflicts`.

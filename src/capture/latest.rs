@@ -33,13 +33,7 @@ impl LatestPlan {
         let mut values: Vec<pg_sys::Datum> = args.iter().map(|(d, _)| d.unwrap_or(pg_sys::Datum::from(0))).collect();
         let nulls: Vec<std::ffi::c_char> = args
             .iter()
-            .map(|(d, _)| {
-                if d.is_some() {
-                    b' ' as std::ffi::c_char
-                } else {
-                    b'n' as std::ffi::c_char
-                }
-            })
+            .map(|(d, _)| if d.is_some() { b' ' as std::ffi::c_char } else { b'n' as std::ffi::c_char })
             .collect();
         // SAFETY: the plan was prepared with these argument types; SPI_tuptable is read
         // right after the call, inside the caller's SPI connection.

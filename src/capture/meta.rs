@@ -1,9 +1,11 @@
 //! What the capture triggers need to know about a replicated table, cached per backend:
-//! attribute numbers of the mmr columns, the primary key, and prepared statements.
+//! attribute numbers of the mmr columns, the primary key, how to encode its rows, and
+//! prepared statements for tombstones.
 //!
 //! Entries are rebuilt after PostgreSQL invalidates the table (see `relcache.rs`), so a
 //! cached attribute number is never used against a changed table.
 
+use super::encode::Column;
 use super::latest::LatestPlan;
 use crate::error::{MmrError, Result};
 use crate::relcache::RelCache;
@@ -15,15 +17,15 @@ use std::rc::Rc;
 pub struct TableMeta {
     /// `"schema"."table"`: the table's identity across nodes.
     pub name: String,
-    /// The table's composite type, for passing whole rows to SQL.
-    pub rowtype: pg_sys::Oid,
+    /// The same as a JSON string, for the queue.
+    pub name_json: String,
+    /// How to encode a row.
+    pub columns: Vec<Column>,
     pub att_hlc: i32,
     pub att_node: i32,
     pub att_vv: i32,
     /// Primary-key columns: attribute number, type, name (in key order).
     pub pk: Vec<(i32, pg_sys::Oid, String)>,
-    /// INSERT INTO mmr.queue (...): $1 op, $2 hlc, $3 vv, $4 new row, $5 old row.
-    pub enqueue: OwnedPreparedStatement,
     /// Removes and returns the tombstone of a key: $1.. the key columns.
     pub take_tombstone: LatestPlan,
     /// Whether the key has a tombstone: $1.. the key columns.
@@ -36,11 +38,16 @@ thread_local! {
     static CACHE: RelCache<pg_sys::Oid, TableMeta> = RelCache::new();
 }
 
-/// The cached metadata of `rel`, building it (inside the caller's SPI connection) if needed.
-pub fn lookup(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<Rc<TableMeta>> {
+/// The cached metadata of `rel`, building it (with its own SPI connection) if needed.
+pub fn lookup(rel: pg_sys::Relation) -> Result<Rc<TableMeta>> {
     // SAFETY: the trigger manager hands us an open relation.
     let relid = unsafe { (*rel).rd_id };
-    CACHE.with(|c| c.get_or_build(&relid, || build(client, rel).map(|m| (relid, m))))
+    CACHE.with(|c| {
+        c.get_or_build(&relid, || {
+            let _su = super::AsSuperuser::enter();
+            Spi::connect(|client| build(client, rel)).map(|m| (relid, m))
+        })
+    })
 }
 
 fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i32> {
@@ -59,7 +66,7 @@ fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i32> {
 
 fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     // SAFETY: open relation from the trigger manager.
-    let (relid, rowtype) = unsafe { ((*rel).rd_id, (*(*rel).rd_rel).reltype) };
+    let relid = unsafe { (*rel).rd_id };
     let name = qualified_name(relid)?;
     let missing = |c: &str| MmrError::Internal(format!("replicated table {name} has no column {c}"));
     let att_hlc = attnum(rel, "mmr_hlc").ok_or_else(|| missing("mmr_hlc"))?;
@@ -84,20 +91,6 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
             .map(|p| p.keep())
             .map_err(|e| MmrError::Internal(format!("preparing capture statement for {name}: {e}")))
     };
-    let enqueue = prepare(
-        format!(
-            "INSERT INTO mmr.queue (tbl, op, hlc, vv, new_row, old_row) \
-             VALUES ({}, $1, $2, $3, pg_catalog.to_jsonb($4), pg_catalog.to_jsonb($5))",
-            pgrx::spi::quote_literal(&name)
-        ),
-        vec![
-            PgOid::from(pg_sys::CHAROID),
-            PgOid::from(pg_sys::INT8OID),
-            PgOid::from(pg_sys::INT8ARRAYOID),
-            PgOid::from(rowtype),
-            PgOid::from(rowtype),
-        ],
-    )?;
     let latest = |sql: String| -> Result<LatestPlan> {
         LatestPlan::prepare(&sql, &pk_types).map_err(|e| MmrError::Internal(format!("{name}: {e}")))
     };
@@ -111,11 +104,8 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         u32::from(relid),
         key_expr(1)
     ))?;
-    let mut put_types = vec![
-        PgOid::from(pg_sys::INT8OID),
-        PgOid::from(pg_sys::INT4OID),
-        PgOid::from(pg_sys::INT8ARRAYOID),
-    ];
+    let mut put_types =
+        vec![PgOid::from(pg_sys::INT8OID), PgOid::from(pg_sys::INT4OID), PgOid::from(pg_sys::INT8ARRAYOID)];
     put_types.extend(pk_types);
     let put_tombstone = prepare(
         format!(
@@ -129,14 +119,18 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         ),
         put_types,
     )?;
+    let mut name_json = String::new();
+    mmr_core::json::push_json_string(&mut name_json, &name);
+    // SAFETY: rel is open.
+    let columns = unsafe { super::encode::columns(rel) };
     Ok(TableMeta {
         name,
-        rowtype,
+        name_json,
+        columns,
         att_hlc,
         att_node,
         att_vv,
         pk,
-        enqueue,
         take_tombstone,
         probe_tombstone,
         put_tombstone,

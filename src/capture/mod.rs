@@ -6,14 +6,17 @@
 //!   entry incremented. For a new key the previous version is the key's tombstone, if it
 //!   was deleted before: a re-inserted key continues the deleted row's history, otherwise
 //!   peers holding the tombstone would judge the new row stale.
-//! * `mmr.capture()` (AFTER INSERT OR UPDATE OR DELETE) writes the change to `mmr.queue`
-//!   in the same transaction, and a tombstone for deletes. A primary-key update is a
-//!   delete of the old key plus an insert of the new one.
+//! * `mmr.capture()` (AFTER INSERT OR UPDATE OR DELETE) encodes the change and adds it
+//!   to the transaction's buffer, which is written to `mmr.queue` at commit (see
+//!   `buffer.rs`); deletes also leave a tombstone. A primary-key update is a delete of
+//!   the old key plus an insert of the new one.
 //!
 //! Both fire only for local writes: the apply worker runs with
 //! `session_replication_role = replica`, which skips ordinary triggers, so applied
 //! changes are never captured again.
 
+pub mod buffer;
+mod encode;
 mod latest;
 pub mod meta;
 
@@ -24,7 +27,6 @@ use meta::TableMeta;
 use mmr_core::vv::VersionVector;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 
 /// Runs SPI work as the bootstrap superuser: a replicated table is written by ordinary
 /// roles, but the queue and tombstones are not theirs to touch. Restored on drop (and
@@ -100,11 +102,7 @@ unsafe fn row_vv(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTup
 /// As for [`attr`].
 unsafe fn row_hlc(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> i64 {
     // SAFETY: guaranteed by the caller; mmr_hlc is a bigint.
-    unsafe {
-        attr(rel, tuple, meta.att_hlc)
-            .and_then(|d| i64::from_datum(d, false))
-            .unwrap_or(0)
-    }
+    unsafe { attr(rel, tuple, meta.att_hlc).and_then(|d| i64::from_datum(d, false)).unwrap_or(0) }
 }
 
 /// The primary-key values of a tuple as SPI arguments.
@@ -130,10 +128,7 @@ unsafe fn raw_key(
     tuple: pg_sys::HeapTuple,
 ) -> Vec<(Option<pg_sys::Datum>, pg_sys::Oid)> {
     // SAFETY: guaranteed by the caller.
-    meta.pk
-        .iter()
-        .map(|&(att, typ, _)| (unsafe { attr(rel, tuple, att) }, typ))
-        .collect()
+    meta.pk.iter().map(|&(att, typ, _)| (unsafe { attr(rel, tuple, att) }, typ)).collect()
 }
 
 /// A raw datum (or NULL) of type `typ` as an SPI argument.
@@ -186,10 +181,7 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
         let (pa, pb) = (a.cast_mut_ptr::<u8>(), b.cast_mut_ptr::<u8>());
         let bytes = |p: *mut u8| -> &[u8] {
             let v = pg_sys::pg_detoast_datum_packed(p as *mut pg_sys::varlena);
-            std::slice::from_raw_parts(
-                pgrx::varlena::vardata_any(v) as *const u8,
-                pgrx::varlena::varsize_any_exhdr(v),
-            )
+            std::slice::from_raw_parts(pgrx::varlena::vardata_any(v) as *const u8, pgrx::varlena::varsize_any_exhdr(v))
         };
         match len {
             n if n > 0 => std::slice::from_raw_parts(pa, n as usize) == std::slice::from_raw_parts(pb, n as usize),
@@ -209,9 +201,7 @@ fn take_tombstone(meta: &TableMeta, key: &[(Option<pg_sys::Datum>, pg_sys::Oid)]
         .run(key)
         .map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
     // SAFETY: the returned datum is a bigint[] in the SPI connection's memory.
-    let flat = vv
-        .and_then(|d| unsafe { Vec::<i64>::from_datum(d, false) })
-        .unwrap_or_default();
+    let flat = vv.and_then(|d| unsafe { Vec::<i64>::from_datum(d, false) }).unwrap_or_default();
     VersionVector::from_flat(&flat)
         .map_err(|e| MmrError::Internal(format!("{}: damaged tombstone vector: {e}", meta.name)))
 }
@@ -240,38 +230,39 @@ pub unsafe extern "C-unwind" fn mmr_stamp(fcinfo: pg_sys::FunctionCallInfo) -> p
     unsafe { stamp(trigger_data(fcinfo)).or_raise() }
 }
 
+/// Runs `f` with an SPI connection, as the bootstrap superuser.
+fn with_spi<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let _su = AsSuperuser::enter();
+    Spi::connect(|_| f())
+}
+
 unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
     let node = catalog::require_node()?.node_id;
     let is_insert = event_is(ev, pg_sys::TRIGGER_EVENT_INSERT);
     let new_tuple = if is_insert { td.tg_trigtuple } else { td.tg_newtuple };
-    let (meta, base) = Spi::connect_mut(|client| -> Result<_> {
-        let _su = AsSuperuser::enter();
-        let meta = meta::lookup(client, rel)?;
-        // SAFETY: trigger tuples of `rel`, valid during the trigger call.
-        let base = unsafe {
-            if is_insert || key_changed(rel, &meta, td.tg_trigtuple, td.tg_newtuple) {
-                take_tombstone(&meta, &raw_key(rel, &meta, new_tuple))?
-            } else {
-                row_vv(rel, &meta, td.tg_trigtuple)?
-            }
-        };
-        Ok((meta, base))
-    })?;
+    let meta = meta::lookup(rel)?;
+    // SAFETY: trigger tuples of `rel`, valid during the trigger call.
+    let base = unsafe {
+        if is_insert || key_changed(rel, &meta, td.tg_trigtuple, td.tg_newtuple) {
+            let key = raw_key(rel, &meta, new_tuple);
+            with_spi(|| take_tombstone(&meta, &key))?
+        } else {
+            row_vv(rel, &meta, td.tg_trigtuple)?
+        }
+    };
     let vv = base.incremented(node as i64);
     let hlc = clock::tick_for_write();
     let mut cols = [meta.att_hlc, meta.att_node, meta.att_vv];
     let mut values = [
         hlc.into_datum().unwrap(),
         node.into_datum().unwrap(),
-        vv.to_flat()
-            .into_datum()
-            .ok_or_else(|| MmrError::Internal("building mmr_vv".into()))?,
+        vv.to_flat().into_datum().ok_or_else(|| MmrError::Internal("building mmr_vv".into()))?,
     ];
     let mut nulls = [false; 3];
     // SAFETY: builds a modified copy of the trigger's new tuple in the current (per-tuple)
-    // memory context, outside the SPI connection, as the trigger manager expects.
+    // memory context, outside any SPI connection, as the trigger manager expects.
     let modified = unsafe {
         pg_sys::heap_modify_tuple_by_cols(
             new_tuple,
@@ -298,42 +289,32 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
     let node = catalog::require_node()?.node_id;
-    Spi::connect_mut(|client| -> Result<()> {
-        let _su = AsSuperuser::enter();
-        let meta = meta::lookup(client, rel)?;
-        // SAFETY: trigger tuples of `rel`, valid during the trigger call.
-        unsafe {
-            if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) {
-                let new = td.tg_trigtuple;
-                check_no_tombstone(&meta, &raw_key(rel, &meta, new))?;
-                enqueue(
-                    client,
-                    &meta,
-                    rel,
-                    'I',
-                    row_hlc(rel, &meta, new),
-                    &row_vv(rel, &meta, new)?,
-                    Some(new),
-                    None,
-                )?;
-            } else if event_is(ev, pg_sys::TRIGGER_EVENT_UPDATE) {
-                let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
-                let (hlc, vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
-                if key_changed(rel, &meta, old, new) {
-                    check_no_tombstone(&meta, &raw_key(rel, &meta, new))?;
-                    record_delete(client, &meta, rel, node, old)?;
-                    enqueue(client, &meta, rel, 'I', hlc, &vv, Some(new), None)?;
-                } else {
-                    enqueue(client, &meta, rel, 'U', hlc, &vv, Some(new), Some(old))?;
-                }
-            } else if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
-                record_delete(client, &meta, rel, node, td.tg_trigtuple)?;
+    let meta = meta::lookup(rel)?;
+    // SAFETY: trigger tuples of `rel`, valid during the trigger call.
+    unsafe {
+        if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) {
+            let new = td.tg_trigtuple;
+            let key = raw_key(rel, &meta, new);
+            with_spi(|| check_no_tombstone(&meta, &key))?;
+            enqueue(&meta, rel, 'I', row_hlc(rel, &meta, new), &row_vv(rel, &meta, new)?, Some(new), None)
+        } else if event_is(ev, pg_sys::TRIGGER_EVENT_UPDATE) {
+            let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
+            let (hlc, vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
+            if key_changed(rel, &meta, old, new) {
+                let key = raw_key(rel, &meta, new);
+                with_spi(|| check_no_tombstone(&meta, &key))?;
+                record_delete(&meta, rel, node, old)?;
+                enqueue(&meta, rel, 'I', hlc, &vv, Some(new), None)
+            } else {
+                // The common case needs no SPI at all: encode and buffer.
+                enqueue(&meta, rel, 'U', hlc, &vv, Some(new), Some(old))
             }
+        } else if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
+            record_delete(&meta, rel, node, td.tg_trigtuple)
+        } else {
+            Ok(())
         }
-        Ok(())
-    })?;
-    crate::xact::note_queued();
-    Ok(())
+    }
 }
 
 /// Queues the deletion of `old`'s key and leaves its tombstone. The deletion is a new
@@ -341,33 +322,28 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
 ///
 /// # Safety
 /// `old` must be a valid tuple of `rel`.
-unsafe fn record_delete(
-    client: &mut SpiClient<'_>,
-    meta: &TableMeta,
-    rel: pg_sys::Relation,
-    node: i32,
-    old: pg_sys::HeapTuple,
-) -> Result<()> {
+unsafe fn record_delete(meta: &TableMeta, rel: pg_sys::Relation, node: i32, old: pg_sys::HeapTuple) -> Result<()> {
     // SAFETY: guaranteed by the caller.
     let vv = unsafe { row_vv(rel, meta, old)? }.incremented(node as i64);
     let hlc = clock::tick_for_write();
     let mut args: Vec<DatumWithOid> = vec![hlc.into(), node.into(), vv.to_flat().into()];
     // SAFETY: guaranteed by the caller.
     args.extend(unsafe { key_args(rel, meta, old) });
-    client
-        .update(&meta.put_tombstone, None, &args)
-        .map_err(|e| MmrError::Internal(format!("writing tombstone of {}: {e}", meta.name)))?;
+    with_spi(|| {
+        Spi::connect_mut(|client| client.update(&meta.put_tombstone, None, &args).map(|_| ()))
+            .map_err(|e| MmrError::Internal(format!("writing tombstone of {}: {e}", meta.name)))
+    })?;
     // SAFETY: guaranteed by the caller.
-    unsafe { enqueue(client, meta, rel, 'D', hlc, &vv, None, Some(old)) }
+    unsafe { enqueue(meta, rel, 'D', hlc, &vv, None, Some(old)) }
 }
 
-/// Writes one change to `mmr.queue`.
+/// Encodes one change and adds it to the transaction's buffer (see `buffer.rs`):
+/// `{"t": table, "o": op, "h": stamp, "v": vector, "n": new row, "p": old row}`.
 ///
 /// # Safety
 /// `new`/`old` must be valid tuples of `rel`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn enqueue(
-    client: &mut SpiClient<'_>,
     meta: &TableMeta,
     rel: pg_sys::Relation,
     op: char,
@@ -376,25 +352,25 @@ unsafe fn enqueue(
     new: Option<pg_sys::HeapTuple>,
     old: Option<pg_sys::HeapTuple>,
 ) -> Result<()> {
-    // SAFETY: guaranteed by the caller; the composite datums are palloc'd copies in the
-    // SPI context, alive until the statement below has run.
-    let row = |t: Option<pg_sys::HeapTuple>| unsafe {
-        raw_arg(
-            t.map(|t| pg_sys::heap_copy_tuple_as_datum(t, (*rel).rd_att)),
-            meta.rowtype,
-        )
-    };
-    let args: Vec<DatumWithOid> = vec![
-        (op as u8 as i8).into(),
-        hlc.into(),
-        vv.to_flat().into(),
-        row(new),
-        row(old),
-    ];
-    client
-        .update(&meta.enqueue, None, &args)
-        .map_err(|e| MmrError::Internal(format!("queueing change of {}: {e}", meta.name)))?;
-    Ok(())
+    use std::fmt::Write;
+    let mut json = String::with_capacity(256);
+    json.push_str("{\"t\":");
+    json.push_str(&meta.name_json);
+    let flat: Vec<String> = vv.to_flat().iter().map(|v| v.to_string()).collect();
+    let _ = write!(json, ",\"o\":\"{op}\",\"h\":{hlc},\"v\":[{}]", flat.join(","));
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if let Some(t) = new {
+            json.push_str(",\"n\":");
+            encode::push_row(&mut json, rel, &meta.columns, t);
+        }
+        if let Some(t) = old {
+            json.push_str(",\"p\":");
+            encode::push_row(&mut json, rel, &meta.columns, t);
+        }
+    }
+    json.push('}');
+    buffer::push(json)
 }
 
 /// `mmr.refuse_truncate()`: BEFORE TRUNCATE statement trigger.

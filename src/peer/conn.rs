@@ -102,14 +102,8 @@ impl PeerConn {
                 params.push((k.to_string(), v.to_string()));
             }
         }
-        let keys: Vec<CString> = params
-            .iter()
-            .map(|(k, _)| CString::new(k.as_str()).unwrap_or_default())
-            .collect();
-        let vals: Vec<CString> = params
-            .iter()
-            .map(|(_, v)| CString::new(v.as_str()).unwrap_or_default())
-            .collect();
+        let keys: Vec<CString> = params.iter().map(|(k, _)| CString::new(k.as_str()).unwrap_or_default()).collect();
+        let vals: Vec<CString> = params.iter().map(|(_, v)| CString::new(v.as_str()).unwrap_or_default()).collect();
         let mut kp: Vec<*const std::ffi::c_char> = keys.iter().map(|k| k.as_ptr()).collect();
         let mut vp: Vec<*const std::ffi::c_char> = vals.iter().map(|v| v.as_ptr()).collect();
         kp.push(std::ptr::null());
@@ -120,10 +114,7 @@ impl PeerConn {
         if conn.is_null() {
             return Err("out of memory starting a connection".into());
         }
-        let pc = PeerConn {
-            conn,
-            read_timeout: Duration::from_secs(30),
-        };
+        let pc = PeerConn { conn, read_timeout: Duration::from_secs(30) };
         // SAFETY: conn is valid until pc is dropped.
         if unsafe { PQstatus(conn) } == ConnStatusType::CONNECTION_BAD {
             return Err(conn_error(conn));
@@ -160,10 +151,8 @@ impl PeerConn {
     pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), String> {
         let sql = CString::new(sql).map_err(|_| "query contains a zero byte".to_string())?;
         let vals: Vec<Option<CString>> = params.iter().map(|p| p.and_then(|s| CString::new(s).ok())).collect();
-        let ptrs: Vec<*const std::ffi::c_char> = vals
-            .iter()
-            .map(|v| v.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()))
-            .collect();
+        let ptrs: Vec<*const std::ffi::c_char> =
+            vals.iter().map(|v| v.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())).collect();
         // SAFETY: arrays of nparams entries that outlive the call.
         let ok = unsafe {
             PQsendQueryParams(
@@ -229,10 +218,7 @@ impl PeerConn {
                     ExecStatusType::PGRES_SINGLE_TUPLE => Some(Ok(read_row(res))),
                     ExecStatusType::PGRES_TUPLES_OK | ExecStatusType::PGRES_COMMAND_OK => None,
                     _ => {
-                        let msg = CStr::from_ptr(PQresultErrorMessage(res))
-                            .to_string_lossy()
-                            .trim()
-                            .to_string();
+                        let msg = CStr::from_ptr(PQresultErrorMessage(res)).to_string_lossy().trim().to_string();
                         Some(Err(if msg.is_empty() { conn_error(self.conn) } else { msg }))
                     }
                 };

@@ -45,9 +45,8 @@ COMMENT ON VIEW mmr.peers IS
 -- transaction and in commit order: a transaction comes after every transaction it
 -- waited for, because it queued its last change after they committed.
 CREATE FUNCTION mmr.pull(consumer text, tick bigint, pos pg_snapshot,
-                         max_changes integer DEFAULT 10000, wait_ms integer DEFAULT 1000)
-RETURNS TABLE (kind "char", xid xid8, tbl text, op "char", hlc bigint, vv bigint[],
-               new_row jsonb, old_row jsonb, meta jsonb)
+                         max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000)
+RETURNS TABLE (kind "char", xid xid8, changes text, meta jsonb)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -55,14 +54,13 @@ DECLARE
     to_snap pg_snapshot;
 BEGIN
     header := mmr._pull_begin(consumer, tick, pos::text, max_changes, wait_ms);
-    RETURN QUERY SELECT 'H'::"char", NULL::xid8, NULL::text, NULL::"char", NULL::bigint,
-                        NULL::bigint[], NULL::jsonb, NULL::jsonb, header;
+    RETURN QUERY SELECT 'H'::"char", NULL::xid8, NULL::text, header;
     IF header->>'to_snap' IS NULL THEN
         RETURN;
     END IF;
     to_snap := (header->>'to_snap')::pg_snapshot;
     RETURN QUERY
-        SELECT 'C'::"char", q.xid, q.tbl, q.op, q.hlc, q.vv, q.new_row, q.old_row, NULL::jsonb
+        SELECT 'C'::"char", q.xid, q.changes, NULL::jsonb
         FROM mmr.queue q
         WHERE q.xid < pg_snapshot_xmax(to_snap)
           AND pg_visible_in_snapshot(q.xid, to_snap)
@@ -71,7 +69,16 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) IS
-    'Called by peers: the next batch of this node''s changes after a position, in commit order.';
+    'Called by peers: the next batch of this node''s changes after a position, in commit order. '
+    'max_changes counts queue rows: transactions, or 1000-change chunks of large ones.';
+
+-- The queue, one row per change, for people.
+CREATE VIEW mmr.queued_changes AS
+SELECT q.id, q.xid, c.n AS seq, c.ch ->> 't' AS tbl, c.ch ->> 'o' AS op, (c.ch ->> 'h')::bigint AS hlc,
+       ARRAY(SELECT jsonb_array_elements_text(c.ch -> 'v')::bigint) AS vv,
+       c.ch -> 'n' AS new_row, c.ch -> 'p' AS old_row
+FROM mmr.queue q, jsonb_array_elements(q.changes::jsonb) WITH ORDINALITY AS c(ch, n);
+COMMENT ON VIEW mmr.queued_changes IS 'Changes written on this node that some peer has not applied yet, one row each.';
 
 -- Lets a (non-superuser) role serve changes to peers: all it can do is call mmr.pull.
 CREATE FUNCTION mmr.grant_pull(role regrole) RETURNS void

@@ -44,18 +44,16 @@ CREATE TABLE mmr.replicated_table (
 );
 COMMENT ON TABLE mmr.replicated_table IS 'Tables replicated by mmr (mmr.replicate) and their conflict resolver (NULL = last-write-wins).';
 
--- The change queue: one row per changed row, written by the capture trigger in the
--- writing transaction. Peers read it in commit order, by snapshots (see mmr.pull).
+-- The change queue: one row per writing transaction (or per 1000 changes of a large
+-- one), written at commit by the transaction itself. `changes` is a JSON array of
+-- {"t": table, "o": I|U|D, "h": stamp, "v": version vector, "n": new row, "p": old row}
+-- (see the view mmr.queued_changes). Peers read it in commit order, by snapshots.
 CREATE SEQUENCE mmr.queue_id_seq;
 CREATE TABLE mmr.queue (
     id bigint NOT NULL DEFAULT nextval('mmr.queue_id_seq'),
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    tbl text NOT NULL,
-    op "char" NOT NULL CHECK (op IN ('I', 'U', 'D')),
-    hlc bigint NOT NULL,
-    vv bigint[] NOT NULL,
-    new_row jsonb,
-    old_row jsonb
+    n_changes integer NOT NULL,
+    changes text NOT NULL
 );
 CREATE INDEX queue_xid_idx ON mmr.queue (xid);
 COMMENT ON TABLE mmr.queue IS 'Changes written on this node, kept until every peer has applied them.';

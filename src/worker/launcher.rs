@@ -25,11 +25,7 @@ struct Launcher {
 pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
     super::setup_signals();
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
-    let mut l = Launcher {
-        workers: HashMap::new(),
-        last_start: HashMap::new(),
-        last_housekeeping: Instant::now(),
-    };
+    let mut l = Launcher { workers: HashMap::new(), last_start: HashMap::new(), last_housekeeping: Instant::now() };
     loop {
         super::check_interrupts_and_reload();
         let seq = shmem::config_seq();
@@ -61,9 +57,7 @@ fn active_peers() -> Result<Option<Vec<String>>> {
     }
     Spi::connect(|c| {
         let rows = c.select("SELECT name FROM mmr.peer WHERE NOT paused ORDER BY name", None, &[])?;
-        rows.into_iter()
-            .map(|r| r.get::<String>(1).map(|n| n.unwrap_or_default()))
-            .collect::<Result<Vec<_>, _>>()
+        rows.into_iter().map(|r| r.get::<String>(1).map(|n| n.unwrap_or_default())).collect::<Result<Vec<_>, _>>()
     })
     .map(Some)
     .map_err(|e: pgrx::spi::SpiError| MmrError::Internal(e.to_string()))
@@ -74,12 +68,7 @@ impl Launcher {
         // Forget workers that have exited (crashed or stopped); they are restarted below.
         self.workers.retain(|_, w| w.pid().is_ok());
         let statuses = shmem::peer_statuses();
-        let running_pid = |name: &str| {
-            statuses
-                .iter()
-                .find(|s| s.name == name && super::alive(s.pid))
-                .map(|s| s.pid)
-        };
+        let running_pid = |name: &str| statuses.iter().find(|s| s.name == name && super::alive(s.pid)).map(|s| s.pid);
 
         // Stop workers of removed or paused peers (also ones a previous launcher started).
         for s in &statuses {

@@ -57,9 +57,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
     // SAFETY: reading our own pid.
     let me_pid = unsafe { pg_sys::MyProcPid };
     // Another worker may already serve this peer (started by an earlier launcher).
-    let other = shmem::peer_statuses()
-        .into_iter()
-        .find(|s| s.name == peer && s.pid != me_pid && super::alive(s.pid));
+    let other = shmem::peer_statuses().into_iter().find(|s| s.name == peer && s.pid != me_pid && super::alive(s.pid));
     if other.is_some() {
         return;
     }
@@ -85,13 +83,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
             return;
         }
     };
-    Worker {
-        peer,
-        me,
-        position: None,
-        last_idle_store: None,
-    }
-    .run();
+    Worker { peer, me, position: None, last_idle_store: None }.run();
 }
 
 fn report_error(peer: &str, state: &str, err: &str) {
@@ -116,14 +108,8 @@ enum Stop {
 impl From<MmrError> for Stop {
     fn from(e: MmrError) -> Stop {
         match e {
-            MmrError::ClockSkew { .. } => Stop::Failed {
-                state: "held_back",
-                error: e.to_string(),
-            },
-            e => Stop::Failed {
-                state: "error",
-                error: e.to_string(),
-            },
+            MmrError::ClockSkew { .. } => Stop::Failed { state: "held_back", error: e.to_string() },
+            e => Stop::Failed { state: "error", error: e.to_string() },
         }
     }
 }
@@ -155,24 +141,13 @@ impl Worker {
         let app = format!("mmr {} from {}", self.me.name, self.peer);
         let mut conn = match PeerConn::connect(&cfg.conninfo, &app, gucs::connect_timeout()) {
             Ok(c) => c,
-            Err(e) => {
-                return Stop::Failed {
-                    state: "error",
-                    error: format!("cannot connect: {e}"),
-                }
-            }
+            Err(e) => return Stop::Failed { state: "error", error: format!("cannot connect: {e}") },
         };
         let poll_wait = gucs::poll_wait();
         conn.set_read_timeout(poll_wait + Duration::from_secs(30));
-        for setup in [
-            "SET default_transaction_isolation = 'read committed'",
-            "SET statement_timeout = 0",
-        ] {
+        for setup in ["SET default_transaction_isolation = 'read committed'", "SET statement_timeout = 0"] {
             if let Err(e) = conn.query(setup, &[]) {
-                return Stop::Failed {
-                    state: "error",
-                    error: e,
-                };
+                return Stop::Failed { state: "error", error: e };
             }
         }
         let mut wait = Duration::ZERO;
@@ -236,25 +211,13 @@ impl Worker {
         let batch = gucs::batch_size().to_string();
         let wait_ms = wait.as_millis().to_string();
         conn.send(
-            "SELECT kind, xid, tbl, op, hlc, vv, new_row, old_row, meta FROM mmr.pull($1, $2, $3, $4, $5)",
-            &[
-                Some(&self.me.name),
-                Some(&tick),
-                pos.snap.as_deref(),
-                Some(&batch),
-                Some(&wait_ms),
-            ],
+            "SELECT kind, xid, changes, meta FROM mmr.pull($1, $2, $3, $4, $5)",
+            &[Some(&self.me.name), Some(&tick), pos.snap.as_deref(), Some(&batch), Some(&wait_ms)],
         )
-        .map_err(|e| Stop::Failed {
-            state: "error",
-            error: e,
-        })?;
-        let header = match conn.next_row().map_err(|e| Stop::Failed {
-            state: "error",
-            error: e,
-        })? {
+        .map_err(|e| Stop::Failed { state: "error", error: e })?;
+        let header = match conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })? {
             Some(row) if row.first().cloned().flatten().as_deref() == Some("H") => {
-                let meta = row.get(8).cloned().flatten().unwrap_or_default();
+                let meta = row.get(3).cloned().flatten().unwrap_or_default();
                 serde_json::from_str::<Value>(&meta).map_err(internal)?
             }
             _ => return Err(internal("the peer's mmr.pull returned no header").into()),
@@ -263,24 +226,14 @@ impl Worker {
         let to_snap = header["to_snap"].as_str().map(String::from);
         let Some(to_snap) = to_snap else {
             // Caught up. Drain the (empty) rest of the result.
-            while conn
-                .next_row()
-                .map_err(|e| Stop::Failed {
-                    state: "error",
-                    error: e,
-                })?
-                .is_some()
-            {}
+            while conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })?.is_some() {}
             self.report_contact(&header, 0);
             self.store_idle_progress(&header)?;
             return Ok(0);
         };
         let to_tick = header["to_tick"].as_i64().unwrap_or(0);
         let applied = self.apply_batch(conn, &header, peer_node, to_tick, &to_snap)?;
-        self.position = Some(Position {
-            tick: to_tick,
-            snap: Some(to_snap),
-        });
+        self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
         Ok(applied.max(1))
     }
@@ -298,9 +251,7 @@ impl Worker {
             ));
         }
         if id == self.me.node_id {
-            return fail(format!(
-                "peer \"{name}\" has this node's node_id {id}; node ids must be unique in the group"
-            ));
+            return fail(format!("peer \"{name}\" has this node's node_id {id}; node ids must be unique in the group"));
         }
         match *node_id {
             Some(known) if known != id => {
@@ -310,11 +261,8 @@ impl Worker {
             None => {
                 let peer = self.peer.clone();
                 txn::run(move || {
-                    Spi::run_with_args(
-                        "UPDATE mmr.peer SET node_id = $2 WHERE name = $1",
-                        &[peer.into(), id.into()],
-                    )
-                    .map_err(internal)
+                    Spi::run_with_args("UPDATE mmr.peer SET node_id = $2 WHERE name = $1", &[peer.into(), id.into()])
+                        .map_err(internal)
                 })?;
                 *node_id = Some(id);
             }
@@ -349,17 +297,16 @@ impl Worker {
                         return Err(MmrError::Internal(e));
                     }
                 };
-                let ch = Change::from_row(&row)?;
-                let ahead = hlc::ahead_by_millis(ch.hlc.max(0) as u64, clock::wall_millis());
-                if ahead > skew_limit {
-                    return Err(MmrError::ClockSkew {
-                        ahead_ms: ahead,
-                        limit_ms: skew_limit,
-                    });
+                let changes = row.get(2).cloned().flatten().unwrap_or_default();
+                for ch in Change::parse_all(&changes)? {
+                    let ahead = hlc::ahead_by_millis(ch.hlc.max(0) as u64, clock::wall_millis());
+                    if ahead > skew_limit {
+                        return Err(MmrError::ClockSkew { ahead_ms: ahead, limit_ms: skew_limit });
+                    }
+                    applier.apply(&ch)?;
+                    max_hlc = max_hlc.max(ch.hlc);
+                    n += 1;
                 }
-                applier.apply(&ch)?;
-                max_hlc = max_hlc.max(ch.hlc);
-                n += 1;
             }
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
@@ -384,10 +331,7 @@ impl Worker {
         });
         match (result, net_error) {
             (Ok(n), _) => Ok(n),
-            (Err(_), Some(e)) => Err(Stop::Failed {
-                state: "error",
-                error: e,
-            }),
+            (Err(_), Some(e)) => Err(Stop::Failed { state: "error", error: e }),
             (Err(e), None) => Err(e.into()),
         }
     }

@@ -15,9 +15,8 @@ pub fn run<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let out = PgTryBuilder::new(AssertUnwindSafe(f))
-        .catch_others(|e| Err(MmrError::Internal(caught_message(&e))))
-        .execute();
+    let out =
+        PgTryBuilder::new(AssertUnwindSafe(f)).catch_others(|e| Err(MmrError::Internal(caught_message(&e)))).execute();
     // SAFETY: see above.
     unsafe {
         match out {

@@ -64,10 +64,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            conf: vec![],
-            init: true,
-        }
+        Options { conf: vec![], init: true }
     }
 }
 
@@ -83,11 +80,7 @@ pub struct Cluster {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }
@@ -100,11 +93,7 @@ fn as_postgres(program: &str) -> Command {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn workspace_target() -> PathBuf {
@@ -119,28 +108,16 @@ impl Cluster {
     }
 
     pub fn start_with(test: &str, n: usize, opts: Options) -> Cluster {
-        let root = workspace_target()
-            .join("mmr-clusters")
-            .join(format!("{test}-{}", std::process::id()));
+        let root = workspace_target().join("mmr-clusters").join(format!("{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         run(Command::new("chown").args(["-R", "postgres", root.to_str().unwrap()]));
-        let mut c = Cluster {
-            nodes: Vec::new(),
-            root: root.clone(),
-            links: Vec::new(),
-            keep: false,
-        };
+        let mut c = Cluster { nodes: Vec::new(), root: root.clone(), links: Vec::new(), keep: false };
         for i in 0..n {
             let dir = root.join(format!("n{}", i + 1));
             std::fs::create_dir_all(&dir).unwrap();
             run(Command::new("chown").args(["postgres", dir.to_str().unwrap()]));
-            let node = Node {
-                name: format!("n{}", i + 1),
-                node_id: i as i32 + 1,
-                port: free_port(),
-                dir,
-            };
+            let node = Node { name: format!("n{}", i + 1), node_id: i as i32 + 1, port: free_port(), dir };
             run(as_postgres("initdb").args([
                 "-D",
                 node.data().to_str().unwrap(),
@@ -178,8 +155,7 @@ impl Cluster {
                 let node = &c.nodes[i];
                 let mut db = node.connect();
                 db.batch_execute("CREATE EXTENSION mmr").unwrap();
-                db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id])
-                    .unwrap();
+                db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id]).unwrap();
             }
         }
         c
@@ -218,9 +194,7 @@ impl Cluster {
                 if i != j {
                     let conninfo = self.peer_conninfo(i, j);
                     let name = self.nodes[j].name.clone();
-                    self.connect(i)
-                        .execute("SELECT mmr.add_peer($1, $2)", &[&name, &conninfo])
-                        .unwrap();
+                    self.connect(i).execute("SELECT mmr.add_peer($1, $2)", &[&name, &conninfo]).unwrap();
                 }
             }
         }
@@ -298,24 +272,11 @@ impl Cluster {
     /// kill -9 of the postmaster and every process it started: a crash.
     pub fn kill9(&self, i: usize) {
         let pidfile = self.nodes[i].data().join("postmaster.pid");
-        let pid: u32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().lines().next().unwrap().trim().parse().unwrap();
         let children = children_of(pid);
-        let _ = Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(std::process::Stdio::null()).status();
         for c in children {
-            let _ = Command::new("kill")
-                .args(["-9", &c.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
+            let _ = Command::new("kill").args(["-9", &c.to_string()]).stderr(std::process::Stdio::null()).status();
         }
         // Wait until every process is gone before anyone restarts the node.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -340,10 +301,7 @@ impl Cluster {
                 }
             }
             if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting on {} for: {query} (last: {last})",
-                    self.nodes[i].name
-                );
+                panic!("timed out after {timeout:?} waiting on {} for: {query} (last: {last})", self.nodes[i].name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -354,36 +312,36 @@ impl Cluster {
     pub fn sync(&self, timeout: Duration) {
         for i in 0..self.len() {
             let secs = format!("{} s", timeout.as_secs());
-            let ok: bool = self
-                .connect(i)
-                .query_one("SELECT mmr.wait_for_peers($1::text::interval)", &[&secs])
-                .unwrap()
-                .get(0);
-            assert!(ok, "mmr.wait_for_peers timed out on {}", self.nodes[i].name);
+            let ok: bool =
+                self.connect(i).query_one("SELECT mmr.wait_for_peers($1::text::interval)", &[&secs]).unwrap().get(0);
+            if !ok {
+                let peers: Vec<String> = (0..self.len())
+                    .map(|j| {
+                        self.text(
+                            j,
+                            "SELECT coalesce(string_agg(format('%s: %s %s', name, state, coalesce(last_error, '')), '; '), '') \
+                             FROM mmr.peers",
+                        )
+                    })
+                    .collect();
+                panic!("mmr.wait_for_peers timed out on {}; peers: {peers:?}", self.nodes[i].name);
+            }
         }
     }
 
     /// Runs `sql` (one or more statements) on node `i`; panics with the server's message.
     pub fn exec(&self, i: usize, sql: &str) {
-        self.connect(i)
-            .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+        self.connect(i).batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
     }
 
     /// The bigint result of `sql` on node `i`.
     pub fn int(&self, i: usize, sql: &str) -> i64 {
-        self.connect(i)
-            .query_one(sql, &[])
-            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
-            .get(0)
+        self.connect(i).query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e))).get(0)
     }
 
     /// The text result of `sql` on node `i`.
     pub fn text(&self, i: usize, sql: &str) -> String {
-        self.connect(i)
-            .query_one(sql, &[])
-            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
-            .get(0)
+        self.connect(i).query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e))).get(0)
     }
 
     /// Creates a table with `ddl` on every node and replicates it.
@@ -424,11 +382,7 @@ impl Cluster {
             let text = std::fs::read_to_string(n.log_path()).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(300)..];
-            out.push_str(&format!(
-                "===== server log of {} (last {} lines) =====\n",
-                n.name,
-                tail.len()
-            ));
+            out.push_str(&format!("===== server log of {} (last {} lines) =====\n", n.name, tail.len()));
             for l in tail {
                 out.push_str(l);
                 out.push('\n');
@@ -487,11 +441,7 @@ impl Drop for Cluster {
 /// nodes hold the same data iff these are equal.
 pub fn table_image(db: &mut Client, table: &str) -> Vec<String> {
     let q = format!("SELECT t::text FROM {table} t ORDER BY 1");
-    db.query(&q, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect()
+    db.query(&q, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
 }
 
 /// Asserts every node holds identical rows (user and mmr columns) for `table`.

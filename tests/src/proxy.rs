@@ -38,11 +38,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(State {
-            mode: AtomicU8::new(OPEN),
-            stop: AtomicBool::new(false),
-            live: Mutex::new(vec![]),
-        });
+        let state =
+            Arc::new(State { mode: AtomicU8::new(OPEN), stop: AtomicBool::new(false), live: Mutex::new(vec![]) });
         let st = state.clone();
         thread::spawn(move || accept_loop(listener, target, st));
         Proxy { port, state }

@@ -21,10 +21,7 @@ fn seeds() -> Vec<u64> {
 
 /// How long the randomized writers run (MMR_CHAOS_SECS, default 30).
 fn chaos_secs() -> u64 {
-    std::env::var("MMR_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30)
+    std::env::var("MMR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
 }
 
 /// One random write (or small transaction) on a small key space. Errors such as
@@ -42,18 +39,11 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str) -> i64 {
     let k: i32 = rng.gen_range(1..=40);
     let v: i32 = rng.gen_range(0..1000);
     let r = match rng.gen_range(0..10) {
-        0..=2 => db
-            .execute("INSERT INTO kv VALUES ($1, $2, $3)", &[&k, &v, &who])
-            .map(|_| ()),
-        3..=6 => db
-            .execute("UPDATE kv SET v = $2, who = $3 WHERE k = $1", &[&k, &v, &who])
-            .map(|_| ()),
+        0..=2 => db.execute("INSERT INTO kv VALUES ($1, $2, $3)", &[&k, &v, &who]).map(|_| ()),
+        3..=6 => db.execute("UPDATE kv SET v = $2, who = $3 WHERE k = $1", &[&k, &v, &who]).map(|_| ()),
         7 => db.execute("DELETE FROM kv WHERE k = $1", &[&k]).map(|_| ()),
         8 => db
-            .execute(
-                "INSERT INTO kv VALUES ($1, $2, $3) ON CONFLICT (k) DO UPDATE SET v = kv.v + 1",
-                &[&k, &v, &who],
-            )
+            .execute("INSERT INTO kv VALUES ($1, $2, $3) ON CONFLICT (k) DO UPDATE SET v = kv.v + 1", &[&k, &v, &who])
             .map(|_| ()),
         _ => {
             // A multi-row transaction: move a value between two keys.
@@ -143,21 +133,14 @@ fn run_random(seed: u64) {
     cl.sync(SYNC);
     assert_converged(&cl, "kv");
     assert_converged(&cl, "counters");
-    assert_eq!(
-        cl.int(0, "SELECT sum(n)::bigint FROM counters"),
-        increments,
-        "counter increments lost or doubled"
-    );
+    assert_eq!(cl.int(0, "SELECT sum(n)::bigint FROM counters"), increments, "counter increments lost or doubled");
     let conflicts: i64 = (0..3).map(|i| cl.int(i, "SELECT count(*) FROM mmr.conflicts")).sum();
     let rows = cl.int(0, "SELECT count(*) FROM kv");
     println!("seed {seed}: {writes} writes, {cuts} cuts, {rows} rows, {conflicts} conflicts recorded");
     assert!(writes > 1000, "too few writes to mean anything: {writes}");
     assert!(conflicts > 0, "a partitioned random workload should produce conflicts");
     for i in 0..3 {
-        assert_eq!(
-            cl.int(i, "SELECT sum(duplicate_changes)::bigint FROM mmr.peer_progress"),
-            0
-        );
+        assert_eq!(cl.int(i, "SELECT sum(duplicate_changes)::bigint FROM mmr.peer_progress"), 0);
     }
 }
 
@@ -240,25 +223,14 @@ fn kill_nine_while_replicating_loses_and_repeats_nothing() {
     assert_converged(&cl, "ins");
     assert_converged(&cl, "kv");
     let acked = acked.lock().unwrap().clone();
-    let present: std::collections::HashSet<String> = cl
-        .connect(0)
-        .query("SELECT id FROM ins", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let present: std::collections::HashSet<String> =
+        cl.connect(0).query("SELECT id FROM ins", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     let missing: Vec<&String> = acked.iter().filter(|id| !present.contains(*id)).take(10).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged inserts missing after kill -9: {missing:?}"
-    );
+    assert!(missing.is_empty(), "acknowledged inserts missing after kill -9: {missing:?}");
     // Unacknowledged transactions (cut off by the kill) may or may not have committed,
     // but always whole: every id has all three of its parts.
     assert_eq!(
-        cl.int(
-            0,
-            "SELECT count(*) FROM (SELECT split_part(id, '.', 1) FROM ins GROUP BY 1 HAVING count(*) <> 3) x"
-        ),
+        cl.int(0, "SELECT count(*) FROM (SELECT split_part(id, '.', 1) FROM ins GROUP BY 1 HAVING count(*) <> 3) x"),
         0
     );
     for i in 0..3 {
@@ -291,12 +263,7 @@ fn tombstones_and_queue_are_pruned_only_after_every_peer_applied() {
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(7) {
         for i in 0..2 {
-            assert_eq!(
-                c.int(i, "SELECT count(*) FROM mmr.tombstone"),
-                1,
-                "tombstone dropped early on n{}",
-                i + 1
-            );
+            assert_eq!(c.int(i, "SELECT count(*) FROM mmr.tombstone"), 1, "tombstone dropped early on n{}", i + 1);
         }
         assert!(c.int(0, "SELECT count(*) FROM mmr.queue") > 0);
         thread::sleep(Duration::from_millis(200));
@@ -305,10 +272,7 @@ fn tombstones_and_queue_are_pruned_only_after_every_peer_applied() {
     c.sync(SYNC);
     assert_converged(&c, "t");
     assert_eq!(c.int(2, "SELECT count(*) FROM t WHERE id = 1"), 0);
-    assert_eq!(
-        c.int(2, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'delete_update'"),
-        1
-    );
+    assert_eq!(c.int(2, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'delete_update'"), 1);
     // Everyone has everything now: tombstones and queues drain everywhere.
     for i in 0..3 {
         c.wait_until(i, "SELECT count(*) = 0 FROM mmr.tombstone", SYNC);

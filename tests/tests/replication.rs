@@ -9,10 +9,7 @@ const SYNC: Duration = Duration::from_secs(60);
 #[test]
 fn three_nodes_distinct_inserts_reach_everyone() {
     let mut c = Cluster::start("distinct", 3);
-    c.replicated_table(
-        "CREATE TABLE items (id int PRIMARY KEY, origin text, payload jsonb)",
-        "items",
-    );
+    c.replicated_table("CREATE TABLE items (id int PRIMARY KEY, origin text, payload jsonb)", "items");
     c.mesh();
     for i in 0..3 {
         let mut db = c.connect(i);
@@ -25,11 +22,7 @@ fn three_nodes_distinct_inserts_reach_everyone() {
     }
     c.sync(SYNC);
     for i in 0..3 {
-        let n: i64 = c
-            .connect(i)
-            .query_one("SELECT count(*) FROM items", &[])
-            .unwrap()
-            .get(0);
+        let n: i64 = c.connect(i).query_one("SELECT count(*) FROM items", &[]).unwrap().get(0);
         assert_eq!(n, 300, "node {} has {n} rows", c.nodes[i].name);
     }
     assert_converged(&c, "items");
@@ -43,10 +36,7 @@ fn three_nodes_distinct_inserts_reach_everyone() {
 #[test]
 fn partition_conflicts_converge_to_the_later_write() {
     let mut c = Cluster::start("partition", 3);
-    c.replicated_table(
-        "CREATE TABLE acct (id int PRIMARY KEY, owner text, balance int)",
-        "acct",
-    );
+    c.replicated_table("CREATE TABLE acct (id int PRIMARY KEY, owner text, balance int)", "acct");
     c.mesh();
     c.exec(0, "INSERT INTO acct SELECT g, 'n1', 100 FROM generate_series(1, 4) g");
     c.sync(SYNC);
@@ -73,15 +63,9 @@ fn partition_conflicts_converge_to_the_later_write() {
     let rows = c.text(0, "SELECT string_agg(id || ':' || owner, ' ' ORDER BY id) FROM acct");
     assert_eq!(rows, "1:n2 2:n1 4:n3 10:n3");
     // Every node recorded the conflicts it saw, with the right kinds.
-    let kinds = |i: usize| {
-        c.text(
-            i,
-            "SELECT string_agg(DISTINCT kind, ',' ORDER BY kind) FROM mmr.conflicts",
-        )
-    };
-    let all: std::collections::BTreeSet<String> = (0..3)
-        .flat_map(|i| kinds(i).split(',').map(String::from).collect::<Vec<_>>())
-        .collect();
+    let kinds = |i: usize| c.text(i, "SELECT string_agg(DISTINCT kind, ',' ORDER BY kind) FROM mmr.conflicts");
+    let all: std::collections::BTreeSet<String> =
+        (0..3).flat_map(|i| kinds(i).split(',').map(String::from).collect::<Vec<_>>()).collect();
     for k in ["update_update", "insert_insert", "delete_update", "update_delete"] {
         assert!(all.contains(k), "no {k} conflict recorded anywhere: {all:?}");
     }
@@ -90,12 +74,7 @@ fn partition_conflicts_converge_to_the_later_write() {
         c.int(0, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'update_update' AND pk = '{\"id\": 1}' AND resolution = 'remote_wins'"),
         1
     );
-    assert!(
-        c.int(
-            1,
-            "SELECT count(*) FROM mmr.conflicts WHERE kind = 'insert_insert' AND pk = '{\"id\": 10}'"
-        ) >= 1
-    );
+    assert!(c.int(1, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'insert_insert' AND pk = '{\"id\": 10}'") >= 1);
 }
 
 /// Scenario 5: a transaction that took its queue ids early and committed last (after
@@ -134,12 +113,7 @@ fn causally_later_change_applies_without_conflict() {
     assert_converged(&c, "doc");
     assert_eq!(c.text(2, "SELECT body FROM doc"), "B after A");
     for i in 0..3 {
-        assert_eq!(
-            c.int(i, "SELECT count(*) FROM mmr.conflicts"),
-            0,
-            "conflict on {}",
-            c.nodes[i].name
-        );
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts"), 0, "conflict on {}", c.nodes[i].name);
     }
     // C applied A's insert after B's update: skipped as stale (its vector is dominated).
     assert_eq!(c.text(2, "SELECT mmr_vv::text FROM doc"), "{1,1,2,1}");
@@ -158,18 +132,11 @@ fn apply_does_not_recapture_or_fire_user_triggers() {
          CREATE TRIGGER user_trg BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION note()",
     );
     c.mesh();
-    c.exec(
-        0,
-        "INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; UPDATE t SET v = v + 1",
-    );
+    c.exec(0, "INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; UPDATE t SET v = v + 1");
     c.sync(SYNC);
     assert_eq!(c.int(1, "SELECT count(*) FROM t"), 50);
     assert_eq!(c.int(1, "SELECT count(*) FROM fired"), 0, "user trigger fired on apply");
-    assert_eq!(
-        c.int(1, "SELECT count(*) FROM mmr.queue"),
-        0,
-        "applied changes were queued again"
-    );
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.queue"), 0, "applied changes were queued again");
     // Local writes on n2 still fire its trigger and are captured.
     c.exec(1, "UPDATE t SET v = 0 WHERE id = 1");
     assert_eq!(c.int(1, "SELECT count(*) FROM fired"), 1);
@@ -198,16 +165,9 @@ fn remote_transaction_is_applied_atomically() {
             }
         })
     };
-    c.exec(
-        0,
-        "INSERT INTO bulk SELECT g, repeat('x', 50) FROM generate_series(1, 20000) g",
-    );
+    c.exec(0, "INSERT INTO bulk SELECT g, repeat('x', 50) FROM generate_series(1, 20000) g");
     let seen = watcher.join().unwrap();
-    assert_eq!(
-        seen.into_iter().collect::<Vec<_>>(),
-        vec![0, 20000],
-        "a partial transaction was visible"
-    );
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 20000], "a partial transaction was visible");
 }
 
 /// Scenario 7 and invariant 8: an unreachable peer (connections hang) and a peer with
@@ -219,31 +179,17 @@ fn unreachable_peer_does_not_block_and_catches_up() {
     c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
     c.blackhole(0, 2); // n1 -> n3 hangs
     c.mesh();
-    c.exec(
-        0,
-        "SELECT mmr.add_peer('ghost', 'host=127.0.0.1 port=1 dbname=postgres connect_timeout=1')",
-    );
+    c.exec(0, "SELECT mmr.add_peer('ghost', 'host=127.0.0.1 port=1 dbname=postgres connect_timeout=1')");
     c.exec(0, "INSERT INTO t VALUES (1, 'n1')");
     c.exec(2, "INSERT INTO t VALUES (3, 'n3')");
     c.exec(1, "INSERT INTO t VALUES (2, 'n2')");
     // n1 still gets n2's change; n2 gets everything.
     c.wait_until(0, "SELECT count(*) = 2 FROM t", SYNC);
     c.wait_until(1, "SELECT count(*) = 3 FROM t", SYNC);
-    c.wait_until(
-        0,
-        "SELECT last_error IS NOT NULL FROM mmr.peers WHERE name = 'ghost'",
-        SYNC,
-    );
-    c.wait_until(
-        0,
-        "SELECT state = 'error' AND last_error LIKE '%connect%' FROM mmr.peers WHERE name = 'n3'",
-        SYNC,
-    );
+    c.wait_until(0, "SELECT last_error IS NOT NULL FROM mmr.peers WHERE name = 'ghost'", SYNC);
+    c.wait_until(0, "SELECT state = 'error' AND last_error LIKE '%connect%' FROM mmr.peers WHERE name = 'n3'", SYNC);
     let took = c.stop_node(0);
-    assert!(
-        took < Duration::from_secs(2),
-        "fast shutdown took {took:?} with a hanging peer"
-    );
+    assert!(took < Duration::from_secs(2), "fast shutdown took {took:?} with a hanging peer");
     c.start_node(0);
     c.exec(0, "SELECT mmr.remove_peer('ghost')");
     c.heal(0, 2);
@@ -251,10 +197,7 @@ fn unreachable_peer_does_not_block_and_catches_up() {
     assert_eq!(c.int(0, "SELECT count(*) FROM t"), 3);
     assert_converged(&c, "t");
     assert_eq!(
-        c.text(
-            0,
-            "SELECT string_agg(name || '=' || state, ',' ORDER BY name) FROM mmr.peers"
-        ),
+        c.text(0, "SELECT string_agg(name || '=' || state, ',' ORDER BY name) FROM mmr.peers"),
         "n2=streaming,n3=streaming"
     );
 }
@@ -279,12 +222,7 @@ fn clock_skew_is_held_back_and_reported() {
     );
     assert_eq!(c.int(1, "SELECT count(*) FROM t"), 0);
     // n2's clock was not dragged into the future.
-    assert!(
-        c.int(
-            1,
-            "SELECT (mmr.hlc_now() >> 16) - (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-        ) < 60_000
-    );
+    assert!(c.int(1, "SELECT (mmr.hlc_now() >> 16) - (extract(epoch FROM clock_timestamp()) * 1000)::bigint") < 60_000);
     c.exec(1, "ALTER SYSTEM SET mmr.max_clock_skew = '1h'");
     c.exec(1, "SELECT pg_reload_conf()");
     c.wait_until(1, "SELECT count(*) = 1 FROM t", SYNC);

@@ -17,10 +17,7 @@ fn partition_all(c: &mut Cluster) {
 #[test]
 fn counter_increments_on_three_partitioned_nodes_add_up() {
     let mut c = Cluster::start("counter", 3);
-    c.replicated_table(
-        "CREATE TABLE account (id int PRIMARY KEY, balance bigint, note text)",
-        "account",
-    );
+    c.replicated_table("CREATE TABLE account (id int PRIMARY KEY, balance bigint, note text)", "account");
     for i in 0..3 {
         c.exec(i, "SELECT mmr.set_resolver('account', 'mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info)')");
     }
@@ -33,8 +30,7 @@ fn counter_increments_on_three_partitioned_nodes_add_up() {
         let mut db = c.connect(i);
         for k in 1..=40i64 {
             let delta = k * (i as i64 + 1);
-            db.execute("UPDATE account SET balance = balance + $1 WHERE id = 1", &[&delta])
-                .unwrap();
+            db.execute("UPDATE account SET balance = balance + $1 WHERE id = 1", &[&delta]).unwrap();
             total += delta;
         }
     }
@@ -42,12 +38,7 @@ fn counter_increments_on_three_partitioned_nodes_add_up() {
     c.sync(SYNC);
     assert_converged(&c, "account");
     for i in 0..3 {
-        assert_eq!(
-            c.int(i, "SELECT balance FROM account WHERE id = 1"),
-            1000 + total,
-            "on n{}",
-            i + 1
-        );
+        assert_eq!(c.int(i, "SELECT balance FROM account WHERE id = 1"), 1000 + total, "on n{}", i + 1);
         assert!(
             c.int(
                 i,
@@ -76,26 +67,17 @@ $$";
 #[test]
 fn tags_union_resolver_converges_on_three_nodes() {
     let mut c = Cluster::start("tags", 3);
-    c.replicated_table(
-        "CREATE TABLE item (id int PRIMARY KEY, title text, tags text[])",
-        "item",
-    );
+    c.replicated_table("CREATE TABLE item (id int PRIMARY KEY, title text, tags text[])", "item");
     for i in 0..3 {
         c.exec(i, TAGS_RESOLVER);
-        c.exec(
-            i,
-            "SELECT mmr.set_resolver('item', 'tags_union(item, item, item, mmr.conflict_info)')",
-        );
+        c.exec(i, "SELECT mmr.set_resolver('item', 'tags_union(item, item, item, mmr.conflict_info)')");
     }
     c.mesh();
     c.exec(0, "INSERT INTO item VALUES (1, 'book', '{base}')");
     c.sync(SYNC);
     partition_all(&mut c);
     c.exec(0, "UPDATE item SET tags = tags || '{red}'::text[] WHERE id = 1");
-    c.exec(
-        1,
-        "UPDATE item SET tags = tags || '{green}'::text[], title = 'Book' WHERE id = 1",
-    );
+    c.exec(1, "UPDATE item SET tags = tags || '{green}'::text[], title = 'Book' WHERE id = 1");
     c.exec(2, "UPDATE item SET tags = tags || '{blue}'::text[] WHERE id = 1");
     c.exec(2, "UPDATE item SET tags = tags || '{navy}'::text[] WHERE id = 1");
     c.heal_all();
@@ -146,24 +128,11 @@ fn raising_resolver_falls_back_to_lww_and_replication_goes_on() {
 fn wrong_resolver_signature_is_refused() {
     let c = Cluster::start("badsig", 1);
     c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    c.exec(
-        0,
-        "CREATE FUNCTION wrong(a t, b t) RETURNS t LANGUAGE sql AS 'SELECT a'",
-    );
-    let err = c
-        .connect(0)
-        .execute("SELECT mmr.set_resolver('t', 'wrong(t, t)')", &[])
-        .unwrap_err();
-    assert!(
-        error_text(&err).contains("cannot be used as a resolver: it takes 2 arguments"),
-        "{}",
-        error_text(&err)
-    );
+    c.exec(0, "CREATE FUNCTION wrong(a t, b t) RETURNS t LANGUAGE sql AS 'SELECT a'");
+    let err = c.connect(0).execute("SELECT mmr.set_resolver('t', 'wrong(t, t)')", &[]).unwrap_err();
+    assert!(error_text(&err).contains("cannot be used as a resolver: it takes 2 arguments"), "{}", error_text(&err));
     assert_eq!(
-        c.text(
-            0,
-            "SELECT coalesce(resolver::text, 'lww') FROM mmr.replicated_table WHERE relid = 't'::regclass"
-        ),
+        c.text(0, "SELECT coalesce(resolver::text, 'lww') FROM mmr.replicated_table WHERE relid = 't'::regclass"),
         "lww"
     );
 }
@@ -193,44 +162,22 @@ fn pending_conflict_resolved_by_a_person_reaches_all_nodes() {
     // Replication is not stalled by the pending conflict.
     c.exec(1, "INSERT INTO doc VALUES (2, 'unrelated')");
     // On n1, the person keeps n1's own (local) version.
-    let id = c.int(
-        0,
-        "SELECT id FROM mmr.conflicts WHERE resolution = 'pending' ORDER BY id LIMIT 1",
-    );
+    let id = c.int(0, "SELECT id FROM mmr.conflicts WHERE resolution = 'pending' ORDER BY id LIMIT 1");
     c.exec(0, &format!("SELECT mmr.resolve_conflict({id}, 'local')"));
     c.sync(SYNC);
     assert_converged(&c, "doc");
     for i in 0..3 {
-        assert_eq!(
-            c.text(i, "SELECT body FROM doc WHERE id = 1"),
-            "n1 edit",
-            "on n{}",
-            i + 1
-        );
-        assert_eq!(
-            c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'pending'"),
-            0,
-            "on n{}",
-            i + 1
-        );
+        assert_eq!(c.text(i, "SELECT body FROM doc WHERE id = 1"), "n1 edit", "on n{}", i + 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'pending'"), 0, "on n{}", i + 1);
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.resolution_log"), 1);
     }
     assert!(c
-        .text(
-            1,
-            "SELECT note FROM mmr.conflicts WHERE resolution = 'resolved' LIMIT 1"
-        )
+        .text(1, "SELECT note FROM mmr.conflicts WHERE resolution = 'resolved' LIMIT 1")
         .contains("resolved on n1"));
     // Settling twice, or an unknown id, is refused clearly.
-    let err = c
-        .connect(0)
-        .execute(&format!("SELECT mmr.resolve_conflict({id}, 'remote')"), &[])
-        .unwrap_err();
+    let err = c.connect(0).execute(&format!("SELECT mmr.resolve_conflict({id}, 'remote')"), &[]).unwrap_err();
     assert!(error_text(&err).contains("is not pending"), "{}", error_text(&err));
-    let err = c
-        .connect(0)
-        .execute("SELECT mmr.resolve_conflict(999999, 'local')", &[])
-        .unwrap_err();
+    let err = c.connect(0).execute("SELECT mmr.resolve_conflict(999999, 'local')", &[]).unwrap_err();
     assert!(error_text(&err).contains("does not exist"), "{}", error_text(&err));
 }
 
@@ -247,10 +194,7 @@ fn resolver_is_not_called_for_causally_ordered_changes() {
              CREATE FUNCTION counting(l t, r t, o t, i mmr.conflict_info) RETURNS t LANGUAGE plpgsql AS \
              $$ BEGIN INSERT INTO calls VALUES (1); RETURN mmr.lww(l, r, i); END $$",
         );
-        c.exec(
-            i,
-            "SELECT mmr.set_resolver('t', 'counting(t, t, t, mmr.conflict_info)')",
-        );
+        c.exec(i, "SELECT mmr.set_resolver('t', 'counting(t, t, t, mmr.conflict_info)')");
     }
     c.mesh();
     c.exec(0, "INSERT INTO t VALUES (1, 0)");
@@ -263,12 +207,7 @@ fn resolver_is_not_called_for_causally_ordered_changes() {
     c.exec(2, "INSERT INTO t VALUES (1, 100)");
     c.sync(SYNC);
     for i in 0..3 {
-        assert_eq!(
-            c.int(i, "SELECT count(*) FROM calls"),
-            0,
-            "resolver called on n{}",
-            i + 1
-        );
+        assert_eq!(c.int(i, "SELECT count(*) FROM calls"), 0, "resolver called on n{}", i + 1);
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts"), 0);
     }
     assert_converged(&c, "t");
@@ -288,10 +227,7 @@ fn prefer_node_keeps_the_preferred_version() {
     let mut c = Cluster::start_with(
         "prefer",
         2,
-        mmr_tests::Options {
-            conf: vec!["mmr.preferred_node = 1".into()],
-            ..Default::default()
-        },
+        mmr_tests::Options { conf: vec!["mmr.preferred_node = 1".into()], ..Default::default() },
     );
     c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
     for i in 0..2 {

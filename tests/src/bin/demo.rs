@@ -34,10 +34,7 @@ fn main() {
         c.exec(i, "SELECT mmr.set_resolver('hits', 'mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info)')");
     }
     c.mesh();
-    c.exec(
-        0,
-        "INSERT INTO accounts SELECT g, 'owner' || g, 100, 'n1' FROM generate_series(1, 50) g",
-    );
+    c.exec(0, "INSERT INTO accounts SELECT g, 'owner' || g, 100, 'n1' FROM generate_series(1, 50) g");
     c.exec(0, "INSERT INTO hits SELECT 'page' || g, 0 FROM generate_series(1, 5) g");
     c.sync(Duration::from_secs(60));
     println!("== each node replicates accounts (last-write-wins) and hits (counter merge); writers start");
@@ -64,9 +61,7 @@ fn main() {
                             &[&id, &amount, &me],
                         )
                         .is_ok()
-                        && db
-                            .execute("UPDATE hits SET hits = hits + 1 WHERE page = $1", &[&page])
-                            .is_ok();
+                        && db.execute("UPDATE hits SET hits = hits + 1 WHERE page = $1", &[&page]).is_ok();
                     if ok {
                         counts[node].fetch_add(1, Ordering::Relaxed);
                         increments.fetch_add(1, Ordering::Relaxed);
@@ -94,17 +89,12 @@ fn main() {
             println!("== t={t}s: partition healed; n3 catches up");
         }
         let now: Vec<u64> = counts.iter().map(|x| x.load(Ordering::Relaxed)).collect();
-        let rates: Vec<String> = (0..3)
-            .map(|i| format!("n{}={:>4}/s", i + 1, now[i] - last[i]))
-            .collect();
+        let rates: Vec<String> = (0..3).map(|i| format!("n{}={:>4}/s", i + 1, now[i] - last[i])).collect();
         last = [now[0], now[1], now[2]];
         let lag: Vec<String> = (0..3)
             .map(|i| {
-                let l: f64 = c
-                    .connect(i)
-                    .query_one("SELECT coalesce(max(lag_seconds), 0) FROM mmr.peers", &[])
-                    .unwrap()
-                    .get(0);
+                let l: f64 =
+                    c.connect(i).query_one("SELECT coalesce(max(lag_seconds), 0) FROM mmr.peers", &[]).unwrap().get(0);
                 format!("{l:.1}s")
             })
             .collect();
@@ -122,19 +112,13 @@ fn main() {
     c.heal_all();
     let t0 = Instant::now();
     c.sync(Duration::from_secs(120));
-    println!(
-        "== writers stopped; all nodes caught up {:.1}s later",
-        t0.elapsed().as_secs_f64()
-    );
+    println!("== writers stopped; all nodes caught up {:.1}s later", t0.elapsed().as_secs_f64());
     report(&c, increments.load(Ordering::Relaxed));
     if keep {
         c.keep_running();
         println!("== servers left running (MMR_DEMO_KEEP=1). Connect with:");
         for n in &c.nodes {
-            println!(
-                "   psql -h 127.0.0.1 -p {} -U postgres postgres    # {}",
-                n.port, n.name
-            );
+            println!("   psql -h 127.0.0.1 -p {} -U postgres postgres    # {}", n.port, n.name);
         }
         println!("   stop them with: for d in {}/n*/data; do runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl stop -D $d; done", c.root().display());
     } else {
@@ -160,10 +144,7 @@ fn report(c: &Cluster, increments: u64) {
         hashes.push((h1, h2));
     }
     let same = hashes.windows(2).all(|w| w[0] == w[1]);
-    println!(
-        "   all nodes identical (user and mmr columns): {}",
-        if same { "YES" } else { "NO" }
-    );
+    println!("   all nodes identical (user and mmr columns): {}", if same { "YES" } else { "NO" });
     println!(
         "   page hits counted by the writers: {increments}; every increment survived the conflicts: {}",
         c.int(0, "SELECT sum(hits)::bigint FROM hits") == increments as i64

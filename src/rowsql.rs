@@ -1,0 +1,134 @@
+//! SQL that reads a row image (a jsonb object keyed by column name) as a row of a
+//! local table. Every column is read as text and cast to the local column type
+//! (`($1->>'col')::type`), so values go through the type's input function exactly as
+//! they went out through its output function, and a json/jsonb column holding JSON
+//! `null` is told apart from SQL NULL (the capture trigger writes json values as
+//! strings for this reason... see capture/encode.rs).
+
+use crate::error::{MmrError, Result};
+use pgrx::prelude::*;
+use pgrx::spi::{quote_identifier, quote_literal, SpiClient};
+
+fn internal(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Internal(e.to_string())
+}
+
+/// One live column of a table.
+pub struct Col {
+    /// Quoted identifier.
+    pub ident: String,
+    /// The name as stored.
+    pub raw: String,
+    /// `format_type` of the column, with its modifier.
+    pub typ: String,
+    pub generated: bool,
+    pub identity_always: bool,
+}
+
+impl Col {
+    fn is_mmr(&self) -> bool {
+        matches!(self.raw.as_str(), "mmr_hlc" | "mmr_node" | "mmr_vv")
+    }
+
+    /// Whether a row image provides it: user columns that are not generated.
+    pub fn from_image(&self) -> bool {
+        !self.generated && !self.is_mmr()
+    }
+}
+
+/// A table's columns (live, in order) and primary key, for building statements.
+pub struct Shape {
+    /// `"schema"."table"`.
+    pub name: String,
+    pub cols: Vec<Col>,
+    /// Quoted primary-key columns, in key order.
+    pub pk: Vec<String>,
+}
+
+pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<Shape> {
+    let rows = client
+        .select(
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> '', attidentity = 'a' \
+             FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            None,
+            &[relid.into()],
+        )
+        .map_err(internal)?;
+    let mut cols = Vec::new();
+    for r in rows {
+        let raw: String = r.get(1).map_err(internal)?.unwrap_or_default();
+        cols.push(Col {
+            ident: quote_identifier(&raw),
+            raw,
+            typ: r.get(2).map_err(internal)?.unwrap_or_default(),
+            generated: r.get(3).map_err(internal)?.unwrap_or(false),
+            identity_always: r.get(4).map_err(internal)?.unwrap_or(false),
+        });
+    }
+    let pk: Vec<String> =
+        crate::capture::meta::primary_key(relid)?.into_iter().map(|(_, _, n)| quote_identifier(n)).collect();
+    if pk.is_empty() {
+        return Err(MmrError::NoPrimaryKey(name.into()));
+    }
+    Ok(Shape { name: name.into(), cols, pk })
+}
+
+impl Shape {
+    /// Columns a row image provides, in table order.
+    pub fn image_cols(&self) -> impl Iterator<Item = &Col> {
+        self.cols.iter().filter(|c| c.from_image())
+    }
+
+    fn value(c: &Col, json: &str) -> String {
+        format!("({json} ->> {})::{}", quote_literal(&c.raw), c.typ)
+    }
+
+    /// `(SELECT ... ) r`: the image `json` (a jsonb expression) as a one-row relation `r`
+    /// with the image's columns.
+    pub fn source(&self, json: &str) -> String {
+        let cols: Vec<String> = self.image_cols().map(|c| format!("{} AS {}", Self::value(c, json), c.ident)).collect();
+        format!("(SELECT {}) r", cols.join(", "))
+    }
+
+    /// `x`'s key equals the key of the image `json`.
+    pub fn key_match(&self, json: &str) -> String {
+        let left: Vec<String> = self.pk.iter().map(|c| format!("x.{c}")).collect();
+        let right: Vec<String> = self.pk.iter().map(|c| format!("r.{c}")).collect();
+        format!("({}) = (SELECT {} FROM {})", left.join(", "), right.join(", "), self.source(json))
+    }
+
+    /// The key of the image `json` as `jsonb_build_object(...)` over typed values: the
+    /// canonical form tombstones are stored under (the capture trigger builds the same).
+    pub fn key_json(&self, json: &str) -> String {
+        let parts: Vec<String> = self.pk.iter().map(|c| format!("{}, r.{c}", quote_literal(unquote(c)))).collect();
+        format!("(SELECT pg_catalog.jsonb_build_object({}) FROM {})", parts.join(", "), self.source(json))
+    }
+
+    /// The row `rec` (an expression of the table's row type) as a row image: a jsonb
+    /// object of the image columns' text values, the form `source` reads.
+    pub fn to_image(&self, rec: &str) -> String {
+        let keys: Vec<String> = self.image_cols().map(|c| quote_literal(&c.raw)).collect();
+        let vals: Vec<String> = self.image_cols().map(|c| format!("({rec}).{}::text", c.ident)).collect();
+        format!(
+            "CASE WHEN {rec} IS NULL THEN NULL ELSE pg_catalog.jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[]) END",
+            keys.join(", "),
+            vals.join(", ")
+        )
+    }
+
+    /// The image `json` as a value of the table's row type (mmr and generated columns
+    /// NULL), or NULL when `json` is NULL: what resolvers receive.
+    pub fn record(&self, json: &str) -> String {
+        let vals: Vec<String> =
+            self.cols.iter().map(|c| if c.from_image() { Self::value(c, json) } else { "NULL".into() }).collect();
+        format!("CASE WHEN {json} IS NULL THEN NULL ELSE ROW({})::{} END", vals.join(", "), self.name)
+    }
+}
+
+/// The column name inside a quoted identifier.
+fn unquote(ident: &str) -> String {
+    match ident.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => ident.to_string(),
+    }
+}
