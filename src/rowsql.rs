@@ -31,7 +31,7 @@ impl Col {
     }
 
     /// Whether a row image provides it: user columns that are not generated.
-    pub fn from_image(&self) -> bool {
+    pub fn in_image(&self) -> bool {
         !self.generated && !self.is_mmr()
     }
 }
@@ -76,7 +76,7 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
 impl Shape {
     /// Columns a row image provides, in table order.
     pub fn image_cols(&self) -> impl Iterator<Item = &Col> {
-        self.cols.iter().filter(|c| c.from_image())
+        self.cols.iter().filter(|c| c.in_image())
     }
 
     fn value(c: &Col, json: &str) -> String {
@@ -120,7 +120,7 @@ impl Shape {
     /// NULL), or NULL when `json` is NULL: what resolvers receive.
     pub fn record(&self, json: &str) -> String {
         let vals: Vec<String> =
-            self.cols.iter().map(|c| if c.from_image() { Self::value(c, json) } else { "NULL".into() }).collect();
+            self.cols.iter().map(|c| if c.in_image() { Self::value(c, json) } else { "NULL".into() }).collect();
         format!("CASE WHEN {json} IS NULL THEN NULL ELSE ROW({})::{} END", vals.join(", "), self.name)
     }
 }
