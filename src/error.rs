@@ -136,7 +136,10 @@ impl MmrError {
             NoPrimaryKey(tbl) => format!("Add one with ALTER TABLE {tbl} ADD PRIMARY KEY (...), on every node."),
             AlreadyReplicated(_) => "Use mmr.set_resolver to change its resolver.".into(),
             NotReplicated(tbl) => format!("Run SELECT mmr.replicate('{tbl}') on this node."),
-            ReservedColumn { .. } => "mmr adds the columns mmr_hlc, mmr_node and mmr_vv; rename yours.".into(),
+            ReservedColumn { tbl, .. } => format!(
+                "mmr adds the columns mmr_hlc, mmr_node and mmr_vv: rename yours, or if they are left over from an \
+                 earlier mmr installation, ALTER TABLE {tbl} DROP COLUMN mmr_hlc, DROP COLUMN mmr_node, DROP COLUMN mmr_vv."
+            ),
             BadResolver { .. } => {
                 "A resolver is f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t.".into()
             }

@@ -7,7 +7,10 @@
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// Tables remembered as possibly holding tombstones, before falling back to "all".
+const TOMB_SLOTS: usize = 1024;
 
 /// Most peer workers that can report their status at once.
 pub const MAX_PEER_SLOTS: usize = 64;
@@ -55,6 +58,10 @@ pub struct Shared {
     pub config_seq: AtomicU64,
     pub config_cv: pg_sys::ConditionVariable,
     pub peers: [PeerSlot; MAX_PEER_SLOTS],
+    /// Tables that may hold tombstones (see `may_have_tombstones`).
+    tomb_relids: [AtomicU32; TOMB_SLOTS],
+    tomb_overflow: AtomicBool,
+    tomb_ready: AtomicBool,
     /// Number of entries of the `open_stamps` array that follows this struct.
     pub n_open_stamps: usize,
 }
@@ -341,4 +348,41 @@ impl PeerStatusWriter<'_> {
     pub fn set_watermark(&mut self, w: i64) {
         self.0.watermark = self.0.watermark.max(w);
     }
+}
+
+/// Records that table `relid` may hold tombstones. Called before a tombstone is written,
+/// so anyone who could see the tombstone also sees this.
+pub fn note_tombstones(relid: pg_sys::Oid) {
+    let s = shared();
+    let id = u32::from(relid);
+    for slot in s.tomb_relids.iter() {
+        match slot.compare_exchange(0, id, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return,
+            Err(existing) if existing == id => return,
+            Err(_) => continue,
+        }
+    }
+    s.tomb_overflow.store(true, Ordering::SeqCst);
+}
+
+/// Whether table `relid` may hold tombstones. False only for tables no tombstone was
+/// ever written for since the launcher took stock at startup: inserting into such a
+/// table (an append-only log, say) can skip looking for a tombstone of its key.
+pub fn may_have_tombstones(relid: pg_sys::Oid) -> bool {
+    let s = shared();
+    if !s.tomb_ready.load(Ordering::SeqCst) || s.tomb_overflow.load(Ordering::SeqCst) {
+        return true;
+    }
+    let id = u32::from(relid);
+    s.tomb_relids.iter().any(|slot| slot.load(Ordering::SeqCst) == id)
+}
+
+/// Whether the launcher has taken stock of existing tombstones.
+pub fn tombstones_known() -> bool {
+    shared().tomb_ready.load(Ordering::SeqCst)
+}
+
+/// Called by the launcher once every table with tombstones has been noted.
+pub fn set_tombstones_known() {
+    shared().tomb_ready.store(true, Ordering::SeqCst);
 }

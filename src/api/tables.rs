@@ -148,6 +148,9 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
     if let Some(r) = resolver {
         check_resolver(tbl, r)?;
     }
+    let key: Vec<String> = primary_key(tbl)?.into_iter().map(|(_, _, n)| pgrx::spi::quote_identifier(n)).collect();
+    let old_key = key.iter().map(|k| format!("OLD.{k}")).collect::<Vec<_>>().join(", ");
+    let new_key = key.iter().map(|k| format!("NEW.{k}")).collect::<Vec<_>>().join(", ");
     // Existing rows get the "unknown history" version: stamp 0, node 0, empty vector.
     // Any write from any node dominates it, and nodes that loaded the same data before
     // replicating hold identical mmr columns. Defaults make this instant (no rewrite).
@@ -155,10 +158,12 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
         "ALTER TABLE {name} ADD COLUMN mmr_hlc bigint NOT NULL DEFAULT 0, \
            ADD COLUMN mmr_node integer NOT NULL DEFAULT 0, \
            ADD COLUMN mmr_vv bigint[] NOT NULL DEFAULT '{{}}'; \
-         CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE ON {name} \
+         CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON {name} \
            FOR EACH ROW EXECUTE FUNCTION mmr.stamp(); \
-         CREATE TRIGGER zz_mmr_capture AFTER INSERT OR UPDATE OR DELETE ON {name} \
+         CREATE TRIGGER zz_mmr_capture AFTER INSERT ON {name} \
            FOR EACH ROW EXECUTE FUNCTION mmr.capture(); \
+         CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON {name} \
+           FOR EACH ROW WHEN (({old_key}) IS DISTINCT FROM ({new_key})) EXECUTE FUNCTION mmr.capture(); \
          CREATE TRIGGER zz_mmr_truncate BEFORE TRUNCATE ON {name} \
            FOR EACH STATEMENT EXECUTE FUNCTION mmr.refuse_truncate()"
     );
@@ -178,6 +183,7 @@ fn unreplicate(tbl: pg_sys::Oid) -> Result<()> {
     let ddl = format!(
         "DROP TRIGGER zz_mmr_stamp ON {name}; \
          DROP TRIGGER zz_mmr_capture ON {name}; \
+         DROP TRIGGER zz_mmr_rekey ON {name}; \
          DROP TRIGGER zz_mmr_truncate ON {name}; \
          ALTER TABLE {name} DROP COLUMN mmr_hlc, DROP COLUMN mmr_node, DROP COLUMN mmr_vv"
     );

@@ -66,6 +66,22 @@ impl Change {
             .collect()
     }
 
+    /// The full row the change was made on (what resolvers get as `remote_old`): an
+    /// update carries only the columns it changed, the rest are the new row's.
+    fn old_image(&self) -> Result<Option<String>> {
+        match (self.op, &self.new_row, &self.old_row) {
+            (Op::Update, Some(new), Some(changed)) => {
+                let mut row: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(new).map_err(internal)?;
+                let changed: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(changed).map_err(internal)?;
+                row.extend(changed);
+                Ok(Some(serde_json::Value::Object(row).to_string()))
+            }
+            _ => Ok(self.old_row.clone()),
+        }
+    }
+
     /// The row image that carries the key: the new row, or the old one for a delete.
     fn image(&self) -> Result<&str> {
         let img = if self.op == Op::Delete { &self.old_row } else { &self.new_row };
@@ -356,8 +372,8 @@ fn call_resolver(
         (Op::Delete, _) | (_, None) => None,
         (_, Some(r)) => Some(jsonb_arg(r).map_err(|e| e.to_string())?),
     };
-    let old = match ch.old_row.as_deref() {
-        Some(o) => Some(jsonb_arg(o).map_err(|e| e.to_string())?),
+    let old = match ch.old_image().map_err(|e| e.to_string())? {
+        Some(o) => Some(jsonb_arg(&o).map_err(|e| e.to_string())?),
         None => None,
     };
     let opt = |i: Option<Image>| i.map(Image::arg).unwrap_or_else(|| DatumWithOid::null_oid(pg_sys::JSONBOID));
@@ -446,6 +462,9 @@ fn write_delete(
     local: &Local,
 ) -> Result<Written> {
     if let Local::Absent = local {
+        // Before the claim: a local insert that waits for our claim must then see that
+        // this table has tombstones, and look for ours.
+        crate::shmem::note_tombstones(t.relid);
         let (hlc, node, vv) = stamp;
         let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
         client
@@ -469,6 +488,7 @@ fn put_tombstone(
     (hlc, node, vv): Stamp<'_>,
     horizon: &VersionVector,
 ) -> Result<()> {
+    crate::shmem::note_tombstones(t.relid);
     client
         .update(
             &t.put_tombstone,

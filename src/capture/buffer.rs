@@ -11,8 +11,6 @@ use crate::capture::AsSuperuser;
 use crate::error::{MmrError, Result};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::PgOid;
 use std::cell::RefCell;
 
 /// Changes per queue row for large transactions.
@@ -25,7 +23,6 @@ struct Entry {
 
 thread_local! {
     static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
-    static INSERT: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// Adds one encoded change. Writes a chunk to the queue once `CHUNK` have gathered.
@@ -61,43 +58,41 @@ pub fn flush() -> Result<()> {
     }
     json.push(']');
     let _su = AsSuperuser::enter();
-    // At PRE_COMMIT no statement is running, so there is no active snapshot; SPI needs one.
-    // SAFETY: push/pop of a snapshot around our own statement.
-    let pushed = unsafe {
-        let none = !pg_sys::ActiveSnapshotSet();
-        if none {
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        }
-        none
-    };
-    let result = Spi::connect_mut(|client| -> Result<()> {
-        let missing = INSERT.with(|p| p.borrow().is_none());
-        if missing {
-            let plan = client
-                .prepare_mut(
-                    "INSERT INTO mmr.queue (changes, n_changes) VALUES ($1, $2)",
-                    &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT4OID)],
-                )
-                .map_err(|e| MmrError::Internal(format!("preparing queue insert: {e}")))?
-                .keep();
-            INSERT.with(|p| *p.borrow_mut() = Some(plan));
-        }
-        INSERT.with(|p| {
-            let p = p.borrow();
-            client
-                .update(p.as_ref().expect("prepared above"), None, &[json.as_str().into(), n.into()])
-                .map(|_| ())
-                .map_err(|e| MmrError::Internal(format!("queueing changes: {e}")))
-        })
-    });
-    if pushed {
-        // SAFETY: pops what we pushed above (an ERROR would have unwound past here, and
-        // transaction abort cleans the snapshot stack).
-        unsafe { pg_sys::PopActiveSnapshot() };
-    }
-    result?;
+    // SAFETY: plain heap and index insertion into our own table inside the running
+    // transaction, as PostgreSQL inserts catalog rows: no executor, no SPI, one row.
+    unsafe { insert_queue_row(&json, n) };
     crate::xact::note_queued();
     Ok(())
+}
+
+/// Inserts one row into `mmr.queue` directly (heap_insert with TOAST, then the xid
+/// index), without planning or running a statement: this runs at every commit of a
+/// writing transaction, and a statement costs several times more than the insert.
+///
+/// # Safety
+/// Must run inside a transaction that may write.
+unsafe fn insert_queue_row(json: &str, n: i32) {
+    // SAFETY: guaranteed by the caller; every pointer comes from PostgreSQL for this call.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"mmr".as_ptr(), false);
+        let relid = pg_sys::get_relname_relid(c"queue".as_ptr(), nsp);
+        let seq = pg_sys::get_relname_relid(c"queue_id_seq".as_ptr(), nsp);
+        if relid == pg_sys::InvalidOid || seq == pg_sys::InvalidOid {
+            MmrError::Internal("mmr.queue is missing".into()).raise();
+        }
+        let id: i64 =
+            pgrx::fcinfo::direct_function_call(pg_sys::nextval_oid, &[Some(pg_sys::Datum::from(seq))]).unwrap_or(0);
+        let xid = pg_sys::GetTopFullTransactionId().value;
+        let text = pg_sys::cstring_to_text_with_len(json.as_ptr() as *const std::ffi::c_char, json.len() as i32);
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+        // Columns: id, xid, n_changes, changes.
+        let mut values =
+            [pg_sys::Datum::from(id), pg_sys::Datum::from(xid), pg_sys::Datum::from(n), pg_sys::Datum::from(text)];
+        let mut nulls = [false; 4];
+        let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::CatalogTupleInsert(rel, tuple);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    }
 }
 
 /// Forgets everything (transaction abort).

@@ -32,6 +32,8 @@ pub struct Column {
     attnum: i32,
     typid: pg_sys::Oid,
     kind: Kind,
+    byval: bool,
+    len: i16,
     /// The type's output function, looked up once (lives in CacheMemoryContext).
     out: *mut pg_sys::FmgrInfo,
 }
@@ -80,63 +82,105 @@ pub unsafe fn columns(rel: pg_sys::Relation) -> Vec<Column> {
             let mut key = String::new();
             push_json_string(&mut key, name);
             key.push(':');
-            out.push(Column { key, attnum: i as i32 + 1, typid, kind: kind_of(typid), out: finfo });
+            out.push(Column {
+                key,
+                attnum: i as i32 + 1,
+                typid,
+                kind: kind_of(typid),
+                byval: (*att).attbyval,
+                len: (*att).attlen,
+                out: finfo,
+            });
         }
     }
     out
 }
 
-/// Appends the row `tuple` of `rel` as a JSON object.
+/// Appends the row `tuple` of `rel` as a JSON object. With `unless_equal_to`, only the
+/// columns whose value differs from that tuple's (an update's old row is sent as the
+/// columns the update changed; the rest equal the new row).
 ///
 /// # Safety
-/// `tuple` must be a valid tuple of `rel`, and `cols` built from `rel`'s descriptor.
-pub unsafe fn push_row(buf: &mut String, rel: pg_sys::Relation, cols: &[Column], tuple: pg_sys::HeapTuple) {
+/// `tuple` (and `unless_equal_to`) must be valid tuples of `rel`, and `cols` built from
+/// `rel`'s descriptor.
+pub unsafe fn push_row(
+    buf: &mut String,
+    rel: pg_sys::Relation,
+    cols: &[Column],
+    tuple: pg_sys::HeapTuple,
+    unless_equal_to: Option<pg_sys::HeapTuple>,
+) {
     buf.push('{');
-    for (i, col) in cols.iter().enumerate() {
-        if i > 0 {
-            buf.push(',');
-        }
-        buf.push_str(&col.key);
+    let mut first = true;
+    for col in cols {
         let mut isnull = false;
         // SAFETY: guaranteed by the caller; output functions return palloc'd strings
         // in the trigger's per-tuple memory, freed after the trigger call.
         unsafe {
             let d = pg_sys::heap_getattr(tuple, col.attnum, (*rel).rd_att, &mut isnull);
+            if let Some(other) = unless_equal_to {
+                let mut other_null = false;
+                let o = pg_sys::heap_getattr(other, col.attnum, (*rel).rd_att, &mut other_null);
+                let same = match (isnull, other_null) {
+                    (true, true) => true,
+                    (false, false) => super::same_image(d, o, col.byval, col.len),
+                    _ => false,
+                };
+                if same {
+                    continue;
+                }
+            }
+            if !first {
+                buf.push(',');
+            }
+            first = false;
+            buf.push_str(&col.key);
             if isnull {
                 buf.push_str("null");
                 continue;
             }
-            match col.kind {
-                Kind::Bool => buf.push_str(if d.value() != 0 { "true" } else { "false" }),
-                Kind::Float4 => {
-                    let v = f32::from_bits(d.value() as u32);
-                    push_float(buf, v as f64, v, v);
-                }
-                Kind::Float8 => {
-                    let v = f64::from_bits(d.value() as u64);
-                    push_float(buf, v, v, v);
-                }
-                Kind::DateTime => {
-                    let s = pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), d, col.typid, std::ptr::null());
-                    buf.push('"');
-                    buf.push_str(&CStr::from_ptr(s).to_string_lossy());
-                    buf.push('"');
-                }
-                kind => {
-                    let s = CStr::from_ptr(pg_sys::OutputFunctionCall(col.out, d)).to_string_lossy();
-                    let raw = match kind {
-                        Kind::Integer => true,
-                        Kind::Numeric => json_number(&s),
-                        _ => false,
-                    };
-                    if raw {
-                        buf.push_str(&s);
-                    } else {
-                        push_json_string(buf, &s);
-                    }
+            push_value(buf, col, d);
+        }
+    }
+    buf.push('}');
+}
+
+/// Appends one non-null value.
+///
+/// # Safety
+/// `d` must be a valid value of the column's type.
+unsafe fn push_value(buf: &mut String, col: &Column, d: pg_sys::Datum) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match col.kind {
+            Kind::Bool => buf.push_str(if d.value() != 0 { "true" } else { "false" }),
+            Kind::Float4 => {
+                let v = f32::from_bits(d.value() as u32);
+                push_float(buf, v as f64, v, v);
+            }
+            Kind::Float8 => {
+                let v = f64::from_bits(d.value() as u64);
+                push_float(buf, v, v, v);
+            }
+            Kind::DateTime => {
+                let s = pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), d, col.typid, std::ptr::null());
+                buf.push('"');
+                buf.push_str(&CStr::from_ptr(s).to_string_lossy());
+                buf.push('"');
+            }
+            kind => {
+                let s = CStr::from_ptr(pg_sys::OutputFunctionCall(col.out, d)).to_string_lossy();
+                let raw = match kind {
+                    Kind::Integer => true,
+                    Kind::Numeric => json_number(&s),
+                    _ => false,
+                };
+                if raw {
+                    buf.push_str(&s);
+                } else {
+                    push_json_string(buf, &s);
                 }
             }
         }
     }
-    buf.push('}');
 }

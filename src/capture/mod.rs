@@ -1,15 +1,19 @@
 //! Capture of local writes on replicated tables.
 //!
 //! Two row triggers, written in Rust:
-//! * `mmr.stamp()` (BEFORE INSERT OR UPDATE) sets `mmr_hlc`/`mmr_node` to a fresh clock
-//!   stamp and this node, and `mmr_vv` to the previous version's vector with this node's
-//!   entry incremented. For a new key the previous version is the key's tombstone, if it
-//!   was deleted before: a re-inserted key continues the deleted row's history, otherwise
-//!   peers holding the tombstone would judge the new row stale.
-//! * `mmr.capture()` (AFTER INSERT OR UPDATE OR DELETE) encodes the change and adds it
-//!   to the transaction's buffer, which is written to `mmr.queue` at commit (see
-//!   `buffer.rs`); deletes also leave a tombstone. A primary-key update is a delete of
-//!   the old key plus an insert of the new one.
+//! * `mmr.stamp()` (BEFORE INSERT OR UPDATE OR DELETE, the last BEFORE trigger) sets
+//!   `mmr_hlc`/`mmr_node` to a fresh clock stamp and this node, and `mmr_vv` to the
+//!   previous version's vector with this node's entry incremented. For a new key the
+//!   previous version is the key's tombstone, if it was deleted before: a re-inserted
+//!   key continues the deleted row's history, otherwise peers holding the tombstone
+//!   would judge the new row stale. It also captures updates and deletes (deletes leave
+//!   a tombstone); a primary-key update is a delete of the old key plus an insert of
+//!   the new one.
+//! * `mmr.capture()` (AFTER INSERT, and AFTER UPDATE of the key) captures inserts, and
+//!   checks a new key against tombstones committed concurrently.
+//!
+//! Captured changes are encoded and buffered for the transaction, and written to
+//! `mmr.queue` at commit (see `buffer.rs`).
 //!
 //! Both fire only for local writes: the apply worker runs with
 //! `session_replication_role = replica`, which skips ordinary triggers, so applied
@@ -23,6 +27,7 @@ pub mod meta;
 use crate::catalog;
 use crate::clock;
 use crate::error::{MmrError, OrRaise, Result};
+use crate::shmem;
 use meta::TableMeta;
 use mmr_core::vv::VersionVector;
 use pgrx::datum::DatumWithOid;
@@ -172,7 +177,7 @@ unsafe fn key_changed(rel: pg_sys::Relation, meta: &TableMeta, old: pg_sys::Heap
 ///
 /// # Safety
 /// Both datums must be valid values of a type with the given `byval`/`len`.
-unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
+pub(crate) unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
     if byval {
         return a == b;
     }
@@ -211,7 +216,15 @@ fn take_tombstone(meta: &TableMeta, key: &[(Option<pg_sys::Datum>, pg_sys::Oid)]
 /// passed the unique index (the worker claims the key there). The row's version vector
 /// misses that delete; rather than let the nodes disagree, fail as a serialization
 /// failure -- the client retries, and the retry continues the tombstone's history.
-fn check_no_tombstone(meta: &TableMeta, key: &[(Option<pg_sys::Datum>, pg_sys::Oid)]) -> Result<()> {
+fn check_no_tombstone(
+    rel: pg_sys::Relation,
+    meta: &TableMeta,
+    key: &[(Option<pg_sys::Datum>, pg_sys::Oid)],
+) -> Result<()> {
+    // SAFETY: an open relation from the trigger manager.
+    if !shmem::may_have_tombstones(unsafe { (*rel).rd_id }) {
+        return Ok(());
+    }
     let found = meta
         .probe_tombstone
         .run(key)
@@ -240,20 +253,47 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
     let node = catalog::require_node()?.node_id;
+    let meta = meta::lookup(rel)?;
+    if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
+        // SAFETY: the row being deleted, valid during the trigger call.
+        unsafe { record_delete(&meta, rel, node, td.tg_trigtuple)? };
+        return Ok(pg_sys::Datum::from(td.tg_trigtuple));
+    }
     let is_insert = event_is(ev, pg_sys::TRIGGER_EVENT_INSERT);
     let new_tuple = if is_insert { td.tg_trigtuple } else { td.tg_newtuple };
-    let meta = meta::lookup(rel)?;
     // SAFETY: trigger tuples of `rel`, valid during the trigger call.
+    let rekey = !is_insert && unsafe { key_changed(rel, &meta, td.tg_trigtuple, td.tg_newtuple) };
+    // SAFETY: as above.
     let base = unsafe {
-        if is_insert || key_changed(rel, &meta, td.tg_trigtuple, td.tg_newtuple) {
-            let key = raw_key(rel, &meta, new_tuple);
-            with_spi(|| take_tombstone(&meta, &key))?
+        if is_insert || rekey {
+            if shmem::may_have_tombstones((*rel).rd_id) {
+                let key = raw_key(rel, &meta, new_tuple);
+                with_spi(|| take_tombstone(&meta, &key))?
+            } else {
+                VersionVector::new()
+            }
         } else {
             row_vv(rel, &meta, td.tg_trigtuple)?
         }
     };
     let vv = base.incremented(node as i64);
     let hlc = clock::tick_for_write();
+    if !is_insert {
+        // Updates are captured here rather than in an AFTER trigger, which would cost
+        // an event queue entry and two tuple fetches per row. Safe because this trigger
+        // fires last among BEFORE triggers, after the row is locked, so the update goes
+        // ahead unless the statement fails -- and then the buffer is rolled back with
+        // the (sub)transaction. Inserts wait for AFTER INSERT (ON CONFLICT may skip them).
+        // SAFETY: as above.
+        unsafe {
+            if rekey {
+                record_delete(&meta, rel, node, td.tg_trigtuple)?;
+                enqueue(&meta, rel, 'I', hlc, &vv, Some(new_tuple), None)?;
+            } else {
+                enqueue(&meta, rel, 'U', hlc, &vv, Some(new_tuple), Some(td.tg_trigtuple))?;
+            }
+        }
+    }
     let mut cols = [meta.att_hlc, meta.att_node, meta.att_vv];
     let mut values = [
         hlc.into_datum().unwrap(),
@@ -276,7 +316,8 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     Ok(pg_sys::Datum::from(modified))
 }
 
-/// `mmr.capture()`: AFTER INSERT OR UPDATE OR DELETE row trigger. See the module documentation.
+/// `mmr.capture()`: AFTER INSERT row trigger, and AFTER UPDATE when the key changed.
+/// See the module documentation.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn mmr_capture(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
@@ -288,33 +329,19 @@ pub unsafe extern "C-unwind" fn mmr_capture(fcinfo: pg_sys::FunctionCallInfo) ->
 unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
-    let node = catalog::require_node()?.node_id;
     let meta = meta::lookup(rel)?;
     // SAFETY: trigger tuples of `rel`, valid during the trigger call.
     unsafe {
+        let new = if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) { td.tg_trigtuple } else { td.tg_newtuple };
+        // Now that the new key has passed the unique index, look again for a tombstone a
+        // concurrent apply may have committed meanwhile (see check_no_tombstone).
+        let key = raw_key(rel, &meta, new);
+        with_spi(|| check_no_tombstone(rel, &meta, &key))?;
         if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) {
-            let new = td.tg_trigtuple;
-            let key = raw_key(rel, &meta, new);
-            with_spi(|| check_no_tombstone(&meta, &key))?;
-            enqueue(&meta, rel, 'I', row_hlc(rel, &meta, new), &row_vv(rel, &meta, new)?, Some(new), None)
-        } else if event_is(ev, pg_sys::TRIGGER_EVENT_UPDATE) {
-            let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
-            let (hlc, vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
-            if key_changed(rel, &meta, old, new) {
-                let key = raw_key(rel, &meta, new);
-                with_spi(|| check_no_tombstone(&meta, &key))?;
-                record_delete(&meta, rel, node, old)?;
-                enqueue(&meta, rel, 'I', hlc, &vv, Some(new), None)
-            } else {
-                // The common case needs no SPI at all: encode and buffer.
-                enqueue(&meta, rel, 'U', hlc, &vv, Some(new), Some(old))
-            }
-        } else if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
-            record_delete(&meta, rel, node, td.tg_trigtuple)
-        } else {
-            Ok(())
+            enqueue(&meta, rel, 'I', row_hlc(rel, &meta, new), &row_vv(rel, &meta, new)?, Some(new), None)?;
         }
     }
+    Ok(())
 }
 
 /// Queues the deletion of `old`'s key and leaves its tombstone. The deletion is a new
@@ -329,6 +356,8 @@ unsafe fn record_delete(meta: &TableMeta, rel: pg_sys::Relation, node: i32, old:
     let mut args: Vec<DatumWithOid> = vec![hlc.into(), node.into(), vv.to_flat().into()];
     // SAFETY: guaranteed by the caller.
     args.extend(unsafe { key_args(rel, meta, old) });
+    // SAFETY: an open relation from the trigger manager.
+    shmem::note_tombstones(unsafe { (*rel).rd_id });
     with_spi(|| {
         Spi::connect_mut(|client| client.update(&meta.put_tombstone, None, &args).map(|_| ()))
             .map_err(|e| MmrError::Internal(format!("writing tombstone of {}: {e}", meta.name)))
@@ -338,7 +367,8 @@ unsafe fn record_delete(meta: &TableMeta, rel: pg_sys::Relation, node: i32, old:
 }
 
 /// Encodes one change and adds it to the transaction's buffer (see `buffer.rs`):
-/// `{"t": table, "o": op, "h": stamp, "v": vector, "n": new row, "p": old row}`.
+/// `{"t": table, "o": op, "h": stamp, "v": vector, "n": new row, "p": old row}`, where
+/// an update's old row holds only the columns the update changed.
 ///
 /// # Safety
 /// `new`/`old` must be valid tuples of `rel`.
@@ -362,11 +392,12 @@ unsafe fn enqueue(
     unsafe {
         if let Some(t) = new {
             json.push_str(",\"n\":");
-            encode::push_row(&mut json, rel, &meta.columns, t);
+            encode::push_row(&mut json, rel, &meta.columns, t, None);
         }
         if let Some(t) = old {
+            // An update's old row: only what the update changed (see Change::old_image).
             json.push_str(",\"p\":");
-            encode::push_row(&mut json, rel, &meta.columns, t);
+            encode::push_row(&mut json, rel, &meta.columns, t, new);
         }
     }
     json.push('}');

@@ -78,7 +78,9 @@ SELECT q.id, q.xid, c.n AS seq, c.ch ->> 't' AS tbl, c.ch ->> 'o' AS op, (c.ch -
        ARRAY(SELECT jsonb_array_elements_text(c.ch -> 'v')::bigint) AS vv,
        c.ch -> 'n' AS new_row, c.ch -> 'p' AS old_row
 FROM mmr.queue q, jsonb_array_elements(q.changes::jsonb) WITH ORDINALITY AS c(ch, n);
-COMMENT ON VIEW mmr.queued_changes IS 'Changes written on this node that some peer has not applied yet, one row each.';
+COMMENT ON VIEW mmr.queued_changes IS
+    'Changes written on this node that some peer has not applied yet, one row each. '
+    'old_row of an update holds only the columns the update changed.';
 
 -- Lets a (non-superuser) role serve changes to peers: all it can do is call mmr.pull.
 CREATE FUNCTION mmr.grant_pull(role regrole) RETURNS void
@@ -93,10 +95,12 @@ COMMENT ON FUNCTION mmr.grant_pull(regrole) IS
 
 -- mmr.resolution_log replicates like a user table; its trigger settles conflicts on
 -- every node, also when applied (ENABLE ALWAYS: it fires in replica mode too).
-CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE ON mmr.resolution_log
+CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.resolution_log
     FOR EACH ROW EXECUTE FUNCTION mmr.stamp();
-CREATE TRIGGER zz_mmr_capture AFTER INSERT OR UPDATE OR DELETE ON mmr.resolution_log
+CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.resolution_log
     FOR EACH ROW EXECUTE FUNCTION mmr.capture();
+CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON mmr.resolution_log
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION mmr.capture();
 CREATE FUNCTION mmr._settle_conflicts() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

@@ -31,6 +31,11 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
         let seq = shmem::config_seq();
         match txn::run(active_peers) {
             Ok(Some(peers)) => {
+                if !shmem::tombstones_known() {
+                    if let Err(e) = txn::run(note_existing_tombstones) {
+                        pgrx::warning!("mmr: reading tombstones failed: {e}");
+                    }
+                }
                 l.reconcile(&peers);
                 if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                     l.last_housekeeping = Instant::now();
@@ -45,6 +50,22 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
         }
         shmem::wait_for(shmem::Wakeup::Config, seq, 1000);
     }
+}
+
+/// Takes stock of the tables that hold tombstones (see shmem::may_have_tombstones).
+fn note_existing_tombstones() -> Result<()> {
+    let relids = Spi::connect(|c| {
+        let rows = c.select("SELECT DISTINCT relid::oid FROM mmr.tombstone", None, &[])?;
+        rows.into_iter()
+            .map(|r| r.get::<pg_sys::Oid>(1).map(|o| o.unwrap_or(pg_sys::InvalidOid)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(|e: pgrx::spi::SpiError| MmrError::Internal(e.to_string()))?;
+    for r in relids {
+        shmem::note_tombstones(r);
+    }
+    shmem::set_tombstones_known();
+    Ok(())
 }
 
 /// Names of the peers to pull from, or `None` when mmr is not installed here.
