@@ -83,6 +83,22 @@ impl Shape {
         format!("({json} ->> {})::{}", quote_literal(&c.raw), c.typ)
     }
 
+    /// The image columns' values read from `json`, in table order.
+    pub fn values(&self, json: &str) -> Vec<String> {
+        self.image_cols().map(|c| Self::value(c, json)).collect()
+    }
+
+    /// The key columns' values read from `json`, in key order.
+    pub fn key_values(&self, json: &str) -> Vec<String> {
+        self.pk
+            .iter()
+            .map(|k| {
+                let c = self.cols.iter().find(|c| &c.ident == k).expect("key columns are columns");
+                Self::value(c, json)
+            })
+            .collect()
+    }
+
     /// `(SELECT ... ) r`: the image `json` (a jsonb expression) as a one-row relation `r`
     /// with the image's columns.
     pub fn source(&self, json: &str) -> String {

@@ -149,6 +149,73 @@ impl Applier {
         Applier { peer_node, stats: Stats::default() }
     }
 
+    /// Applies the changes of one queue row, in order. A run of inserts into a table
+    /// that has never had a tombstone goes in one statement: for an absent key an insert
+    /// always applies, and the entries whose key turns out to exist (or repeat) are then
+    /// applied one by one, in order.
+    pub fn apply_all(&mut self, changes: &[Change]) -> Result<()> {
+        let mut i = 0;
+        while i < changes.len() {
+            let ch = &changes[i];
+            if ch.op == Op::Insert {
+                let mut j = i + 1;
+                while j < changes.len() && j - i < BULK && changes[j].op == Op::Insert && changes[j].tbl == ch.tbl {
+                    j += 1;
+                }
+                if let Some(rest) = self.bulk_insert(&changes[i..j])? {
+                    for k in rest {
+                        self.apply(&changes[i + k])?;
+                    }
+                    i = j;
+                    continue;
+                }
+            }
+            self.apply(ch)?;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Inserts a run of changes in one statement; returns the indexes of those left for
+    /// `apply`, or `None` when the table may hold tombstones (no fast path then).
+    fn bulk_insert(&mut self, run: &[Change]) -> Result<Option<Vec<usize>>> {
+        use std::fmt::Write;
+        for ch in run {
+            clock::observe(ch.hlc);
+        }
+        let rest = Spi::connect_mut(|client| -> Result<Option<Vec<usize>>> {
+            let t = table::lookup(client, &run[0].tbl)?;
+            if crate::shmem::may_have_tombstones(t.relid) {
+                return Ok(None);
+            }
+            let mut arr = String::from("[");
+            for (k, ch) in run.iter().enumerate() {
+                let vv: Vec<String> = ch.vv.to_flat().iter().map(|v| v.to_string()).collect();
+                let _ = write!(
+                    arr,
+                    "{}{{\"r\":{},\"h\":{},\"v\":[{}]}}",
+                    if k > 0 { "," } else { "" },
+                    ch.image()?,
+                    ch.hlc,
+                    vv.join(",")
+                );
+            }
+            arr.push(']');
+            let rows = client
+                .update(&t.bulk_insert, None, &[jsonb_arg(&arr)?.arg(), self.peer_node.into()])
+                .map_err(|e| internal(format!("applying inserts to {}: {e}", t.name)))?;
+            let mut rest = Vec::new();
+            for r in rows {
+                rest.push(r.get::<i64>(1).map_err(internal)?.unwrap_or(1) as usize - 1);
+            }
+            Ok(Some(rest))
+        })?;
+        if let Some(rest) = &rest {
+            self.stats.applied += (run.len() - rest.len()) as i64;
+        }
+        Ok(rest)
+    }
+
     /// Applies one change (in the caller's transaction).
     pub fn apply(&mut self, ch: &Change) -> Result<()> {
         // Receiving a stamp moves the clock past it, so later local writes are ordered
@@ -196,6 +263,10 @@ impl Applier {
             let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default())
                 .map_err(|e| internal(format!("{}: damaged mmr_vv: {e}", t.name)))?;
             return Ok(Held { local: Local::Row(Version { hlc, node, vv }), horizon: horizon_of(node, hlc) });
+        }
+        // A table no tombstone was ever written for has none to look up.
+        if !crate::shmem::may_have_tombstones(t.relid) {
+            return Ok(Held { local: Local::Absent, horizon: VersionVector::new() });
         }
         let rows = client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
         if rows.is_empty() {
@@ -413,6 +484,9 @@ enum Written {
     Done,
     Raced,
 }
+
+/// Most inserts applied by one statement.
+const BULK: usize = 1000;
 
 /// How often one change is decided again because local inserts kept taking its key.
 const MAX_RACES: usize = 10;

@@ -39,6 +39,11 @@ pub struct ApplyTable {
     pub delete_tombstone: OwnedPreparedStatement,
     /// The key as canonical jsonb.
     pub key_json: OwnedPreparedStatement,
+    /// Inserts many rows whose keys are expected to be absent, in one statement: $1 a
+    /// jsonb array of {"r": image, "h": stamp, "v": vector}, $2 the origin node.
+    /// Returns the (1-based) positions of the entries it did not insert: their key
+    /// exists, or repeats an earlier entry's. Those are applied one by one.
+    pub bulk_insert: OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -147,6 +152,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
         )?,
         delete_tombstone: prepare(format!("DELETE FROM mmr.tombstone WHERE {tombstone_where}"), &[jsonb])?,
         key_json: prepare(format!("SELECT {}", shape.key_json("$1")), &[jsonb])?,
+        bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
         resolver: match resolver {
             None => None,
             Some(f) => {
@@ -160,6 +166,29 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
         name,
         relid,
     })
+}
+
+fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> String {
+    let keys = shape.key_values("e.v -> 'r'");
+    let ins_keys: Vec<String> = shape.pk.iter().map(|k| format!("ins.{k}")).collect();
+    let key_aliases: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
+    format!(
+        "WITH e AS (SELECT v, n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n)), \
+         ins AS (INSERT INTO {name} AS x ({cols}, mmr_hlc, mmr_node, mmr_vv) {overriding} \
+                 SELECT {vals}, (e.v ->> 'h')::int8, $2, \
+                        ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e.v -> 'v')::int8) \
+                 FROM e ORDER BY e.n ON CONFLICT ({pk}) DO NOTHING RETURNING {pk}), \
+         keyed AS (SELECT e.n, {keyed}, row_number() OVER (PARTITION BY {key_list} ORDER BY e.n) AS seen FROM e) \
+         SELECT n FROM keyed \
+         WHERE seen > 1 OR NOT EXISTS (SELECT 1 FROM ins WHERE ({ins_keys}) = ({aliases})) ORDER BY n",
+        name = shape.name,
+        vals = shape.values("e.v -> 'r'").join(", "),
+        pk = shape.pk.join(", "),
+        keyed = keys.iter().zip(&key_aliases).map(|(k, a)| format!("{k} AS {a}")).collect::<Vec<_>>().join(", "),
+        key_list = keys.join(", "),
+        ins_keys = ins_keys.join(", "),
+        aliases = key_aliases.join(", "),
+    )
 }
 
 /// Calls the resolver `func` (schema-qualified) on the local row, the remote image

@@ -298,15 +298,16 @@ impl Worker {
                     }
                 };
                 let changes = row.get(2).cloned().flatten().unwrap_or_default();
-                for ch in Change::parse_all(&changes)? {
+                let changes = Change::parse_all(&changes)?;
+                for ch in &changes {
                     let ahead = hlc::ahead_by_millis(ch.hlc.max(0) as u64, clock::wall_millis());
                     if ahead > skew_limit {
                         return Err(MmrError::ClockSkew { ahead_ms: ahead, limit_ms: skew_limit });
                     }
-                    applier.apply(&ch)?;
                     max_hlc = max_hlc.max(ch.hlc);
-                    n += 1;
                 }
+                applier.apply_all(&changes)?;
+                n += changes.len();
             }
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
