@@ -103,6 +103,8 @@ pub struct Stats {
 pub struct Applier {
     pub peer_node: i32,
     pub stats: Stats,
+    /// Inserts gathered for one statement (see `push`).
+    run: Vec<Change>,
 }
 
 /// What this node holds for a key, with the tombstone's horizon.
@@ -146,34 +148,41 @@ fn jsonb_arg(text: &str) -> Result<Image> {
 
 impl Applier {
     pub fn new(peer_node: i32) -> Applier {
-        Applier { peer_node, stats: Stats::default() }
+        Applier { peer_node, stats: Stats::default(), run: Vec::new() }
     }
 
-    /// Applies the changes of one queue row, in order. A run of inserts into a table
-    /// that has never had a tombstone goes in one statement: for an absent key an insert
-    /// always applies, and the entries whose key turns out to exist (or repeat) are then
-    /// applied one by one, in order.
-    pub fn apply_all(&mut self, changes: &[Change]) -> Result<()> {
-        let mut i = 0;
-        while i < changes.len() {
-            let ch = &changes[i];
-            if ch.op == Op::Insert {
-                let mut j = i + 1;
-                while j < changes.len() && j - i < BULK && changes[j].op == Op::Insert && changes[j].tbl == ch.tbl {
-                    j += 1;
-                }
-                if let Some(rest) = self.bulk_insert(&changes[i..j])? {
-                    for k in rest {
-                        self.apply(&changes[i + k])?;
-                    }
-                    i = j;
-                    continue;
-                }
-            }
-            self.apply(ch)?;
-            i += 1;
+    /// Applies changes in the order given (the caller's transaction). Consecutive
+    /// inserts into the same table -- across remote transactions, all applied in this
+    /// one local transaction -- are gathered and written in one statement when the
+    /// table has never had a tombstone: for an absent key an insert always applies, and
+    /// the entries whose key turns out to exist (or repeat) are then applied one by one,
+    /// in order. Call `finish` after the last change.
+    pub fn push(&mut self, ch: Change) -> Result<()> {
+        let joins =
+            ch.op == Op::Insert && self.run.len() < BULK && self.run.first().is_none_or(|first| first.tbl == ch.tbl);
+        if joins {
+            self.run.push(ch);
+            return Ok(());
         }
-        Ok(())
+        self.finish()?;
+        if ch.op == Op::Insert {
+            self.run.push(ch);
+            Ok(())
+        } else {
+            self.apply(&ch)
+        }
+    }
+
+    /// Applies the gathered inserts.
+    pub fn finish(&mut self) -> Result<()> {
+        let run = std::mem::take(&mut self.run);
+        if run.is_empty() {
+            return Ok(());
+        }
+        match self.bulk_insert(&run)? {
+            Some(rest) => rest.into_iter().try_for_each(|k| self.apply(&run[k])),
+            None => run.iter().try_for_each(|ch| self.apply(ch)),
+        }
     }
 
     /// Inserts a run of changes in one statement; returns the indexes of those left for

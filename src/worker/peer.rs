@@ -306,9 +306,12 @@ impl Worker {
                     }
                     max_hlc = max_hlc.max(ch.hlc);
                 }
-                applier.apply_all(&changes)?;
                 n += changes.len();
+                for ch in changes {
+                    applier.push(ch)?;
+                }
             }
+            applier.finish()?;
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
                    applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
