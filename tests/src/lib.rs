@@ -183,16 +183,25 @@ impl Cluster {
 
     /// The conninfo node `i` uses to reach node `j` (through the proxy).
     pub fn peer_conninfo(&mut self, i: usize, j: usize) -> String {
+        self.peer_conninfo_as(i, j, "postgres")
+    }
+
+    fn peer_conninfo_as(&mut self, i: usize, j: usize, user: &str) -> String {
         let port = self.link(i, j).port();
-        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2")
+        format!("host=127.0.0.1 port={port} user={user} dbname=postgres connect_timeout=2")
     }
 
     /// Makes every node a peer of every other one, through the proxies.
     pub fn mesh(&mut self) {
+        self.mesh_as("postgres");
+    }
+
+    /// As `mesh`, pulling as database role `user`.
+    pub fn mesh_as(&mut self, user: &str) {
         for i in 0..self.len() {
             for j in 0..self.len() {
                 if i != j {
-                    let conninfo = self.peer_conninfo(i, j);
+                    let conninfo = self.peer_conninfo_as(i, j, user);
                     let name = self.nodes[j].name.clone();
                     self.connect(i).execute("SELECT mmr.add_peer($1, $2)", &[&name, &conninfo]).unwrap();
                 }

@@ -251,3 +251,30 @@ fn overlapping_bulk_inserts_converge() {
     // Later writes by wall time win: n2 inserted after n1.
     assert_eq!(c.int(1, "SELECT count(*) FROM ev WHERE id BETWEEN 2001 AND 3000 AND src = 'n2'"), 1000);
 }
+
+/// The pull role: peers replicate through a role that is not a superuser and holds
+/// only what mmr.grant_pull gives it; a role without that grant can neither pull nor
+/// read the queue.
+#[test]
+fn peers_pull_with_a_least_privilege_role() {
+    let mut c = Cluster::start("role", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    for i in 0..2 {
+        c.exec(i, "CREATE ROLE mmr_pull LOGIN; SELECT mmr.grant_pull('mmr_pull'); CREATE ROLE nobody LOGIN");
+    }
+    c.mesh_as("mmr_pull");
+    c.exec(0, "INSERT INTO t VALUES (1, 'via a least-privilege role')");
+    c.sync(SYNC);
+    assert_eq!(c.text(1, "SELECT v FROM t"), "via a least-privilege role");
+    assert_eq!(c.text(0, "SELECT rolsuper::text FROM pg_roles WHERE rolname = 'mmr_pull'"), "false");
+    let conninfo = c.nodes[0].conninfo().replace("user=postgres", "user=nobody");
+    let mut nobody = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+    for sql in ["SELECT * FROM mmr.pull('x', 0, NULL, 10, 0)", "SELECT count(*) FROM mmr.queue"] {
+        let err = nobody.query(sql, &[]).unwrap_err();
+        assert!(mmr_tests::error_text(&err).contains("permission denied"), "{sql}: {}", mmr_tests::error_text(&err));
+    }
+    let puller = c.nodes[0].conninfo().replace("user=postgres", "user=mmr_pull");
+    let mut puller = postgres::Client::connect(&puller, postgres::NoTls).unwrap();
+    let err = puller.query("SELECT count(*) FROM mmr.queue", &[]).unwrap_err();
+    assert!(mmr_tests::error_text(&err).contains("permission denied"), "{}", mmr_tests::error_text(&err));
+}
