@@ -30,6 +30,20 @@ pub fn node_identity() -> Option<NodeIdentity> {
     Some(node)
 }
 
+thread_local! {
+    static NODE_ID: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
+
+/// This node's id (the capture triggers need it for every row: cached, no allocation).
+pub fn node_id() -> Result<i32> {
+    if let Some(id) = NODE_ID.with(|n| n.get()) {
+        return Ok(id);
+    }
+    let id = require_node()?.node_id;
+    NODE_ID.with(|n| n.set(Some(id)));
+    Ok(id)
+}
+
 /// This node's identity, or the error telling the user to run `mmr.init_node`.
 pub fn require_node() -> Result<NodeIdentity> {
     node_identity().ok_or(MmrError::NodeNotInitialized)
@@ -38,6 +52,7 @@ pub fn require_node() -> Result<NodeIdentity> {
 /// Forgets the cached identity (after `init_node` in this backend).
 pub fn forget_node_identity() {
     NODE.with(|n| *n.borrow_mut() = None);
+    NODE_ID.with(|n| n.set(None));
 }
 
 /// Names of nodes, peers: what `mmr.init_node` and `mmr.add_peer` accept.

@@ -19,6 +19,7 @@ fn internal(e: impl std::fmt::Display) -> MmrError {
 }
 
 pub fn housekeeping() -> Result<()> {
+    crate::queue::ticker()?;
     prune_queue()?;
     prune_ticks()?;
     prune_tombstones()?;

@@ -242,3 +242,24 @@ fn pending_changes(snap: &str) -> Result<i64> {
     .map_err(internal)
     .map(|n| n.unwrap_or(0))
 }
+
+/// The ticker (run by the launcher's housekeeping): takes a tick when changes have
+/// committed that no tick covers yet. Pulls take ticks themselves when a consumer is
+/// caught up; these extra ones bound the batches of a consumer that comes back after a
+/// long absence, so it catches up in transactions of `mmr.batch_size`, not in one.
+pub fn ticker() -> Result<()> {
+    let latest = catalog::select_opt::<pgrx::JsonB>(
+        "SELECT jsonb_build_object('id', id, 'snap', snap::text) FROM mmr.tick ORDER BY id DESC LIMIT 1",
+        &[],
+    )
+    .map_err(internal)?;
+    let (tick, snap) = match &latest {
+        Some(j) => (j.0["id"].as_i64().unwrap_or(0), j.0["snap"].as_str().map(String::from)),
+        None => (0, None),
+    };
+    if has_unserved_changes(snap.as_deref())? {
+        let from = snap.as_deref().map(Snapshot::parse).transpose().map_err(internal)?;
+        create_tick(tick, from.as_ref())?;
+    }
+    Ok(())
+}

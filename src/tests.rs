@@ -250,6 +250,34 @@ mod tests {
         );
     }
 
+    /// The catalog is not readable by PUBLIC, and the configuration tables are marked
+    /// for pg_dump (the node's identity, its peers, its replicated tables).
+    #[pg_test]
+    fn catalog_is_private_and_configuration_is_dumped() {
+        run("CREATE ROLE mmr_test_reader");
+        for t in
+            ["node", "peer", "peer_progress", "replicated_table", "queue", "tick", "consumer", "tombstone", "conflicts"]
+        {
+            assert_eq!(
+                one::<bool>(&format!("SELECT has_table_privilege('mmr_test_reader', 'mmr.{t}', 'SELECT')")),
+                Some(false),
+                "PUBLIC can read mmr.{t}"
+            );
+        }
+        assert_eq!(
+            one::<bool>("SELECT has_function_privilege('mmr_test_reader', 'mmr.add_peer(text, text)', 'EXECUTE')"),
+            Some(false)
+        );
+        assert_eq!(
+            one::<bool>("SELECT has_function_privilege('mmr_test_reader', 'mmr.hlc_now()', 'EXECUTE')"),
+            Some(true)
+        );
+        assert_eq!(
+            text("SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text) FROM pg_extension, unnest(extconfig) c WHERE extname = 'mmr'"),
+            "mmr.node,mmr.peer,mmr.replicated_table"
+        );
+    }
+
     /// Rolling back to a savepoint drops the changes made since; a large transaction is
     /// queued in chunks, all under its transaction id, in order.
     #[pg_test]

@@ -98,9 +98,50 @@ unsafe fn attr(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, att: i32) -> Opt
 /// As for [`attr`].
 unsafe fn row_vv(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> Result<VersionVector> {
     // SAFETY: guaranteed by the caller; mmr_vv is a bigint[].
-    let flat = unsafe { attr(rel, tuple, meta.att_vv).and_then(|d| Vec::<i64>::from_datum(d, false)) };
+    let flat = unsafe { attr(rel, tuple, meta.att_vv).map(|d| int8_array(d)) };
+    let flat = flat.transpose().map_err(|e| MmrError::Internal(format!("{}: damaged mmr_vv: {e}", meta.name)))?;
     VersionVector::from_flat(&flat.unwrap_or_default())
         .map_err(|e| MmrError::Internal(format!("{}: damaged mmr_vv: {e}", meta.name)))
+}
+
+/// Reads a one-dimensional `bigint[]` without NULLs (what mmr_vv always holds) straight
+/// from its bytes: this runs for every written row.
+///
+/// # Safety
+/// `d` must be a non-null `bigint[]` datum.
+unsafe fn int8_array(d: pg_sys::Datum) -> std::result::Result<Vec<i64>, &'static str> {
+    // SAFETY: guaranteed by the caller; the layout is PostgreSQL's ArrayType header,
+    // then dims and lower bounds (one each), then the 8-byte aligned data.
+    unsafe {
+        let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *const pg_sys::ArrayType;
+        match (*arr).ndim {
+            0 => return Ok(Vec::new()),
+            1 if (*arr).dataoffset == 0 && (*arr).elemtype == pg_sys::INT8OID => {}
+            _ => return Err("not a one-dimensional bigint[] without NULLs"),
+        }
+        let dims = (arr as *const u8).add(std::mem::size_of::<pg_sys::ArrayType>()) as *const i32;
+        let n = *dims as usize;
+        // ARR_OVERHEAD_NONULLS(1): header + dims + lbound, rounded up to 8.
+        let offset = (std::mem::size_of::<pg_sys::ArrayType>() + 2 * std::mem::size_of::<i32>()).next_multiple_of(8);
+        let data = (arr as *const u8).add(offset) as *const i64;
+        Ok(std::slice::from_raw_parts(data, n).to_vec())
+    }
+}
+
+/// Builds a `bigint[]` datum in the current memory context.
+fn int8_array_datum(values: &[i64]) -> pg_sys::Datum {
+    let mut datums: Vec<pg_sys::Datum> = values.iter().map(|&v| pg_sys::Datum::from(v)).collect();
+    // SAFETY: construct_array copies the values into a new palloc'd array.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::construct_array(
+            datums.as_mut_ptr(),
+            datums.len() as i32,
+            pg_sys::INT8OID,
+            8,
+            true,
+            pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char,
+        ))
+    }
 }
 
 /// # Safety
@@ -252,7 +293,7 @@ fn with_spi<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
-    let node = catalog::require_node()?.node_id;
+    let node = catalog::node_id()?;
     let meta = meta::lookup(rel)?;
     if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
         // SAFETY: the row being deleted, valid during the trigger call.
@@ -295,11 +336,7 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
         }
     }
     let mut cols = [meta.att_hlc, meta.att_node, meta.att_vv];
-    let mut values = [
-        hlc.into_datum().unwrap(),
-        node.into_datum().unwrap(),
-        vv.to_flat().into_datum().ok_or_else(|| MmrError::Internal("building mmr_vv".into()))?,
-    ];
+    let mut values = [hlc.into_datum().unwrap(), node.into_datum().unwrap(), int8_array_datum(&vv.to_flat())];
     let mut nulls = [false; 3];
     // SAFETY: builds a modified copy of the trigger's new tuple in the current (per-tuple)
     // memory context, outside any SPI connection, as the trigger manager expects.

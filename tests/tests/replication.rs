@@ -278,3 +278,28 @@ fn peers_pull_with_a_least_privilege_role() {
     let err = puller.query("SELECT count(*) FROM mmr.queue", &[]).unwrap_err();
     assert!(mmr_tests::error_text(&err).contains("permission denied"), "{}", mmr_tests::error_text(&err));
 }
+
+/// Operations: pausing a peer stops pulling from it (mmr.peers says paused, its changes
+/// wait in its queue); resuming picks up where it stopped; removing a peer stops its
+/// worker and forgets its progress.
+#[test]
+fn pause_resume_and_remove_peer() {
+    let mut c = Cluster::start("pause", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY)", "t");
+    c.mesh();
+    c.exec(0, "INSERT INTO t VALUES (1)");
+    c.sync(SYNC);
+    c.exec(1, "SELECT mmr.pause_peer('n1')");
+    c.wait_until(1, "SELECT state = 'paused' FROM mmr.peers WHERE name = 'n1'", SYNC);
+    c.wait_until(1, "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'mmr apply'", SYNC);
+    c.exec(0, "INSERT INTO t VALUES (2)");
+    // n1's change waits in its queue while n2 is paused.
+    c.wait_until(0, "SELECT count(*) = 1 FROM mmr.queued_changes", SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM t"), 1);
+    c.exec(1, "SELECT mmr.resume_peer('n1')");
+    c.wait_until(1, "SELECT count(*) = 2 FROM t", SYNC);
+    assert_eq!(c.int(1, "SELECT sum(duplicate_changes)::bigint FROM mmr.peer_progress"), 0);
+    c.exec(1, "SELECT mmr.remove_peer('n1')");
+    c.wait_until(1, "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'mmr apply'", SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.peer_progress"), 0);
+}
