@@ -248,6 +248,10 @@ fn pending_changes(snap: &str) -> Result<i64> {
 /// caught up; these extra ones bound the batches of a consumer that comes back after a
 /// long absence, so it catches up in transactions of `mmr.batch_size`, not in one.
 pub fn ticker() -> Result<()> {
+    // Nobody to serve, nothing to bound.
+    if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer)").map_err(internal)?.unwrap_or(false) {
+        return Ok(());
+    }
     let latest = catalog::select_opt::<pgrx::JsonB>(
         "SELECT jsonb_build_object('id', id, 'snap', snap::text) FROM mmr.tick ORDER BY id DESC LIMIT 1",
         &[],

@@ -47,7 +47,7 @@ COMMENT ON VIEW mmr.peers IS
 CREATE FUNCTION mmr.pull(consumer text, tick bigint, pos pg_snapshot,
                          max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000)
 RETURNS TABLE (kind "char", xid xid8, changes text, meta jsonb)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     header jsonb;

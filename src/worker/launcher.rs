@@ -25,6 +25,7 @@ struct Launcher {
 pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
     super::setup_signals();
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    super::session_settings();
     let mut l = Launcher { workers: HashMap::new(), last_start: HashMap::new(), last_housekeeping: Instant::now() };
     loop {
         super::check_interrupts_and_reload();

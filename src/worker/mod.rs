@@ -55,6 +55,20 @@ pub fn setup_signals() {
     }
 }
 
+/// Settings of our workers' sessions: no JIT (housekeeping and apply statements are
+/// short; compiling them would cost more than running them, on every call).
+pub fn session_settings() {
+    // SAFETY: setting a GUC for this session, outside any transaction-scoped context.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"jit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
 /// Serves interrupts and reloads the configuration after SIGHUP.
 pub fn check_interrupts_and_reload() {
     pgrx::check_for_interrupts!();

@@ -54,6 +54,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
     super::setup_signals();
     let peer = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    super::session_settings();
     // SAFETY: reading our own pid.
     let me_pid = unsafe { pg_sys::MyProcPid };
     // Another worker may already serve this peer (started by an earlier launcher).

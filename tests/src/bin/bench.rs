@@ -48,9 +48,18 @@ fn main() {
         now_text()
     ));
     r.line("");
-    capture(&mut r);
-    apply(&mut r);
-    lag(&mut r);
+    // MMR_BENCH_ONLY=capture|apply|lag runs one part (for profiling; the report is then partial).
+    let only = std::env::var("MMR_BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
+    if part("capture") {
+        capture(&mut r);
+    }
+    if part("apply") {
+        apply(&mut r);
+    }
+    if part("lag") {
+        lag(&mut r);
+    }
     let out = std::env::var("MMR_BENCH_OUT").unwrap_or_else(|_| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md").display().to_string()
     });
@@ -165,11 +174,12 @@ fn capture(r: &mut Report) {
     let _ = writeln!(table, "|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for sync in [true, false] {
-        // Alternate the two configurations twice so warm-up and drift hit both.
+        // Alternate the two configurations, three rounds, so warm-up and drift hit both;
+        // report medians.
         let (mut plain, mut repl) = (Vec::new(), Vec::new());
-        for round in 0..2 {
+        for round in 0..3 {
             for replicated in [false, true] {
-                let on = replicated ^ (round == 1);
+                let on = replicated ^ (round % 2 == 1);
                 set_replicated(&c, on);
                 let m = pgbench_run(&c, secs, sync);
                 println!("   sync={sync} replicated={on}: {:.0} tps, {:.0} WAL bytes/txn", m.0, m.1);
@@ -180,9 +190,13 @@ fn capture(r: &mut Report) {
                 }
             }
         }
-        let avg = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
-        let (tp, tr) = (avg(&plain, |m| m.0), avg(&repl, |m| m.0));
-        let (wp, wr) = (avg(&plain, |m| m.1), avg(&repl, |m| m.1));
+        let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+            let mut xs: Vec<f64> = v.iter().map(f).collect();
+            xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            xs[xs.len() / 2]
+        };
+        let (tp, tr) = (median(&plain, |m| m.0), median(&repl, |m| m.0));
+        let (wp, wr) = (median(&plain, |m| m.1), median(&repl, |m| m.1));
         ratios.push(tr / tp);
         let _ = writeln!(
             table,
@@ -194,7 +208,8 @@ fn capture(r: &mut Report) {
     r.line("## Capture overhead");
     r.line("");
     r.line(format!(
-        "pgbench TPC-B-like, scale 10, 4 clients, {secs} s per run, each configuration run twice, alternating. \
+        "pgbench TPC-B-like, scale 10, 4 clients, {secs} s per run, each configuration run three times, \
+         alternating; medians. \
          Replicated = the four pgbench tables under `mmr.replicate` (pgbench_history gets a bigserial primary key in both)."
     ));
     r.line("");
