@@ -5,5 +5,5 @@
 # MMR_DEMO_SECS=N sets how long writers run; MMR_DEMO_KEEP=1 keeps the servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
-cargo run -q -p mmr-tests --bin demo
+cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+cargo run -q --release -p mmr-tests --bin demo

@@ -13,7 +13,7 @@ static MAX_CLOCK_SKEW_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// Upper bound on the changes fetched from a peer in one batch (whole transactions are
 /// never split, so one large transaction can exceed it).
-static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2_000);
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 
 /// How long a peer's serving backend waits for new changes before answering "nothing new".
 static POLL_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);

@@ -34,8 +34,8 @@ fn main() {
         c.exec(i, "SELECT mmr.set_resolver('hits', 'mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info)')");
     }
     c.mesh();
-    c.exec(0, "INSERT INTO accounts SELECT g, 'owner' || g, 100, 'n1' FROM generate_series(1, 50) g");
-    c.exec(0, "INSERT INTO hits SELECT 'page' || g, 0 FROM generate_series(1, 5) g");
+    c.exec(0, "INSERT INTO accounts SELECT g, 'owner' || g, 100, 'n1' FROM generate_series(1, 200) g");
+    c.exec(0, "INSERT INTO hits SELECT 'page' || g, 0 FROM generate_series(1, 20) g");
     c.sync(Duration::from_secs(60));
     println!("== each node replicates accounts (last-write-wins) and hits (counter merge); writers start");
 
@@ -52,9 +52,9 @@ fn main() {
                 let mut rng = StdRng::seed_from_u64((node * 10 + w) as u64);
                 let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
                 while !stop.load(Ordering::Relaxed) {
-                    let id: i32 = rng.gen_range(1..=50);
+                    let id: i32 = rng.gen_range(1..=200);
                     let amount: i32 = rng.gen_range(-20..=20);
-                    let page = format!("page{}", rng.gen_range(1..=5));
+                    let page = format!("page{}", rng.gen_range(1..=20));
                     let ok = db
                         .execute(
                             "UPDATE accounts SET balance = balance + $2, updated_by = $3 WHERE id = $1",
