@@ -604,23 +604,12 @@ struct ConflictRecord<'a> {
 }
 
 fn record_conflict(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, r: ConflictRecord<'_>) -> Result<()> {
-    let key = client
-        .update(&t.key_json, Some(1), &[image.arg()])
-        .map_err(internal)?
-        .first()
-        .get::<pgrx::JsonB>(1)
-        .map_err(internal)?
-        .map(|j| j.0.to_string())
-        .unwrap_or_else(|| "null".into());
     client
         .update(
-            "INSERT INTO mmr.conflicts (tbl, pk, kind, local_row, remote_row, local_hlc, remote_hlc, \
-                                        local_node, remote_node, resolution, resolver, note) \
-             VALUES ($1, $2::jsonb, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12)",
+            &t.log_conflict,
             None,
             &[
-                t.name.as_str().into(),
-                key.into(),
+                image.arg(),
                 r.kind.into(),
                 r.local_row.into(),
                 r.remote_row.into(),

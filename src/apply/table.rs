@@ -37,8 +37,9 @@ pub struct ApplyTable {
     /// Writes the key's tombstone: $2 hlc, $3 node, $4 vv, $5 horizon.
     pub put_tombstone: OwnedPreparedStatement,
     pub delete_tombstone: OwnedPreparedStatement,
-    /// The key as canonical jsonb.
-    pub key_json: OwnedPreparedStatement,
+    /// Records a conflict of the image's key: $2 kind, $3 local row, $4 remote row,
+    /// $5/$6 local/remote stamp, $7/$8 local/remote node, $9 resolution, $10 resolver, $11 note.
+    pub log_conflict: OwnedPreparedStatement,
     /// Inserts many rows whose keys are expected to be absent, in one statement: $1 a
     /// jsonb array of {"r": image, "h": stamp, "v": vector}, $2 the origin node.
     /// Returns the (1-based) positions of the entries it did not insert: their key
@@ -87,6 +88,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let int8 = PgOid::from(pg_sys::INT8OID);
     let int4 = PgOid::from(pg_sys::INT4OID);
     let int8s = PgOid::from(pg_sys::INT8ARRAYOID);
+    let text = PgOid::from(pg_sys::TEXTOID);
     let prepare = |q: String, types: &[PgOid]| -> Result<OwnedPreparedStatement> {
         client
             .prepare_mut(q.as_str(), types)
@@ -151,13 +153,21 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb, int8, int4, int8s, int8s],
         )?,
         delete_tombstone: prepare(format!("DELETE FROM mmr.tombstone WHERE {tombstone_where}"), &[jsonb])?,
-        key_json: prepare(format!("SELECT {}", shape.key_json("$1")), &[jsonb])?,
+        log_conflict: prepare(
+            format!(
+                "INSERT INTO mmr.conflicts (tbl, pk, kind, local_row, remote_row, local_hlc, remote_hlc, \
+                                            local_node, remote_node, resolution, resolver, note) \
+                 VALUES ({}, {}, $2, $3::jsonb, $4::jsonb, $5, $6, $7, $8, $9, $10, $11)",
+                pgrx::spi::quote_literal(&name),
+                shape.key_json("$1")
+            ),
+            &[jsonb, text, text, text, int8, int8, int4, int4, text, text, text],
+        )?,
         bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
         resolver: match resolver {
             None => None,
             Some(f) => {
                 let func = function_name(client, f)?;
-                let text = PgOid::from(pg_sys::TEXTOID);
                 let stmt =
                     prepare(resolve_sql(&shape, &func, relid), &[jsonb, jsonb, jsonb, text, int4, int4, int8, int8])?;
                 Some((func, stmt))
