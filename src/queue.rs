@@ -26,6 +26,7 @@ fn internal(e: impl std::fmt::Display) -> MmrError {
 }
 
 /// A tick: a batch boundary.
+#[derive(serde::Deserialize)]
 struct Tick {
     id: i64,
     snap: String,
@@ -144,27 +145,11 @@ fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<
 fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Option<Tick>> {
     let base =
         catalog::select_opt::<i64>("SELECT last_qid FROM mmr.tick WHERE id = $1", &[tick.into()]).map_err(internal)?;
-    let candidates = Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT id, snap::text, last_qid, hlc, stable_hlc, created_at::text FROM mmr.tick \
-             WHERE id > $1 ORDER BY id LIMIT 1000",
-            None,
-            &[tick.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(Tick {
-                id: r.get(1)?.unwrap_or(0),
-                snap: r.get(2)?.unwrap_or_default(),
-                last_qid: r.get(3)?.unwrap_or(0),
-                hlc: r.get(4)?.unwrap_or(0),
-                stable_hlc: r.get(5)?.unwrap_or(0),
-                as_of: r.get(6)?.unwrap_or_default(),
-            });
-        }
-        Ok::<_, pgrx::spi::SpiError>(out)
-    })
-    .map_err(internal)?;
+    let candidates = ticks(
+        "SELECT to_jsonb(t) FROM (SELECT id, snap::text AS snap, last_qid, hlc, stable_hlc, created_at::text AS as_of \
+         FROM mmr.tick WHERE id > $1 ORDER BY id LIMIT 1000) t",
+        &[tick.into()],
+    )?;
     let mut chosen: Option<Tick> = None;
     for t in candidates {
         let snap = Snapshot::parse(&t.snap).map_err(internal)?;
@@ -209,25 +194,33 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
     // The stable stamp is taken before the snapshot (the INSERT below): every change
     // stamped below it has committed, so it is visible in the tick.
     let stable = clock::stable();
+    ticks(
+        "WITH t AS (INSERT INTO mmr.tick (snap, hlc, stable_hlc, last_qid) \
+                   VALUES (pg_current_snapshot(), $1, $2, (SELECT last_value FROM mmr.queue_id_seq)) \
+                   RETURNING id, snap::text AS snap, last_qid, hlc, stable_hlc, created_at::text AS as_of) \
+         SELECT to_jsonb(t) FROM t",
+        &[clock::current().into(), stable.into()],
+    )?
+    .pop()
+    .ok_or_else(|| internal("no tick created"))
+}
+
+/// Runs `sql` (rows of `to_jsonb` of a tick) with a fresh snapshot and reads the ticks.
+fn ticks(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Vec<Tick>> {
     Spi::connect_mut(|c| {
-        let r = c.update(
-            "INSERT INTO mmr.tick (snap, hlc, stable_hlc, last_qid) \
-             VALUES (pg_current_snapshot(), $1, $2, (SELECT last_value FROM mmr.queue_id_seq)) \
-             RETURNING id, snap::text, last_qid, hlc, stable_hlc, created_at::text",
-            None,
-            &[clock::current().into(), stable.into()],
-        )?;
-        let r = r.first();
-        Ok::<_, pgrx::spi::SpiError>(Tick {
-            id: r.get(1)?.unwrap_or(0),
-            snap: r.get(2)?.unwrap_or_default(),
-            last_qid: r.get(3)?.unwrap_or(0),
-            hlc: r.get(4)?.unwrap_or(0),
-            stable_hlc: r.get(5)?.unwrap_or(0),
-            as_of: r.get(6)?.unwrap_or_default(),
-        })
+        let rows = c.update(sql, None, args)?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(j) = r.get::<JsonB>(1)? {
+                out.push(j.0);
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
     })
-    .map_err(internal)
+    .map_err(internal)?
+    .into_iter()
+    .map(|v| serde_json::from_value::<Tick>(v).map_err(internal))
+    .collect()
 }
 
 /// How many changes are queued beyond the batch ending at `snap` (counted exactly up to

@@ -11,6 +11,26 @@ fn partition_all(c: &mut Cluster) {
     }
 }
 
+/// The conflict scenario of most tests here: `base` is written on n1 and reaches every
+/// node; then every node is cut off from the others and the `writes` run (node, SQL), in
+/// order; then the group heals and settles.
+fn partitioned_writes(c: &mut Cluster, base: &str, writes: &[(usize, &str)]) {
+    c.exec(0, base);
+    c.sync(SYNC);
+    partition_all(c);
+    for (i, sql) in writes {
+        c.exec(*i, sql);
+    }
+    c.heal_all();
+    c.sync(SYNC);
+}
+
+fn set_resolver_everywhere(c: &Cluster, table: &str, resolver: &str) {
+    for i in 0..c.len() {
+        c.exec(i, &format!("SELECT mmr.set_resolver('{table}', '{resolver}')"));
+    }
+}
+
 /// Counters: three partitioned nodes each apply many increments to the same account
 /// row; after healing, every node's balance is the start plus all increments
 /// (mmr.merge_counters adds concurrent deltas instead of keeping one of them).
@@ -73,15 +93,16 @@ fn tags_union_resolver_converges_on_three_nodes() {
         c.exec(i, "SELECT mmr.set_resolver('item', 'tags_union(item, item, item, mmr.conflict_info)')");
     }
     c.mesh();
-    c.exec(0, "INSERT INTO item VALUES (1, 'book', '{base}')");
-    c.sync(SYNC);
-    partition_all(&mut c);
-    c.exec(0, "UPDATE item SET tags = tags || '{red}'::text[] WHERE id = 1");
-    c.exec(1, "UPDATE item SET tags = tags || '{green}'::text[], title = 'Book' WHERE id = 1");
-    c.exec(2, "UPDATE item SET tags = tags || '{blue}'::text[] WHERE id = 1");
-    c.exec(2, "UPDATE item SET tags = tags || '{navy}'::text[] WHERE id = 1");
-    c.heal_all();
-    c.sync(SYNC);
+    partitioned_writes(
+        &mut c,
+        "INSERT INTO item VALUES (1, 'book', '{base}')",
+        &[
+            (0, "UPDATE item SET tags = tags || '{red}'::text[] WHERE id = 1"),
+            (1, "UPDATE item SET tags = tags || '{green}'::text[], title = 'Book' WHERE id = 1"),
+            (2, "UPDATE item SET tags = tags || '{blue}'::text[] WHERE id = 1"),
+            (2, "UPDATE item SET tags = tags || '{navy}'::text[] WHERE id = 1"),
+        ],
+    );
     assert_converged(&c, "item");
     assert_eq!(c.text(0, "SELECT tags::text FROM item"), "{base,blue,green,navy,red}");
 }
@@ -101,13 +122,11 @@ fn raising_resolver_falls_back_to_lww_and_replication_goes_on() {
         c.exec(i, "SELECT mmr.set_resolver('t', 'boom(t, t, t, mmr.conflict_info)')");
     }
     c.mesh();
-    c.exec(0, "INSERT INTO t VALUES (1, 'start')");
-    c.sync(SYNC);
-    partition_all(&mut c);
-    c.exec(0, "UPDATE t SET v = 'n1' WHERE id = 1");
-    c.exec(1, "UPDATE t SET v = 'n2 later' WHERE id = 1");
-    c.heal_all();
-    c.sync(SYNC);
+    partitioned_writes(
+        &mut c,
+        "INSERT INTO t VALUES (1, 'start')",
+        &[(0, "UPDATE t SET v = 'n1' WHERE id = 1"), (1, "UPDATE t SET v = 'n2 later' WHERE id = 1")],
+    );
     assert_converged(&c, "t");
     assert_eq!(c.text(0, "SELECT v FROM t"), "n2 later");
     for i in 0..2 {
@@ -148,13 +167,14 @@ fn pending_conflict_resolved_by_a_person_reaches_all_nodes() {
         c.exec(i, "SELECT mmr.set_resolver('doc', 'mmr.resolve_later(anyelement, anyelement, anyelement, mmr.conflict_info)')");
     }
     c.mesh();
-    c.exec(0, "INSERT INTO doc VALUES (1, 'v0')");
-    c.sync(SYNC);
-    partition_all(&mut c);
-    c.exec(0, "UPDATE doc SET body = 'n1 edit' WHERE id = 1");
-    c.exec(1, "UPDATE doc SET body = 'n2 edit (later)' WHERE id = 1");
-    c.heal_all();
-    c.sync(SYNC);
+    partitioned_writes(
+        &mut c,
+        "INSERT INTO doc VALUES (1, 'v0')",
+        &[
+            (0, "UPDATE doc SET body = 'n1 edit' WHERE id = 1"),
+            (1, "UPDATE doc SET body = 'n2 edit (later)' WHERE id = 1"),
+        ],
+    );
     assert_converged(&c, "doc");
     assert_eq!(c.text(2, "SELECT body FROM doc"), "n2 edit (later)"); // LWW for now
     assert!(c.int(0, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'pending'") >= 1);
@@ -230,20 +250,16 @@ fn prefer_node_keeps_the_preferred_version() {
         mmr_tests::Options { conf: vec!["mmr.preferred_node = 1".into()], ..Default::default() },
     );
     c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    for i in 0..2 {
-        c.exec(
-            i,
-            "SELECT mmr.set_resolver('t', 'mmr.prefer_node(anyelement, anyelement, anyelement, mmr.conflict_info)')",
-        );
-    }
+    set_resolver_everywhere(&c, "t", "mmr.prefer_node(anyelement, anyelement, anyelement, mmr.conflict_info)");
     c.mesh();
-    c.exec(0, "INSERT INTO t VALUES (1, 'start')");
-    c.sync(SYNC);
-    partition_all(&mut c);
-    c.exec(0, "UPDATE t SET v = 'n1 (preferred, older)' WHERE id = 1");
-    c.exec(1, "UPDATE t SET v = 'n2 (newer)' WHERE id = 1");
-    c.heal_all();
-    c.sync(SYNC);
+    partitioned_writes(
+        &mut c,
+        "INSERT INTO t VALUES (1, 'start')",
+        &[
+            (0, "UPDATE t SET v = 'n1 (preferred, older)' WHERE id = 1"),
+            (1, "UPDATE t SET v = 'n2 (newer)' WHERE id = 1"),
+        ],
+    );
     assert_converged(&c, "t");
     assert_eq!(c.text(1, "SELECT v FROM t"), "n1 (preferred, older)");
 }
@@ -272,13 +288,14 @@ fn readme_resolver_examples_work() {
         c.exec(i, "SELECT mmr.set_resolver('profile', 'profile_merge(profile, profile, profile, mmr.conflict_info)')");
     }
     c.mesh();
-    c.exec(0, "INSERT INTO stock VALUES (1, 100, 'start'); INSERT INTO profile VALUES (1, 'a@x', '111')");
-    c.sync(SYNC);
-    partition_all(&mut c);
-    c.exec(0, "UPDATE stock SET qty = qty - 3 WHERE id = 1; UPDATE profile SET email = 'b@x' WHERE id = 1");
-    c.exec(1, "UPDATE stock SET qty = qty + 10 WHERE id = 1; UPDATE profile SET phone = '222' WHERE id = 1");
-    c.heal_all();
-    c.sync(SYNC);
+    partitioned_writes(
+        &mut c,
+        "INSERT INTO stock VALUES (1, 100, 'start'); INSERT INTO profile VALUES (1, 'a@x', '111')",
+        &[
+            (0, "UPDATE stock SET qty = qty - 3 WHERE id = 1; UPDATE profile SET email = 'b@x' WHERE id = 1"),
+            (1, "UPDATE stock SET qty = qty + 10 WHERE id = 1; UPDATE profile SET phone = '222' WHERE id = 1"),
+        ],
+    );
     assert_converged(&c, "stock");
     assert_converged(&c, "profile");
     assert_eq!(c.int(0, "SELECT qty::bigint FROM stock"), 107);
