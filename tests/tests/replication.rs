@@ -303,3 +303,47 @@ fn pause_resume_and_remove_peer() {
     c.wait_until(1, "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'mmr apply'", SYNC);
     assert_eq!(c.int(1, "SELECT count(*) FROM mmr.peer_progress"), 0);
 }
+
+/// Conflicts are kept for mmr.conflict_retention, then removed by the launcher; a
+/// conflict still pending for a person is kept whatever its age.
+#[test]
+fn conflict_log_retention() {
+    let mut c = Cluster::start("retention", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.mesh();
+    c.exec(0, "INSERT INTO t VALUES (1, 'a'), (2, 'a')");
+    c.sync(SYNC);
+    c.isolate(0);
+    c.exec(0, "UPDATE t SET v = 'n1'");
+    c.exec(1, "UPDATE t SET v = 'n2'");
+    c.heal_all();
+    c.sync(SYNC);
+    c.wait_until(0, "SELECT count(*) = 2 FROM mmr.conflicts", SYNC);
+    c.exec(0, "UPDATE mmr.conflicts SET resolution = 'pending' WHERE pk = '{\"id\": 2}'");
+    c.exec(0, "ALTER SYSTEM SET mmr.conflict_retention = '1s'");
+    c.exec(0, "SELECT pg_reload_conf()");
+    c.wait_until(0, "SELECT count(*) = 1 FROM mmr.conflicts", SYNC);
+    assert_eq!(c.text(0, "SELECT resolution FROM mmr.conflicts"), "pending");
+}
+
+/// A key deleted on one node and inserted again on another continues the tombstone's
+/// version vector: the new row causally follows the delete everywhere, so it is applied
+/// without a conflict (a fresh vector would look concurrent with, or older than, the
+/// tombstone that peers hold).
+#[test]
+fn reinsert_after_replicated_delete_continues_the_history() {
+    let mut c = Cluster::start("reinsert", 3);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.mesh();
+    c.exec(0, "INSERT INTO t VALUES (1, 'first life')");
+    c.sync(SYNC);
+    c.exec(0, "DELETE FROM t WHERE id = 1");
+    c.sync(SYNC);
+    c.exec(1, "INSERT INTO t VALUES (1, 'second life')");
+    c.sync(SYNC);
+    assert_converged(&c, "t");
+    for i in 0..3 {
+        assert_eq!(c.text(i, "SELECT v || ' ' || mmr_vv::text FROM t"), "second life {1,2,2,1}");
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts"), 0, "conflict on n{}", i + 1);
+    }
+}
