@@ -148,9 +148,18 @@ pub fn decide(op: Op, remote: &Version, local: &Local) -> Decision {
         Local::Tombstone(v) => (v, true),
     };
     let origin = remote.node as i64;
+    let incorporated = local_version.vv.get(origin) >= remote.vv.get(origin);
+    // A version that has incorporated a write carries a stamp at least that write's. A
+    // tombstone whose vector claims the write but whose stamp is older belongs to an
+    // earlier life of the key: the origin has pruned its copy of the tombstone (every
+    // node had applied it) and the key started a new history there, counting from one.
+    // The change follows the deletion; apply it, as the nodes that pruned it do.
+    if local_deleted && incorporated && remote.hlc > local_version.hlc {
+        return Decision::Apply;
+    }
     match remote.vv.compare(&local_version.vv) {
         Causality::Equal => Decision::Skip(Skip::Duplicate),
-        _ if local_version.vv.get(origin) >= remote.vv.get(origin) => Decision::Skip(Skip::Stale),
+        _ if incorporated => Decision::Skip(Skip::Stale),
         Causality::After => Decision::Apply,
         _ => Decision::Conflict(conflict(op, remote, local_version, local_deleted)),
     }
@@ -209,6 +218,17 @@ mod tests {
         let local = Local::Row(v(100, 2, &[1, 1, 2, 1]));
         assert_eq!(decide(Op::Update, &v(50, 1, &[1, 1]), &local), Decision::Skip(Skip::Stale));
         assert_eq!(decide(Op::Update, &v(100, 2, &[1, 1, 2, 1]), &local), Decision::Skip(Skip::Duplicate));
+    }
+
+    #[test]
+    fn insert_after_a_pruned_tombstone_applies() {
+        // Node 1 deleted the key (tombstone {1,2}), every node applied it, node 1 pruned
+        // it and inserted the key again with a fresh vector {1,1}. A node that still holds
+        // the tombstone must apply the insert, like the nodes that pruned it.
+        let tomb = Local::Tombstone(v(100, 1, &[1, 2]));
+        assert_eq!(decide(Op::Insert, &v(900, 1, &[1, 1]), &tomb), Decision::Apply);
+        // Without the stamp telling them apart, the same vector is an old insert.
+        assert_eq!(decide(Op::Insert, &v(50, 1, &[1, 1]), &tomb), Decision::Skip(Skip::Stale));
     }
 
     #[test]

@@ -289,3 +289,26 @@ fn tombstones_and_queue_are_pruned_only_after_every_peer_applied() {
     c.wait_until(0, "SELECT count(*) = 0 FROM mmr.queue", SYNC);
     c.wait_until(0, "SELECT count(*) = 0 FROM mmr.tombstone", SYNC);
 }
+
+/// A key inserted again after its tombstone was pruned on one node starts a new
+/// history there (its vector counts from one again), while a node whose pruning lags
+/// still holds the old tombstone: that node must apply the new row, not judge it stale.
+#[test]
+fn reinsert_after_pruning_reaches_a_node_that_still_holds_the_tombstone() {
+    let mut c = Cluster::start("prunelag", 3);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.mesh();
+    c.exec(0, "INSERT INTO t VALUES (1, 'first')");
+    c.sync(SYNC);
+    // n2 cannot hear from n3, so n2 cannot know the tombstone is safe to drop.
+    c.cut(1, 2);
+    c.exec(0, "DELETE FROM t WHERE id = 1");
+    c.wait_until(0, "SELECT count(*) = 0 FROM mmr.tombstone", SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.tombstone"), 1, "n2 should still hold the tombstone");
+    c.exec(0, "INSERT INTO t VALUES (1, 'second life')");
+    c.wait_until(1, "SELECT count(*) = 1 FROM t", SYNC);
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "t");
+    assert_eq!(c.text(2, "SELECT v FROM t"), "second life");
+}
