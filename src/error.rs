@@ -28,6 +28,7 @@ pub enum MmrError {
     UnknownConflict(i64),
     ConflictNotPending { id: i64, resolution: String },
     BadChoice(String),
+    BadRow(String),
     ClockSkew { ahead_ms: u64, limit_ms: u64 },
     TwoPhaseCommit,
     ConcurrentDelete(String),
@@ -46,7 +47,7 @@ impl MmrError {
             }
             UnknownPeer(_) | NotReplicated(_) | UnknownConflict(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             ConflictNotPending { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            BadChoice(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | TwoPhaseCommit => {
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED
@@ -92,6 +93,7 @@ impl MmrError {
                 format!("conflict {id} is not pending (its resolution is {resolution})")
             }
             BadChoice(c) => format!("invalid choice \"{c}\""),
+            BadRow(kind) => format!("the row to keep must be a JSON object of column values, not {kind}"),
             ClockSkew { ahead_ms, limit_ms } => {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
             }
@@ -147,6 +149,7 @@ impl MmrError {
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
             ConflictNotPending { .. } => "Only conflicts with resolution 'pending' wait for a decision.".into(),
             BadChoice(_) => "Choose 'local' or 'remote', or pass the row to keep as jsonb.".into(),
+            BadRow(_) => "Pass e.g. '{\"id\": 1, \"v\": \"x\"}'::jsonb (columns left out become NULL), or NULL::jsonb to delete the row.".into(),
             ConcurrentDelete(_) => "Retry the transaction.".into(),
             TwoPhaseCommit => "Commit it directly; mmr does not support two-phase commit on replicated tables.".into(),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),

@@ -38,6 +38,9 @@ fn resolve(id: i64, choice: Option<&str>, row: Option<serde_json::Value>) -> Res
         (Some(other), _) => return Err(MmrError::BadChoice(other.into())),
         (None, r) => ("wrote a new version".to_string(), r.filter(|v| !v.is_null())),
     };
+    if let Some(kind) = chosen.as_ref().and_then(not_an_object) {
+        return Err(MmrError::BadRow(kind.into()));
+    }
     // The key is the conflict's, whatever the chosen image says.
     let chosen = chosen.map(|mut v| {
         if let (Some(obj), Some(key)) = (v.as_object_mut(), p.pk.as_object()) {
@@ -68,6 +71,18 @@ fn resolve(id: i64, choice: Option<&str>, row: Option<serde_json::Value>) -> Res
             .map_err(internal)?;
         Ok(())
     })
+}
+
+/// What a JSON value is, if it is not an object (a row image must be one).
+fn not_an_object(v: &serde_json::Value) -> Option<&'static str> {
+    match v {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+        serde_json::Value::Null => Some("null"),
+    }
 }
 
 fn pending(id: i64) -> Result<Pending> {

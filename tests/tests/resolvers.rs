@@ -199,6 +199,32 @@ fn pending_conflict_resolved_by_a_person_reaches_all_nodes() {
     assert!(error_text(&err).contains("is not pending"), "{}", error_text(&err));
     let err = c.connect(0).execute("SELECT mmr.resolve_conflict(999999, 'local')", &[]).unwrap_err();
     assert!(error_text(&err).contains("does not exist"), "{}", error_text(&err));
+
+    // A person may also write the row to keep (jsonb), or delete the row (NULL), here on n3.
+    partitioned_writes(
+        &mut c,
+        "INSERT INTO doc VALUES (3, 'three'), (4, 'four')",
+        &[
+            (0, "UPDATE doc SET body = body || ' n1' WHERE id IN (3, 4)"),
+            (2, "UPDATE doc SET body = body || ' n3' WHERE id IN (3, 4)"),
+        ],
+    );
+    let pending = |key: i32| {
+        c.int(2, &format!("SELECT id FROM mmr.conflicts WHERE resolution = 'pending' AND pk->>'id' = '{key}' LIMIT 1"))
+    };
+    let (three, four) = (pending(3), pending(4));
+    let err = c.connect(2).execute(&format!("SELECT mmr.resolve_conflict({three}, '[1, 2]'::jsonb)"), &[]).unwrap_err();
+    assert!(error_text(&err).contains("must be a JSON object of column values, not an array"), "{}", error_text(&err));
+    assert_eq!(pending(3), three, "a refused decision leaves the conflict pending");
+    c.exec(2, &format!("SELECT mmr.resolve_conflict({three}, '{{\"id\": 3, \"body\": \"merged by hand\"}}'::jsonb)"));
+    c.exec(2, &format!("SELECT mmr.resolve_conflict({four}, NULL::jsonb)"));
+    c.sync(SYNC);
+    assert_converged(&c, "doc");
+    for i in 0..3 {
+        assert_eq!(c.text(i, "SELECT body FROM doc WHERE id = 3"), "merged by hand", "on n{}", i + 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM doc WHERE id = 4"), 0, "on n{}", i + 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'pending'"), 0, "on n{}", i + 1);
+    }
 }
 
 /// The resolver is called only for true (concurrent) conflicts: causally ordered
