@@ -426,12 +426,15 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if failed {
             eprintln!("{}", self.logs());
         }
         if self.keep {
             return;
         }
+        // MMR_KEEP_FAILED=1 keeps a failed test's data directories (servers stopped).
+        let keep_files = failed && std::env::var_os("MMR_KEEP_FAILED").is_some();
         for row in &mut self.links {
             for p in row.iter_mut() {
                 p.take();
@@ -442,7 +445,11 @@ impl Drop for Cluster {
                 .args(["stop", "-w", "-m", "immediate", "-D", n.data().to_str().unwrap()])
                 .output();
         }
-        let _ = std::fs::remove_dir_all(&self.root);
+        if keep_files {
+            eprintln!("kept {}", self.root.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
 
@@ -451,6 +458,32 @@ impl Drop for Cluster {
 pub fn table_image(db: &mut Client, table: &str) -> Vec<String> {
     let q = format!("SELECT t::text FROM {table} t ORDER BY 1");
     db.query(&q, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+/// The first field of a row image `(a,b,...)`: the key, in the tests' tables.
+fn leading_field(row: &str) -> Option<&str> {
+    row.strip_prefix('(')?.split(',').next()
+}
+
+/// Every node's logged conflicts on the given keys of `table`, for divergence reports.
+fn conflicts_of(c: &Cluster, table: &str, keys: &[&str]) -> String {
+    let mut out = String::new();
+    for i in 0..c.len() {
+        let rows = c
+            .connect(i)
+            .query(
+                "SELECT c::text FROM mmr.conflicts c \
+                 WHERE tbl::regclass = $1::text::regclass AND (SELECT v #>> '{}' FROM jsonb_each(pk) AS e(k, v) LIMIT 1) = ANY($2) ORDER BY id",
+                &[&table, &keys],
+            )
+            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+            .unwrap_or_else(|e| vec![e.to_string()]);
+        out.push_str(&format!("conflicts on {} for those keys:\n", c.nodes[i].name));
+        for r in rows {
+            out.push_str(&format!("  {r}\n"));
+        }
+    }
+    out
 }
 
 /// Asserts every node holds identical rows (user and mmr columns) for `table`.
@@ -462,14 +495,16 @@ pub fn assert_converged(c: &Cluster, table: &str) {
             let b: std::collections::BTreeSet<_> = images[i].iter().collect();
             let only0: Vec<_> = a.difference(&b).take(10).collect();
             let only_i: Vec<_> = b.difference(&a).take(10).collect();
+            let keys: Vec<&str> = only0.iter().chain(&only_i).filter_map(|r| leading_field(r)).collect();
             panic!(
-                "{table} differs between {} ({} rows) and {} ({} rows)\nonly on {}: {only0:?}\nonly on {}: {only_i:?}",
+                "{table} differs between {} ({} rows) and {} ({} rows)\nonly on {}: {only0:?}\nonly on {}: {only_i:?}\n{}",
                 c.nodes[0].name,
                 images[0].len(),
                 c.nodes[i].name,
                 images[i].len(),
                 c.nodes[0].name,
-                c.nodes[i].name
+                c.nodes[i].name,
+                conflicts_of(c, table, &keys)
             );
         }
     }
