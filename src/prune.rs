@@ -4,11 +4,14 @@
 //! * Ticks: those before every peer's position.
 //! * Tombstones: a tombstone is what makes a late change for a deleted key resolve the
 //!   same way everywhere, so it may go only when no change concurrent with it can still
-//!   arrive. Its `horizon` lists the versions merged into it as (origin node, stamp).
-//!   A peer N can still send a concurrent change until (a) N has applied every one of
-//!   those versions -- N's report says what N has applied of each origin -- and (b) this
-//!   node has applied everything N wrote before that -- N's report carries a stable
-//!   stamp of N taken after, and our watermark of N must have passed it.
+//!   arrive. Its version vector lists, per node, the latest write of that node the
+//!   deletion incorporated, as (node, stamp). A peer N can still send a concurrent
+//!   change until (a) N has applied every one of those writes -- N's report says what N
+//!   has applied of each origin -- and (b) this node has applied everything N wrote
+//!   before that -- N's report carries a stable stamp of N taken after, and our
+//!   watermark of N must have passed it. Writes of nodes that left the group are not
+//!   waited for (nothing more of theirs arrives); while some peer's node id is unknown,
+//!   nothing is pruned.
 //! * Conflicts: older than mmr.conflict_retention (pending ones stay until resolved).
 
 use crate::error::{MmrError, Result};
@@ -48,8 +51,9 @@ fn prune_ticks() -> Result<()> {
 }
 
 fn prune_tombstones() -> Result<()> {
-    // A (tombstone, horizon entry) pair is blocked by peer p unless p wrote that version
-    // itself or both (a) and (b) of the module documentation hold for p.
+    // A (tombstone, vector entry) pair is blocked by peer p unless the entry is of a node
+    // that left, p wrote that version itself, or (a) and (b) of the module documentation
+    // hold for p. The apply side's tombstone_outlived draws the same line.
     Spi::run(
         "WITH me AS (SELECT name, node_id FROM mmr.node), \
          peers AS ( \
@@ -57,15 +61,16 @@ fn prune_tombstones() -> Result<()> {
                   greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)) AS watermark \
            FROM mmr.peer p \
            LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name \
-           LEFT JOIN mmr._peer_status() s ON s.name = p.name) \
+           LEFT JOIN mmr._peer_status() s ON s.name = p.name), \
+         members AS (SELECT node_id FROM me UNION ALL SELECT node_id FROM peers WHERE node_id IS NOT NULL) \
          DELETE FROM mmr.tombstone t \
          WHERE EXISTS (SELECT 1 FROM peers) AND NOT EXISTS ( \
            SELECT 1 \
-           FROM generate_series(1, coalesce(array_length(t.horizon, 1), 0), 2) AS i \
-           CROSS JOIN LATERAL (SELECT t.horizon[i] AS origin, t.horizon[i + 1] AS stamp) v \
+           FROM generate_series(1, coalesce(array_length(t.vv, 1), 0), 2) AS i \
+           CROSS JOIN LATERAL (SELECT t.vv[i] AS origin, t.vv[i + 1] AS stamp) v \
            CROSS JOIN peers p \
            WHERE p.node_id IS NULL \
-              OR (v.origin <> p.node_id AND NOT ( \
+              OR (v.origin IN (SELECT node_id FROM members) AND v.origin <> p.node_id AND NOT ( \
                     coalesce((p.report -> 'applied' ->> ( \
                         CASE WHEN v.origin = (SELECT node_id FROM me) THEN (SELECT name FROM me) \
                              ELSE (SELECT name FROM mmr.peer WHERE node_id = v.origin) END))::bigint, 0) > v.stamp \

@@ -4,6 +4,7 @@
 //! backend. Plain atomics for the clock and counters; the peer status slots are guarded
 //! by an LWLock because they hold strings.
 
+use mmr_core::vv::VersionVector;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr;
@@ -42,6 +43,8 @@ pub struct PeerSlot {
     pub lag_changes: i64,
     /// Every change of the peer stamped below this has been applied here (0 = unknown).
     pub watermark: i64,
+    /// The peer's node id (0 = not known yet).
+    pub node_id: i32,
 }
 
 #[repr(C)]
@@ -311,6 +314,7 @@ pub fn update_peer_status(name: &str, f: impl FnOnce(&mut PeerStatusWriter)) -> 
             last_contact: 0,
             lag_changes: -1,
             watermark: 0,
+            node_id: 0,
         };
         put_str(&mut slot.name, name);
     }
@@ -348,6 +352,26 @@ impl PeerStatusWriter<'_> {
     pub fn set_watermark(&mut self, w: i64) {
         self.0.watermark = self.0.watermark.max(w);
     }
+    pub fn set_node_id(&mut self, id: i32) {
+        self.0.node_id = id;
+    }
+}
+
+/// What this node has applied of each peer, as `(node id, watermark)` entries: every
+/// change of that node stamped below its entry has been applied here. Lower bounds (a
+/// peer whose worker has not reported yet is missing), which is what capture needs to
+/// record in each transaction (see `mmr_core::decide::tombstone_outlived`).
+pub fn applied_vector() -> VersionVector {
+    let _g = LockGuard::acquire(Lock::PeerSlots, false);
+    let mut flat: Vec<(i64, i64)> = shared()
+        .peers
+        .iter()
+        .filter(|s| s.in_use && s.node_id > 0 && s.watermark > 0)
+        .map(|s| (s.node_id as i64, s.watermark))
+        .collect();
+    flat.sort_unstable();
+    flat.dedup_by_key(|e| e.0);
+    VersionVector::from_flat(&flat.into_iter().flat_map(|(n, w)| [n, w]).collect::<Vec<_>>()).unwrap_or_default()
 }
 
 /// Records that table `relid` may hold tombstones. Called before a tombstone is written,

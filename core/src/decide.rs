@@ -3,9 +3,10 @@
 //! The decision depends only on version vectors and stamps, never on which node is
 //! deciding, so every node reaches the same outcome for the same pair of versions:
 //!
-//! A change is one write: the origin's `n`-th write to the row (its entry in the
-//! change's vector), together with the full row it produced. A row's vector counts the
-//! writes the row has *incorporated*, exactly:
+//! A change is one write: the origin's write stamped `n` (its entry in the change's
+//! vector), together with the full row it produced. A row's vector holds, per node, the
+//! latest write of that node the row has *incorporated* (and with it, by per-origin
+//! order, all earlier ones), exactly:
 //!
 //! * the local row has incorporated that write already (its entry for the origin is at
 //!   least `n`): skip it -- even if the change has seen other nodes' writes the row has
@@ -19,6 +20,10 @@
 //!   entry raised to `n`. Not the pointwise maximum: claiming writes the change had
 //!   seen but whose effect the merge did not take in (a counter merge adds only the
 //!   change's own delta) would make their own arrival look stale and lose them.
+//!
+//! Tombstones are pruned once no node can send a change concurrent with them; a node
+//! that still holds one while others have moved on to a new life of the key must not
+//! resolve the new life against it (see `tombstone_outlived`).
 
 use crate::vv::{Causality, VersionVector};
 
@@ -149,20 +154,41 @@ pub fn decide(op: Op, remote: &Version, local: &Local) -> Decision {
     };
     let origin = remote.node as i64;
     let incorporated = local_version.vv.get(origin) >= remote.vv.get(origin);
-    // A version that has incorporated a write carries a stamp at least that write's. A
-    // tombstone whose vector claims the write but whose stamp is older belongs to an
-    // earlier life of the key: the origin has pruned its copy of the tombstone (every
-    // node had applied it) and the key started a new history there, counting from one.
-    // The change follows the deletion; apply it, as the nodes that pruned it do.
-    if local_deleted && incorporated && remote.hlc > local_version.hlc {
-        return Decision::Apply;
-    }
     match remote.vv.compare(&local_version.vv) {
         Causality::Equal => Decision::Skip(Skip::Duplicate),
         _ if incorporated => Decision::Skip(Skip::Stale),
         Causality::After => Decision::Apply,
         _ => Decision::Conflict(conflict(op, remote, local_version, local_deleted)),
     }
+}
+
+/// Whether a local tombstone belongs to a life of the key that the change's writer had
+/// left behind: before it wrote the change, the writer had applied every write the
+/// tombstone's vector holds (`tomb`: one `(node, stamp)` entry per node, the latest
+/// write of that node the deletion incorporated). The writer's state of the key then
+/// incorporated the deletion and everything merged into it -- or it had already pruned
+/// the tombstone, which happens only once no node can still send a change concurrent
+/// with it, and its next write to the key starts a new history. Either way the change
+/// must be applied as if the key were absent here, as on the nodes that have pruned the
+/// tombstone: merging the old life's vector into it would leave this node with a vector
+/// no other node has.
+///
+/// `writer_applied` holds, per node, a stamp below which the writer had applied every
+/// change of that node when it wrote (a lower bound is safe: it can only say no). The
+/// writer has its own writes by definition. Entries of nodes that `is_member` rejects
+/// (nodes that left the group) are ignored, as pruning ignores them: nothing more of
+/// theirs can arrive anywhere.
+pub fn tombstone_outlived(
+    tomb: &VersionVector,
+    writer: i32,
+    writer_applied: &VersionVector,
+    is_member: impl Fn(i64) -> bool,
+) -> bool {
+    // (A tombstone holding only the writer's own writes is outlived too: the writer's
+    // later write dominates it, so decide() would apply it as it is anyway.)
+    tomb.entries()
+        .filter(|&(node, _)| node != writer as i64 && is_member(node))
+        .all(|(node, stamp)| writer_applied.get(node) > stamp)
 }
 
 fn conflict(op: Op, remote: &Version, local: &Version, local_deleted: bool) -> Conflict {
@@ -221,14 +247,32 @@ mod tests {
     }
 
     #[test]
-    fn insert_after_a_pruned_tombstone_applies() {
-        // Node 1 deleted the key (tombstone {1,2}), every node applied it, node 1 pruned
-        // it and inserted the key again with a fresh vector {1,1}. A node that still holds
-        // the tombstone must apply the insert, like the nodes that pruned it.
-        let tomb = Local::Tombstone(v(100, 1, &[1, 2]));
-        assert_eq!(decide(Op::Insert, &v(900, 1, &[1, 1]), &tomb), Decision::Apply);
-        // Without the stamp telling them apart, the same vector is an old insert.
-        assert_eq!(decide(Op::Insert, &v(50, 1, &[1, 1]), &tomb), Decision::Skip(Skip::Stale));
+    fn a_tombstone_the_writer_had_applied_is_outlived() {
+        let all = |_: i64| true;
+        // Node 1 deleted the key at 100, after node 2's update at 90 had been merged in.
+        let tomb = VersionVector::from_flat(&[1, 100, 2, 90]).unwrap();
+        // Node 3 had applied both: whatever it writes now comes after that life.
+        assert!(tombstone_outlived(&tomb, 3, &VersionVector::from_flat(&[1, 101, 2, 91]).unwrap(), all));
+        // Node 3 had not applied node 2's update yet: its change may be concurrent.
+        assert!(!tombstone_outlived(&tomb, 3, &VersionVector::from_flat(&[1, 101, 2, 90]).unwrap(), all));
+        assert!(!tombstone_outlived(&tomb, 3, &VersionVector::new(), all));
+        // Node 1 wrote the deletion; it needs only to have applied node 2's update.
+        assert!(tombstone_outlived(&tomb, 1, &VersionVector::from_flat(&[2, 95]).unwrap(), all));
+        assert!(!tombstone_outlived(&tomb, 1, &VersionVector::from_flat(&[2, 85]).unwrap(), all));
+        // Node 2 has left the group: its update no longer counts.
+        assert!(tombstone_outlived(&tomb, 1, &VersionVector::new(), |n| n != 2));
+    }
+
+    #[test]
+    fn a_deletion_merged_with_a_lineage_the_writer_had_not_seen_is_not_outlived() {
+        // Node 1 deleted the key; here the deletion absorbed node 3's concurrent update
+        // at 95, which node 1 had not applied when it wrote again: its next write is
+        // concurrent with that update and must be resolved against the tombstone.
+        let merged = VersionVector::from_flat(&[1, 100, 3, 95]).unwrap();
+        assert!(!tombstone_outlived(&merged, 1, &VersionVector::from_flat(&[3, 40]).unwrap(), |_| true));
+        // Node 1's deletion alone: its later writes follow it either way.
+        let own = VersionVector::from_flat(&[1, 100]).unwrap();
+        assert!(tombstone_outlived(&own, 1, &VersionVector::new(), |_| true));
     }
 
     #[test]
@@ -317,12 +361,27 @@ mod simulation {
 
     const NODES: usize = 3;
 
+    thread_local! {
+        /// Ghost: the stamps of every node's writes, in order (index = node id - 1).
+        static LOG: std::cell::RefCell<Vec<Vec<i64>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Which of `node`'s writes (1, 2, ...) was stamped `stamp`.
+    fn seq_of(node: i64, stamp: i64) -> i64 {
+        LOG.with(|l| l.borrow()[node as usize - 1].iter().position(|&s| s == stamp).expect("a logged write") as i64 + 1)
+    }
+
+    /// The stamp of `node`'s `seq`-th write.
+    fn stamp_of(node: i64, seq: i64) -> i64 {
+        LOG.with(|l| l.borrow()[node as usize - 1][seq as usize - 1])
+    }
+
     #[derive(Clone, Debug)]
     struct State {
         version: Version,
         deleted: bool,
         value: i64,
-        /// Ghost: the writes (origin, n) -> delta this state has incorporated.
+        /// Ghost: the writes (origin, origin's n-th write) -> delta this state has incorporated.
         writes: std::collections::BTreeMap<(i64, i64), i64>,
     }
 
@@ -367,7 +426,8 @@ mod simulation {
         fn write(&mut self, delete: bool, delta: i64) -> Change {
             self.clock += 1;
             let base = self.state.clone();
-            let vv = base.as_ref().map(|s| s.version.vv.clone()).unwrap_or_default().incremented(self.id as i64);
+            let vv =
+                base.as_ref().map(|s| s.version.vv.clone()).unwrap_or_default().stamped(self.id as i64, self.clock);
             let old_value = base.as_ref().filter(|s| !s.deleted).map_or(0, |s| s.value);
             let was_live = base.as_ref().is_some_and(|s| !s.deleted);
             let value = if delete { old_value } else { old_value + delta };
@@ -378,8 +438,9 @@ mod simulation {
             } else {
                 Op::Insert
             };
+            LOG.with(|l| l.borrow_mut()[self.id - 1].push(self.clock));
             let mut writes = base.map(|s| s.writes).unwrap_or_default();
-            writes.insert((self.id as i64, vv.get(self.id as i64)), value - old_value);
+            writes.insert((self.id as i64, seq_of(self.id as i64, self.clock)), value - old_value);
             let version = Version { hlc: self.clock, node: self.id as i32, vv };
             self.state = Some(State { version: version.clone(), deleted: delete, value, writes: writes.clone() });
             Change { op, version, value, old_value, writes }
@@ -414,7 +475,8 @@ mod simulation {
                         Mode::LastWriteWins => (winner.deleted, winner.value),
                     };
                     let mut writes = l.writes.clone();
-                    let own = (ch.version.node as i64, ch.version.vv.get(ch.version.node as i64));
+                    let origin = ch.version.node as i64;
+                    let own = (origin, seq_of(origin, ch.version.vv.get(origin)));
                     writes.insert(own, ch.writes[&own]);
                     self.state = Some(State { version, deleted, value, writes });
                 }
@@ -422,12 +484,12 @@ mod simulation {
         }
     }
 
-    /// A state's vector must count exactly the writes it incorporated, and a counter's
+    /// A state's vector must hold exactly the writes it incorporated, and a counter's
     /// value must be their sum.
     fn check_exact(s: &State, node: usize) {
         let mut counts = VersionVector::new();
         for &(o, n) in s.writes.keys() {
-            counts = counts.with_at_least(o, n);
+            counts = counts.with_at_least(o, stamp_of(o, n));
         }
         let complete = s.writes.keys().all(|&(o, n)| (1..=n).all(|k| s.writes.contains_key(&(o, k))));
         assert!(complete && counts == s.version.vv, "n{node}: vector {:?} vs writes {:?}", s.version.vv, s.writes);
@@ -436,6 +498,7 @@ mod simulation {
 
     fn run(seed: u64, mode: Mode) {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        LOG.with(|l| *l.borrow_mut() = vec![Vec::new(); NODES]);
         let mut nodes: Vec<Node> = (0..NODES).map(|i| Node { id: i + 1, clock: 0, state: None }).collect();
         let mut chans: Vec<Vec<VecDeque<Change>>> =
             (0..NODES).map(|_| (0..NODES).map(|_| VecDeque::new()).collect()).collect();

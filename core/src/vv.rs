@@ -1,13 +1,16 @@
 //! Per-row version vectors.
 //!
-//! A row's version vector counts, for every node, how many versions of the row that
-//! node has written. Comparing two vectors tells whether one version causally follows
-//! the other (it has seen every write the other has seen) or whether they were written
-//! concurrently, which is the only case that needs conflict resolution.
+//! A row's version vector holds, for every node that wrote the row, the HLC stamp of
+//! that node's latest write the version has incorporated. Comparing two vectors tells
+//! whether one version causally follows the other (it has seen every write the other
+//! has seen) or whether they were written concurrently, which is the only case that
+//! needs conflict resolution. Stamps rather than counters: a node's stamps grow like a
+//! counter, but never repeat, so a key that was deleted, forgotten everywhere and
+//! written again cannot be mistaken for its earlier life.
 //!
-//! Stored form: a flat `bigint[]` of `(node_id, counter)` pairs sorted by node id with
-//! no zero counters, e.g. `{1,3,2,5}` = node 1 wrote 3 versions, node 2 wrote 5. The form
-//! is canonical, so equal vectors have equal column values on every node.
+//! Stored form: a flat `bigint[]` of `(node_id, stamp)` pairs sorted by node id with no
+//! zero entries, e.g. `{1,S1,2,S2}`. The form is canonical, so equal vectors have equal
+//! column values on every node.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -25,7 +28,7 @@ pub enum Causality {
     Concurrent,
 }
 
-/// A version vector: `(node_id, counter)` entries sorted by node id, counters > 0.
+/// A version vector: `(node_id, stamp)` entries sorted by node id, entries > 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VersionVector {
     entries: Vec<(i64, i64)>,
@@ -102,7 +105,12 @@ impl VersionVector {
         self.entries.is_empty()
     }
 
-    /// The counter of `node` (0 when absent).
+    /// The `(node, entry)` pairs, by node id.
+    pub fn entries(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.entries.iter().copied()
+    }
+
+    /// The entry of `node` (0 when absent).
     pub fn get(&self, node: i64) -> i64 {
         match self.entries.binary_search_by_key(&node, |&(n, _)| n) {
             Ok(i) => self.entries[i].1,
@@ -110,19 +118,18 @@ impl VersionVector {
         }
     }
 
-    /// This vector with `node`'s counter incremented: the vector of a new version
-    /// written by `node` on top of this one.
-    pub fn incremented(&self, node: i64) -> Self {
-        let mut entries = self.entries.clone();
-        match entries.binary_search_by_key(&node, |&(n, _)| n) {
-            Ok(i) => entries[i].1 = entries[i].1.saturating_add(1),
-            Err(i) => entries.insert(i, (node, 1)),
-        }
-        Self { entries }
+    /// The vector of a new version written by `node` at `stamp` on top of this one:
+    /// `node`'s entry becomes `stamp`. An entry is the stamp of the latest write of that
+    /// node the version has incorporated. A node's stamps only grow, so they order its
+    /// writes as a counter would -- and, unlike a counter, never repeat: a key deleted,
+    /// forgotten (tombstone pruned) and written again cannot produce an entry that an
+    /// older version of the key already holds.
+    pub fn stamped(&self, node: i64, stamp: i64) -> Self {
+        self.with_at_least(node, stamp)
     }
 
-    /// This vector with `node`'s counter raised to at least `count`: the vector after
-    /// incorporating that node's `count`-th write (and, by per-origin order, its earlier
+    /// This vector with `node`'s entry raised to at least `count`: the vector after
+    /// incorporating that node's write stamped `count` (and, by per-origin order, its earlier
     /// ones) and nothing else.
     pub fn with_at_least(&self, node: i64, count: i64) -> Self {
         if count <= 0 || self.get(node) >= count {
@@ -242,10 +249,10 @@ mod tests {
     }
 
     #[test]
-    fn increment_inserts_in_order() {
-        let v = vv(&[1, 1, 3, 1]).incremented(2).incremented(3);
-        assert_eq!(v.to_flat(), vec![1, 1, 2, 1, 3, 2]);
-        assert_eq!(v.get(2), 1);
+    fn stamped_inserts_in_order() {
+        let v = vv(&[1, 1, 3, 1]).stamped(2, 5).stamped(3, 7);
+        assert_eq!(v.to_flat(), vec![1, 1, 2, 5, 3, 7]);
+        assert_eq!(v.get(2), 5);
         assert_eq!(v.get(9), 0);
     }
 
@@ -290,8 +297,8 @@ mod tests {
         let to_vv = |x: &[i64; 3]| {
             let mut v = VersionVector::new();
             for (i, &n) in x.iter().enumerate() {
-                for _ in 0..n {
-                    v = v.incremented(i as i64 + 1);
+                if n > 0 {
+                    v = v.stamped(i as i64 + 1, n);
                 }
             }
             v

@@ -11,7 +11,7 @@ pub mod table;
 
 use crate::clock;
 use crate::error::{MmrError, Result};
-use mmr_core::decide::{decide, Conflict, Decision, Local, Op, Side, Skip, Version};
+use mmr_core::decide::{decide, tombstone_outlived, Conflict, Decision, Local, Op, Side, Skip, Version};
 use mmr_core::vv::VersionVector;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -31,6 +31,9 @@ pub struct Change {
     pub vv: VersionVector,
     pub new_row: Option<String>,
     pub old_row: Option<String>,
+    /// What the origin had applied of each node when it wrote the change (see
+    /// `mmr_core::decide::tombstone_outlived`); shared by a queue row's changes.
+    pub writer_applied: std::rc::Rc<VersionVector>,
 }
 
 /// One change as encoded by the capture trigger (see `capture::enqueue`).
@@ -47,10 +50,14 @@ struct Encoded<'a> {
 }
 
 impl Change {
-    /// The changes of one queue row (a JSON array), in the order they were made.
-    pub fn parse_all(changes: &str) -> Result<Vec<Change>> {
+    /// The changes of one queue row (a JSON array), in the order they were made, with
+    /// the row's `applied` vector (a `bigint[]` as text).
+    pub fn parse_all(changes: &str, applied: &str) -> Result<Vec<Change>> {
         let encoded: Vec<Encoded> =
             serde_json::from_str(changes).map_err(|e| internal(format!("malformed queue row: {e}")))?;
+        let writer_applied = std::rc::Rc::new(
+            VersionVector::parse_pg_array(applied).map_err(|e| internal(format!("malformed queue row: {e}")))?,
+        );
         encoded
             .into_iter()
             .map(|e| {
@@ -61,6 +68,7 @@ impl Change {
                     vv: VersionVector::from_flat(&e.v).map_err(internal)?,
                     new_row: e.n.map(|r| r.get().to_string()),
                     old_row: e.p.map(|r| r.get().to_string()),
+                    writer_applied: writer_applied.clone(),
                 })
             })
             .collect()
@@ -105,22 +113,21 @@ pub struct Applier {
     pub stats: Stats,
     /// Inserts gathered for one statement (see `push`).
     run: Vec<Change>,
+    /// The group's node ids (this node and its peers), or `None` while a peer's id is
+    /// still unknown: writes of other nodes are from nodes that left (see
+    /// `mmr_core::decide::tombstone_outlived`).
+    members: Option<Vec<i64>>,
 }
 
-/// What this node holds for a key, with the tombstone's horizon.
-struct Held {
-    local: Local,
-    horizon: VersionVector,
-}
-
-/// A horizon entry `(node, stamp)`; versions of unknown origin (rows that existed
-/// before replication started: node 0, stamp 0) contribute nothing.
-fn horizon_of(node: i32, hlc: i64) -> VersionVector {
-    if node > 0 && hlc > 0 {
-        VersionVector::from_flat(&[node as i64, hlc]).unwrap_or_default()
-    } else {
-        VersionVector::new()
-    }
+/// The node ids of this node and its peers, or `None` if some peer has not told its id
+/// yet (then any node may be a member). Pruning (prune.rs) draws the same line.
+fn group_members() -> Result<Option<Vec<i64>>> {
+    let ids = Spi::get_one::<Vec<Option<i64>>>(
+        "SELECT array_agg(node_id::bigint) FROM (SELECT node_id FROM mmr.node UNION ALL SELECT node_id FROM mmr.peer) m",
+    )
+    .map_err(internal)?
+    .unwrap_or_default();
+    Ok(ids.into_iter().collect())
 }
 
 /// The incoming row image, parsed once into a jsonb datum.
@@ -147,8 +154,8 @@ fn jsonb_arg(text: &str) -> Result<Image> {
 }
 
 impl Applier {
-    pub fn new(peer_node: i32) -> Applier {
-        Applier { peer_node, stats: Stats::default(), run: Vec::new() }
+    pub fn new(peer_node: i32) -> Result<Applier> {
+        Ok(Applier { peer_node, stats: Stats::default(), run: Vec::new(), members: group_members()? })
     }
 
     /// Applies changes in the order given (the caller's transaction). Consecutive
@@ -239,7 +246,7 @@ impl Applier {
             // the key taken: we look again, now with its row in view.
             for _ in 0..MAX_RACES {
                 let held = self.held(client, &t, image)?;
-                let decision = decide(ch.op, &remote, &held.local);
+                let decision = decide(ch.op, &remote, self.as_the_writer_saw_it(&held, ch));
                 let written = match &decision {
                     Decision::Apply => self.write_remote(client, &t, ch, image, &held)?,
                     Decision::Skip(_) => Written::Done,
@@ -262,36 +269,42 @@ impl Applier {
         })
     }
 
+    /// What the change is decided against: what is here, except a tombstone of a life
+    /// of the key the change's writer had left behind, which counts as absent.
+    fn as_the_writer_saw_it<'a>(&self, held: &'a Local, ch: &Change) -> &'a Local {
+        let is_member = |node: i64| self.members.as_ref().is_none_or(|m| m.contains(&node));
+        match held {
+            Local::Tombstone(t) if tombstone_outlived(&t.vv, self.peer_node, &ch.writer_applied, is_member) => {
+                &Local::Absent
+            }
+            local => local,
+        }
+    }
+
     /// Locks and reads the local row, or else the key's tombstone.
-    fn held(&self, client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Held> {
+    fn held(&self, client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Local> {
+        let version = |r: pgrx::spi::SpiTupleTable| -> Result<Version> {
+            let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default())
+                .map_err(|e| internal(format!("{}: damaged version vector: {e}", t.name)))?;
+            Ok(Version {
+                hlc: r.get(1).map_err(internal)?.unwrap_or(0),
+                node: r.get(2).map_err(internal)?.unwrap_or(0),
+                vv,
+            })
+        };
         let rows = client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(internal)?;
         if !rows.is_empty() {
-            let r = rows.first();
-            let hlc: i64 = r.get(1).map_err(internal)?.unwrap_or(0);
-            let node: i32 = r.get(2).map_err(internal)?.unwrap_or(0);
-            let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default())
-                .map_err(|e| internal(format!("{}: damaged mmr_vv: {e}", t.name)))?;
-            return Ok(Held { local: Local::Row(Version { hlc, node, vv }), horizon: horizon_of(node, hlc) });
+            return Ok(Local::Row(version(rows.first())?));
         }
         // A table no tombstone was ever written for has none to look up.
         if !crate::shmem::may_have_tombstones(t.relid) {
-            return Ok(Held { local: Local::Absent, horizon: VersionVector::new() });
+            return Ok(Local::Absent);
         }
         let rows = client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
         if rows.is_empty() {
-            return Ok(Held { local: Local::Absent, horizon: VersionVector::new() });
+            return Ok(Local::Absent);
         }
-        let r = rows.first();
-        let flat = |i: usize| -> Result<VersionVector> {
-            VersionVector::from_flat(&r.get::<Vec<i64>>(i).map_err(internal)?.unwrap_or_default())
-                .map_err(|e| internal(format!("{}: damaged tombstone: {e}", t.name)))
-        };
-        let version = Version {
-            hlc: r.get(1).map_err(internal)?.unwrap_or(0),
-            node: r.get(2).map_err(internal)?.unwrap_or(0),
-            vv: flat(3)?,
-        };
-        Ok(Held { local: Local::Tombstone(version), horizon: flat(4)? })
+        Ok(Local::Tombstone(version(rows.first())?))
     }
 
     /// Writes the remote version as it is: it causally follows whatever is here.
@@ -301,13 +314,13 @@ impl Applier {
         t: &ApplyTable,
         ch: &Change,
         image: Image,
-        held: &Held,
+        held: &Local,
     ) -> Result<Written> {
         let stamp = (ch.hlc, self.peer_node, &ch.vv);
         if ch.op == Op::Delete {
-            write_delete(client, t, image, stamp, &horizon_of(self.peer_node, ch.hlc), &held.local)
+            write_delete(client, t, image, stamp, held)
         } else {
-            write_row(client, t, image, stamp, &held.local)
+            write_row(client, t, image, stamp, held)
         }
     }
 
@@ -322,30 +335,28 @@ impl Applier {
         t: &ApplyTable,
         ch: &Change,
         image: Image,
-        held: &Held,
+        held: &Local,
         c: &Conflict,
     ) -> Result<Written> {
-        let local_row = match held.local {
+        let local_row = match held {
             Local::Row(_) => row_json(client, t, image)?,
             _ => None,
         };
-        // The outcome absorbs the remote version: a tombstone must now also wait for
-        // every node to have applied it before it can be dropped.
-        let horizon = held.horizon.merged(&horizon_of(self.peer_node, ch.hlc));
-        let local = held.version();
+        let local = match held {
+            Local::Row(v) | Local::Tombstone(v) => Some(v),
+            Local::Absent => None,
+        };
         let (written, resolution, resolver, note) = match (&t.resolver, c.kind.resolvable()) {
             (Some((name, stmt)), true) => match call_resolver(client, stmt, ch, image, local, self.peer_node, c) {
                 Ok((result, deferred)) => {
-                    let w = write_result(client, t, image, result.as_deref(), c, &horizon, &held.local)?;
+                    let w = write_result(client, t, image, result.as_deref(), c, held)?;
                     (w, if deferred { "pending" } else { "merged" }, name.as_str(), None)
                 }
-                Err(msg) => {
-                    (write_lww(client, t, ch, image, held, c, &horizon)?, "lww_fallback", name.as_str(), Some(msg))
-                }
+                Err(msg) => (write_lww(client, t, ch, image, held, c)?, "lww_fallback", name.as_str(), Some(msg)),
             },
             _ => {
                 let res = if c.winner == Side::Remote { "remote_wins" } else { "local_wins" };
-                (write_lww(client, t, ch, image, held, c, &horizon)?, res, "last_write_wins", None)
+                (write_lww(client, t, ch, image, held, c)?, res, "last_write_wins", None)
             }
         };
         if written == Written::Raced {
@@ -372,28 +383,18 @@ impl Applier {
     }
 }
 
-impl Held {
-    fn version(&self) -> Option<&Version> {
-        match &self.local {
-            Local::Row(v) | Local::Tombstone(v) => Some(v),
-            Local::Absent => None,
-        }
-    }
-}
-
 /// Writes the last-write-wins outcome of a conflict.
 fn write_lww(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
     ch: &Change,
     image: Image,
-    held: &Held,
+    held: &Local,
     c: &Conflict,
-    horizon: &VersionVector,
 ) -> Result<Written> {
     let stamp = (c.hlc, c.node, &c.vv);
-    Ok(match (c.winner, ch.op, &held.local) {
-        (Side::Remote, Op::Delete, local) => write_delete(client, t, image, stamp, horizon, local)?,
+    Ok(match (c.winner, ch.op, held) {
+        (Side::Remote, Op::Delete, local) => write_delete(client, t, image, stamp, local)?,
         (Side::Remote, _, local) => write_row(client, t, image, stamp, local)?,
         // The local version stays; it has now seen the remote one.
         (Side::Local, _, Local::Row(_)) => {
@@ -401,7 +402,7 @@ fn write_lww(
             Written::Done
         }
         (Side::Local, _, _) => {
-            put_tombstone(client, t, image, stamp, horizon)?;
+            put_tombstone(client, t, image, stamp)?;
             Written::Done
         }
     })
@@ -414,12 +415,11 @@ fn write_result(
     image: Image,
     result: Option<&str>,
     c: &Conflict,
-    horizon: &VersionVector,
     local: &Local,
 ) -> Result<Written> {
     let stamp = (c.hlc, c.node, &c.vv);
     match result {
-        None => write_delete(client, t, image, stamp, horizon, local),
+        None => write_delete(client, t, image, stamp, local),
         Some(row) => write_row(client, t, jsonb_arg(row)?, stamp, local),
     }
 }
@@ -541,7 +541,6 @@ fn write_delete(
     t: &ApplyTable,
     image: Image,
     stamp: Stamp<'_>,
-    horizon: &VersionVector,
     local: &Local,
 ) -> Result<Written> {
     if let Local::Absent = local {
@@ -560,24 +559,14 @@ fn write_delete(
     if !matches!(local, Local::Tombstone(_)) {
         client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
     }
-    put_tombstone(client, t, image, stamp, horizon)?;
+    put_tombstone(client, t, image, stamp)?;
     Ok(Written::Done)
 }
 
-fn put_tombstone(
-    client: &mut SpiClient<'_>,
-    t: &ApplyTable,
-    image: Image,
-    (hlc, node, vv): Stamp<'_>,
-    horizon: &VersionVector,
-) -> Result<()> {
+fn put_tombstone(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, (hlc, node, vv): Stamp<'_>) -> Result<()> {
     crate::shmem::note_tombstones(t.relid);
     client
-        .update(
-            &t.put_tombstone,
-            None,
-            &[image.arg(), hlc.into(), node.into(), vv.to_flat().into(), horizon.to_flat().into()],
-        )
+        .update(&t.put_tombstone, None, &[image.arg(), hlc.into(), node.into(), vv.to_flat().into()])
         .map_err(internal)?;
     Ok(())
 }

@@ -21,7 +21,7 @@ pub struct ApplyTable {
     pub resolver: Option<(String, OwnedPreparedStatement)>,
     /// `SELECT mmr_hlc, mmr_node, mmr_vv ... FOR UPDATE` of the row with the image's key.
     pub lock_row: OwnedPreparedStatement,
-    /// `SELECT hlc, node, vv, horizon ... FOR UPDATE` of the key's tombstone.
+    /// `SELECT hlc, node, vv ... FOR UPDATE` of the key's tombstone.
     pub lock_tombstone: OwnedPreparedStatement,
     /// The local row as a row image (for conflict records and `resolve_conflict`).
     pub row_json: OwnedPreparedStatement,
@@ -34,7 +34,7 @@ pub struct ApplyTable {
     pub delete_row: OwnedPreparedStatement,
     /// Sets the row's version vector: $2 vv.
     pub set_row_vv: OwnedPreparedStatement,
-    /// Writes the key's tombstone: $2 hlc, $3 node, $4 vv, $5 horizon.
+    /// Writes the key's tombstone: $2 hlc, $3 node, $4 vv.
     pub put_tombstone: OwnedPreparedStatement,
     pub delete_tombstone: OwnedPreparedStatement,
     /// Records a conflict of the image's key: $2 kind, $3 local row, $4 remote row,
@@ -110,7 +110,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb],
         )?,
         lock_tombstone: prepare(
-            format!("SELECT hlc, node, vv, horizon FROM mmr.tombstone WHERE {tombstone_where} FOR UPDATE"),
+            format!("SELECT hlc, node, vv FROM mmr.tombstone WHERE {tombstone_where} FOR UPDATE"),
             &[jsonb],
         )?,
         row_json: prepare(
@@ -144,13 +144,13 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
         )?,
         put_tombstone: prepare(
             format!(
-                "INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv, horizon) VALUES ({}::oid, {}, $2, $3, $4, $5) \
+                "INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) VALUES ({}::oid, {}, $2, $3, $4) \
                  ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
-                 horizon = excluded.horizon, deleted_at = now()",
+                 deleted_at = now()",
                 u32::from(relid),
                 shape.key_json("$1")
             ),
-            &[jsonb, int8, int4, int8s, int8s],
+            &[jsonb, int8, int4, int8s],
         )?,
         delete_tombstone: prepare(format!("DELETE FROM mmr.tombstone WHERE {tombstone_where}"), &[jsonb])?,
         log_conflict: prepare(

@@ -23,6 +23,11 @@ struct Entry {
 
 thread_local! {
     static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    /// What this node had applied of each peer when the first of `ENTRIES` was made
+    /// (flat `(node, watermark)` pairs): a lower bound for every change in the row.
+    /// Appliers use it to tell a key's new life from its old one (see
+    /// `mmr_core::decide::tombstone_outlived`).
+    static APPLIED: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Adds one encoded change. Writes a chunk to the queue once `CHUNK` have gathered.
@@ -31,6 +36,9 @@ pub fn push(json: String) -> Result<()> {
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let full = ENTRIES.with(|e| {
         let mut e = e.borrow_mut();
+        if e.is_empty() {
+            APPLIED.with(|a| *a.borrow_mut() = crate::shmem::applied_vector().to_flat());
+        }
         e.push(Entry { subxact, json });
         e.len() >= CHUNK
     });
@@ -57,10 +65,11 @@ pub fn flush() -> Result<()> {
         json.push_str(&e.json);
     }
     json.push(']');
+    let applied = APPLIED.with(|a| std::mem::take(&mut *a.borrow_mut()));
     let _su = AsSuperuser::enter();
     // SAFETY: plain heap and index insertion into our own table inside the running
     // transaction, as PostgreSQL inserts catalog rows: no executor, no SPI, one row.
-    unsafe { insert_queue_row(&json, n) };
+    unsafe { insert_queue_row(&json, n, applied) };
     crate::xact::note_queued();
     Ok(())
 }
@@ -71,7 +80,7 @@ pub fn flush() -> Result<()> {
 ///
 /// # Safety
 /// Must run inside a transaction that may write.
-unsafe fn insert_queue_row(json: &str, n: i32) {
+unsafe fn insert_queue_row(json: &str, n: i32, applied: Vec<i64>) {
     // SAFETY: guaranteed by the caller; every pointer comes from PostgreSQL for this call.
     unsafe {
         let nsp = pg_sys::get_namespace_oid(c"mmr".as_ptr(), false);
@@ -85,10 +94,16 @@ unsafe fn insert_queue_row(json: &str, n: i32) {
         let xid = pg_sys::GetTopFullTransactionId().value;
         let text = pg_sys::cstring_to_text_with_len(json.as_ptr() as *const std::ffi::c_char, json.len() as i32);
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
-        // Columns: id, xid, n_changes, changes.
-        let mut values =
-            [pg_sys::Datum::from(id), pg_sys::Datum::from(xid), pg_sys::Datum::from(n), pg_sys::Datum::from(text)];
-        let mut nulls = [false; 4];
+        let applied = applied.into_datum().unwrap_or(pg_sys::Datum::from(0));
+        // Columns: id, xid, n_changes, changes, applied.
+        let mut values = [
+            pg_sys::Datum::from(id),
+            pg_sys::Datum::from(xid),
+            pg_sys::Datum::from(n),
+            pg_sys::Datum::from(text),
+            applied,
+        ];
+        let mut nulls = [false; 5];
         let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::CatalogTupleInsert(rel, tuple);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);

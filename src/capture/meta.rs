@@ -109,11 +109,10 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     put_types.extend(pk_types);
     let put_tombstone = prepare(
         format!(
-            "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv, horizon) \
-             VALUES ({}::pg_catalog.oid, {}, $1, $2, $3, ARRAY[$2::int8, $1]) \
+            "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
+             VALUES ({}::pg_catalog.oid, {}, $1, $2, $3) \
              ON CONFLICT (relid, pk) DO UPDATE \
-             SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, horizon = excluded.horizon, \
-                 deleted_at = excluded.deleted_at",
+             SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, deleted_at = excluded.deleted_at",
             u32::from(relid),
             key_expr(4)
         ),

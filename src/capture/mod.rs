@@ -3,7 +3,7 @@
 //! Two row triggers, written in Rust:
 //! * `mmr.stamp()` (BEFORE INSERT OR UPDATE OR DELETE, the last BEFORE trigger) sets
 //!   `mmr_hlc`/`mmr_node` to a fresh clock stamp and this node, and `mmr_vv` to the
-//!   previous version's vector with this node's entry incremented. For a new key the
+//!   previous version's vector with this node's entry set to the stamp. For a new key the
 //!   previous version is the key's tombstone, if it was deleted before: a re-inserted
 //!   key continues the deleted row's history, otherwise peers holding the tombstone
 //!   would judge the new row stale. It also captures updates and deletes (deletes leave
@@ -317,8 +317,8 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
             row_vv(rel, &meta, td.tg_trigtuple)?
         }
     };
-    let vv = base.incremented(node as i64);
     let hlc = clock::tick_for_write();
+    let vv = base.stamped(node as i64, hlc);
     if !is_insert {
         // Updates are captured here rather than in an AFTER trigger, which would cost
         // an event queue entry and two tuple fetches per row. Safe because this trigger
@@ -382,14 +382,14 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
 }
 
 /// Queues the deletion of `old`'s key and leaves its tombstone. The deletion is a new
-/// version of the row: a fresh stamp, and the row's vector with this node incremented.
+/// version of the row: a fresh stamp, and the row's vector with this node's entry at it.
 ///
 /// # Safety
 /// `old` must be a valid tuple of `rel`.
 unsafe fn record_delete(meta: &TableMeta, rel: pg_sys::Relation, node: i32, old: pg_sys::HeapTuple) -> Result<()> {
     // SAFETY: guaranteed by the caller.
-    let vv = unsafe { row_vv(rel, meta, old)? }.incremented(node as i64);
     let hlc = clock::tick_for_write();
+    let vv = unsafe { row_vv(rel, meta, old)? }.stamped(node as i64, hlc);
     let mut args: Vec<DatumWithOid> = vec![hlc.into(), node.into(), vv.to_flat().into()];
     // SAFETY: guaranteed by the caller.
     args.extend(unsafe { key_args(rel, meta, old) });

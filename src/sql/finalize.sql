@@ -46,7 +46,7 @@ COMMENT ON VIEW mmr.peers IS
 -- waited for, because it queued its last change after they committed.
 CREATE FUNCTION mmr.pull(consumer text, tick bigint, pos pg_snapshot,
                          max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000)
-RETURNS TABLE (kind "char", xid xid8, changes text, meta jsonb)
+RETURNS TABLE (kind "char", xid xid8, changes text, meta jsonb, applied bigint[])
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
@@ -54,13 +54,13 @@ DECLARE
     to_snap pg_snapshot;
 BEGIN
     header := mmr._pull_begin(consumer, tick, pos::text, max_changes, wait_ms);
-    RETURN QUERY SELECT 'H'::"char", NULL::xid8, NULL::text, header;
+    RETURN QUERY SELECT 'H'::"char", NULL::xid8, NULL::text, header, NULL::bigint[];
     IF header->>'to_snap' IS NULL THEN
         RETURN;
     END IF;
     to_snap := (header->>'to_snap')::pg_snapshot;
     RETURN QUERY
-        SELECT 'C'::"char", q.xid, q.changes, NULL::jsonb
+        SELECT 'C'::"char", q.xid, q.changes, NULL::jsonb, q.applied
         FROM mmr.queue q
         WHERE q.xid < pg_snapshot_xmax(to_snap)
           AND pg_visible_in_snapshot(q.xid, to_snap)

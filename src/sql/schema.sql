@@ -53,7 +53,10 @@ CREATE TABLE mmr.queue (
     id bigint NOT NULL DEFAULT nextval('mmr.queue_id_seq'),
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     n_changes integer NOT NULL,
-    changes text NOT NULL
+    changes text NOT NULL,
+    -- What this node had applied of each peer when the transaction wrote: flat
+    -- (node_id, stamp) pairs; every change of that node stamped below was applied here.
+    applied bigint[] NOT NULL DEFAULT '{}'
 );
 CREATE INDEX queue_xid_idx ON mmr.queue (xid);
 COMMENT ON TABLE mmr.queue IS 'Changes written on this node, kept until every peer has applied them.';
@@ -85,10 +88,9 @@ CREATE TABLE mmr.tombstone (
     pk jsonb NOT NULL,
     hlc bigint NOT NULL,
     node integer NOT NULL,
+    -- (node, stamp) pairs: the latest write of each node the deletion incorporated. The
+    -- tombstone may be dropped once every node has applied all of them (see prune.rs).
     vv bigint[] NOT NULL,
-    -- (origin node, stamp) pairs of the versions merged into this deletion; it may be
-    -- dropped once every node has applied them (see prune.rs).
-    horizon bigint[] NOT NULL DEFAULT '{}',
     deleted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (relid, pk)
 );

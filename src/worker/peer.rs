@@ -189,18 +189,29 @@ impl Worker {
             return Ok(p.clone());
         }
         let peer = self.peer.clone();
-        let p = txn::run(move || {
+        let (p, watermark, node_id) = txn::run(move || {
             let j = catalog::select_opt::<pgrx::JsonB>(
-                "SELECT jsonb_build_object('tick', tick, 'snap', position::text) FROM mmr.peer_progress WHERE peer = $1",
+                "SELECT jsonb_build_object('tick', pp.tick, 'snap', pp.position::text, 'watermark', pp.watermark, \
+                   'node_id', p.node_id) \
+                 FROM mmr.peer_progress pp JOIN mmr.peer p ON p.name = pp.peer WHERE pp.peer = $1",
                 &[peer.into()],
             )
             .map_err(internal)?;
-            Ok(j.map(|j| Position {
-                tick: j.0["tick"].as_i64().unwrap_or(0),
-                snap: j.0["snap"].as_str().map(String::from),
+            Ok(j.map(|j| {
+                let p =
+                    Position { tick: j.0["tick"].as_i64().unwrap_or(0), snap: j.0["snap"].as_str().map(String::from) };
+                (p, j.0["watermark"].as_i64().unwrap_or(0), j.0["node_id"].as_i64().unwrap_or(0) as i32)
             })
             .unwrap_or_default())
         })?;
+        // What we have applied of the peer, known again after a restart (capture records
+        // it in every transaction; see shmem::applied_vector).
+        if node_id > 0 {
+            shmem::update_peer_status(&self.peer, |s| {
+                s.set_node_id(node_id);
+                s.set_watermark(watermark);
+            });
+        }
         self.position = Some(p.clone());
         Ok(p)
     }
@@ -212,7 +223,7 @@ impl Worker {
         let batch = gucs::batch_size().to_string();
         let wait_ms = wait.as_millis().to_string();
         conn.send(
-            "SELECT kind, xid, changes, meta FROM mmr.pull($1, $2, $3, $4, $5)",
+            "SELECT kind, xid, changes, meta, applied FROM mmr.pull($1, $2, $3, $4, $5)",
             &[Some(&self.me.name), Some(&tick), pos.snap.as_deref(), Some(&batch), Some(&wait_ms)],
         )
         .map_err(|e| Stop::Failed { state: "error", error: e })?;
@@ -286,7 +297,7 @@ impl Worker {
             // One apply transaction at a time on this node: two peers' changes to the
             // same key must not interleave between "read what is here" and "write".
             Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
-            let mut applier = Applier::new(peer_node);
+            let mut applier = Applier::new(peer_node)?;
             let mut n = 0usize;
             let mut max_hlc = 0i64;
             loop {
@@ -299,7 +310,8 @@ impl Worker {
                     }
                 };
                 let changes = row.get(2).cloned().flatten().unwrap_or_default();
-                let changes = Change::parse_all(&changes)?;
+                let applied = row.get(4).cloned().flatten().unwrap_or_else(|| "{}".into());
+                let changes = Change::parse_all(&changes, &applied)?;
                 for ch in &changes {
                     let ahead = hlc::ahead_by_millis(ch.hlc.max(0) as u64, clock::wall_millis());
                     if ahead > skew_limit {
@@ -365,10 +377,12 @@ impl Worker {
         let now = now_timestamptz();
         let pending = header["pending"].as_i64().unwrap_or(0);
         let stable = header["stable"].as_i64().unwrap_or(0);
+        let node_id = header["node_id"].as_i64().unwrap_or(0) as i32;
         shmem::update_peer_status(&self.peer, |s| {
             s.set_state("streaming");
             s.set_error(None);
             s.set_contact(now, pending);
+            s.set_node_id(node_id);
             s.set_watermark(stable);
         });
     }
