@@ -102,6 +102,15 @@ fn workspace_target() -> PathBuf {
 }
 
 impl Cluster {
+    /// Starts `n` meshed nodes with the scenario tests' usual table,
+    /// `t (id int PRIMARY KEY, v text)`, replicated on each.
+    pub fn meshed_with_t(test: &str, n: usize) -> Cluster {
+        let mut c = Cluster::start(test, n);
+        c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+        c.mesh();
+        c
+    }
+
     /// Starts `n` nodes named n1..nN with node ids 1..N.
     pub fn start(test: &str, n: usize) -> Cluster {
         Self::start_with(test, n, Options::default())

@@ -249,9 +249,7 @@ fn kill_nine_while_replicating_loses_and_repeats_nothing() {
 /// are pruned.
 #[test]
 fn tombstones_and_queue_are_pruned_only_after_every_peer_applied() {
-    let mut c = Cluster::start("prune", 3);
-    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    c.mesh();
+    let mut c = Cluster::meshed_with_t("prune", 3);
     c.exec(0, "INSERT INTO t SELECT g, 'v' FROM generate_series(1, 5) g");
     c.sync(SYNC);
     c.isolate(2);
@@ -295,9 +293,7 @@ fn tombstones_and_queue_are_pruned_only_after_every_peer_applied() {
 /// still holds the old tombstone: that node must apply the new row, not judge it stale.
 #[test]
 fn reinsert_after_pruning_reaches_a_node_that_still_holds_the_tombstone() {
-    let mut c = Cluster::start("prunelag", 3);
-    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    c.mesh();
+    let mut c = Cluster::meshed_with_t("prunelag", 3);
     c.exec(0, "INSERT INTO t VALUES (1, 'first')");
     c.sync(SYNC);
     // n2 cannot hear from n3, so n2 cannot know the tombstone is safe to drop.
@@ -321,9 +317,7 @@ fn reinsert_after_pruning_reaches_a_node_that_still_holds_the_tombstone() {
 /// with its deletion.
 #[test]
 fn new_life_written_elsewhere_is_not_a_conflict_with_a_lagging_tombstone() {
-    let mut c = Cluster::start("newlife", 3);
-    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    c.mesh();
+    let c = Cluster::meshed_with_t("newlife", 3);
     c.exec(0, "INSERT INTO t VALUES (1, 'first')");
     c.sync(SYNC);
     c.exec(0, "SELECT mmr.pause_peer('n2')");
@@ -352,9 +346,7 @@ fn new_life_written_elsewhere_is_not_a_conflict_with_a_lagging_tombstone() {
 /// row's version vector on some nodes only. Found by the randomized test (seed 11).
 #[test]
 fn reinsert_by_the_deleter_is_resolved_against_a_tombstone_that_absorbed_an_update() {
-    let mut c = Cluster::start("absorbed", 3);
-    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    c.mesh();
+    let mut c = Cluster::meshed_with_t("absorbed", 3);
     c.exec(0, "INSERT INTO t VALUES (1, 'first')");
     c.sync(SYNC);
     c.isolate(0);

@@ -314,9 +314,7 @@ fn pause_resume_and_remove_peer() {
 /// conflict still pending for a person is kept whatever its age.
 #[test]
 fn conflict_log_retention() {
-    let mut c = Cluster::start("retention", 2);
-    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    c.mesh();
+    let mut c = Cluster::meshed_with_t("retention", 2);
     c.exec(0, "INSERT INTO t VALUES (1, 'a'), (2, 'a')");
     c.sync(SYNC);
     c.isolate(0);
@@ -338,9 +336,7 @@ fn conflict_log_retention() {
 /// tombstone that peers hold).
 #[test]
 fn reinsert_after_replicated_delete_continues_the_history() {
-    let mut c = Cluster::start("reinsert", 3);
-    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    c.mesh();
+    let c = Cluster::meshed_with_t("reinsert", 3);
     c.exec(0, "INSERT INTO t VALUES (1, 'first life')");
     c.sync(SYNC);
     c.exec(0, "DELETE FROM t WHERE id = 1");
