@@ -9,6 +9,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod applied;
 mod apply;
 mod capture;
 mod catalog;

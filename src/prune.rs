@@ -9,9 +9,12 @@
 //!   change until (a) N has applied every one of those writes -- N's report says what N
 //!   has applied of each origin -- and (b) this node has applied everything N wrote
 //!   before that -- N's report carries a stable stamp of N taken after, and our
-//!   watermark of N must have passed it. Writes of nodes that left the group are not
-//!   waited for (nothing more of theirs arrives); while some peer's node id is unknown,
-//!   nothing is pruned.
+//!   watermark of N must have passed it. And this node must have applied each of them
+//!   itself, as its own queued transactions will say (applied.rs): our next write to
+//!   the key starts a new life, and nodes still holding the tombstone recognize it only
+//!   by that record (`mmr_core::decide::tombstone_outlived`). Writes of nodes that
+//!   left the group are not waited for (nothing more of theirs arrives); while some
+//!   peer's node id is unknown, nothing is pruned.
 //! * Conflicts: older than mmr.conflict_retention (pending ones stay until resolved).
 
 use crate::error::{MmrError, Result};
@@ -51,30 +54,38 @@ fn prune_ticks() -> Result<()> {
 }
 
 fn prune_tombstones() -> Result<()> {
-    // A (tombstone, vector entry) pair is blocked by peer p unless the entry is of a node
-    // that left, p wrote that version itself, or (a) and (b) of the module documentation
-    // hold for p. The apply side's tombstone_outlived draws the same line.
+    // A tombstone goes when none of its vector entries (origin, stamp) is blocked. An
+    // entry of a node that left the group never is; otherwise it is blocked while this
+    // node has not applied it itself, or while some peer p did not write it and (a) or
+    // (b) of the module documentation fails for p. "Applied here" comes from applied.rs,
+    // the same source our own reports and queued transactions use. The apply side's
+    // tombstone_outlived draws the same lines.
     Spi::run(
         "WITH me AS (SELECT name, node_id FROM mmr.node), \
+         applied AS (SELECT node_id, stamp FROM mmr._applied()), \
          peers AS ( \
-           SELECT p.name, p.node_id, pp.report, \
-                  greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)) AS watermark \
+           SELECT p.name, p.node_id, pp.report, coalesce(a.stamp, 0) AS watermark \
            FROM mmr.peer p \
            LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name \
-           LEFT JOIN mmr._peer_status() s ON s.name = p.name), \
-         members AS (SELECT node_id FROM me UNION ALL SELECT node_id FROM peers WHERE node_id IS NOT NULL) \
+           LEFT JOIN applied a ON a.node_id = p.node_id) \
          DELETE FROM mmr.tombstone t \
-         WHERE EXISTS (SELECT 1 FROM peers) AND NOT EXISTS ( \
-           SELECT 1 \
-           FROM generate_series(1, coalesce(array_length(t.vv, 1), 0), 2) AS i \
-           CROSS JOIN LATERAL (SELECT t.vv[i] AS origin, t.vv[i + 1] AS stamp) v \
-           CROSS JOIN peers p \
-           WHERE p.node_id IS NULL \
-              OR (v.origin IN (SELECT node_id FROM members) AND v.origin <> p.node_id AND NOT ( \
-                    coalesce((p.report -> 'applied' ->> ( \
-                        CASE WHEN v.origin = (SELECT node_id FROM me) THEN (SELECT name FROM me) \
-                             ELSE (SELECT name FROM mmr.peer WHERE node_id = v.origin) END))::bigint, 0) > v.stamp \
-                    AND p.watermark >= coalesce((p.report ->> 'self')::bigint, 9223372036854775807))))",
+         WHERE EXISTS (SELECT 1 FROM peers) AND NOT EXISTS (SELECT 1 FROM peers WHERE node_id IS NULL) \
+           AND NOT EXISTS ( \
+             SELECT 1 \
+             FROM generate_series(1, coalesce(array_length(t.vv, 1), 0), 2) AS i \
+             CROSS JOIN LATERAL (SELECT t.vv[i] AS origin, t.vv[i + 1] AS stamp) v \
+             CROSS JOIN LATERAL ( \
+               SELECT CASE WHEN v.origin = me.node_id THEN me.name \
+                           ELSE (SELECT name FROM peers WHERE node_id = v.origin) END AS name \
+               FROM me) o \
+             WHERE o.name IS NOT NULL \
+               AND ((SELECT node_id FROM me) <> v.origin \
+                      AND coalesce((SELECT stamp FROM applied WHERE node_id = v.origin), 0) <= v.stamp \
+                    OR EXISTS ( \
+                      SELECT 1 FROM peers p \
+                      WHERE p.node_id <> v.origin AND NOT ( \
+                        coalesce((p.report -> 'applied' ->> o.name)::bigint, 0) > v.stamp \
+                        AND p.watermark >= coalesce((p.report ->> 'self')::bigint, 9223372036854775807)))))",
     )
     .map_err(internal)
 }

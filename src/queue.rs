@@ -56,6 +56,9 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         None => None,
     };
     record_consumer(consumer, tick, position)?;
+    // Before the stable stamp below: so that when nothing is pending, that stamp
+    // passes the report's `self`, and the consumer's watermark of us can (prune.rs).
+    let report = frontier_report()?;
 
     let deadline = Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
     let (to, stable) = loop {
@@ -89,7 +92,6 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         Some(t) => pending_changes(&t.snap)?,
         None => 0,
     };
-    let report = frontier_report()?;
     let header = match to {
         Some(t) => json!({
             "node": me.name, "node_id": me.node_id, "to_tick": t.id, "to_snap": t.snap,
@@ -104,26 +106,28 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
     Ok(JsonB(header))
 }
 
-/// What this node has applied from each of its peers (their watermarks here), and a
-/// fresh tick of this node's clock taken after reading them: every change this node
+/// What this node has applied of each of its peers (see applied.rs), by peer name, and
+/// a fresh tick of this node's clock taken after reading it: every change this node
 /// stamped before it had applied those changes -- committed yet or not -- is stamped
 /// below `self`. Peers use it to know when a tombstone can no longer meet a concurrent
 /// change (see prune.rs): once their watermark of this node passes `self`, they have
 /// applied all of those changes.
 fn frontier_report() -> Result<serde_json::Value> {
-    let rows = Spi::connect(|c| {
-        let t =
-            c.select("SELECT p.peer, p.watermark FROM mmr.peer_progress p WHERE p.watermark IS NOT NULL", None, &[])?;
-        let mut m = serde_json::Map::new();
-        for r in t {
-            let name: String = r.get(1)?.unwrap_or_default();
-            let w: i64 = r.get(2)?.unwrap_or(0);
-            m.insert(name, json!(w));
-        }
-        Ok::<_, pgrx::spi::SpiError>(m)
+    let applied = crate::applied::now()?;
+    let peers = Spi::connect(|c| {
+        let t = c.select("SELECT name, node_id::bigint FROM mmr.peer WHERE node_id IS NOT NULL", None, &[])?;
+        t.into_iter()
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+            .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
     })
     .map_err(internal)?;
-    Ok(json!({ "applied": rows, "self": clock::tick() }))
+    let mut m = serde_json::Map::new();
+    for (name, node) in peers {
+        if applied.get(node) > 0 {
+            m.insert(name, json!(applied.get(node)));
+        }
+    }
+    Ok(json!({ "applied": m, "self": clock::tick() }))
 }
 
 fn now_text() -> Result<String> {

@@ -4,17 +4,18 @@
 //! backend. Plain atomics for the clock and counters; the peer status slots are guarded
 //! by an LWLock because they hold strings.
 
-use mmr_core::vv::VersionVector;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// Tables remembered as possibly holding tombstones, before falling back to "all".
 const TOMB_SLOTS: usize = 1024;
 
 /// Most peer workers that can report their status at once.
 pub const MAX_PEER_SLOTS: usize = 64;
+/// Node ids are 1..=1023 (see `mmr.init_node`).
+const MAX_NODE_ID: usize = 1023;
 const NAME_LEN: usize = 64;
 const STATE_LEN: usize = 32;
 const ERROR_LEN: usize = 512;
@@ -43,8 +44,6 @@ pub struct PeerSlot {
     pub lag_changes: i64,
     /// Every change of the peer stamped below this has been applied here (0 = unknown).
     pub watermark: i64,
-    /// The peer's node id (0 = not known yet).
-    pub node_id: i32,
 }
 
 #[repr(C)]
@@ -65,6 +64,10 @@ pub struct Shared {
     tomb_relids: [AtomicU32; TOMB_SLOTS],
     tomb_overflow: AtomicBool,
     tomb_ready: AtomicBool,
+    /// Per node id: what this node has applied of that node (see `note_applied`).
+    applied: [AtomicI64; MAX_NODE_ID + 1],
+    /// The database whose entries `applied` holds (the launcher's), once loaded.
+    applied_db: AtomicU32,
     /// Number of entries of the `open_stamps` array that follows this struct.
     pub n_open_stamps: usize,
 }
@@ -314,7 +317,6 @@ pub fn update_peer_status(name: &str, f: impl FnOnce(&mut PeerStatusWriter)) -> 
             last_contact: 0,
             lag_changes: -1,
             watermark: 0,
-            node_id: 0,
         };
         put_str(&mut slot.name, name);
     }
@@ -352,26 +354,50 @@ impl PeerStatusWriter<'_> {
     pub fn set_watermark(&mut self, w: i64) {
         self.0.watermark = self.0.watermark.max(w);
     }
-    pub fn set_node_id(&mut self, id: i32) {
-        self.0.node_id = id;
+}
+
+/// Notes that every change of node `node_id` stamped below `stamp` has been applied
+/// here, durably (see `applied.rs`). Never lowers an entry.
+pub fn note_applied(node_id: i32, stamp: i64) {
+    if let Some(entry) = shared().applied.get(node_id.max(0) as usize) {
+        entry.fetch_max(stamp, Ordering::SeqCst);
     }
 }
 
-/// What this node has applied of each peer, as `(node id, watermark)` entries: every
-/// change of that node stamped below its entry has been applied here. Lower bounds (a
-/// peer whose worker has not reported yet is missing), which is what capture needs to
-/// record in each transaction (see `mmr_core::decide::tombstone_outlived`).
-pub fn applied_vector() -> VersionVector {
-    let _g = LockGuard::acquire(Lock::PeerSlots, false);
-    let mut flat: Vec<(i64, i64)> = shared()
-        .peers
-        .iter()
-        .filter(|s| s.in_use && s.node_id > 0 && s.watermark > 0)
-        .map(|s| (s.node_id as i64, s.watermark))
-        .collect();
-    flat.sort_unstable();
-    flat.dedup_by_key(|e| e.0);
-    VersionVector::from_flat(&flat.into_iter().flat_map(|(n, w)| [n, w]).collect::<Vec<_>>()).unwrap_or_default()
+/// The `(node id, stamp)` entries noted with `note_applied`, or `None` until the
+/// launcher has loaded the durable ones after the server started (and in databases
+/// other than the launcher's).
+pub fn applied_entries() -> Option<Vec<(i64, i64)>> {
+    if !applied_loaded() {
+        return None;
+    }
+    let s = shared();
+    Some(
+        s.applied
+            .iter()
+            .enumerate()
+            .filter_map(|(node, e)| {
+                let stamp = e.load(Ordering::SeqCst);
+                (stamp > 0).then_some((node as i64, stamp))
+            })
+            .collect(),
+    )
+}
+
+/// Called by the launcher once the durable entries are noted, before it starts workers.
+pub fn set_applied_loaded() {
+    shared().applied_db.store(u32::from(my_database()), Ordering::SeqCst);
+}
+
+/// Whether the entries are loaded for this backend's database.
+pub fn applied_loaded() -> bool {
+    let db = shared().applied_db.load(Ordering::SeqCst);
+    db != 0 && db == u32::from(my_database())
+}
+
+fn my_database() -> pg_sys::Oid {
+    // SAFETY: reading a backend global, set once the backend is connected.
+    unsafe { pg_sys::MyDatabaseId }
 }
 
 /// Records that table `relid` may hold tombstones. Called before a tombstone is written,

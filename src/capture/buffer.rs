@@ -34,11 +34,12 @@ thread_local! {
 pub fn push(json: String) -> Result<()> {
     // SAFETY: reading the current subtransaction id.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    if ENTRIES.with(|e| e.borrow().is_empty()) {
+        let applied = crate::applied::now()?.to_flat();
+        APPLIED.with(|a| *a.borrow_mut() = applied);
+    }
     let full = ENTRIES.with(|e| {
         let mut e = e.borrow_mut();
-        if e.is_empty() {
-            APPLIED.with(|a| *a.borrow_mut() = crate::shmem::applied_vector().to_flat());
-        }
         e.push(Entry { subxact, json });
         e.len() >= CHUNK
     });

@@ -37,6 +37,14 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                         pgrx::warning!("mmr: reading tombstones failed: {e}");
                     }
                 }
+                // Before any worker runs: see applied.rs.
+                if !crate::applied::loaded() {
+                    if let Err(e) = txn::run(crate::applied::load) {
+                        pgrx::warning!("mmr: reading apply progress failed: {e}");
+                        shmem::wait_for(shmem::Wakeup::Config, seq, 1000);
+                        continue;
+                    }
+                }
                 l.reconcile(&peers);
                 if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                     l.last_housekeeping = Instant::now();

@@ -189,29 +189,18 @@ impl Worker {
             return Ok(p.clone());
         }
         let peer = self.peer.clone();
-        let (p, watermark, node_id) = txn::run(move || {
+        let p = txn::run(move || {
             let j = catalog::select_opt::<pgrx::JsonB>(
-                "SELECT jsonb_build_object('tick', pp.tick, 'snap', pp.position::text, 'watermark', pp.watermark, \
-                   'node_id', p.node_id) \
-                 FROM mmr.peer_progress pp JOIN mmr.peer p ON p.name = pp.peer WHERE pp.peer = $1",
+                "SELECT jsonb_build_object('tick', tick, 'snap', position::text) FROM mmr.peer_progress WHERE peer = $1",
                 &[peer.into()],
             )
             .map_err(internal)?;
-            Ok(j.map(|j| {
-                let p =
-                    Position { tick: j.0["tick"].as_i64().unwrap_or(0), snap: j.0["snap"].as_str().map(String::from) };
-                (p, j.0["watermark"].as_i64().unwrap_or(0), j.0["node_id"].as_i64().unwrap_or(0) as i32)
+            Ok(j.map(|j| Position {
+                tick: j.0["tick"].as_i64().unwrap_or(0),
+                snap: j.0["snap"].as_str().map(String::from),
             })
             .unwrap_or_default())
         })?;
-        // What we have applied of the peer, known again after a restart (capture records
-        // it in every transaction; see shmem::applied_vector).
-        if node_id > 0 {
-            shmem::update_peer_status(&self.peer, |s| {
-                s.set_node_id(node_id);
-                s.set_watermark(watermark);
-            });
-        }
         self.position = Some(p.clone());
         Ok(p)
     }
@@ -240,11 +229,13 @@ impl Worker {
             // Caught up. Drain the (empty) rest of the result.
             while conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })?.is_some() {}
             self.report_contact(&header, 0);
-            self.store_idle_progress(&header)?;
+            self.store_idle_progress(&header, peer_node)?;
             return Ok(0);
         };
         let to_tick = header["to_tick"].as_i64().unwrap_or(0);
         let applied = self.apply_batch(conn, &header, peer_node, to_tick, &to_snap)?;
+        // Committed (synchronously) with the new position: see applied.rs.
+        crate::applied::note(peer_node, header["stable"].as_i64().unwrap_or(0));
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
         Ok(applied.max(1))
@@ -356,7 +347,7 @@ impl Worker {
     /// Stores the watermark and report of an empty batch, now and then. Valid because
     /// "nothing new" means every change of the peer stamped below `stable` is already
     /// covered by our (durable) position.
-    fn store_idle_progress(&mut self, header: &Value) -> Result<()> {
+    fn store_idle_progress(&mut self, header: &Value, peer_node: i32) -> Result<()> {
         if self.last_idle_store.is_some_and(|t| t.elapsed() < IDLE_STORE_EVERY) {
             return Ok(());
         }
@@ -370,19 +361,19 @@ impl Worker {
                 &[peer.into(), stable.into(), report.into()],
             )
             .map_err(internal)
-        })
+        })?;
+        crate::applied::note(peer_node, stable.unwrap_or(0));
+        Ok(())
     }
 
     fn report_contact(&self, header: &Value, _applied: usize) {
         let now = now_timestamptz();
         let pending = header["pending"].as_i64().unwrap_or(0);
         let stable = header["stable"].as_i64().unwrap_or(0);
-        let node_id = header["node_id"].as_i64().unwrap_or(0) as i32;
         shmem::update_peer_status(&self.peer, |s| {
             s.set_state("streaming");
             s.set_error(None);
             s.set_contact(now, pending);
-            s.set_node_id(node_id);
             s.set_watermark(stable);
         });
     }

@@ -363,3 +363,36 @@ fn reinsert_by_the_deleter_is_resolved_against_a_tombstone_that_absorbed_an_upda
         assert!(vv.contains(",3,"), "n{}: the row's vector {vv} lost n3's update", i + 1);
     }
 }
+
+/// Every queued transaction records what its node had applied of each peer (other
+/// nodes tell a key's new life from its old one by it, and peers drop tombstones on
+/// the same figures), so the record must never go back -- not right after a crash,
+/// before the apply workers run again, nor while none runs at all.
+#[test]
+fn the_applied_record_does_not_go_back_after_a_crash() {
+    let c = Cluster::meshed_with_t("appliedrec", 2);
+    c.exec(0, "INSERT INTO t VALUES (1, 'from n1')");
+    c.sync(SYNC);
+    // n1 stops pulling from n2, so n2's queue rows stay to be looked at.
+    c.exec(0, "SELECT mmr.pause_peer('n2')");
+    let last_record = "SELECT applied[2] FROM mmr.queue ORDER BY id DESC LIMIT 1";
+    c.exec(1, "INSERT INTO t VALUES (2, 'before the crash')");
+    let before = c.int(1, last_record);
+    assert!(before > 0, "n2 records nothing of what it applied from n1");
+    c.kill9(1);
+    c.start_node(1);
+    c.exec(1, "INSERT INTO t VALUES (3, 'right after the crash')");
+    let after = c.int(1, last_record);
+    assert!(after >= before, "the record went back from {before} to {after}");
+    // The same while no apply worker runs at all (the launcher serves another database).
+    c.exec(1, "ALTER SYSTEM SET mmr.database = 'no_such_database'");
+    c.restart_node(1);
+    c.exec(1, "INSERT INTO t VALUES (4, 'without workers')");
+    let without_workers = c.int(1, last_record);
+    assert!(without_workers >= before, "the record went back from {before} to {without_workers}");
+    c.exec(1, "ALTER SYSTEM RESET mmr.database");
+    c.restart_node(1);
+    c.exec(0, "SELECT mmr.resume_peer('n2')");
+    c.sync(SYNC);
+    assert_converged(&c, "t");
+}
