@@ -115,8 +115,8 @@ pub struct Applier {
     run: Vec<Change>,
     /// The group's node ids (this node and its peers), or `None` while a peer's id is
     /// still unknown: writes of other nodes are from nodes that left (see
-    /// `mmr_core::decide::tombstone_outlived`).
-    members: Option<Vec<i64>>,
+    /// `mmr_core::decide::tombstone_outlived`). Read when a tombstone is first met.
+    members: std::cell::OnceCell<Option<Vec<i64>>>,
 }
 
 /// The node ids of this node and its peers, or `None` if some peer has not told its id
@@ -154,8 +154,8 @@ fn jsonb_arg(text: &str) -> Result<Image> {
 }
 
 impl Applier {
-    pub fn new(peer_node: i32) -> Result<Applier> {
-        Ok(Applier { peer_node, stats: Stats::default(), run: Vec::new(), members: group_members()? })
+    pub fn new(peer_node: i32) -> Applier {
+        Applier { peer_node, stats: Stats::default(), run: Vec::new(), members: std::cell::OnceCell::new() }
     }
 
     /// Applies changes in the order given (the caller's transaction). Consecutive
@@ -246,7 +246,7 @@ impl Applier {
             // the key taken: we look again, now with its row in view.
             for _ in 0..MAX_RACES {
                 let held = self.held(client, &t, image)?;
-                let decision = decide(ch.op, &remote, self.as_the_writer_saw_it(&held, ch));
+                let decision = decide(ch.op, &remote, self.as_the_writer_saw_it(&held, ch)?);
                 let written = match &decision {
                     Decision::Apply => self.write_remote(client, &t, ch, image, &held)?,
                     Decision::Skip(_) => Written::Done,
@@ -271,14 +271,16 @@ impl Applier {
 
     /// What the change is decided against: what is here, except a tombstone of a life
     /// of the key the change's writer had left behind, which counts as absent.
-    fn as_the_writer_saw_it<'a>(&self, held: &'a Local, ch: &Change) -> &'a Local {
-        let is_member = |node: i64| self.members.as_ref().is_none_or(|m| m.contains(&node));
-        match held {
-            Local::Tombstone(t) if tombstone_outlived(&t.vv, self.peer_node, &ch.writer_applied, is_member) => {
-                &Local::Absent
-            }
-            local => local,
+    fn as_the_writer_saw_it<'a>(&self, held: &'a Local, ch: &Change) -> Result<&'a Local> {
+        let Local::Tombstone(t) = held else {
+            return Ok(held);
+        };
+        if self.members.get().is_none() {
+            let _ = self.members.set(group_members()?);
         }
+        let members = self.members.get().and_then(|m| m.as_ref());
+        let is_member = |node: i64| members.is_none_or(|m| m.contains(&node));
+        Ok(if tombstone_outlived(&t.vv, self.peer_node, &ch.writer_applied, is_member) { &Local::Absent } else { held })
     }
 
     /// Locks and reads the local row, or else the key's tombstone.

@@ -288,7 +288,7 @@ impl Worker {
             // One apply transaction at a time on this node: two peers' changes to the
             // same key must not interleave between "read what is here" and "write".
             Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
-            let mut applier = Applier::new(peer_node)?;
+            let mut applier = Applier::new(peer_node);
             let mut n = 0usize;
             let mut max_hlc = 0i64;
             loop {
