@@ -123,8 +123,9 @@ fn frontier_report() -> Result<serde_json::Value> {
     .map_err(internal)?;
     let mut m = serde_json::Map::new();
     for (name, node) in peers {
-        if applied.get(node) > 0 {
-            m.insert(name, json!(applied.get(node)));
+        let stamp = applied.get(node);
+        if stamp > 0 {
+            m.insert(name, json!(stamp));
         }
     }
     Ok(json!({ "applied": m, "self": clock::tick() }))

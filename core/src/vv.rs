@@ -52,23 +52,23 @@ impl VersionVector {
     }
 
     /// Reads the stored flat form. Rejects odd lengths, unsorted or repeated node ids
-    /// and non-positive counters, so a damaged vector is never silently compared.
+    /// and non-positive stamps, so a damaged vector is never silently compared.
     pub fn from_flat(flat: &[i64]) -> Result<Self, VvError> {
         if !flat.len().is_multiple_of(2) {
             return Err(VvError(format!("version vector has odd length {}", flat.len())));
         }
         let mut entries = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
-            let (node, count) = (pair[0], pair[1]);
-            if count <= 0 {
-                return Err(VvError(format!("version vector counter {count} for node {node} is not positive")));
+            let (node, stamp) = (pair[0], pair[1]);
+            if stamp <= 0 {
+                return Err(VvError(format!("version vector entry {stamp} for node {node} is not positive")));
             }
             if let Some(&(last, _)) = entries.last() {
                 if node <= last {
                     return Err(VvError(format!("version vector node ids not strictly increasing at {node}")));
                 }
             }
-            entries.push((node, count));
+            entries.push((node, stamp));
         }
         Ok(Self { entries })
     }
@@ -128,52 +128,17 @@ impl VersionVector {
         self.with_at_least(node, stamp)
     }
 
-    /// This vector with `node`'s entry raised to at least `count`: the vector after
-    /// incorporating that node's write stamped `count` (and, by per-origin order, its earlier
-    /// ones) and nothing else.
-    pub fn with_at_least(&self, node: i64, count: i64) -> Self {
-        if count <= 0 || self.get(node) >= count {
+    /// This vector with `node`'s entry raised to at least `stamp`: the vector after
+    /// incorporating that node's write stamped `stamp` (and, by per-origin order, its
+    /// earlier ones) and nothing else.
+    pub fn with_at_least(&self, node: i64, stamp: i64) -> Self {
+        if stamp <= 0 || self.get(node) >= stamp {
             return self.clone();
         }
         let mut entries = self.entries.clone();
         match entries.binary_search_by_key(&node, |&(n, _)| n) {
-            Ok(i) => entries[i].1 = count,
-            Err(i) => entries.insert(i, (node, count)),
-        }
-        Self { entries }
-    }
-
-    /// The pointwise maximum: the vector of a version that has seen both.
-    pub fn merged(&self, other: &Self) -> Self {
-        let mut entries = Vec::with_capacity(self.entries.len().max(other.entries.len()));
-        let (mut a, mut b) = (self.entries.iter().peekable(), other.entries.iter().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(&&(na, ca)), Some(&&(nb, cb))) => match na.cmp(&nb) {
-                    Ordering::Less => {
-                        entries.push((na, ca));
-                        a.next();
-                    }
-                    Ordering::Greater => {
-                        entries.push((nb, cb));
-                        b.next();
-                    }
-                    Ordering::Equal => {
-                        entries.push((na, ca.max(cb)));
-                        a.next();
-                        b.next();
-                    }
-                },
-                (Some(&&e), None) => {
-                    entries.push(e);
-                    a.next();
-                }
-                (None, Some(&&e)) => {
-                    entries.push(e);
-                    b.next();
-                }
-                (None, None) => break,
-            }
+            Ok(i) => entries[i].1 = stamp,
+            Err(i) => entries.insert(i, (node, stamp)),
         }
         Self { entries }
     }
@@ -268,18 +233,6 @@ mod tests {
         assert_eq!(vv(&[1, 1]).compare(&vv(&[2, 1])), Concurrent);
         assert_eq!(vv(&[1, 2, 2, 1]).compare(&vv(&[1, 1, 2, 2])), Concurrent);
         assert_eq!(vv(&[1, 1, 3, 1]).compare(&vv(&[1, 1, 2, 1])), Concurrent);
-    }
-
-    #[test]
-    fn merge_is_pointwise_max_and_dominates_both() {
-        let a = vv(&[1, 2, 3, 1]);
-        let b = vv(&[1, 1, 2, 4]);
-        let m = a.merged(&b);
-        assert_eq!(m.to_flat(), vec![1, 2, 2, 4, 3, 1]);
-        assert_ne!(m.compare(&a), Causality::Before);
-        assert_eq!(a.compare(&m), Causality::Before);
-        assert_eq!(b.compare(&m), Causality::Before);
-        assert_eq!(a.merged(&b), b.merged(&a));
     }
 
     #[test]
