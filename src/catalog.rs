@@ -21,7 +21,12 @@ pub fn node_identity() -> Option<NodeIdentity> {
     if let Some(n) = NODE.with(|n| n.borrow().clone()) {
         return Some(n);
     }
-    let row = Spi::get_two::<String, i32>("SELECT name, node_id FROM mmr.node").ok()?;
+    // As the bootstrap superuser: the capture triggers ask for it in any role's session,
+    // and mmr.node is not readable by ordinary roles.
+    let row = {
+        let _su = crate::capture::AsSuperuser::enter();
+        Spi::get_two::<String, i32>("SELECT name, node_id FROM mmr.node").ok()?
+    };
     let node = match row {
         (Some(name), Some(node_id)) => NodeIdentity { name, node_id },
         _ => return None,

@@ -9,35 +9,67 @@ use pgrx::PgSqlErrorCode as Code;
 pub enum MmrError {
     NotPreloaded,
     NodeNotInitialized,
-    NodeAlreadyInitialized { name: String, node_id: i32 },
+    NodeAlreadyInitialized {
+        name: String,
+        node_id: i32,
+    },
     InvalidNodeId(i32),
-    InvalidName { what: &'static str, name: String },
+    InvalidName {
+        what: &'static str,
+        name: String,
+    },
     PeerExists(String),
     PeerIsSelf(String),
     UnknownPeer(String),
     BadConninfo(String),
-    NotATable { tbl: String, kind: &'static str },
+    NotATable {
+        tbl: String,
+        kind: &'static str,
+    },
     TemporaryTable(String),
     UnloggedTable(String),
     NoPrimaryKey(String),
     AlreadyReplicated(String),
     NotReplicated(String),
-    ReservedColumn { tbl: String, column: String },
-    BadResolver { resolver: String, problem: String },
+    ReservedColumn {
+        tbl: String,
+        column: String,
+    },
+    BadResolver {
+        resolver: String,
+        problem: String,
+    },
     TruncateRefused(String),
     UnknownConflict(i64),
-    ConflictNotPending { id: i64, resolution: String },
+    UnknownSetAside(i64),
+    ConflictNotPending {
+        id: i64,
+        resolution: String,
+    },
     BadChoice(String),
     BadRow(String),
-    ClockSkew { ahead_ms: u64, limit_ms: u64 },
+    ClockSkew {
+        ahead_ms: u64,
+        limit_ms: u64,
+    },
     TwoPhaseCommit,
-    ConcurrentDelete(String),
+    /// A change could not be applied for a reason that may pass (the batch is retried).
+    ApplyFailed {
+        tbl: String,
+        sqlstate: String,
+        message: String,
+    },
     Internal(String),
 }
 
 use MmrError::*;
 
 impl MmrError {
+    /// The five-character SQLSTATE.
+    pub fn sqlstate(&self) -> String {
+        sqlstate_text(self.code())
+    }
+
     fn code(&self) -> Code {
         match self {
             NotPreloaded | NodeNotInitialized => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -45,7 +77,9 @@ impl MmrError {
             InvalidNodeId(_) | InvalidName { .. } | PeerIsSelf(_) | BadConninfo(_) => {
                 Code::ERRCODE_INVALID_PARAMETER_VALUE
             }
-            UnknownPeer(_) | NotReplicated(_) | UnknownConflict(_) => Code::ERRCODE_UNDEFINED_OBJECT,
+            UnknownPeer(_) | NotReplicated(_) | UnknownConflict(_) | UnknownSetAside(_) => {
+                Code::ERRCODE_UNDEFINED_OBJECT
+            }
             ConflictNotPending { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
@@ -55,7 +89,7 @@ impl MmrError {
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
-            ConcurrentDelete(_) => Code::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            ApplyFailed { .. } => Code::ERRCODE_T_R_SERIALIZATION_FAILURE,
             Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -89,6 +123,7 @@ impl MmrError {
                 format!("TRUNCATE is not replicated; refusing to truncate replicated table \"{tbl}\"")
             }
             UnknownConflict(id) => format!("conflict {id} does not exist"),
+            UnknownSetAside(id) => format!("set-aside change {id} does not exist"),
             ConflictNotPending { id, resolution } => {
                 format!("conflict {id} is not pending (its resolution is {resolution})")
             }
@@ -97,12 +132,10 @@ impl MmrError {
             ClockSkew { ahead_ms, limit_ms } => {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
             }
-            ConcurrentDelete(tbl) => {
-                format!(
-                    "could not serialize access: a replicated delete of this key of \"{tbl}\" committed concurrently"
-                )
-            }
             TwoPhaseCommit => "cannot PREPARE a transaction that wrote to replicated tables".into(),
+            ApplyFailed { tbl, sqlstate, message } => {
+                format!("applying a change to {tbl} failed ({sqlstate}): {message}; will retry")
+            }
             Internal(msg) => format!("mmr internal error: {msg}"),
         }
     }
@@ -147,10 +180,10 @@ impl MmrError {
             }
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
+            UnknownSetAside(_) => "SELECT id, tbl, pk, error FROM mmr.set_aside lists the set-aside changes.".into(),
             ConflictNotPending { .. } => "Only conflicts with resolution 'pending' wait for a decision.".into(),
             BadChoice(_) => "Choose 'local' or 'remote', or pass the row to keep as jsonb.".into(),
             BadRow(_) => "Pass e.g. '{\"id\": 1, \"v\": \"x\"}'::jsonb (columns left out become NULL), or NULL::jsonb to delete the row.".into(),
-            ConcurrentDelete(_) => "Retry the transaction.".into(),
             TwoPhaseCommit => "Commit it directly; mmr does not support two-phase commit on replicated tables.".into(),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),
             _ => return None,
@@ -175,6 +208,12 @@ impl std::fmt::Display for MmrError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message())
     }
+}
+
+/// The five characters of a SQLSTATE code (PostgreSQL packs them 6 bits each).
+pub fn sqlstate_text(code: Code) -> String {
+    let v = code as isize as u32;
+    (0..5).map(|i| (((v >> (6 * i)) & 0x3F) as u8 + b'0') as char).collect()
 }
 
 pub type Result<T, E = MmrError> = std::result::Result<T, E>;

@@ -21,6 +21,7 @@ mod prune;
 mod queue;
 mod relcache;
 mod rowsql;
+mod settings;
 mod shmem;
 mod subxact;
 mod worker;
@@ -37,6 +38,10 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
         error::MmrError::NotPreloaded.raise();
     }
+    // No Rust backtrace in any error a user sees: pgrx attaches one to the DETAIL of
+    // every error when the server's environment asks for backtraces. Set before any
+    // backend is forked (the postmaster is single-threaded here).
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
     // SAFETY: plain C call with a static string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"mmr".as_ptr()) };

@@ -120,16 +120,32 @@ impl Shape {
         format!("(SELECT pg_catalog.jsonb_build_object({}) FROM {})", parts.join(", "), self.source(json))
     }
 
-    /// The row `rec` (an expression of the table's row type) as a row image: a jsonb
-    /// object of the image columns' text values, the form `source` reads.
+    /// The row `rec` (a qualified expression of the table's row type, such as `res.r`)
+    /// as a row image: a jsonb object of the image columns' text values, the form
+    /// `source` reads.
+    ///
+    /// Every reference mmr generates is qualified (`x.col`, `res.r`): a bare name would
+    /// resolve to a user column of that name before a table alias.
     pub fn to_image(&self, rec: &str) -> String {
-        let keys: Vec<String> = self.image_cols().map(|c| quote_literal(&c.raw)).collect();
         let vals: Vec<String> = self.image_cols().map(|c| format!("({rec}).{}::text", c.ident)).collect();
-        format!(
-            "CASE WHEN {rec} IS NULL THEN NULL ELSE pg_catalog.jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[]) END",
-            keys.join(", "),
-            vals.join(", ")
-        )
+        format!("CASE WHEN {rec} IS NULL THEN NULL ELSE {} END", self.image_object(&vals))
+    }
+
+    /// The row of table alias `alias` as a row image (see `to_image`).
+    pub fn image_of_alias(&self, alias: &str) -> String {
+        let vals: Vec<String> = self.image_cols().map(|c| format!("{alias}.{}::text", c.ident)).collect();
+        self.image_object(&vals)
+    }
+
+    fn image_object(&self, vals: &[String]) -> String {
+        let keys: Vec<String> = self.image_cols().map(|c| quote_literal(&c.raw)).collect();
+        format!("pg_catalog.jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[])", keys.join(", "), vals.join(", "))
+    }
+
+    /// The whole row of table alias `alias`, as a value of the table's row type
+    /// (`ROW(x.*)`: a bare `x` could be a user column named x).
+    pub fn whole_row(&self, alias: &str) -> String {
+        format!("ROW({alias}.*)::{}", self.name)
     }
 
     /// The image `json` as a value of the table's row type (mmr and generated columns

@@ -7,6 +7,36 @@ use pgrx::pg_sys;
 use pgrx::PgTryBuilder;
 use std::panic::AssertUnwindSafe;
 
+/// An error caught in a subtransaction: its SQLSTATE and message.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+/// As `run`, for mmr code: the error comes back with its SQLSTATE.
+pub fn run_coded<R>(f: impl FnOnce() -> crate::error::Result<R>) -> Result<R, Failure> {
+    let mut coded = None;
+    let out = run(|| {
+        f().map_err(|e| {
+            let m = e.to_string();
+            coded = Some(Failure { sqlstate: e.sqlstate(), message: m.clone() });
+            m
+        })
+    });
+    out.map_err(|message| {
+        coded.take().unwrap_or_else(|| {
+            let sqlstate = CAUGHT.with(|c| c.take()).unwrap_or_else(|| "XX000".into());
+            Failure { sqlstate, message }
+        })
+    })
+}
+
+thread_local! {
+    /// The SQLSTATE of the last ERROR `run` caught.
+    static CAUGHT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 pub fn run<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     // SAFETY: the documented PostgreSQL sequence for an internal subtransaction: begin,
     // run in the caller's memory context, then release or roll back and restore the
@@ -20,7 +50,11 @@ pub fn run<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
             .catch_others(|e| {
                 use pgrx::pg_sys::panic::CaughtError::*;
                 Err(match e {
-                    PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => r.message().to_string(),
+                    PostgresError(r) | ErrorReport(r) | RustPanic { ereport: r, .. } => {
+                        let code = crate::error::sqlstate_text(r.sql_error_code());
+                        CAUGHT.with(|c| *c.borrow_mut() = Some(code));
+                        r.message().to_string()
+                    }
                 })
             })
             .execute();

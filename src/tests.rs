@@ -265,7 +265,18 @@ mod tests {
     fn catalog_is_private_and_configuration_is_dumped() {
         run("CREATE ROLE mmr_test_reader");
         for t in
-            ["node", "peer", "peer_progress", "replicated_table", "queue", "tick", "consumer", "tombstone", "conflicts"]
+            [
+            "node",
+            "peer",
+            "peer_progress",
+            "replicated_table",
+            "queue",
+            "tick",
+            "consumer",
+            "tombstone",
+            "conflicts",
+            "set_aside",
+        ]
         {
             assert_eq!(
                 one::<bool>(&format!("SELECT has_table_privilege('mmr_test_reader', 'mmr.{t}', 'SELECT')")),

@@ -7,6 +7,7 @@
 //! with `session_replication_role = replica`: user triggers, FK triggers and mmr's own
 //! capture triggers do not fire, so nothing applied is queued again.
 
+pub mod set_aside;
 pub mod table;
 
 use crate::clock;
@@ -74,6 +75,29 @@ impl Change {
             .collect()
     }
 
+    /// One change as `encode` wrote it, with its queue row's `applied` vector.
+    pub fn parse_one(change: &str, applied: &str) -> Result<Change> {
+        Change::parse_all(&format!("[{change}]"), applied)?.pop().ok_or_else(|| internal("empty change"))
+    }
+
+    /// The change in the capture trigger's encoding (see `capture::enqueue`).
+    pub fn encode(&self) -> String {
+        let mut out = String::from("{\"t\":");
+        mmr_core::json::push_json_string(&mut out, &self.tbl);
+        let vv: Vec<String> = self.vv.to_flat().iter().map(|v| v.to_string()).collect();
+        out.push_str(&format!(",\"o\":\"{}\",\"h\":{},\"v\":[{}]", self.op.code(), self.hlc, vv.join(",")));
+        if let Some(n) = &self.new_row {
+            out.push_str(",\"n\":");
+            out.push_str(n);
+        }
+        if let Some(p) = &self.old_row {
+            out.push_str(",\"p\":");
+            out.push_str(p);
+        }
+        out.push('}');
+        out
+    }
+
     /// The full row the change was made on (what resolvers get as `remote_old`): an
     /// update carries only the columns it changed, the rest are the new row's.
     fn old_image(&self) -> Result<Option<String>> {
@@ -105,6 +129,8 @@ pub struct Stats {
     /// Changes this node already held exactly (a replay; should never happen).
     pub duplicates: i64,
     pub conflicts: i64,
+    /// Changes set aside (see set_aside.rs).
+    pub set_aside: i64,
 }
 
 /// Applies the changes of one peer inside the worker's current transaction.
@@ -117,6 +143,11 @@ pub struct Applier {
     /// still unknown: writes of other nodes are from nodes that left (see
     /// `mmr_core::decide::tombstone_outlived`). Read when a tombstone is first met.
     members: std::cell::OnceCell<Option<Vec<i64>>>,
+    /// Apply each change in a subtransaction and set aside those that fail (after a
+    /// batch failed as a whole; see set_aside.rs).
+    pub careful: bool,
+    /// Keys with set-aside changes: their later changes wait behind them.
+    pub blocked: set_aside::Blocked,
 }
 
 /// The node ids of this node and its peers, or `None` if some peer has not told its id
@@ -155,7 +186,14 @@ fn jsonb_arg(text: &str) -> Result<Image> {
 
 impl Applier {
     pub fn new(peer_node: i32) -> Applier {
-        Applier { peer_node, stats: Stats::default(), run: Vec::new(), members: std::cell::OnceCell::new() }
+        Applier {
+            peer_node,
+            stats: Stats::default(),
+            run: Vec::new(),
+            members: std::cell::OnceCell::new(),
+            careful: false,
+            blocked: set_aside::Blocked::default(),
+        }
     }
 
     /// Applies changes in the order given (the caller's transaction). Consecutive
@@ -165,6 +203,9 @@ impl Applier {
     /// the entries whose key turns out to exist (or repeat) are then applied one by one,
     /// in order. Call `finish` after the last change.
     pub fn push(&mut self, ch: Change) -> Result<()> {
+        if self.careful || !self.blocked.is_empty() {
+            return self.guarded(ch);
+        }
         let joins =
             ch.op == Op::Insert && self.run.len() < BULK && self.run.first().is_none_or(|first| first.tbl == ch.tbl);
         if joins {
@@ -224,12 +265,162 @@ impl Applier {
             for r in rows {
                 rest.push(r.get::<i64>(1).map_err(internal)?.unwrap_or(1) as usize - 1);
             }
+            if crate::shmem::may_have_tombstones(t.relid) {
+                // A local transaction wrote the table's first tombstone while we
+                // inserted: see insert_where_absent.
+                for r in client.update(&t.bulk_tombstoned, None, &[jsonb_arg(&arr)?.arg()]).map_err(internal)? {
+                    let k = r.get::<i64>(1).map_err(internal)?.unwrap_or(1) as usize - 1;
+                    if !rest.contains(&k) {
+                        client.update(&t.delete_row, None, &[jsonb_arg(run[k].image()?)?.arg()]).map_err(internal)?;
+                        rest.push(k);
+                    }
+                }
+                rest.sort_unstable();
+            }
             Ok(Some(rest))
         })?;
         if let Some(rest) = &rest {
             self.stats.applied += (run.len() - rest.len()) as i64;
         }
         Ok(rest)
+    }
+
+    /// Applies one change unless its key waits behind a set-aside change; when careful,
+    /// in a subtransaction, setting it aside if it fails (see set_aside.rs).
+    fn guarded(&mut self, ch: Change) -> Result<()> {
+        let mut key = None;
+        if !self.blocked.is_empty() {
+            key = self.key_of(&ch);
+            if let Some(id) = self.blocked.blocker(&ch.tbl, key.as_deref()) {
+                return self.set_aside(&ch, key, None, Some(id));
+            }
+        }
+        if !self.careful {
+            return self.apply(&ch);
+        }
+        match self.try_apply(&ch) {
+            Ok(()) => Ok(()),
+            Err(f) if set_aside::transient(&f.sqlstate) => {
+                Err(MmrError::ApplyFailed { tbl: ch.tbl.clone(), sqlstate: f.sqlstate, message: f.message })
+            }
+            Err(f) => {
+                let key = key.or_else(|| self.key_of(&ch));
+                self.set_aside(&ch, key, Some(&f), None)
+            }
+        }
+    }
+
+    fn set_aside(
+        &mut self,
+        ch: &Change,
+        key: Option<String>,
+        failure: Option<&crate::subxact::Failure>,
+        waits_for: Option<i64>,
+    ) -> Result<()> {
+        let id = set_aside::put(ch, self.peer_node, key.as_deref(), failure, waits_for)?;
+        self.blocked.add(ch.tbl.clone(), key, id);
+        self.stats.set_aside += 1;
+        Ok(())
+    }
+
+    /// The change's key as jsonb text, or `None` when it cannot be known here (the
+    /// table is not replicated here, or the key does not read as the local types).
+    fn key_of(&self, ch: &Change) -> Option<String> {
+        crate::subxact::run_coded(|| {
+            Spi::connect(|client| {
+                let t = table::lookup(client, &ch.tbl)?;
+                let rows = client.select(&t.key_of, Some(1), &[jsonb_arg(ch.image()?)?.arg()]).map_err(internal)?;
+                rows.first().get::<String>(1).map_err(internal)
+            })
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Applies one change in a subtransaction. A collision on a secondary unique index
+    /// with a row of another key is settled as a conflict (see `settle_unique`).
+    pub fn try_apply(&mut self, ch: &Change) -> std::result::Result<(), crate::subxact::Failure> {
+        match crate::subxact::run_coded(|| self.apply(ch)) {
+            Err(f) if f.sqlstate == "23505" => match crate::subxact::run_coded(|| self.settle_unique(ch)) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(f),
+                Err(again) => Err(again),
+            },
+            other => other,
+        }
+    }
+
+    /// The change collided with local rows of other keys on a secondary unique index.
+    /// Last-write-wins between the change and those rows, by the same (stamp, origin)
+    /// order everywhere: if the change is later than every one of them, they are
+    /// deleted (tombstones with their own stamps) and the change applied; otherwise the
+    /// change's version is deleted here (a tombstone with its stamp). Every node, in
+    /// whatever order the versions reach it, keeps the later one and a tombstone of
+    /// the other. Recorded as conflicts of kind `secondary_unique`. Returns false when
+    /// no colliding row of another key is found (the error is then not ours to settle).
+    fn settle_unique(&mut self, ch: &Change) -> Result<bool> {
+        let remote_wins = Spi::connect_mut(|client| -> Result<Option<bool>> {
+            let t = table::lookup(client, &ch.tbl)?;
+            let Some(stmt) = &t.unique_collisions else { return Ok(None) };
+            let image = jsonb_arg(ch.image()?)?;
+            let mut others = Vec::new();
+            for r in client.update(stmt, None, &[image.arg()]).map_err(internal)? {
+                let img = r.get::<pgrx::JsonB>(1).map_err(internal)?.map(|j| j.0.to_string()).unwrap_or_default();
+                let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(4).map_err(internal)?.unwrap_or_default())
+                    .map_err(internal)?;
+                let v = Version {
+                    hlc: r.get(2).map_err(internal)?.unwrap_or(0),
+                    node: r.get(3).map_err(internal)?.unwrap_or(0),
+                    vv,
+                };
+                others.push((img, v));
+            }
+            if others.is_empty() {
+                return Ok(None);
+            }
+            let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
+            let wins = others.iter().all(|(_, v)| mmr_core::decide::lww_winner(&remote, v) == Side::Remote);
+            for (img, v) in &others {
+                let (loser, resolution) = if wins { (v, "remote_wins") } else { (&remote, "local_wins") };
+                if wins {
+                    let other = jsonb_arg(img)?;
+                    write_delete(client, &t, other, (loser.hlc, loser.node, &loser.vv), &Local::Row(v.clone()))?;
+                }
+                record_conflict(
+                    client,
+                    &t,
+                    image,
+                    ConflictRecord {
+                        kind: "secondary_unique",
+                        local_row: Some(img),
+                        remote_row: ch.new_row.as_deref(),
+                        local: Some(v),
+                        remote_hlc: ch.hlc,
+                        remote_node: self.peer_node,
+                        resolution,
+                        resolver: "last_write_wins",
+                        note: None,
+                    },
+                )?;
+            }
+            if !wins {
+                // The change's version loses: its key ends deleted here, as on nodes
+                // where the other row came second. No claim insert: it would collide.
+                if let Local::Row(_) = self.held(client, &t, image)? {
+                    client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+                }
+                put_tombstone(client, &t, image, (ch.hlc, self.peer_node, &ch.vv))?;
+            }
+            Ok(Some(wins))
+        })?;
+        match remote_wins {
+            None => Ok(false),
+            Some(true) => self.apply(ch).map(|_| true),
+            Some(false) => {
+                self.stats.conflicts += 1;
+                Ok(true)
+            }
+        }
     }
 
     /// Applies one change (in the caller's transaction).
@@ -517,12 +708,37 @@ fn write_row(
         client.update(&t.update_row, None, &args).map_err(fail)?;
         return Ok(Written::Done);
     }
-    client.update(&t.insert_row, None, &args).map_err(fail)?;
-    if inserted_none() {
+    if insert_where_absent(client, t, image, &args, local)? == Written::Raced {
         return Ok(Written::Raced);
     }
     if let Local::Tombstone(_) = local {
         client.update(&t.delete_tombstone, None, &[image.arg()]).map_err(internal)?;
+    }
+    Ok(Written::Done)
+}
+
+/// Inserts the row of a key found absent (or deleted). `Raced` when the key is not
+/// what `held` said any more: a local transaction inserted it (our insert waited for it
+/// and did nothing), or inserted and deleted it -- then our insert waited for it, went
+/// in, and its tombstone is visible only now; our row is removed again. Either way the
+/// change is decided again, against what is there now.
+fn insert_where_absent(
+    client: &mut SpiClient<'_>,
+    t: &ApplyTable,
+    image: Image,
+    args: &[DatumWithOid<'_>],
+    held: &Local,
+) -> Result<Written> {
+    client.update(&t.insert_row, None, args).map_err(|e| internal(format!("applying a change to {}: {e}", t.name)))?;
+    if inserted_none() {
+        return Ok(Written::Raced);
+    }
+    if matches!(held, Local::Absent) && crate::shmem::may_have_tombstones(t.relid) {
+        let appeared = !client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?.is_empty();
+        if appeared {
+            client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+            return Ok(Written::Raced);
+        }
     }
     Ok(Written::Done)
 }
@@ -534,10 +750,11 @@ fn inserted_none() -> bool {
 }
 
 /// Deletes the key and leaves its tombstone with the given stamp. Where there is no row
-/// and no tombstone, the key is first claimed by inserting and deleting the old row: a
-/// local transaction inserting the same key concurrently then either finished first
-/// (our insert finds its row: decide again) or waits for us and sees the tombstone
-/// (the capture trigger checks again after its insert).
+/// and no tombstone, the key is first claimed by inserting and deleting the old row.
+/// This is apply's half of the key-claim protocol (the capture side is
+/// `capture::capture`): a local transaction inserting the same key concurrently either
+/// got there first (our claim finds its row, or its tombstone: decide again), or its
+/// insert waits at the unique index for our commit and then finds our tombstone.
 fn write_delete(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
@@ -551,10 +768,7 @@ fn write_delete(
         crate::shmem::note_tombstones(t.relid);
         let (hlc, node, vv) = stamp;
         let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
-        client
-            .update(&t.insert_row, None, &args)
-            .map_err(|e| internal(format!("claiming a key of {}: {e}", t.name)))?;
-        if inserted_none() {
+        if insert_where_absent(client, t, image, &args, local)? == Written::Raced {
             return Ok(Written::Raced);
         }
     }

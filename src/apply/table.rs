@@ -10,7 +10,7 @@ use crate::error::{MmrError, Result};
 use crate::relcache::RelCache;
 use crate::rowsql;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::{quote_identifier, OwnedPreparedStatement, SpiClient};
 use pgrx::PgOid;
 use std::rc::Rc;
 
@@ -45,6 +45,14 @@ pub struct ApplyTable {
     /// Returns the (1-based) positions of the entries it did not insert: their key
     /// exists, or repeats an earlier entry's. Those are applied one by one.
     pub bulk_insert: OwnedPreparedStatement,
+    /// The (1-based) positions of the entries of such an array whose key has a
+    /// tombstone.
+    pub bulk_tombstoned: OwnedPreparedStatement,
+    /// The image's key as jsonb text, in the form tombstones are stored under.
+    pub key_of: OwnedPreparedStatement,
+    /// Local rows of other keys that hold the image's values of a secondary unique
+    /// index, locked: (row image, hlc, node, vv). None without such indexes.
+    pub unique_collisions: Option<OwnedPreparedStatement>,
 }
 
 thread_local! {
@@ -114,7 +122,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb],
         )?,
         row_json: prepare(
-            format!("SELECT {} FROM {name} x WHERE {}", shape.to_image("x"), shape.key_match("$1")),
+            format!("SELECT {} FROM {name} x WHERE {}", shape.image_of_alias("x"), shape.key_match("$1")),
             &[jsonb],
         )?,
         update_row: prepare(
@@ -164,6 +172,38 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb, text, text, text, int8, int8, int4, int4, text, text, text],
         )?,
         bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
+        key_of: prepare(format!("SELECT {}::text", shape.key_json("$1")), &[jsonb])?,
+        unique_collisions: match unique_indexes(client, relid)? {
+            idx if idx.is_empty() => None,
+            idx => {
+                let any = idx
+                    .iter()
+                    .map(|cols| {
+                        let x: Vec<String> = cols.iter().map(|c| format!("x.{}", quote_identifier(c))).collect();
+                        let r: Vec<String> = cols.iter().map(|c| format!("r.{}", quote_identifier(c))).collect();
+                        format!("({}) = (SELECT {} FROM {})", x.join(", "), r.join(", "), shape.source("$1"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" OR ");
+                Some(prepare(
+                    format!(
+                        "SELECT {}, x.mmr_hlc, x.mmr_node, x.mmr_vv FROM {name} x WHERE NOT {} AND ({any}) FOR UPDATE",
+                        shape.image_of_alias("x"),
+                        shape.key_match("$1")
+                    ),
+                    &[jsonb],
+                )?)
+            }
+        },
+        bulk_tombstoned: prepare(
+            format!(
+                "SELECT e.n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n) \
+                 WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND tb.pk = {})",
+                u32::from(relid),
+                shape.key_json("(e.v -> 'r')")
+            ),
+            &[jsonb],
+        )?,
         resolver: match resolver {
             None => None,
             Some(f) => {
@@ -178,6 +218,28 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     })
 }
 
+/// The columns of each unique index other than the primary key (plain columns only,
+/// no partial indexes: those are the ones a row image can be matched against).
+fn unique_indexes(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<Vec<Vec<String>>> {
+    let rows = client
+        .select(
+            "SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_catalog.pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary \
+               AND i.indpred IS NULL AND i.indexprs IS NULL AND k.n <= i.indnkeyatts \
+             GROUP BY i.indexrelid",
+            None,
+            &[relid.into()],
+        )
+        .map_err(internal)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.get::<Vec<String>>(1).map_err(internal)?.unwrap_or_default());
+    }
+    Ok(out)
+}
+
 fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> String {
     let keys = shape.key_values("e.v -> 'r'");
     let ins_keys: Vec<String> = shape.pk.iter().map(|k| format!("ins.{k}")).collect();
@@ -189,15 +251,15 @@ fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> Strin
                         ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e.v -> 'v')::int8) \
                  FROM e ORDER BY e.n ON CONFLICT ({pk}) DO NOTHING RETURNING {pk}), \
          keyed AS (SELECT e.n, {keyed}, row_number() OVER (PARTITION BY {key_list} ORDER BY e.n) AS seen FROM e) \
-         SELECT n FROM keyed \
-         WHERE seen > 1 OR NOT EXISTS (SELECT 1 FROM ins WHERE ({ins_keys}) = ({aliases})) ORDER BY n",
+         SELECT keyed.n FROM keyed \
+         WHERE keyed.seen > 1 OR NOT EXISTS (SELECT 1 FROM ins WHERE ({ins_keys}) = ({aliases})) ORDER BY keyed.n",
         name = shape.name,
         vals = shape.values("e.v -> 'r'").join(", "),
         pk = shape.pk.join(", "),
         keyed = keys.iter().zip(&key_aliases).map(|(k, a)| format!("{k} AS {a}")).collect::<Vec<_>>().join(", "),
         key_list = keys.join(", "),
         ins_keys = ins_keys.join(", "),
-        aliases = key_aliases.join(", "),
+        aliases = key_aliases.iter().map(|a| format!("keyed.{a}")).collect::<Vec<_>>().join(", "),
     )
 }
 
@@ -208,11 +270,12 @@ fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> Strin
 fn resolve_sql(shape: &rowsql::Shape, func: &str, relid: pg_sys::Oid) -> String {
     format!(
         "WITH res AS (SELECT {func}( \
-             (SELECT x FROM {name} x WHERE {key}), {remote}, {old}, \
+             (SELECT {whole} FROM {name} x WHERE {key}), {remote}, {old}, \
              ROW($4, {relid}::oid::regclass, $5, $6, $7, $8)::mmr.conflict_info) AS r), \
          img AS (SELECT {image} AS j FROM res) \
-         SELECT j, j IS NULL OR {res_key} = {img_key} FROM img",
+         SELECT img.j, img.j IS NULL OR {res_key} = {img_key} FROM img",
         name = shape.name,
+        whole = shape.whole_row("x"),
         key = shape.key_match("$1"),
         remote = shape.record("$2"),
         old = shape.record("$3"),

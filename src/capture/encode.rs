@@ -52,6 +52,18 @@ fn kind_of(typid: pg_sys::Oid) -> Kind {
     }
 }
 
+impl Column {
+    /// Whether values are written with the type's output function (whose text may
+    /// depend on session settings), not in one of the encoder's own fixed forms.
+    pub fn printed_as_text(&self) -> bool {
+        self.kind == Kind::Text
+    }
+
+    pub fn typid(&self) -> pg_sys::Oid {
+        self.typid
+    }
+}
+
 /// The columns of `rel` to encode: every live column except mmr's own (the change
 /// carries stamp, origin and vector separately).
 ///

@@ -9,6 +9,8 @@ use super::encode::Column;
 use super::latest::LatestPlan;
 use crate::error::{MmrError, Result};
 use crate::relcache::RelCache;
+use crate::settings;
+use mmr_core::vv::VersionVector;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::PgOid;
@@ -26,10 +28,16 @@ pub struct TableMeta {
     pub att_vv: i32,
     /// Primary-key columns: attribute number, type, name (in key order).
     pub pk: Vec<(i32, pg_sys::Oid, String)>,
-    /// Removes and returns the tombstone of a key: $1.. the key columns.
+    /// Locks the tombstone of a key and returns its vector: $1.. the key columns.
+    pub lock_tombstone: LatestPlan,
+    /// Removes the tombstone of a key, returning its vector: $1.. the key columns.
     pub take_tombstone: LatestPlan,
-    /// Whether the key has a tombstone: $1.. the key columns.
-    pub probe_tombstone: LatestPlan,
+    /// Sets the stamp and vector of the row at a ctid, without firing triggers:
+    /// $1 hlc, $2 vv, $3 ctid.
+    restamp: OwnedPreparedStatement,
+    /// The session settings the text of this table's values and keys depends on
+    /// (see settings.rs).
+    pub needs: settings::Needs,
     /// Writes the tombstone of a key: $1 hlc, $2 node, $3 vv, $4.. the key columns.
     pub put_tombstone: OwnedPreparedStatement,
 }
@@ -99,11 +107,15 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         u32::from(relid),
         key_expr(1)
     ))?;
-    let probe_tombstone = latest(format!(
-        "SELECT true FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {}",
+    let lock_tombstone = latest(format!(
+        "SELECT vv FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {} FOR UPDATE",
         u32::from(relid),
         key_expr(1)
     ))?;
+    let restamp = prepare(
+        format!("UPDATE {name} SET mmr_hlc = $1, mmr_vv = $2 WHERE ctid = $3"),
+        vec![PgOid::from(pg_sys::INT8OID), PgOid::from(pg_sys::INT8ARRAYOID), PgOid::from(pg_sys::TIDOID)],
+    )?;
     let mut put_types =
         vec![PgOid::from(pg_sys::INT8OID), PgOid::from(pg_sys::INT4OID), PgOid::from(pg_sys::INT8ARRAYOID)];
     put_types.extend(pk_types);
@@ -122,6 +134,11 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     mmr_core::json::push_json_string(&mut name_json, &name);
     // SAFETY: rel is open.
     let columns = unsafe { super::encode::columns(rel) };
+    let mut needs = 0;
+    let printed = columns.iter().filter(|c| c.printed_as_text()).map(|c| c.typid());
+    for typ in printed.chain(pk.iter().map(|&(_, t, _)| t)) {
+        needs |= settings::needs_of_type(typ).map_err(|e| MmrError::Internal(format!("{name}: {e}")))?;
+    }
     Ok(TableMeta {
         name,
         name_json,
@@ -130,10 +147,45 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         att_node,
         att_vv,
         pk,
+        lock_tombstone,
         take_tombstone,
-        probe_tombstone,
+        restamp,
+        needs,
         put_tombstone,
     })
+}
+
+impl TableMeta {
+    /// Rewrites the stamp and vector of the row at `tid` (just inserted by this
+    /// transaction), with `session_replication_role = replica` so that no trigger --
+    /// ours or the user's -- sees it as a new write. Runs inside an SPI connection.
+    pub fn restamp(&self, tid: &pg_sys::ItemPointerData, hlc: i64, vv: &VersionVector) -> Result<()> {
+        // SAFETY: a GUC nest level popped below (or by abort if the update fails).
+        let nest = unsafe {
+            let nest = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"session_replication_role".as_ptr(),
+                c"replica".as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            nest
+        };
+        let mut tid = *tid;
+        // SAFETY: a tid is passed by reference; `tid` lives until the call returns.
+        let tid_arg =
+            unsafe { pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(&mut tid as *mut _), pg_sys::TIDOID) };
+        let done = Spi::connect_mut(|c| {
+            c.update(&self.restamp, None, &[hlc.into(), vv.to_flat().into(), tid_arg]).map(|_| ())
+        });
+        // SAFETY: pops the nest level made above.
+        unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+        done.map_err(|e| MmrError::Internal(format!("restamping a row of {}: {e}", self.name)))
+    }
 }
 
 /// `"schema"."table"` of a relation: how nodes name a table to each other.

@@ -9,8 +9,9 @@
 //!   would judge the new row stale. It also captures updates and deletes (deletes leave
 //!   a tombstone); a primary-key update is a delete of the old key plus an insert of
 //!   the new one.
-//! * `mmr.capture()` (AFTER INSERT, and AFTER UPDATE of the key) captures inserts, and
-//!   checks a new key against tombstones committed concurrently.
+//! * `mmr.capture()` (AFTER INSERT, and AFTER UPDATE of the key) captures inserts and
+//!   removes the new key's tombstone; a tombstone committed concurrently is taken into
+//!   the row's history there (see `capture` for the key-claim protocol with apply).
 //!
 //! Captured changes are encoded and buffered for the transaction, and written to
 //! `mmr.queue` at commit (see `buffer.rs`).
@@ -27,9 +28,10 @@ pub mod meta;
 use crate::catalog;
 use crate::clock;
 use crate::error::{MmrError, OrRaise, Result};
+use crate::settings;
 use crate::shmem;
 use meta::TableMeta;
-use mmr_core::vv::VersionVector;
+use mmr_core::vv::{Causality, VersionVector};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
@@ -240,43 +242,25 @@ pub(crate) unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool,
     }
 }
 
-/// Removes the key's tombstone, returning its version vector (empty if there was none).
-fn take_tombstone(meta: &TableMeta, key: &[(Option<pg_sys::Datum>, pg_sys::Oid)]) -> Result<VersionVector> {
-    let vv = meta
-        .take_tombstone
-        .run(key)
-        .map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
+/// Runs a tombstone statement of `meta` for a key; returns the tombstone's vector, if
+/// the key has one.
+fn tombstone_vv(
+    meta: &TableMeta,
+    plan: &latest::LatestPlan,
+    key: &[(Option<pg_sys::Datum>, pg_sys::Oid)],
+) -> Result<Option<VersionVector>> {
+    let vv = plan.run(key).map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
     // SAFETY: the returned datum is a bigint[] in the SPI connection's memory.
-    let flat = vv.and_then(|d| unsafe { Vec::<i64>::from_datum(d, false) }).unwrap_or_default();
+    let Some(flat) = vv.and_then(|d| unsafe { Vec::<i64>::from_datum(d, false) }) else {
+        return Ok(None);
+    };
     VersionVector::from_flat(&flat)
+        .map(Some)
         .map_err(|e| MmrError::Internal(format!("{}: damaged tombstone vector: {e}", meta.name)))
 }
 
-/// After inserting a key: if a tombstone for it is visible now, the apply worker
-/// committed a delete of the key after our BEFORE trigger looked and before our insert
-/// passed the unique index (the worker claims the key there). The row's version vector
-/// misses that delete; rather than let the nodes disagree, fail as a serialization
-/// failure -- the client retries, and the retry continues the tombstone's history.
-fn check_no_tombstone(
-    rel: pg_sys::Relation,
-    meta: &TableMeta,
-    key: &[(Option<pg_sys::Datum>, pg_sys::Oid)],
-) -> Result<()> {
-    // SAFETY: an open relation from the trigger manager.
-    if !shmem::may_have_tombstones(unsafe { (*rel).rd_id }) {
-        return Ok(());
-    }
-    let found = meta
-        .probe_tombstone
-        .run(key)
-        .map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
-    if found.is_some() {
-        return Err(MmrError::ConcurrentDelete(meta.name.clone()));
-    }
-    Ok(())
-}
-
-/// `mmr.stamp()`: BEFORE INSERT OR UPDATE row trigger. See the module documentation.
+/// `mmr.stamp()`: BEFORE INSERT OR UPDATE OR DELETE row trigger. See the module
+/// documentation.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn mmr_stamp(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
@@ -295,6 +279,7 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     let rel = td.tg_relation;
     let node = catalog::node_id()?;
     let meta = meta::lookup(rel)?;
+    let _fixed = settings::Fixed::enter(meta.needs);
     if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
         // SAFETY: the row being deleted, valid during the trigger call.
         unsafe { record_delete(&meta, rel, node, td.tg_trigtuple)? };
@@ -307,9 +292,12 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     // SAFETY: as above.
     let base = unsafe {
         if is_insert || rekey {
+            // A new key continues its tombstone's history. The tombstone is locked, not
+            // removed: the insert may still be skipped (ON CONFLICT on another unique
+            // index), and the AFTER trigger removes it once the row is in (see `capture`).
             if shmem::may_have_tombstones((*rel).rd_id) {
                 let key = raw_key(rel, &meta, new_tuple);
-                with_spi(|| take_tombstone(&meta, &key))?
+                with_spi(|| tombstone_vv(&meta, &meta.lock_tombstone, &key))?.unwrap_or_default()
             } else {
                 VersionVector::new()
             }
@@ -324,19 +312,19 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
         // an event queue entry and two tuple fetches per row. Safe because this trigger
         // fires last among BEFORE triggers, after the row is locked, so the update goes
         // ahead unless the statement fails -- and then the buffer is rolled back with
-        // the (sub)transaction. Inserts wait for AFTER INSERT (ON CONFLICT may skip them).
+        // the (sub)transaction. Inserts -- and the new key of a key change -- wait for
+        // the AFTER trigger (ON CONFLICT may skip them).
         // SAFETY: as above.
         unsafe {
             if rekey {
                 record_delete(&meta, rel, node, td.tg_trigtuple)?;
-                enqueue(&meta, rel, 'I', hlc, &vv, Some(new_tuple), None)?;
             } else {
                 enqueue(&meta, rel, 'U', hlc, &vv, Some(new_tuple), Some(td.tg_trigtuple))?;
             }
         }
     }
     let mut cols = [meta.att_hlc, meta.att_node, meta.att_vv];
-    let mut values = [hlc.into_datum().unwrap(), node.into_datum().unwrap(), int8_array_datum(&vv.to_flat())];
+    let mut values = [pg_sys::Datum::from(hlc), pg_sys::Datum::from(node), int8_array_datum(&vv.to_flat())];
     let mut nulls = [false; 3];
     // SAFETY: builds a modified copy of the trigger's new tuple in the current (per-tuple)
     // memory context, outside any SPI connection, as the trigger manager expects.
@@ -363,22 +351,39 @@ pub unsafe extern "C-unwind" fn mmr_capture(fcinfo: pg_sys::FunctionCallInfo) ->
     pg_sys::Datum::from(0)
 }
 
+/// Captures a row with a new key, now that it has passed the unique indexes: removes
+/// the key's tombstone and queues the insert.
+///
+/// The key-claim protocol with apply (whose side is `apply::write_delete`): an apply
+/// transaction that deletes this key -- an existing row, or a key it first claims by
+/// inserting and deleting it -- makes our insert wait at the unique index until it
+/// commits. Its tombstone is then visible here (latest snapshot) although the BEFORE
+/// trigger did not see it. Rather than fail (PostgreSQL never fails an INSERT at READ
+/// COMMITTED for this), the new row continues that tombstone's history, as if it had
+/// been inserted just after the delete: a fresh stamp, the tombstone's vector with
+/// this node's entry at it, written into the row without firing triggers.
 unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
     let meta = meta::lookup(rel)?;
+    let _fixed = settings::Fixed::enter(meta.needs);
     // SAFETY: trigger tuples of `rel`, valid during the trigger call.
     unsafe {
         let new = if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) { td.tg_trigtuple } else { td.tg_newtuple };
-        // Now that the new key has passed the unique index, look again for a tombstone a
-        // concurrent apply may have committed meanwhile (see check_no_tombstone).
-        let key = raw_key(rel, &meta, new);
-        with_spi(|| check_no_tombstone(rel, &meta, &key))?;
-        if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) {
-            enqueue(&meta, rel, 'I', row_hlc(rel, &meta, new), &row_vv(rel, &meta, new)?, Some(new), None)?;
+        let (mut hlc, mut vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
+        if shmem::may_have_tombstones((*rel).rd_id) {
+            let key = raw_key(rel, &meta, new);
+            let taken = with_spi(|| tombstone_vv(&meta, &meta.take_tombstone, &key))?;
+            if let Some(t) = taken.filter(|t| !matches!(t.compare(&vv), Causality::Before | Causality::Equal)) {
+                let node = catalog::node_id()?;
+                hlc = clock::tick_for_write();
+                vv = t.stamped(node as i64, hlc);
+                let tid = (*new).t_self;
+                with_spi(|| meta.restamp(&tid, hlc, &vv))?;
+            }
         }
+        enqueue(&meta, rel, 'I', hlc, &vv, Some(new), None)
     }
-    Ok(())
 }
 
 /// Queues the deletion of `old`'s key and leaves its tombstone. The deletion is a new

@@ -31,7 +31,8 @@ SELECT p.name,
        nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0) AS applied_hlc,
        s.lag_changes,
        extract(epoch FROM clock_timestamp() - mmr.hlc_to_timestamptz(
-           nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0)))::double precision AS lag_seconds
+           nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0)))::double precision AS lag_seconds,
+       (SELECT count(*) FROM mmr.set_aside a WHERE a.origin = p.node_id) AS set_aside
 FROM mmr.peer p
 LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name
 LEFT JOIN mmr._peer_status() s ON s.name = p.name;
@@ -202,6 +203,26 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER mmr_sql_drop ON sql_drop EXECUTE FUNCTION mmr._on_sql_drop();
+
+-- Set-aside changes (see src/apply/set_aside.rs).
+CREATE FUNCTION mmr.retry_set_aside(id bigint DEFAULT NULL) RETURNS bigint
+LANGUAGE sql AS $$ SELECT mmr._retry_set_aside(id) $$;
+COMMENT ON FUNCTION mmr.retry_set_aside(bigint) IS
+    'Try set-aside changes again now (all, or one and those waiting behind it); returns how many applied.';
+CREATE FUNCTION mmr.discard_set_aside(id bigint) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._discard_set_aside(id) $$;
+COMMENT ON FUNCTION mmr.discard_set_aside(bigint) IS
+    'Give up on a set-aside change; it is recorded in mmr.conflicts (kind set_aside, resolution discarded).';
+
+-- Any DDL may be what a set-aside change waited for (a table replicated, a constraint
+-- dropped, a column added): make them all due, the launcher tries them within seconds.
+CREATE FUNCTION mmr._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE mmr.set_aside SET next_try_at = now() WHERE next_try_at > now();
+END
+$$;
+CREATE EVENT TRIGGER mmr_ddl_end ON ddl_command_end EXECUTE FUNCTION mmr._on_ddl_end();
 
 -- Privileges: the catalog is for superusers; the clock functions are for everyone.
 REVOKE ALL ON ALL TABLES IN SCHEMA mmr FROM PUBLIC;

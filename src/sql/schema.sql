@@ -115,6 +115,35 @@ CREATE TABLE mmr.conflicts (
 CREATE INDEX conflicts_detected_at_idx ON mmr.conflicts (detected_at);
 COMMENT ON TABLE mmr.conflicts IS 'Concurrent writes detected while applying peers'' changes, and how each was resolved.';
 
+-- Changes from peers that could not be applied here (a constraint, a table not
+-- replicated here yet, a value this node cannot read), kept in order until they apply.
+-- Later changes of the same key wait behind them (waits_for), so the per-key order is
+-- never broken; other keys go on. Retried by the launcher with backoff and after every
+-- DDL; mmr.retry_set_aside / mmr.discard_set_aside let a DBA act on them.
+CREATE TABLE mmr.set_aside (
+    id bigserial PRIMARY KEY,
+    origin integer NOT NULL,
+    tbl text NOT NULL,
+    -- The key, or NULL when it cannot be known here (e.g. the table is not replicated
+    -- here): then every later change of the table waits.
+    pk jsonb,
+    op "char" NOT NULL,
+    hlc bigint NOT NULL,
+    change text NOT NULL,
+    applied bigint[] NOT NULL,
+    sqlstate text,
+    error text NOT NULL,
+    waits_for bigint,
+    set_aside_at timestamptz NOT NULL DEFAULT now(),
+    last_tried_at timestamptz NOT NULL DEFAULT now(),
+    next_try_at timestamptz NOT NULL DEFAULT now() + interval '1 s',
+    attempts integer NOT NULL DEFAULT 1
+);
+CREATE INDEX set_aside_origin_idx ON mmr.set_aside (origin, hlc);
+COMMENT ON TABLE mmr.set_aside IS
+    'Changes from peers that could not be applied here yet, with the error; retried automatically. '
+    'See mmr.retry_set_aside and mmr.discard_set_aside.';
+
 CREATE TYPE mmr.conflict_info AS (
     kind text,
     tbl regclass,

@@ -51,6 +51,9 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                     if let Err(e) = txn::run(crate::prune::housekeeping) {
                         pgrx::warning!("mmr: housekeeping failed: {e}");
                     }
+                    if let Err(e) = txn::run(|| crate::apply::set_aside::retry(None, false)) {
+                        pgrx::warning!("mmr: retrying set-aside changes failed: {e}");
+                    }
                 }
             }
             // The extension is not (yet) installed in mmr.database.

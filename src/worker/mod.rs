@@ -56,16 +56,21 @@ pub fn setup_signals() {
 }
 
 /// Settings of our workers' sessions: no JIT (housekeeping and apply statements are
-/// short; compiling them would cost more than running them, on every call).
+/// short; compiling them would cost more than running them, on every call); values read
+/// and printed in fixed styles whatever the database's defaults (see settings.rs); XML
+/// read as content, which accepts documents too.
 pub fn session_settings() {
-    // SAFETY: setting a GUC for this session, outside any transaction-scoped context.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"jit".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
+    crate::settings::Fixed::for_session();
+    for (name, value) in [(c"jit", c"off"), (c"xmloption", c"content")] {
+        // SAFETY: setting a GUC for this session, outside any transaction-scoped context.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
     }
 }
 

@@ -42,6 +42,9 @@ struct Worker {
     position: Option<Position>,
     /// When the peer's report and our watermark were last stored while idle.
     last_idle_store: Option<std::time::Instant>,
+    /// The last batch failed: apply the next one change by change, setting aside what
+    /// fails (see apply/set_aside.rs).
+    careful: bool,
 }
 
 /// While caught up, the peer's report and our watermark of it (which let tombstones be
@@ -84,7 +87,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
             return;
         }
     };
-    Worker { peer, me, position: None, last_idle_store: None }.run();
+    Worker { peer, me, position: None, last_idle_store: None, careful: false }.run();
 }
 
 fn report_error(peer: &str, state: &str, err: &str) {
@@ -104,6 +107,9 @@ enum Stop {
     Exit,
     /// Something failed: report, back off, reconnect.
     Failed { state: &'static str, error: String },
+    /// The connection failed while a batch was read: as `Failed`, but nothing says the
+    /// batch itself cannot be applied.
+    Network(String),
 }
 
 impl From<MmrError> for Stop {
@@ -120,18 +126,19 @@ impl Worker {
         let mut backoff = Duration::from_millis(500);
         loop {
             super::check_interrupts_and_reload();
-            match self.session() {
+            let (state, error) = match self.session() {
                 Stop::Exit => return,
-                Stop::Failed { state, error } => {
-                    report_error(&self.peer, state, &error);
-                    // Re-read the position after a failure: the failed transaction
-                    // did not move it, and nothing else may.
-                    self.position = None;
-                    apply::table::forget_all();
-                    super::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+                Stop::Network(error) => ("error", error),
+                Stop::Failed { state, error } => (state, error),
+            };
+            report_error(&self.peer, state, &error);
+            // Re-read the position after a failure: the failed transaction did not
+            // move it, and nothing else may.
+            self.position = None;
+            apply::table::forget_all();
+            // A batch that failed is tried again at once, change by change.
+            super::sleep(if self.careful { Duration::from_millis(50) } else { backoff });
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -146,7 +153,16 @@ impl Worker {
         };
         let poll_wait = gucs::poll_wait();
         conn.set_read_timeout(poll_wait + Duration::from_secs(30));
-        for setup in ["SET default_transaction_isolation = 'read committed'", "SET statement_timeout = 0"] {
+        // The peer's session prints the header's timestamps: in fixed styles, whatever
+        // its database's defaults (see settings.rs).
+        for setup in [
+            "SET default_transaction_isolation = 'read committed'",
+            "SET statement_timeout = 0",
+            "SET DateStyle = 'ISO, YMD'",
+            "SET IntervalStyle = 'postgres'",
+            "SET TimeZone = 'UTC'",
+            "SET extra_float_digits = 1",
+        ] {
             if let Err(e) = conn.query(setup, &[]) {
                 return Stop::Failed { state: "error", error: e };
             }
@@ -219,7 +235,9 @@ impl Worker {
         let header = match conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })? {
             Some(row) if row.first().cloned().flatten().as_deref() == Some("H") => {
                 let meta = row.get(3).cloned().flatten().unwrap_or_default();
-                serde_json::from_str::<Value>(&meta).map_err(internal)?
+                let h = serde_json::from_str::<Value>(&meta).map_err(internal)?;
+                check_header(&h).map_err(|e| Stop::Failed { state: "error", error: e })?;
+                h
             }
             _ => return Err(internal("the peer's mmr.pull returned no header").into()),
         };
@@ -233,9 +251,21 @@ impl Worker {
             return Ok(0);
         };
         let to_tick = header["to_tick"].as_i64().unwrap_or(0);
-        let applied = self.apply_batch(conn, &header, peer_node, to_tick, &to_snap)?;
+        let (applied, watermark) = match self.apply_batch(conn, &header, peer_node, to_tick, &to_snap) {
+            Ok(done) => {
+                self.careful = false;
+                done
+            }
+            Err(Stop::Failed { state, error }) => {
+                // Something in the batch could not be applied: the next try sets it aside.
+                self.careful = true;
+                return Err(Stop::Failed { state, error });
+            }
+            Err(Stop::Network(error)) => return Err(Stop::Failed { state: "error", error }),
+            Err(stop) => return Err(stop),
+        };
         // Committed (synchronously) with the new position: see applied.rs.
-        crate::applied::note(peer_node, header["stable"].as_i64().unwrap_or(0));
+        crate::applied::note(peer_node, watermark);
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
         Ok(applied.max(1))
@@ -247,6 +277,13 @@ impl Worker {
         let name = header["node"].as_str().unwrap_or_default();
         let id = header["node_id"].as_i64().unwrap_or(0) as i32;
         let fail = |error: String| Err(Stop::Failed { state: "error", error });
+        if name == self.me.name && id == self.me.node_id {
+            return fail(format!(
+                "the conninfo of peer \"{}\" reaches this node itself; a peer must be another server of the group \
+                 (check host, port and dbname; an empty conninfo means this server)",
+                self.peer
+            ));
+        }
         if name != self.peer {
             return fail(format!(
                 "the server at this conninfo is node \"{name}\", not \"{}\"; the peer name must be the node's name",
@@ -274,6 +311,7 @@ impl Worker {
     }
 
     /// Applies the rows of the current result in one transaction with the new position.
+    /// Returns the number of changes and the watermark stored.
     fn apply_batch(
         &self,
         conn: &mut PeerConn,
@@ -281,7 +319,7 @@ impl Worker {
         peer_node: i32,
         to_tick: i64,
         to_snap: &str,
-    ) -> Result<usize, Stop> {
+    ) -> Result<(usize, i64), Stop> {
         let skew_limit = gucs::max_clock_skew().as_millis() as u64;
         let mut net_error = None;
         let result = txn::run(|| {
@@ -289,6 +327,8 @@ impl Worker {
             // same key must not interleave between "read what is here" and "write".
             Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
             let mut applier = Applier::new(peer_node);
+            applier.careful = self.careful;
+            applier.blocked = apply::set_aside::Blocked::load()?;
             let mut n = 0usize;
             let mut max_hlc = 0i64;
             loop {
@@ -316,6 +356,7 @@ impl Worker {
                 }
             }
             applier.finish()?;
+            let watermark = apply::set_aside::cap(peer_node, header["stable"].as_i64().unwrap_or(0))?;
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
                    applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
@@ -327,7 +368,7 @@ impl Worker {
                     to_tick.into(),
                     to_snap.into(),
                     max_hlc.into(),
-                    header["stable"].as_i64().into(),
+                    watermark.into(),
                     header["as_of"].as_str().into(),
                     (n as i64).into(),
                     pgrx::JsonB(header["report"].clone()).into(),
@@ -335,11 +376,11 @@ impl Worker {
                 ],
             )
             .map_err(internal)?;
-            Ok(n)
+            Ok((n, watermark))
         });
         match (result, net_error) {
-            (Ok(n), _) => Ok(n),
-            (Err(_), Some(e)) => Err(Stop::Failed { state: "error", error: e }),
+            (Ok(done), _) => Ok(done),
+            (Err(_), Some(e)) => Err(Stop::Network(e)),
             (Err(e), None) => Err(e.into()),
         }
     }
@@ -353,16 +394,18 @@ impl Worker {
         }
         self.last_idle_store = Some(std::time::Instant::now());
         let peer = self.peer.clone();
-        let stable = header["stable"].as_i64();
+        let stable = header["stable"].as_i64().unwrap_or(0);
         let report = pgrx::JsonB(header["report"].clone());
-        txn::run(move || {
+        let watermark = txn::run(move || {
+            let watermark = apply::set_aside::cap(peer_node, stable)?;
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET watermark = greatest(watermark, $2), report = $3 WHERE peer = $1",
-                &[peer.into(), stable.into(), report.into()],
+                &[peer.into(), watermark.into(), report.into()],
             )
-            .map_err(internal)
+            .map_err(internal)?;
+            Ok(watermark)
         })?;
-        crate::applied::note(peer_node, stable.unwrap_or(0));
+        crate::applied::note(peer_node, watermark);
         Ok(())
     }
 
@@ -376,6 +419,31 @@ impl Worker {
             s.set_contact(now, pending);
             s.set_watermark(stable);
         });
+    }
+}
+
+/// A pull header must carry every field this worker relies on, of the right type: a
+/// missing or malformed one is a protocol error, never read as zero.
+fn check_header(h: &Value) -> std::result::Result<(), String> {
+    let bad = |field: &str| Err(format!("protocol error: the peer's pull header has no valid \"{field}\""));
+    if !h["node"].is_string() {
+        return bad("node");
+    }
+    for field in ["node_id", "stable", "pending"] {
+        if !h[field].is_i64() {
+            return bad(field);
+        }
+    }
+    if !h["report"].is_object() || !h["report"]["self"].is_i64() {
+        return bad("report");
+    }
+    if !h["as_of"].is_string() {
+        return bad("as_of");
+    }
+    match (&h["to_tick"], &h["to_snap"]) {
+        (Value::Null, Value::Null) => Ok(()),
+        (t, Value::String(_)) if t.is_i64() => Ok(()),
+        _ => bad("to_tick"),
     }
 }
 

@@ -31,9 +31,19 @@ impl Node {
     }
 
     pub fn connect(&self) -> Client {
+        self.connect_as("postgres")
+    }
+
+    /// A connection as the ordinary application role `app` (see `Cluster::app`).
+    pub fn connect_app(&self) -> Client {
+        self.connect_as("app")
+    }
+
+    pub fn connect_as(&self, user: &str) -> Client {
+        let conninfo = format!("host=127.0.0.1 port={} user={user} dbname=postgres", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match Client::connect(&self.conninfo(), NoTls) {
+            match Client::connect(&conninfo, NoTls) {
                 Ok(c) => return c,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -164,6 +174,13 @@ impl Cluster {
                 let node = &c.nodes[i];
                 let mut db = node.connect();
                 db.batch_execute("CREATE EXTENSION mmr").unwrap();
+                // The role applications write through: ordinary table privileges only.
+                db.batch_execute(
+                    "CREATE ROLE app LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO app; \
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO app; \
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO app",
+                )
+                .unwrap();
                 db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id]).unwrap();
             }
         }
@@ -180,6 +197,12 @@ impl Cluster {
 
     pub fn connect(&self, i: usize) -> Client {
         self.nodes[i].connect()
+    }
+
+    /// A connection to node `i` as the application role `app`: not a superuser, with
+    /// ALL on the tables of schema public created by the superuser.
+    pub fn app(&self, i: usize) -> Client {
+        self.nodes[i].connect_app()
     }
 
     /// The proxy node `i` uses to reach node `j` (created on first use).
@@ -254,7 +277,8 @@ impl Cluster {
 
     pub fn start_node(&self, i: usize) {
         let node = &self.nodes[i];
-        run(as_postgres("pg_ctl").args([
+        // With backtraces asked for, as a developer's shell may: none may reach a user.
+        run(as_postgres("pg_ctl").env("RUST_BACKTRACE", "1").args([
             "start",
             "-w",
             "-t",
@@ -465,6 +489,12 @@ impl Drop for Cluster {
 /// Rows of a table on a node, with every column (user and mmr) as text, sorted: two
 /// nodes hold the same data iff these are equal.
 pub fn table_image(db: &mut Client, table: &str) -> Vec<String> {
+    // The same text for the same values, whatever the node's session defaults.
+    db.batch_execute(
+        "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = postgres; SET TimeZone = 'UTC'; \
+         SET extra_float_digits = 1; SET bytea_output = hex",
+    )
+    .unwrap();
     let q = format!("SELECT t::text FROM {table} t ORDER BY 1");
     db.query(&q, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
 }

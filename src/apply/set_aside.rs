@@ -1,0 +1,237 @@
+//! Changes that cannot be applied here are set aside, never dropped and never allowed
+//! to stop a peer's stream.
+//!
+//! A batch is applied as fast as possible, all in one transaction. When something in it
+//! fails, the worker pulls the same batch again and applies it *carefully*: each change
+//! in a subtransaction. A change that fails there goes to `mmr.set_aside` with its error
+//! (in the same transaction as the position, so nothing is lost or repeated), and every
+//! later change of the same key -- of the whole table when the key cannot be known
+//! here -- goes there behind it, so the per-key order is never broken while other keys
+//! go on. Errors that say nothing about the change (serialization failures, deadlocks,
+//! lack of resources, a cancel) are not set aside: the batch is tried again.
+//!
+//! While changes of an origin are set aside, this node does not claim to have applied
+//! them: its watermark of that origin stays below the earliest one (`cap`), so pruning
+//! and the frontier report wait for them.
+//!
+//! Set-aside changes are tried again (`retry`) by the launcher with backoff, right after
+//! any DDL (an event trigger makes them due), and when a DBA calls
+//! `mmr.retry_set_aside`. `mmr.discard_set_aside` drops one, recording it in
+//! `mmr.conflicts`.
+
+use super::{Applier, Change};
+use crate::error::{MmrError, OrRaise, Result};
+use crate::subxact::Failure;
+use pgrx::prelude::*;
+use std::collections::HashMap;
+
+fn internal(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Internal(e.to_string())
+}
+
+/// Errors that say nothing about the change itself: the batch is tried again.
+pub fn transient(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("40" | "53" | "55" | "57" | "58" | "08"))
+}
+
+/// The keys that have set-aside changes: (table, key as jsonb text), `None` for a whole
+/// table. Maps to the newest entry's id.
+#[derive(Default)]
+pub struct Blocked {
+    keys: HashMap<(String, Option<String>), i64>,
+}
+
+impl Blocked {
+    /// Every set-aside key (of any origin: a key's changes wait behind it whoever wrote
+    /// them).
+    pub fn load() -> Result<Blocked> {
+        let mut b = Blocked::default();
+        Spi::connect(|c| {
+            for r in c.select("SELECT id, tbl, pk::text FROM mmr.set_aside ORDER BY id", None, &[])? {
+                let id = r.get::<i64>(1)?.unwrap_or(0);
+                b.add(r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?, id);
+            }
+            Ok::<_, pgrx::spi::SpiError>(())
+        })
+        .map_err(internal)?;
+        Ok(b)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn add(&mut self, tbl: String, pk: Option<String>, id: i64) {
+        self.keys.insert((tbl, pk), id);
+    }
+
+    /// The entry a change of (`tbl`, `pk`) must wait behind, if any. A change whose key
+    /// is unknown waits behind any entry of its table.
+    pub fn blocker(&self, tbl: &str, pk: Option<&str>) -> Option<i64> {
+        if let Some(id) = self.keys.get(&(tbl.to_string(), None)) {
+            return Some(*id);
+        }
+        match pk {
+            Some(k) => self.keys.get(&(tbl.to_string(), Some(k.to_string()))).copied(),
+            None => self.keys.iter().filter(|((t, _), _)| t == tbl).map(|(_, id)| *id).max(),
+        }
+    }
+}
+
+/// Sets a change aside: with the failure that stopped it, or waiting behind `waits_for`.
+pub fn put(
+    ch: &Change,
+    origin: i32,
+    pk: Option<&str>,
+    failure: Option<&Failure>,
+    waits_for: Option<i64>,
+) -> Result<i64> {
+    let error = match (failure, waits_for) {
+        (Some(f), _) => f.message.clone(),
+        (None, Some(id)) => format!("waits behind set-aside change {id} of the same key"),
+        (None, None) => "set aside".into(),
+    };
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO mmr.set_aside (origin, tbl, pk, op, hlc, change, applied, sqlstate, error, waits_for) \
+         VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        &[
+            origin.into(),
+            ch.tbl.as_str().into(),
+            pk.into(),
+            (ch.op.code() as u8 as i8).into(),
+            ch.hlc.into(),
+            ch.encode().into(),
+            ch.writer_applied.to_flat().into(),
+            failure.map(|f| f.sqlstate.clone()).into(),
+            error.into(),
+            waits_for.into(),
+        ],
+    )
+    .map_err(internal)?
+    .ok_or_else(|| internal("no id for a set-aside change"))
+}
+
+/// Caps a watermark of `origin` below its earliest set-aside change: this node has not
+/// applied that one (see the module documentation).
+pub fn cap(origin: i32, stamp: i64) -> Result<i64> {
+    let earliest =
+        Spi::get_one_with_args::<i64>("SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1", &[origin.into()])
+            .map_err(internal)?;
+    Ok(earliest.map_or(stamp, |h| stamp.min(h)))
+}
+
+/// Tries set-aside changes again, in the order they were set aside: those that are due
+/// (or all of them with `force`, or just `only`), and those waiting behind a change
+/// that applies now. Returns how many applied. Runs in the caller's transaction.
+pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
+    if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.set_aside)").map_err(internal)?.unwrap_or(false) {
+        return Ok(0);
+    }
+    // As an apply worker: no triggers, settings fixed, one apply transaction at a time.
+    let _fixed = crate::settings::Fixed::enter(crate::settings::ALL);
+    Spi::run("SET LOCAL session_replication_role = replica").map_err(internal)?;
+    Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
+    let entries = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT id, origin, tbl, pk::text, change, applied::text, \
+                    waits_for IS NOT NULL OR next_try_at <= now() OR $1 OR id = $2 \
+             FROM mmr.set_aside ORDER BY id",
+            None,
+            &[force.into(), only.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(Entry {
+                id: r.get(1)?.unwrap_or(0),
+                origin: r.get(2)?.unwrap_or(0),
+                tbl: r.get(3)?.unwrap_or_default(),
+                pk: r.get(4)?,
+                change: r.get(5)?.unwrap_or_default(),
+                applied: r.get(6)?.unwrap_or_default(),
+                due: r.get(7)?.unwrap_or(false),
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .map_err(internal)?;
+    let mut still = Blocked::default();
+    let mut applied = 0;
+    for e in entries {
+        let due = e.due && (only.is_none() || only == Some(e.id) || force);
+        if !due || still.blocker(&e.tbl, e.pk.as_deref()).is_some() {
+            still.add(e.tbl, e.pk, e.id);
+            continue;
+        }
+        let outcome = match Change::parse_one(&e.change, &e.applied) {
+            Ok(ch) => Applier::new(e.origin).try_apply(&ch),
+            Err(err) => Err(Failure { sqlstate: err.sqlstate(), message: err.to_string() }),
+        };
+        match outcome {
+            Ok(()) => {
+                Spi::run_with_args("DELETE FROM mmr.set_aside WHERE id = $1", &[e.id.into()]).map_err(internal)?;
+                applied += 1;
+            }
+            Err(f) => {
+                Spi::run_with_args(
+                    "UPDATE mmr.set_aside SET sqlstate = $2, error = $3, waits_for = NULL, attempts = attempts + 1, \
+                       last_tried_at = now(), \
+                       next_try_at = now() + make_interval(secs => least(300, 2 ^ least(attempts, 9))) \
+                     WHERE id = $1",
+                    &[e.id.into(), f.sqlstate.into(), f.message.into()],
+                )
+                .map_err(internal)?;
+                still.add(e.tbl, e.pk, e.id);
+            }
+        }
+    }
+    Ok(applied)
+}
+
+struct Entry {
+    id: i64,
+    origin: i32,
+    tbl: String,
+    pk: Option<String>,
+    change: String,
+    applied: String,
+    due: bool,
+}
+
+/// `mmr.retry_set_aside(id)`: tries set-aside changes again now (all, or one and what
+/// waits behind it); returns how many applied.
+#[pg_extern(volatile)]
+fn _retry_set_aside(id: Option<i64>) -> i64 {
+    if let Some(id) = id {
+        exists(id).or_raise();
+    }
+    retry(id, id.is_none()).or_raise()
+}
+
+fn exists(id: i64) -> Result<()> {
+    let found =
+        Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.set_aside WHERE id = $1)", &[id.into()])
+            .map_err(internal)?
+            .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(MmrError::UnknownSetAside(id))
+    }
+}
+
+/// `mmr.discard_set_aside(id)`: gives up on a set-aside change. It is recorded in
+/// `mmr.conflicts` (kind `set_aside`, resolution `discarded`), never dropped silently.
+#[pg_extern(volatile)]
+fn _discard_set_aside(id: i64) {
+    exists(id).or_raise();
+    Spi::run_with_args(
+        "WITH d AS (DELETE FROM mmr.set_aside WHERE id = $1 RETURNING *) \
+         INSERT INTO mmr.conflicts (tbl, pk, kind, remote_row, remote_hlc, remote_node, resolution, resolver, note) \
+         SELECT d.tbl, coalesce(d.pk, '{}'), 'set_aside', d.change::jsonb -> CASE WHEN d.op = 'D' THEN 'p' ELSE 'n' END, \
+                d.hlc, d.origin, 'discarded', NULL, \
+                pg_catalog.format('discarded by %s; it could not be applied: %s', current_user, d.error) FROM d",
+        &[id.into()],
+    )
+    .map_err(internal)
+    .or_raise();
+}

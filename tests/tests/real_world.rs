@@ -1,0 +1,390 @@
+//! First contact with a real deployment: application roles, session settings that
+//! differ between nodes, odd identifiers, secondary unique keys, changes that cannot be
+//! applied, concurrent writers at READ COMMITTED.
+
+use mmr_tests::{assert_converged, error_text, Cluster};
+use std::time::{Duration, Instant};
+
+const SYNC: Duration = Duration::from_secs(60);
+
+/// An application role with ordinary privileges writes a replicated table every way an
+/// application does -- INSERT, UPDATE, DELETE, INSERT ... ON CONFLICT, COPY with a column
+/// list -- and every write reaches the other node. An error mmr raises in its session
+/// carries no Rust backtrace, although the servers run with RUST_BACKTRACE=1.
+#[test]
+fn an_application_role_writes_every_way() {
+    let mut c = Cluster::start("approle", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.mesh();
+    let mut app = c.app(0);
+    app.batch_execute(
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'); \
+         UPDATE t SET v = 'B' WHERE id = 2; \
+         DELETE FROM t WHERE id = 3; \
+         INSERT INTO t VALUES (1, 'A') ON CONFLICT (id) DO UPDATE SET v = excluded.v; \
+         INSERT INTO t VALUES (4, 'd') ON CONFLICT (id) DO NOTHING",
+    )
+    .unwrap();
+    {
+        let mut copy = app.copy_in("COPY t (id, v) FROM STDIN").unwrap();
+        std::io::Write::write_all(&mut copy, b"5\te\n6\tf\n").unwrap();
+        copy.finish().unwrap();
+    }
+    // Without a column list COPY expects mmr's columns too: the README says so.
+    assert!(app
+        .copy_in("COPY t FROM STDIN")
+        .and_then(|mut w| {
+            std::io::Write::write_all(&mut w, b"7\tg\n").unwrap();
+            w.finish()
+        })
+        .is_err());
+    // The other node's application role writes too.
+    c.app(1).batch_execute("INSERT INTO t VALUES (10, 'from n2')").unwrap();
+    c.sync(SYNC);
+    assert_eq!(c.text(1, "SELECT string_agg(id || v, ',' ORDER BY id) FROM t"), "1A,2B,4d,5e,6f,10from n2");
+    assert_converged(&c, "t");
+    // An mmr error in the application's session: message, hint, no backtrace.
+    let err = app.batch_execute("TRUNCATE t").unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.hint().is_some(), "no hint: {db:?}");
+    let detail = db.detail().unwrap_or_default();
+    assert!(!detail.contains(".rs:") && !detail.contains("backtrace"), "detail carries a backtrace: {detail}");
+}
+
+/// The table of every type family used by the session-settings tests.
+const RICH: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
+    CREATE TYPE stamp_pair AS (at date, took interval, score float8); \
+    CREATE DOMAIN day AS date CHECK (VALUE > '1900-01-01'); \
+    CREATE TABLE rich ( \
+      id int PRIMARY KEY, d date, ds date[], ts timestamp, tz timestamptz, tzs timestamptz[], \
+      t time, ttz timetz, iv interval, ivs interval[], f4 float4, f8 float8, f8s float8[], \
+      n numeric, b bytea, bs bytea[], r tsrange, rz tstzrange, dr daterange, dm datemultirange, \
+      c stamp_pair, cs stamp_pair[], dd day, dds day[], m mood, ms mood[], j json, jb jsonb, \
+      p point, u uuid, ip inet, big text, x xml, bits varbit, tv tsvector)";
+
+/// One row of every type, with values whose text depends on session settings:
+/// ambiguous dates, intervals, floats that need all their digits, NaN and infinities.
+fn rich_row(id: i32) -> String {
+    format!(
+        "INSERT INTO rich VALUES ({id}, '2026-03-04', ARRAY['1999-12-31'::date, '2026-03-04'], \
+         '2026-03-04 05:06:07.123456', '2026-03-04 05:06:07.5+05:30', ARRAY['2026-01-02 03:04:05+00'::timestamptz], \
+         '13:14:15.5', '13:14:15+02', '-1 year 2 mons -3 days 04:05:06.789', ARRAY['1 day -02:00'::interval], \
+         0.1::float4, 0.1 + 0.2, ARRAY['NaN', 'Infinity', '-Infinity', '1e-300', '2.5']::float8[], \
+         'NaN', '\\xdeadbeef00', ARRAY['\\x00ff'::bytea], '[2026-03-04 00:00, 2026-04-03 12:00)', \
+         '[2026-03-04 00:00+01, infinity)', '[2026-03-04, 2026-04-03)', '{{[2026-03-04, 2026-03-05), [2026-05-01, 2026-05-09)}}', \
+         ROW('2026-03-04', '1 day 02:00', 1.0/3)::stamp_pair, ARRAY[ROW('1999-12-31', '-1 mon', 'NaN')::stamp_pair], \
+         '2026-03-04', ARRAY['2026-04-03'::day], 'happy', ARRAY['sad', 'ok']::mood[], \
+         '{{\"a\": 1, \"a\": 2, \"b\": [1.10, null]}}', '{{\"k\": 1.50, \"n\": null}}', \
+         point(1.0/3, -0.1), 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '10.1.2.3/16', repeat('toast ', 20000), \
+         '<a>b</a>', B'10110', 'quick brown fox')"
+    )
+}
+
+/// Every value column of `rich` compared with the literal it was written as, read
+/// under the node's own (odd) defaults: true when every value arrived exactly.
+const RICH_EXACT: &str = "SELECT d = '2026-03-04' \
+    AND ts = '2026-03-04 05:06:07.123456' AND tz = '2026-03-04 05:06:07.5+05:30' \
+    AND tzs = ARRAY['2026-01-02 03:04:05+00'::timestamptz] AND t = '13:14:15.5' AND ttz = '13:14:15+02' \
+    AND iv = '-1 year 2 mons -3 days 04:05:06.789' AND ivs = ARRAY['1 day -02:00'::interval] \
+    AND f4 = 0.1::float4 AND f8 = 0.1 + 0.2 \
+    AND f8s::text = (ARRAY['NaN', 'Infinity', '-Infinity', '1e-300', '2.5']::float8[])::text \
+    AND n::text = 'NaN' AND b = '\\xdeadbeef00' AND bs = ARRAY['\\x00ff'::bytea] \
+    AND r = '[2026-03-04 00:00, 2026-04-03 12:00)' AND rz = '[2026-03-04 00:00+01, infinity)' \
+    AND dr = '[2026-03-04, 2026-04-03)' AND dm = '{[2026-03-04, 2026-03-05), [2026-05-01, 2026-05-09)}' \
+    AND c = ROW('2026-03-04', '1 day 02:00', 1.0/3)::stamp_pair \
+    AND cs::text = (ARRAY[ROW('1999-12-31', '-1 mon', 'NaN')::stamp_pair])::text \
+    AND dd = '2026-03-04' AND dds = ARRAY['2026-04-03'::day] AND m = 'happy' AND ms = ARRAY['sad', 'ok']::mood[] \
+    AND j::text = '{\"a\": 1, \"a\": 2, \"b\": [1.10, null]}' AND jb = '{\"k\": 1.50, \"n\": null}' \
+    AND p ~= point(1.0/3, -0.1) AND p[0] = 1.0/3 AND u = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' \
+    AND ip = '10.1.2.3/16' AND big = repeat('toast ', 20000) AND x::text = '<a>b</a>' AND bits = B'10110' \
+    AND tv = 'quick brown fox' FROM rich WHERE id = $1";
+
+/// Invariant 1 with sessions that print values differently: two nodes whose databases
+/// have different DateStyle, IntervalStyle, TimeZone, extra_float_digits and
+/// bytea_output defaults (and sessions that change them again) write every type family
+/// to each other. Every value arrives exactly -- an ambiguous 04/03/2026 stays the 4th
+/// of March -- and the tables converge. A timestamptz primary key deleted under one
+/// time zone finds its tombstone on a node in another.
+#[test]
+fn values_do_not_depend_on_session_settings() {
+    let mut c = Cluster::start("settings", 2);
+    c.exec(
+        0,
+        "ALTER DATABASE postgres SET DateStyle = 'SQL, DMY'; ALTER DATABASE postgres SET IntervalStyle = 'sql_standard'; \
+         ALTER DATABASE postgres SET TimeZone = 'Asia/Kolkata'; ALTER DATABASE postgres SET extra_float_digits = -3; \
+         ALTER DATABASE postgres SET bytea_output = 'escape'",
+    );
+    c.exec(
+        1,
+        "ALTER DATABASE postgres SET DateStyle = 'German, MDY'; ALTER DATABASE postgres SET IntervalStyle = 'iso_8601'; \
+         ALTER DATABASE postgres SET TimeZone = 'America/New_York'; ALTER DATABASE postgres SET extra_float_digits = 0",
+    );
+    // The workers read the databases' defaults when they start: restart them with these.
+    c.restart_node(0);
+    c.restart_node(1);
+    for i in 0..2 {
+        c.exec(i, RICH);
+        c.exec(i, "SELECT mmr.replicate('rich')");
+        c.exec(i, "CREATE TABLE ev (at timestamptz PRIMARY KEY, v text); SELECT mmr.replicate('ev')");
+    }
+    c.mesh();
+    c.app(0).batch_execute(&rich_row(1)).unwrap();
+    let mut n2 = c.app(1);
+    n2.batch_execute("SET DateStyle = 'Postgres, DMY'; SET IntervalStyle = 'postgres_verbose'").unwrap();
+    n2.batch_execute(&rich_row(2)).unwrap();
+    // Ambiguous input, read by the writer's own DateStyle (DMY on n1): the 4th of March.
+    c.sync(SYNC);
+    c.app(0).batch_execute("UPDATE rich SET ds = ARRAY['04/03/2026'::date] WHERE id = 2").unwrap();
+    // A timestamptz key, written and deleted in two time zones.
+    c.app(0).batch_execute("INSERT INTO ev VALUES ('2026-03-04 10:00+00', 'x')").unwrap();
+    c.sync(SYNC);
+    c.app(1).batch_execute("DELETE FROM ev WHERE at = '2026-03-04 10:00+00'").unwrap();
+    c.sync(SYNC);
+    for i in 0..2 {
+        for id in [1, 2] {
+            let exact: bool =
+                c.app(i).query_one(RICH_EXACT, &[&id]).unwrap_or_else(|e| panic!("{}", error_text(&e))).get(0);
+            assert!(exact, "row {id} on {} is not what was written", c.nodes[i].name);
+        }
+        assert_eq!(
+            c.text(i, "SELECT (ds[1] = '2026-03-04' AND ds[1] <> '2026-04-03')::text FROM rich WHERE id = 2"),
+            "true"
+        );
+        assert_eq!(c.int(i, "SELECT count(*) FROM rich WHERE ds = ARRAY['1999-12-31'::date, '2026-03-04']"), 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM ev"), 0);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.tombstone WHERE relid = 'ev'::regclass"), 1);
+        assert_eq!(c.text(i, "SELECT string_agg(state, ',') FROM mmr.peers"), "streaming");
+    }
+    // Both tombstones of the key are one: the same jsonb key on both nodes.
+    let key = |i: usize| c.text(i, "SELECT pk::text FROM mmr.tombstone WHERE relid = 'ev'::regclass");
+    assert_eq!(key(0), key(1));
+    assert_converged(&c, "rich");
+}
+
+/// Identifiers that collide with what mmr generates: a schema and table with spaces and
+/// capitals, columns named after mmr's own aliases (x, r, e, n, seen, k0, j, res, img),
+/// reserved words, mixed case. Bulk inserts, updates, deletes and a resolved conflict
+/// all apply, and the nodes converge.
+#[test]
+fn odd_identifiers_replicate() {
+    let mut c = Cluster::start("names", 2);
+    let ddl = r#"CREATE SCHEMA "My Schema";
+        CREATE TABLE "My Schema"."Odd ""Table""" ("Id" int PRIMARY KEY, x xml, r int, e text, n int, seen int,
+            k0 int, j jsonb, res text, img text, "select" text, "MixedCase" int, ins int, keyed int);
+        GRANT USAGE ON SCHEMA "My Schema" TO app; GRANT ALL ON ALL TABLES IN SCHEMA "My Schema" TO app;
+        CREATE FUNCTION "My Schema".keep_local("local" "My Schema"."Odd ""Table""", remote "My Schema"."Odd ""Table""",
+            remote_old "My Schema"."Odd ""Table""", info mmr.conflict_info) RETURNS "My Schema"."Odd ""Table"""
+            LANGUAGE sql AS $$ SELECT mmr.lww(local, remote, info) $$;"#;
+    for i in 0..2 {
+        c.exec(i, ddl);
+        c.exec(
+            i,
+            r#"SELECT mmr.replicate('"My Schema"."Odd ""Table"""', '"My Schema".keep_local("My Schema"."Odd ""Table""", "My Schema"."Odd ""Table""", "My Schema"."Odd ""Table""", mmr.conflict_info)')"#,
+        );
+    }
+    c.mesh();
+    let tbl = r#""My Schema"."Odd ""Table""""#;
+    c.app(0)
+        .batch_execute(&format!(
+            "INSERT INTO {tbl} SELECT g, '<x/>', g, 'e', g, g, g, '{{\"j\": 1}}', 'res', 'img', 'sel', g, g, g \
+             FROM generate_series(1, 50) g"
+        ))
+        .unwrap();
+    c.sync(SYNC);
+    c.isolate(0);
+    c.app(0).batch_execute(&format!("UPDATE {tbl} SET r = -1, \"select\" = 'n1' WHERE \"Id\" = 7")).unwrap();
+    c.app(1).batch_execute(&format!("UPDATE {tbl} SET r = -2, \"select\" = 'n2' WHERE \"Id\" = 7")).unwrap();
+    c.app(1).batch_execute(&format!("DELETE FROM {tbl} WHERE \"Id\" = 9")).unwrap();
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, tbl);
+    assert_eq!(c.int(0, &format!("SELECT count(*) FROM {tbl}")), 49);
+    for i in 0..2 {
+        assert_eq!(c.text(i, "SELECT string_agg(state, ',') FROM mmr.peers"), "streaming");
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE resolution = 'merged'"), 1);
+    }
+}
+
+/// Two nodes insert different keys with the same value of a secondary UNIQUE column
+/// while apart. When they meet, the later row wins on both (last-write-wins between the
+/// colliding rows), the other key ends deleted on both, each records a
+/// `secondary_unique` conflict, and both streams go on.
+#[test]
+fn secondary_unique_collision_is_a_conflict() {
+    let mut c = Cluster::start("unique", 2);
+    c.replicated_table("CREATE TABLE person (id int PRIMARY KEY, email text UNIQUE, name text)", "person");
+    c.mesh();
+    c.isolate(0);
+    c.app(0).batch_execute("INSERT INTO person VALUES (1, 'a@x', 'first')").unwrap();
+    c.app(1).batch_execute("INSERT INTO person VALUES (2, 'a@x', 'second')").unwrap();
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "person");
+    for i in 0..2 {
+        assert_eq!(c.text(i, "SELECT string_agg(id || name, ',') FROM person"), "2second");
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'secondary_unique'"), 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside"), 0);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.tombstone"), 1);
+    }
+    // The streams go on.
+    c.app(0).batch_execute("INSERT INTO person VALUES (3, 'b@x', 'later')").unwrap();
+    c.sync(SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM person"), 2);
+}
+
+/// Invariant 11: a change that cannot be applied (a CHECK constraint only one node has)
+/// is set aside where a DBA sees it; the later change of the same key waits behind it;
+/// other keys and other tables go on. Dropping the constraint makes them apply by
+/// themselves, in order. A discarded change is recorded, never silent.
+#[test]
+fn an_unappliable_change_is_set_aside_and_settled() {
+    let mut c = Cluster::start("setaside", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.mesh();
+    c.exec(1, "ALTER TABLE t ADD CONSTRAINT no_bad CHECK (v NOT LIKE 'bad%')");
+    let mut app = c.app(0);
+    app.batch_execute("INSERT INTO t VALUES (1, 'bad')").unwrap();
+    app.batch_execute("INSERT INTO t VALUES (2, 'good')").unwrap();
+    app.batch_execute("UPDATE t SET v = 'bad again' WHERE id = 1").unwrap();
+    app.batch_execute("INSERT INTO t VALUES (3, 'good')").unwrap();
+    c.wait_until(1, "SELECT count(*) = 2 FROM t", SYNC);
+    c.wait_until(1, "SELECT count(*) = 2 FROM mmr.set_aside", SYNC);
+    assert_eq!(c.text(1, "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"), "2,3");
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.set_aside WHERE sqlstate = '23514' AND waits_for IS NULL"), 1);
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.set_aside WHERE waits_for IS NOT NULL"), 1);
+    assert_eq!(c.int(1, "SELECT set_aside FROM mmr.peers"), 2);
+    assert_eq!(c.text(1, "SELECT state FROM mmr.peers"), "streaming");
+    c.exec(1, "ALTER TABLE t DROP CONSTRAINT no_bad");
+    c.wait_until(1, "SELECT count(*) = 0 FROM mmr.set_aside", SYNC);
+    c.sync(SYNC);
+    assert_eq!(c.text(1, "SELECT v FROM t WHERE id = 1"), "bad again");
+    assert_converged(&c, "t");
+    // Discard: recorded in mmr.conflicts.
+    c.exec(1, "ALTER TABLE t ADD CONSTRAINT no_ugly CHECK (v <> 'ugly')");
+    app.batch_execute("INSERT INTO t VALUES (4, 'ugly')").unwrap();
+    c.wait_until(1, "SELECT count(*) = 1 FROM mmr.set_aside", SYNC);
+    let id = c.int(1, "SELECT id FROM mmr.set_aside");
+    let err = c.connect(1).execute("SELECT mmr.discard_set_aside(-5)", &[]).unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42704");
+    c.exec(1, &format!("SELECT mmr.discard_set_aside({id})"));
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.set_aside"), 0);
+    assert_eq!(
+        c.int(1, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'set_aside' AND resolution = 'discarded' AND pk = '{\"id\": 4}'"),
+        1
+    );
+}
+
+/// A table replicated on one node before the other, with writes in between: its
+/// changes are set aside on the node that does not replicate it yet (every change of
+/// the table, its keys unknown there), other tables' changes go on, and `mmr.replicate`
+/// there makes them apply.
+#[test]
+fn a_table_replicated_late_on_one_node_catches_up() {
+    let mut c = Cluster::start("late", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    c.exec(0, "CREATE TABLE late (id int PRIMARY KEY, v text); SELECT mmr.replicate('late')");
+    c.exec(1, "CREATE TABLE late (id int PRIMARY KEY, v text)");
+    c.mesh();
+    c.app(0).batch_execute("INSERT INTO late VALUES (1, 'a'), (2, 'b'); UPDATE late SET v = 'A' WHERE id = 1").unwrap();
+    c.app(0).batch_execute("INSERT INTO t VALUES (1, 'flows')").unwrap();
+    c.wait_until(1, "SELECT count(*) = 1 FROM t", SYNC);
+    c.wait_until(1, "SELECT count(*) = 3 FROM mmr.set_aside WHERE tbl = 'public.late'", SYNC);
+    c.exec(1, "SELECT mmr.replicate('late')");
+    c.wait_until(1, "SELECT count(*) = 0 FROM mmr.set_aside", SYNC);
+    c.sync(SYNC);
+    assert_eq!(c.text(1, "SELECT string_agg(id || v, ',' ORDER BY id) FROM late"), "1A,2b");
+    assert_converged(&c, "late");
+}
+
+/// READ COMMITTED writers never get a serialization failure from mmr (there were
+/// hundreds before capture took a concurrently committed tombstone into the row): three nodes,
+/// three writers each doing INSERT ... ON CONFLICT DO UPDATE, UPDATE and DELETE on a few
+/// hot keys while the apply workers write the same keys. Zero errors; convergence.
+#[test]
+fn read_committed_writers_get_no_serialization_failures() {
+    let mut c = Cluster::start("hotkeys", 3);
+    c.replicated_table("CREATE TABLE hot (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, v text)", "hot");
+    c.mesh();
+    let secs: u64 = std::env::var("MMR_HOT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut threads = Vec::new();
+    for i in 0..3 {
+        for w in 0..3 {
+            let mut db = c.app(i);
+            let errors = errors.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut k: u64 = (i * 7 + w * 13) as u64 + 1;
+                while Instant::now() < deadline {
+                    k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let key = ((k >> 33) % 12) as i32;
+                    let sql = match (k >> 20) % 4 {
+                        0 | 1 => {
+                            "INSERT INTO hot (id, v) VALUES ($1, 'x') ON CONFLICT (id) DO UPDATE SET n = hot.n + 1"
+                        }
+                        2 => "UPDATE hot SET n = n + 1 WHERE id = $1",
+                        _ => "DELETE FROM hot WHERE id = $1",
+                    };
+                    if let Err(e) = db.execute(sql, &[&key]) {
+                        errors.lock().unwrap().push(error_text(&e));
+                    }
+                }
+            }));
+        }
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let errors = errors.lock().unwrap();
+    let serialization: Vec<&String> = errors.iter().filter(|e| e.starts_with("40001")).collect();
+    eprintln!(
+        "hot keys: {} writer errors, {} serialization failures: {:?}",
+        errors.len(),
+        serialization.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        serialization.is_empty(),
+        "writers got serialization failures: {:?}",
+        &serialization[..serialization.len().min(5)]
+    );
+    // Deadlocks between a writer and an apply transaction are rare but not yet ruled
+    // out (README, limits); anything else is a bug.
+    let other: Vec<&String> = errors.iter().filter(|e| !e.starts_with("40001") && !e.starts_with("40P01")).collect();
+    assert!(other.is_empty(), "writers got errors: {other:?}");
+    c.sync(SYNC);
+    assert_converged(&c, "hot");
+}
+
+/// A peer whose conninfo reaches this node itself (an empty conninfo: libpq's defaults)
+/// is refused at first contact, with a state that says so.
+#[test]
+fn a_peer_that_is_this_node_is_refused() {
+    let c = Cluster::start("selfpeer", 1);
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", c.nodes[0].port);
+    c.exec(0, &format!("SELECT mmr.add_peer('elsewhere', '{conninfo}')"));
+    c.wait_until(0, "SELECT state = 'error' AND last_error LIKE '%reaches this node itself%' FROM mmr.peers", SYNC);
+}
+
+/// A local INSERT ... ON CONFLICT DO NOTHING skipped on another unique index leaves the
+/// key's tombstone in place (the BEFORE trigger only reads it), so a late concurrent
+/// update is still judged against the delete, the same way on both nodes.
+#[test]
+fn an_insert_skipped_by_on_conflict_keeps_the_tombstone() {
+    let mut c = Cluster::start("skipped", 2);
+    c.replicated_table("CREATE TABLE u (id int PRIMARY KEY, code text UNIQUE, v text)", "u");
+    c.mesh();
+    c.exec(0, "INSERT INTO u VALUES (1, 'one', 'a'), (2, 'two', 'b')");
+    c.sync(SYNC);
+    c.isolate(1);
+    c.app(0).batch_execute("DELETE FROM u WHERE id = 1").unwrap();
+    // Key 1 again, but code 'two' is taken: skipped.
+    c.app(0).batch_execute("INSERT INTO u VALUES (1, 'two', 'c') ON CONFLICT (code) DO NOTHING").unwrap();
+    assert_eq!(c.int(0, "SELECT count(*) FROM mmr.tombstone"), 1);
+    // Concurrently, n2 updates key 1 (before it hears of the delete), earlier in time.
+    c.app(1).batch_execute("UPDATE u SET v = 'late' WHERE id = 1").unwrap();
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "u");
+}
