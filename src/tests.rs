@@ -264,8 +264,7 @@ mod tests {
     #[pg_test]
     fn catalog_is_private_and_configuration_is_dumped() {
         run("CREATE ROLE mmr_test_reader");
-        for t in
-            [
+        for t in [
             "node",
             "peer",
             "peer_progress",
@@ -276,8 +275,7 @@ mod tests {
             "tombstone",
             "conflicts",
             "set_aside",
-        ]
-        {
+        ] {
             assert_eq!(
                 one::<bool>(&format!("SELECT has_table_privilege('mmr_test_reader', 'mmr.{t}', 'SELECT')")),
                 Some(false),
