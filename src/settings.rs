@@ -145,9 +145,9 @@ impl Fixed {
         Fixed { nest }
     }
 
-    /// Sets them for the rest of the session (the apply workers).
-    pub fn for_session() {
-        for (name, value) in FIXED {
+    /// Sets them, and `extra` settings, for the rest of the session (the workers).
+    pub fn for_session(extra: &[(&CStr, &CStr)]) {
+        for (name, value) in FIXED.iter().chain(extra) {
             // SAFETY: setting a GUC for this session, outside any transaction context.
             unsafe {
                 pg_sys::SetConfigOption(

@@ -60,18 +60,7 @@ pub fn setup_signals() {
 /// and printed in fixed styles whatever the database's defaults (see settings.rs); XML
 /// read as content, which accepts documents too.
 pub fn session_settings() {
-    crate::settings::Fixed::for_session();
-    for (name, value) in [(c"jit", c"off"), (c"xmloption", c"content")] {
-        // SAFETY: setting a GUC for this session, outside any transaction-scoped context.
-        unsafe {
-            pg_sys::SetConfigOption(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_OVERRIDE,
-            );
-        }
-    }
+    crate::settings::Fixed::for_session(&[(c"jit", c"off"), (c"xmloption", c"content")]);
 }
 
 /// Serves interrupts and reloads the configuration after SIGHUP.
