@@ -405,7 +405,8 @@ impl Applier {
             }
             if !wins {
                 // The change's version loses: its key ends deleted here, as on nodes
-                // where the other row came second. No claim insert: it would collide.
+                // where the other row came second. No claim insert: it would collide
+                // again (a local insert of this key racing with us here is not caught).
                 if let Local::Row(_) = self.held(client, &t, image)? {
                     client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
                 }
@@ -493,7 +494,8 @@ impl Applier {
         if !crate::shmem::may_have_tombstones(t.relid) {
             return Ok(Local::Absent);
         }
-        let rows = client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
+        // Read, not locked: see write_delete for the order in which keys are claimed.
+        let rows = client.update(&t.read_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
         if rows.is_empty() {
             return Ok(Local::Absent);
         }
@@ -594,10 +596,8 @@ fn write_lww(
             client.update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()]).map_err(internal)?;
             Written::Done
         }
-        (Side::Local, _, _) => {
-            put_tombstone(client, t, image, stamp)?;
-            Written::Done
-        }
+        // The local deletion stays; it has now seen the remote version.
+        (Side::Local, _, local) => write_delete(client, t, image, stamp, local)?,
     })
 }
 
@@ -717,11 +717,12 @@ fn write_row(
     Ok(Written::Done)
 }
 
-/// Inserts the row of a key found absent (or deleted). `Raced` when the key is not
-/// what `held` said any more: a local transaction inserted it (our insert waited for it
-/// and did nothing), or inserted and deleted it -- then our insert waited for it, went
-/// in, and its tombstone is visible only now; our row is removed again. Either way the
-/// change is decided again, against what is there now.
+/// Inserts the row of a key found absent (or deleted): this claims the key (see
+/// `write_delete`). `Raced` when the key is not what `held` said any more: a local
+/// transaction inserted it (our insert waited for it and did nothing), or inserted and
+/// deleted it, or took its tombstone -- then our insert went in after waiting for it,
+/// and the tombstone is not the one we decided against; our row is removed again.
+/// Either way the change is decided again, against what is there now.
 fn insert_where_absent(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
@@ -733,12 +734,28 @@ fn insert_where_absent(
     if inserted_none() {
         return Ok(Written::Raced);
     }
-    if matches!(held, Local::Absent) && crate::shmem::may_have_tombstones(t.relid) {
-        let appeared = !client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?.is_empty();
-        if appeared {
-            client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
-            return Ok(Written::Raced);
-        }
+    if !crate::shmem::may_have_tombstones(t.relid) {
+        return Ok(Written::Done);
+    }
+    // With the key claimed, its tombstone can change no more: lock and compare.
+    let rows = client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
+    let now = if rows.is_empty() {
+        None
+    } else {
+        let r = rows.first();
+        Some((
+            r.get::<i64>(1).map_err(internal)?.unwrap_or(0),
+            r.get::<i32>(2).map_err(internal)?.unwrap_or(0),
+            r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default(),
+        ))
+    };
+    let was = match held {
+        Local::Tombstone(v) => Some((v.hlc, v.node, v.vv.to_flat())),
+        _ => None,
+    };
+    if now != was {
+        client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+        return Ok(Written::Raced);
     }
     Ok(Written::Done)
 }
@@ -749,12 +766,16 @@ fn inserted_none() -> bool {
     unsafe { pg_sys::SPI_processed == 0 }
 }
 
-/// Deletes the key and leaves its tombstone with the given stamp. Where there is no row
-/// and no tombstone, the key is first claimed by inserting and deleting the old row.
-/// This is apply's half of the key-claim protocol (the capture side is
-/// `capture::capture`): a local transaction inserting the same key concurrently either
-/// got there first (our claim finds its row, or its tombstone: decide again), or its
-/// insert waits at the unique index for our commit and then finds our tombstone.
+/// Deletes the key and leaves its tombstone with the given stamp.
+///
+/// This is apply's half of the key-claim protocol with capture (`capture::capture`).
+/// Both sides take a key's resources in one order -- first the key's entry in the
+/// table's primary-key index (the row, or an insert), then its tombstone -- so they
+/// never wait for each other in a cycle. Where there is no row here, apply first claims
+/// the key by inserting the row (then deletes it): a local transaction inserting the
+/// same key concurrently either got there first (our claim finds its row, or a
+/// tombstone other than the one we read: decide again), or its insert waits at the
+/// index for our commit and then finds our tombstone in its AFTER trigger.
 fn write_delete(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
@@ -762,7 +783,7 @@ fn write_delete(
     stamp: Stamp<'_>,
     local: &Local,
 ) -> Result<Written> {
-    if let Local::Absent = local {
+    if !matches!(local, Local::Row(_)) {
         // Before the claim: a local insert that waits for our claim must then see that
         // this table has tombstones, and look for ours.
         crate::shmem::note_tombstones(t.relid);
@@ -772,9 +793,7 @@ fn write_delete(
             return Ok(Written::Raced);
         }
     }
-    if !matches!(local, Local::Tombstone(_)) {
-        client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
-    }
+    client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
     put_tombstone(client, t, image, stamp)?;
     Ok(Written::Done)
 }

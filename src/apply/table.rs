@@ -23,6 +23,8 @@ pub struct ApplyTable {
     pub lock_row: OwnedPreparedStatement,
     /// `SELECT hlc, node, vv ... FOR UPDATE` of the key's tombstone.
     pub lock_tombstone: OwnedPreparedStatement,
+    /// The same, without the lock.
+    pub read_tombstone: OwnedPreparedStatement,
     /// The local row as a row image (for conflict records and `resolve_conflict`).
     pub row_json: OwnedPreparedStatement,
     /// Overwrites the (locked) row from the image: $2 hlc, $3 node, $4 vv.
@@ -121,6 +123,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             format!("SELECT hlc, node, vv FROM mmr.tombstone WHERE {tombstone_where} FOR UPDATE"),
             &[jsonb],
         )?,
+        read_tombstone: prepare(format!("SELECT hlc, node, vv FROM mmr.tombstone WHERE {tombstone_where}"), &[jsonb])?,
         row_json: prepare(
             format!("SELECT {} FROM {name} x WHERE {}", shape.image_of_alias("x"), shape.key_match("$1")),
             &[jsonb],

@@ -10,7 +10,6 @@ use super::latest::LatestPlan;
 use crate::error::{MmrError, Result};
 use crate::relcache::RelCache;
 use crate::settings;
-use mmr_core::vv::VersionVector;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::PgOid;
@@ -28,13 +27,10 @@ pub struct TableMeta {
     pub att_vv: i32,
     /// Primary-key columns: attribute number, type, name (in key order).
     pub pk: Vec<(i32, pg_sys::Oid, String)>,
-    /// Locks the tombstone of a key and returns its vector: $1.. the key columns.
-    pub lock_tombstone: LatestPlan,
+    /// The vector of a key's tombstone: $1.. the key columns.
+    pub read_tombstone: LatestPlan,
     /// Removes the tombstone of a key, returning its vector: $1.. the key columns.
     pub take_tombstone: LatestPlan,
-    /// Sets the stamp and vector of the row at a ctid, without firing triggers:
-    /// $1 hlc, $2 vv, $3 ctid.
-    restamp: OwnedPreparedStatement,
     /// The session settings the text of this table's values and keys depends on
     /// (see settings.rs).
     pub needs: settings::Needs,
@@ -107,15 +103,11 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         u32::from(relid),
         key_expr(1)
     ))?;
-    let lock_tombstone = latest(format!(
-        "SELECT vv FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {} FOR UPDATE",
+    let read_tombstone = latest(format!(
+        "SELECT vv FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {}",
         u32::from(relid),
         key_expr(1)
     ))?;
-    let restamp = prepare(
-        format!("UPDATE {name} SET mmr_hlc = $1, mmr_vv = $2 WHERE ctid = $3"),
-        vec![PgOid::from(pg_sys::INT8OID), PgOid::from(pg_sys::INT8ARRAYOID), PgOid::from(pg_sys::TIDOID)],
-    )?;
     let mut put_types =
         vec![PgOid::from(pg_sys::INT8OID), PgOid::from(pg_sys::INT4OID), PgOid::from(pg_sys::INT8ARRAYOID)];
     put_types.extend(pk_types);
@@ -147,45 +139,11 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         att_node,
         att_vv,
         pk,
-        lock_tombstone,
+        read_tombstone,
         take_tombstone,
-        restamp,
         needs,
         put_tombstone,
     })
-}
-
-impl TableMeta {
-    /// Rewrites the stamp and vector of the row at `tid` (just inserted by this
-    /// transaction), with `session_replication_role = replica` so that no trigger --
-    /// ours or the user's -- sees it as a new write. Runs inside an SPI connection.
-    pub fn restamp(&self, tid: &pg_sys::ItemPointerData, hlc: i64, vv: &VersionVector) -> Result<()> {
-        // SAFETY: a GUC nest level popped below (or by abort if the update fails).
-        let nest = unsafe {
-            let nest = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"session_replication_role".as_ptr(),
-                c"replica".as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            nest
-        };
-        let mut tid = *tid;
-        // SAFETY: a tid is passed by reference; `tid` lives until the call returns.
-        let tid_arg =
-            unsafe { pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(&mut tid as *mut _), pg_sys::TIDOID) };
-        let done = Spi::connect_mut(|c| {
-            c.update(&self.restamp, None, &[hlc.into(), vv.to_flat().into(), tid_arg]).map(|_| ())
-        });
-        // SAFETY: pops the nest level made above.
-        unsafe { pg_sys::AtEOXact_GUC(true, nest) };
-        done.map_err(|e| MmrError::Internal(format!("restamping a row of {}: {e}", self.name)))
-    }
 }
 
 /// `"schema"."table"` of a relation: how nodes name a table to each other.

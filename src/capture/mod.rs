@@ -24,6 +24,7 @@ pub mod buffer;
 mod encode;
 mod latest;
 pub mod meta;
+mod restamp;
 
 use crate::catalog;
 use crate::clock;
@@ -292,12 +293,13 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     // SAFETY: as above.
     let base = unsafe {
         if is_insert || rekey {
-            // A new key continues its tombstone's history. The tombstone is locked, not
-            // removed: the insert may still be skipped (ON CONFLICT on another unique
-            // index), and the AFTER trigger removes it once the row is in (see `capture`).
+            // A new key continues its tombstone's history. The tombstone is only read:
+            // the insert may still be skipped (ON CONFLICT on another unique index), and
+            // the AFTER trigger removes it once the row is in (see `capture`). Nor is
+            // it locked: the key's index entry comes first (see apply::write_delete).
             if shmem::may_have_tombstones((*rel).rd_id) {
                 let key = raw_key(rel, &meta, new_tuple);
-                with_spi(|| tombstone_vv(&meta, &meta.lock_tombstone, &key))?.unwrap_or_default()
+                with_spi(|| tombstone_vv(&meta, &meta.read_tombstone, &key))?.unwrap_or_default()
             } else {
                 VersionVector::new()
             }
@@ -361,7 +363,7 @@ pub unsafe extern "C-unwind" fn mmr_capture(fcinfo: pg_sys::FunctionCallInfo) ->
 /// trigger did not see it. Rather than fail (PostgreSQL never fails an INSERT at READ
 /// COMMITTED for this), the new row continues that tombstone's history, as if it had
 /// been inserted just after the delete: a fresh stamp, the tombstone's vector with
-/// this node's entry at it, written into the row without firing triggers.
+/// this node's entry at it, written into the row in place (see restamp.rs).
 unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
@@ -378,8 +380,9 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
                 let node = catalog::node_id()?;
                 hlc = clock::tick_for_write();
                 vv = t.stamped(node as i64, hlc);
-                let tid = (*new).t_self;
-                with_spi(|| meta.restamp(&tid, hlc, &vv))?;
+                let mut cols = [meta.att_hlc, meta.att_vv];
+                let mut values = [pg_sys::Datum::from(hlc), int8_array_datum(&vv.to_flat())];
+                restamp::rewrite(rel, new, &mut cols, &mut values);
             }
         }
         enqueue(&meta, rel, 'I', hlc, &vv, Some(new), None)

@@ -297,28 +297,32 @@ fn a_table_replicated_late_on_one_node_catches_up() {
     assert_converged(&c, "late");
 }
 
-/// READ COMMITTED writers never get a serialization failure from mmr (there were
-/// hundreds before capture took a concurrently committed tombstone into the row): three nodes,
-/// three writers each doing INSERT ... ON CONFLICT DO UPDATE, UPDATE and DELETE on a few
-/// hot keys while the apply workers write the same keys. Zero errors; convergence.
+/// READ COMMITTED writers never get an error from mmr's concurrency control (there
+/// were hundreds of serialization failures, and then deadlocks, before capture and
+/// apply took a key's index entry and tombstone in one order and capture took a
+/// concurrently committed tombstone into the new row): three nodes, three writers each
+/// doing INSERT ... ON CONFLICT DO UPDATE, UPDATE and DELETE on 60 hot keys, with
+/// random partitions, while the apply workers write the same keys. Zero errors;
+/// convergence. `MMR_HOT_SECS` sets the length (default 8 s).
 #[test]
-fn read_committed_writers_get_no_serialization_failures() {
+fn read_committed_writers_get_no_errors_on_hot_keys() {
     let mut c = Cluster::start("hotkeys", 3);
     c.replicated_table("CREATE TABLE hot (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, v text)", "hot");
     c.mesh();
     let secs: u64 = std::env::var("MMR_HOT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut threads = Vec::new();
     for i in 0..3 {
         for w in 0..3 {
             let mut db = c.app(i);
-            let errors = errors.clone();
+            let (errors, writes) = (errors.clone(), writes.clone());
             threads.push(std::thread::spawn(move || {
                 let mut k: u64 = (i * 7 + w * 13) as u64 + 1;
                 while Instant::now() < deadline {
                     k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let key = ((k >> 33) % 12) as i32;
+                    let key = ((k >> 33) % 60) as i32;
                     let sql = match (k >> 20) % 4 {
                         0 | 1 => {
                             "INSERT INTO hot (id, v) VALUES ($1, 'x') ON CONFLICT (id) DO UPDATE SET n = hot.n + 1"
@@ -326,33 +330,34 @@ fn read_committed_writers_get_no_serialization_failures() {
                         2 => "UPDATE hot SET n = n + 1 WHERE id = $1",
                         _ => "DELETE FROM hot WHERE id = $1",
                     };
-                    if let Err(e) = db.execute(sql, &[&key]) {
-                        errors.lock().unwrap().push(error_text(&e));
-                    }
+                    match db.execute(sql, &[&key]) {
+                        Ok(_) => writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => {
+                            errors.lock().unwrap().push(error_text(&e));
+                            0
+                        }
+                    };
                 }
             }));
         }
+    }
+    // Random partitions while they write: each round cuts one node off, then heals.
+    let mut round = 0u64;
+    while Instant::now() < deadline {
+        let i = (round % 3) as usize;
+        c.isolate(i);
+        std::thread::sleep(Duration::from_millis(700));
+        c.heal_all();
+        std::thread::sleep(Duration::from_millis(300));
+        round += 1;
     }
     for t in threads {
         t.join().unwrap();
     }
     let errors = errors.lock().unwrap();
-    let serialization: Vec<&String> = errors.iter().filter(|e| e.starts_with("40001")).collect();
-    eprintln!(
-        "hot keys: {} writer errors, {} serialization failures: {:?}",
-        errors.len(),
-        serialization.len(),
-        &errors[..errors.len().min(5)]
-    );
-    assert!(
-        serialization.is_empty(),
-        "writers got serialization failures: {:?}",
-        &serialization[..serialization.len().min(5)]
-    );
-    // Deadlocks between a writer and an apply transaction are rare but not yet ruled
-    // out (README, limits); anything else is a bug.
-    let other: Vec<&String> = errors.iter().filter(|e| !e.starts_with("40001") && !e.starts_with("40P01")).collect();
-    assert!(other.is_empty(), "writers got errors: {other:?}");
+    let n = writes.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("hot keys: {n} writes, {} errors: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(errors.is_empty(), "writers got {} errors: {:?}", errors.len(), &errors[..errors.len().min(5)]);
     c.sync(SYNC);
     assert_converged(&c, "hot");
 }
