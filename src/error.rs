@@ -42,6 +42,10 @@ pub enum MmrError {
     TruncateRefused(String),
     UnknownConflict(i64),
     UnknownSetAside(i64),
+    PullRefused {
+        role: String,
+        consumer: String,
+    },
     ConflictNotPending {
         id: i64,
         resolution: String,
@@ -81,6 +85,7 @@ impl MmrError {
                 Code::ERRCODE_UNDEFINED_OBJECT
             }
             ConflictNotPending { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            PullRefused { .. } => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | TwoPhaseCommit => {
@@ -124,6 +129,7 @@ impl MmrError {
             }
             UnknownConflict(id) => format!("conflict {id} does not exist"),
             UnknownSetAside(id) => format!("set-aside change {id} does not exist"),
+            PullRefused { role, consumer } => format!("role \"{role}\" may not pull as \"{consumer}\""),
             ConflictNotPending { id, resolution } => {
                 format!("conflict {id} is not pending (its resolution is {resolution})")
             }
@@ -181,6 +187,10 @@ impl MmrError {
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
             UnknownSetAside(_) => "SELECT id, tbl, pk, error FROM mmr.set_aside lists the set-aside changes.".into(),
+            PullRefused { consumer, .. } => format!(
+                "Consumer \"{consumer}\" is bound to another role (mmr.pull_binding). Give each peer its own pull role, \
+                 or rebind it with SELECT mmr.grant_pull('<role>', '{consumer}')."
+            ),
             ConflictNotPending { .. } => "Only conflicts with resolution 'pending' wait for a decision.".into(),
             BadChoice(_) => "Choose 'local' or 'remote', or pass the row to keep as jsonb.".into(),
             BadRow(_) => "Pass e.g. '{\"id\": 1, \"v\": \"x\"}'::jsonb (columns left out become NULL), or NULL::jsonb to delete the row.".into(),

@@ -55,6 +55,7 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         Some(p) => Some(Snapshot::parse(p).map_err(internal)?),
         None => None,
     };
+    check_consumer(consumer)?;
     record_consumer(consumer, tick, position)?;
     // Before the stable stamp below: so that when nothing is pending, that stamp
     // passes the report's `self`, and the consumer's watermark of us can (prune.rs).
@@ -133,6 +134,30 @@ fn frontier_report() -> Result<serde_json::Value> {
 
 fn now_text() -> Result<String> {
     Spi::get_one::<String>("SELECT clock_timestamp()::text").map_err(internal).map(|s| s.unwrap_or_default())
+}
+
+/// The login role must be entitled to speak for `consumer` (see mmr.pull_binding):
+/// superusers always are; another role is bound to a consumer name the first time it
+/// pulls as it, unless a binding to another role exists.
+fn check_consumer(consumer: &str) -> Result<()> {
+    if !catalog::valid_name(consumer) {
+        return Err(MmrError::InvalidName { what: "consumer", name: consumer.into() });
+    }
+    let allowed = Spi::get_one_with_args::<bool>(
+        "WITH me AS (SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user), \
+         bound AS (INSERT INTO mmr.pull_binding (consumer, role) SELECT $1, me.oid::regrole FROM me \
+                   WHERE NOT me.rolsuper ON CONFLICT (consumer) DO NOTHING RETURNING role) \
+         SELECT (SELECT rolsuper FROM me) OR EXISTS (SELECT 1 FROM bound) \
+             OR EXISTS (SELECT 1 FROM mmr.pull_binding b, me WHERE b.consumer = $1 AND b.role::oid = me.oid)",
+        &[consumer.into()],
+    )
+    .map_err(internal)?
+    .unwrap_or(false);
+    if allowed {
+        return Ok(());
+    }
+    let role = Spi::get_one::<String>("SELECT session_user::text").map_err(internal)?.unwrap_or_default();
+    Err(MmrError::PullRefused { role, consumer: consumer.into() })
 }
 
 fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<()> {

@@ -275,6 +275,7 @@ mod tests {
             "tombstone",
             "conflicts",
             "set_aside",
+            "pull_binding",
         ] {
             assert_eq!(
                 one::<bool>(&format!("SELECT has_table_privilege('mmr_test_reader', 'mmr.{t}', 'SELECT')")),
@@ -292,7 +293,7 @@ mod tests {
         );
         assert_eq!(
             text("SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text) FROM pg_extension, unnest(extconfig) c WHERE extname = 'mmr'"),
-            "mmr.node,mmr.peer,mmr.replicated_table"
+            "mmr.node,mmr.peer,mmr.pull_binding,mmr.replicated_table"
         );
     }
 

@@ -84,15 +84,22 @@ COMMENT ON VIEW mmr.queued_changes IS
     'old_row of an update holds only the columns the update changed.';
 
 -- Lets a (non-superuser) role serve changes to peers: all it can do is call mmr.pull.
-CREATE FUNCTION mmr.grant_pull(role regrole) RETURNS void
+-- With a peer name, the role is bound to pull as that peer only (otherwise a consumer
+-- name is bound to the first role that pulls as it).
+CREATE FUNCTION mmr.grant_pull(role regrole, peer text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA mmr TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) TO %s', role);
+    IF peer IS NOT NULL THEN
+        INSERT INTO mmr.pull_binding (consumer, role) VALUES (peer, role)
+        ON CONFLICT (consumer) DO UPDATE SET role = excluded.role, bound_at = now();
+    END IF;
 END
 $$;
-COMMENT ON FUNCTION mmr.grant_pull(regrole) IS
-    'Grant a role what peers need to pull changes from this node (and nothing else).';
+COMMENT ON FUNCTION mmr.grant_pull(regrole, text) IS
+    'Grant a role what peers need to pull changes from this node (and nothing else); with a peer name, '
+    'only as that peer.';
 
 -- mmr.resolution_log replicates like a user table; its trigger settles conflicts on
 -- every node, also when applied (ENABLE ALWAYS: it fires in replica mode too).

@@ -73,6 +73,17 @@ CREATE TABLE mmr.tick (
     last_qid bigint NOT NULL
 );
 
+-- Which login role may pull as which consumer. A consumer's reports move what this
+-- node prunes for it, so a pull credential must not speak for another peer: a
+-- consumer name is bound to the first non-superuser role that pulls as it (or
+-- explicitly by mmr.grant_pull(role, peer)), and other roles are refused.
+CREATE TABLE mmr.pull_binding (
+    consumer text PRIMARY KEY,
+    role regrole NOT NULL,
+    bound_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE mmr.pull_binding IS 'The role each consumer (peer) pulls as; other roles are refused that consumer name.';
+
 -- What each peer reported, when it last pulled, as its position in our queue.
 CREATE TABLE mmr.consumer (
     name text PRIMARY KEY,
@@ -156,6 +167,7 @@ COMMENT ON TYPE mmr.conflict_info IS 'Last argument of a conflict resolver: what
 
 SELECT pg_catalog.pg_extension_config_dump('mmr.node', '');
 SELECT pg_catalog.pg_extension_config_dump('mmr.peer', '');
+SELECT pg_catalog.pg_extension_config_dump('mmr.pull_binding', '');
 -- Decisions people took on pending conflicts (mmr.resolve_conflict). Replicated like a
 -- user table, so a decision taken on one node settles the conflict on every node.
 CREATE TABLE mmr.resolution_log (

@@ -106,13 +106,15 @@ impl Launcher {
         // Stop workers of removed or paused peers (also ones a previous launcher started).
         for s in &statuses {
             if !active.contains(&s.name) {
+                // Only through the handle: a pid read from the status slot may belong to
+                // another process by now. A worker started by an earlier launcher (no
+                // handle here) sees the change itself at its next round and exits.
                 if let Some(w) = self.workers.remove(&s.name) {
                     w.terminate();
-                } else if super::alive(s.pid) {
-                    // SAFETY: asking a worker of ours to exit.
-                    unsafe { libc::kill(s.pid, libc::SIGTERM) };
+                    shmem::release_peer_status(&s.name);
+                } else if !super::alive(s.pid) {
+                    shmem::release_peer_status(&s.name);
                 }
-                shmem::release_peer_status(&s.name);
             }
         }
         for name in active {

@@ -90,8 +90,10 @@ pub fn sleep(d: Duration) {
     check_interrupts_and_reload();
 }
 
-/// Whether process `pid` exists.
+/// Whether `pid` is a live process of this server (a backend or worker with a PGPROC),
+/// not merely some process: pids are reused.
 pub fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    // SAFETY: BackendPidGetProc takes ProcArrayLock itself and returns NULL when no
+    // process of this server has the pid.
+    pid > 0 && unsafe { !pg_sys::BackendPidGetProc(pid).is_null() }
 }

@@ -393,3 +393,30 @@ fn an_insert_skipped_by_on_conflict_keeps_the_tombstone() {
     c.sync(SYNC);
     assert_converged(&c, "u");
 }
+
+/// Invariant 10: a pull credential speaks only for its own consumer. A consumer name is
+/// bound to the first role that pulls as it; another role is refused (42501) that name,
+/// so it cannot move what this node prunes for that peer. `grant_pull(role, peer)`
+/// binds explicitly; a malformed consumer name is refused too.
+#[test]
+fn a_pull_role_cannot_speak_for_another_peer() {
+    let c = Cluster::start("pullbind", 1);
+    c.exec(0, "CREATE ROLE pa LOGIN; CREATE ROLE pb LOGIN; SELECT mmr.grant_pull('pa'); SELECT mmr.grant_pull('pb')");
+    let pull = |role: &str, consumer: &str| -> Result<(), String> {
+        let mut db = c.nodes[0].connect_as(role);
+        db.query("SELECT kind FROM mmr.pull($1, 0, NULL, 10, 0)", &[&consumer]).map(|_| ()).map_err(|e| error_text(&e))
+    };
+    pull("pa", "n2").unwrap();
+    let refused = pull("pb", "n2").unwrap_err();
+    assert!(refused.starts_with("42501"), "{refused}");
+    pull("pb", "n3").unwrap();
+    pull("postgres", "n2").unwrap();
+    c.exec(0, "SELECT mmr.grant_pull('pb', 'n2')");
+    pull("pb", "n2").unwrap();
+    assert!(pull("pa", "n2").unwrap_err().starts_with("42501"));
+    assert!(pull("pa", "no such name!").unwrap_err().starts_with("22023"));
+    assert_eq!(
+        c.text(0, "SELECT string_agg(consumer || '=' || role::text, ',' ORDER BY consumer) FROM mmr.pull_binding"),
+        "n2=pb,n3=pb"
+    );
+}
