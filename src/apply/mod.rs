@@ -407,10 +407,21 @@ impl Applier {
                 // The change's version loses: its key ends deleted here, as on nodes
                 // where the other row came second. No claim insert: it would collide
                 // again (a local insert of this key racing with us here is not caught).
-                if let Local::Row(_) = self.held(client, &t, image)? {
-                    client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+                // The version that loses is what the change would have made of this
+                // key: itself, or its merge with a concurrent version held here.
+                let held = self.held(client, &t, image)?;
+                let decided = decide(ch.op, &remote, self.as_the_writer_saw_it(&held, ch)?);
+                let stamp = match &decided {
+                    Decision::Skip(_) => None,
+                    Decision::Apply => Some((ch.hlc, self.peer_node, &ch.vv)),
+                    Decision::Conflict(c) => Some((c.hlc, c.node, &c.vv)),
+                };
+                if let Some(stamp) = stamp {
+                    if let Local::Row(_) = held {
+                        client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+                    }
+                    put_tombstone(client, &t, image, stamp)?;
                 }
-                put_tombstone(client, &t, image, (ch.hlc, self.peer_node, &ch.vv))?;
             }
             Ok(Some(wins))
         })?;
