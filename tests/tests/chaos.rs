@@ -197,8 +197,6 @@ fn run_random(seed: u64) {
     }
     assert_eq!(cl.int(0, "SELECT sum(n)::bigint FROM counters"), increments, "counter increments lost or doubled");
     let conflicts: i64 = (0..3).map(|i| cl.int(i, "SELECT count(*) FROM mmr.conflicts")).sum();
-    let unique: i64 =
-        (0..3).map(|i| cl.int(i, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'secondary_unique'")).sum();
     let rows = cl.int(0, "SELECT count(*) FROM kv");
     println!("seed {seed}: {writes} writes, {cuts} cuts, {rows} rows, {conflicts} conflicts recorded");
     assert!(writes > 1000, "too few writes to mean anything: {writes}");
