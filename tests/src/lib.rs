@@ -86,6 +86,8 @@ pub struct Cluster {
     links: Vec<Vec<Option<Proxy>>>,
     /// Leave the servers running (and their data) when dropped.
     keep: bool,
+    /// Whether every node has the application role `app` (see `exec`).
+    app_role: bool,
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -131,7 +133,8 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         run(Command::new("chown").args(["-R", "postgres", root.to_str().unwrap()]));
-        let mut c = Cluster { nodes: Vec::new(), root: root.clone(), links: Vec::new(), keep: false };
+        let mut c =
+            Cluster { nodes: Vec::new(), root: root.clone(), links: Vec::new(), keep: false, app_role: opts.init };
         for i in 0..n {
             let dir = root.join(format!("n{}", i + 1));
             std::fs::create_dir_all(&dir).unwrap();
@@ -372,8 +375,11 @@ impl Cluster {
     }
 
     /// Runs `sql` (one or more statements) on node `i`; panics with the server's message.
+    /// Writes to user tables go through the application role, as applications write;
+    /// everything else (DDL, mmr's functions and catalog) as the superuser.
     pub fn exec(&self, i: usize, sql: &str) {
-        self.connect(i).batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+        let mut db = if self.app_role && is_user_write(sql) { self.app(i) } else { self.connect(i) };
+        db.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
     }
 
     /// The bigint result of `sql` on node `i`.
@@ -432,6 +438,12 @@ impl Cluster {
         }
         out
     }
+}
+
+/// Whether `sql` is a write to user tables: DML that does not touch mmr's schema.
+fn is_user_write(sql: &str) -> bool {
+    let first = sql.trim_start().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    matches!(first.as_str(), "INSERT" | "UPDATE" | "DELETE" | "WITH" | "COPY") && !sql.contains("mmr.")
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
