@@ -442,7 +442,7 @@ impl Cluster {
 
 /// Whether `sql` is a write to user tables: DML that does not touch mmr's schema.
 fn is_user_write(sql: &str) -> bool {
-    let first = sql.trim_start().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    let first = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
     matches!(first.as_str(), "INSERT" | "UPDATE" | "DELETE" | "WITH" | "COPY") && !sql.contains("mmr.")
 }
 
