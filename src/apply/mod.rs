@@ -148,6 +148,8 @@ pub struct Applier {
     pub careful: bool,
     /// Keys with set-aside changes: their later changes wait behind them.
     pub blocked: set_aside::Blocked,
+    /// Keys this applier shadowed (see `set_aside::put_shadow`).
+    shadowed: Vec<(String, String)>,
 }
 
 /// The node ids of this node and its peers, or `None` if some peer has not told its id
@@ -193,6 +195,7 @@ impl Applier {
             members: std::cell::OnceCell::new(),
             careful: false,
             blocked: set_aside::Blocked::default(),
+            shadowed: Vec::new(),
         }
     }
 
@@ -287,12 +290,18 @@ impl Applier {
 
     /// Applies one change unless its key waits behind a set-aside change; when careful,
     /// in a subtransaction, setting it aside if it fails (see set_aside.rs).
-    fn guarded(&mut self, ch: Change) -> Result<()> {
+    fn guarded(&mut self, mut ch: Change) -> Result<()> {
         let mut key = None;
         if !self.blocked.is_empty() {
             key = self.key_of(&ch);
             if let Some(id) = self.blocked.blocker(&ch.tbl, key.as_deref()) {
                 return self.set_aside(&ch, key, None, Some(id));
+            }
+            if let Some((k, shadow)) = key.as_deref().and_then(|k| self.blocked.shadow(&ch.tbl, k).map(|s| (k, s))) {
+                match self.over_shadow(ch, shadow, &k.to_string())? {
+                    Some(next) => ch = next,
+                    None => return Ok(()),
+                }
             }
         }
         if !self.careful {
@@ -337,6 +346,81 @@ impl Applier {
         .flatten()
     }
 
+    /// A change of a key whose version here is shadowed (see `set_aside::put_shadow`):
+    /// decided against that version, as against a row. Returns the change to apply to
+    /// the table when the shadow gives way to it (with the merged vector of a conflict
+    /// it won), or `None` when the shadowed version stays (stale change, or a conflict
+    /// it won: then with the merged vector). Conflicts here are settled last-write-wins.
+    fn over_shadow(&mut self, ch: Change, shadow: i64, key: &str) -> Result<Option<Change>> {
+        let Some((held, origin)) = set_aside::shadow_entry(shadow)? else {
+            self.blocked.drop_shadow(&ch.tbl, key);
+            return Ok(Some(ch));
+        };
+        clock::observe(ch.hlc);
+        let local = Version { hlc: held.hlc, node: origin, vv: held.vv.clone() };
+        let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
+        let c = match decide(ch.op, &remote, &Local::Row(local.clone())) {
+            Decision::Skip(_) => {
+                self.stats.skipped += 1;
+                return Ok(None);
+            }
+            Decision::Apply => {
+                set_aside::remove(shadow)?;
+                self.blocked.drop_shadow(&ch.tbl, key);
+                return Ok(Some(ch));
+            }
+            Decision::Conflict(c) => c,
+        };
+        self.stats.conflicts += 1;
+        let resolution = if c.winner == Side::Remote { "remote_wins" } else { "local_wins" };
+        Spi::connect_mut(|client| {
+            let t = table::lookup(client, &ch.tbl)?;
+            let image = jsonb_arg(ch.image()?)?;
+            record_conflict(
+                client,
+                &t,
+                image,
+                ConflictRecord {
+                    kind: c.kind.as_str(),
+                    local_row: held.new_row.as_deref(),
+                    remote_row: if ch.op == Op::Delete { None } else { ch.new_row.as_deref() },
+                    local: Some(&local),
+                    remote_hlc: ch.hlc,
+                    remote_node: self.peer_node,
+                    resolution,
+                    resolver: "last_write_wins",
+                    note: Some("the local version was shadowed by a unique value"),
+                },
+            )
+        })?;
+        if c.winner == Side::Remote {
+            set_aside::remove(shadow)?;
+            self.blocked.drop_shadow(&ch.tbl, key);
+            return Ok(Some(Change { vv: c.vv, ..ch }));
+        }
+        let merged = Version { hlc: c.hlc, node: c.node, vv: c.vv };
+        let id = set_aside::put_shadow(&ch.tbl, key, held.new_row.as_deref().unwrap_or("{}"), &merged)?;
+        self.blocked.add_shadow(ch.tbl.clone(), key.to_string(), id);
+        Ok(None)
+    }
+
+    /// The version a change carries, as this applier sees it.
+    pub fn version_of(&self, ch: &Change) -> Version {
+        Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() }
+    }
+
+    /// Whether this applier shadowed the key.
+    pub fn reshadowed(&self, tbl: &str, key: &str) -> bool {
+        self.shadowed.iter().any(|(t, k)| t == tbl && k == key)
+    }
+
+    fn shadow(&mut self, tbl: &str, key: String, image: &str, v: &Version) -> Result<()> {
+        let id = set_aside::put_shadow(tbl, &key, image, v)?;
+        self.blocked.add_shadow(tbl.to_string(), key.clone(), id);
+        self.shadowed.push((tbl.to_string(), key));
+        Ok(())
+    }
+
     /// Applies one change in a subtransaction. A collision on a secondary unique index
     /// with a row of another key is settled as a conflict (see `settle_unique`).
     pub fn try_apply(&mut self, ch: &Change) -> std::result::Result<(), crate::subxact::Failure> {
@@ -352,13 +436,19 @@ impl Applier {
 
     /// The change collided with local rows of other keys on a secondary unique index.
     /// Last-write-wins between the change and those rows, by the same (stamp, origin)
-    /// order everywhere: if the change is later than every one of them, they are
-    /// deleted (tombstones with their own stamps) and the change applied; otherwise the
-    /// change's version is deleted here (a tombstone with its stamp). Every node, in
-    /// whatever order the versions reach it, keeps the later one and a tombstone of
-    /// the other. Recorded as conflicts of kind `secondary_unique`. Returns false when
-    /// no colliding row of another key is found (the error is then not ours to settle).
+    /// order everywhere: if the change is later than every one of them, they step aside
+    /// and the change is applied; otherwise the change's version steps aside. A version
+    /// that steps aside is not deleted: it stays this node's version of its key, held as
+    /// a shadow (`set_aside::put_shadow`), and goes back into the table when the value
+    /// is free again or it is the later one. So every node, in whatever order the
+    /// versions reach it, ends with the latest version of each key and, of each unique
+    /// value, the row of the latest version that holds it. Recorded as conflicts of kind
+    /// `secondary_unique`. Returns false when no colliding row of another key is found
+    /// (the error is then not ours to settle).
     fn settle_unique(&mut self, ch: &Change) -> Result<bool> {
+        if ch.op == Op::Delete {
+            return Ok(false);
+        }
         let remote_wins = Spi::connect_mut(|client| -> Result<Option<bool>> {
             let t = table::lookup(client, &ch.tbl)?;
             let Some(stmt) = &t.unique_collisions else { return Ok(None) };
@@ -381,10 +471,13 @@ impl Applier {
             let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
             let wins = others.iter().all(|(_, v)| mmr_core::decide::lww_winner(&remote, v) == Side::Remote);
             for (img, v) in &others {
-                let (loser, resolution) = if wins { (v, "remote_wins") } else { (&remote, "local_wins") };
+                let resolution = if wins { "remote_wins" } else { "local_wins" };
                 if wins {
+                    // The other row's version steps aside, still held (a shadow).
                     let other = jsonb_arg(img)?;
-                    write_delete(client, &t, other, (loser.hlc, loser.node, &loser.vv), &Local::Row(v.clone()))?;
+                    let key = key_text(client, &t, other)?;
+                    client.update(&t.delete_row, None, &[other.arg()]).map_err(internal)?;
+                    self.shadow(&ch.tbl, key, img, v)?;
                 }
                 record_conflict(
                     client,
@@ -404,23 +497,22 @@ impl Applier {
                 )?;
             }
             if !wins {
-                // The change's version loses: its key ends deleted here, as on nodes
-                // where the other row came second. No claim insert: it would collide
-                // again (a local insert of this key racing with us here is not caught).
-                // The version that loses is what the change would have made of this
-                // key: itself, or its merge with a concurrent version held here.
+                // The change's version loses its place: it is held as a shadow -- the
+                // version the change makes of this key: itself, or its merge with a
+                // concurrent version held here -- and the key has no row here.
                 let held = self.held(client, &t, image)?;
                 let decided = decide(ch.op, &remote, self.as_the_writer_saw_it(&held, ch)?);
-                let stamp = match &decided {
+                let version = match decided {
                     Decision::Skip(_) => None,
-                    Decision::Apply => Some((ch.hlc, self.peer_node, &ch.vv)),
-                    Decision::Conflict(c) => Some((c.hlc, c.node, &c.vv)),
+                    Decision::Apply => Some(remote.clone()),
+                    Decision::Conflict(c) => Some(Version { hlc: c.hlc, node: c.node, vv: c.vv }),
                 };
-                if let Some(stamp) = stamp {
+                if let Some(v) = version {
                     if let Local::Row(_) = held {
                         client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
                     }
-                    put_tombstone(client, &t, image, stamp)?;
+                    let key = key_text(client, &t, image)?;
+                    self.shadow(&ch.tbl, key, ch.new_row.as_deref().unwrap_or("{}"), &v)?;
                 }
             }
             Ok(Some(wins))
@@ -719,7 +811,7 @@ fn write_row(
         client.update(&t.update_row, None, &args).map_err(fail)?;
         return Ok(Written::Done);
     }
-    if insert_where_absent(client, t, image, &args, local)? == Written::Raced {
+    if insert_where_absent(client, t, image, &args, local, false)? == Written::Raced {
         return Ok(Written::Raced);
     }
     if let Local::Tombstone(_) = local {
@@ -734,16 +826,25 @@ fn write_row(
 /// deleted it, or took its tombstone -- then our insert went in after waiting for it,
 /// and the tombstone is not the one we decided against; our row is removed again.
 /// Either way the change is decided again, against what is there now.
+///
+/// A `claim` (the insert before a delete, whose row goes again at once) must not
+/// collide with other keys' rows on secondary unique indexes: it skips every conflict,
+/// and one on another index than the key's leaves the key unclaimed (a local insert of
+/// it racing with us is then not caught; a delete whose old row shares a unique value
+/// with another key's row is rare).
 fn insert_where_absent(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
     image: Image,
     args: &[DatumWithOid<'_>],
     held: &Local,
+    claim: bool,
 ) -> Result<Written> {
-    client.update(&t.insert_row, None, args).map_err(|e| internal(format!("applying a change to {}: {e}", t.name)))?;
+    let stmt = if claim { &t.claim_row } else { &t.insert_row };
+    client.update(stmt, None, args).map_err(|e| internal(format!("applying a change to {}: {e}", t.name)))?;
     if inserted_none() {
-        return Ok(Written::Raced);
+        let taken = !claim || !client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(internal)?.is_empty();
+        return Ok(if taken { Written::Raced } else { Written::Done });
     }
     if !crate::shmem::may_have_tombstones(t.relid) {
         return Ok(Written::Done);
@@ -800,7 +901,7 @@ fn write_delete(
         crate::shmem::note_tombstones(t.relid);
         let (hlc, node, vv) = stamp;
         let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
-        if insert_where_absent(client, t, image, &args, local)? == Written::Raced {
+        if insert_where_absent(client, t, image, &args, local, true)? == Written::Raced {
             return Ok(Written::Raced);
         }
     }
@@ -815,6 +916,12 @@ fn put_tombstone(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, (hlc,
         .update(&t.put_tombstone, None, &[image.arg(), hlc.into(), node.into(), vv.to_flat().into()])
         .map_err(internal)?;
     Ok(())
+}
+
+/// The key of an image as jsonb text (the form tombstones and set-aside entries use).
+fn key_text(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<String> {
+    let rows = client.update(&t.key_of, Some(1), &[image.arg()]).map_err(internal)?;
+    rows.first().get::<String>(1).map_err(internal)?.ok_or_else(|| internal("a key without a value"))
 }
 
 fn row_json(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Option<String>> {

@@ -35,10 +35,11 @@ pub fn transient(sqlstate: &str) -> bool {
 }
 
 /// The keys that have set-aside changes: (table, key as jsonb text), `None` for a whole
-/// table. Maps to the newest entry's id.
+/// table, with the newest failed entry's id, and the key's shadow (see `put_shadow`).
 #[derive(Default)]
 pub struct Blocked {
-    keys: HashMap<(String, Option<String>), i64>,
+    failed: HashMap<(String, Option<String>), i64>,
+    shadows: HashMap<(String, String), i64>,
 }
 
 impl Blocked {
@@ -47,9 +48,13 @@ impl Blocked {
     pub fn load() -> Result<Blocked> {
         let mut b = Blocked::default();
         Spi::connect(|c| {
-            for r in c.select("SELECT id, tbl, pk::text FROM mmr.set_aside ORDER BY id", None, &[])? {
+            for r in c.select("SELECT id, tbl, pk::text, kind = 'unique' FROM mmr.set_aside ORDER BY id", None, &[])? {
                 let id = r.get::<i64>(1)?.unwrap_or(0);
-                b.add(r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?, id);
+                let (tbl, pk) = (r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?);
+                match (r.get::<bool>(4)?.unwrap_or(false), pk) {
+                    (true, Some(pk)) => b.add_shadow(tbl, pk, id),
+                    (_, pk) => b.add(tbl, pk, id),
+                }
             }
             Ok::<_, pgrx::spi::SpiError>(())
         })
@@ -58,24 +63,99 @@ impl Blocked {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.failed.is_empty() && self.shadows.is_empty()
     }
 
     pub fn add(&mut self, tbl: String, pk: Option<String>, id: i64) {
-        self.keys.insert((tbl, pk), id);
+        self.failed.insert((tbl, pk), id);
     }
 
-    /// The entry a change of (`tbl`, `pk`) must wait behind, if any. A change whose key
-    /// is unknown waits behind any entry of its table.
+    pub fn add_shadow(&mut self, tbl: String, pk: String, id: i64) {
+        self.shadows.insert((tbl, pk), id);
+    }
+
+    pub fn drop_shadow(&mut self, tbl: &str, pk: &str) {
+        self.shadows.remove(&(tbl.to_string(), pk.to_string()));
+    }
+
+    /// The failed entry a change of (`tbl`, `pk`) must wait behind, if any. A change
+    /// whose key is unknown waits behind any entry of its table.
     pub fn blocker(&self, tbl: &str, pk: Option<&str>) -> Option<i64> {
-        if let Some(id) = self.keys.get(&(tbl.to_string(), None)) {
+        if let Some(id) = self.failed.get(&(tbl.to_string(), None)) {
             return Some(*id);
         }
         match pk {
-            Some(k) => self.keys.get(&(tbl.to_string(), Some(k.to_string()))).copied(),
-            None => self.keys.iter().filter(|((t, _), _)| t == tbl).map(|(_, id)| *id).max(),
+            Some(k) => self.failed.get(&(tbl.to_string(), Some(k.to_string()))).copied(),
+            None => self.failed.iter().filter(|((t, _), _)| t == tbl).map(|(_, id)| *id).max(),
         }
     }
+
+    /// The key's shadow entry, if it has one.
+    pub fn shadow(&self, tbl: &str, pk: &str) -> Option<i64> {
+        self.shadows.get(&(tbl.to_string(), pk.to_string())).copied()
+    }
+}
+
+/// A key's version that lost its place to a row of another key holding the same value
+/// of a secondary unique index (`Applier::settle_unique`). It is still the key's
+/// version -- later changes of the key are decided against it -- but not in the table
+/// while the value is taken by a later version (by stamp, origin); it is put back as
+/// soon as the value is free or it is the later one (`retry`). Kept as a set-aside
+/// entry of kind `unique`: a change of the key as its origin would send it, an upsert
+/// of the full row. Not a failure: this node holds the version, so it does not hold
+/// back the origin's watermark. Replaces an earlier shadow of the same key.
+pub fn put_shadow(tbl: &str, pk: &str, image: &str, v: &mmr_core::decide::Version) -> Result<i64> {
+    let ch = Change {
+        tbl: tbl.to_string(),
+        op: mmr_core::decide::Op::Update,
+        hlc: v.hlc,
+        vv: v.vv.clone(),
+        new_row: Some(image.to_string()),
+        old_row: None,
+        writer_applied: std::rc::Rc::new(mmr_core::vv::VersionVector::new()),
+    };
+    let args = [
+        v.node.into(),
+        tbl.into(),
+        pk.into(),
+        v.hlc.into(),
+        ch.encode().into(),
+        format!("shadowed: another key holds a value of a unique index of {tbl} with a later version").into(),
+    ];
+    Spi::run_with_args(
+        "DELETE FROM mmr.set_aside WHERE kind = 'unique' AND tbl = $1 AND pk = $2::jsonb",
+        &[tbl.into(), pk.into()],
+    )
+    .map_err(internal)?;
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO mmr.set_aside (origin, tbl, pk, op, hlc, change, applied, sqlstate, error, kind, next_try_at) \
+         VALUES ($1, $2, $3::jsonb, 'U', $4, $5, '{}', '23505', $6, 'unique', now()) RETURNING id",
+        &args,
+    )
+    .map_err(internal)?
+    .ok_or_else(|| internal("no id for a shadow"))
+}
+
+/// The shadow entry `id`: its change (the shadowed version) and origin.
+pub fn shadow_entry(id: i64) -> Result<Option<(Change, i32)>> {
+    let row = Spi::connect(|c| {
+        let rows = c.select("SELECT change, origin FROM mmr.set_aside WHERE id = $1", Some(1), &[id.into()])?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let r = rows.first();
+        Ok::<_, pgrx::spi::SpiError>(Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<i32>(2)?.unwrap_or(0))))
+    })
+    .map_err(internal)?;
+    match row {
+        Some((change, origin)) => Ok(Some((Change::parse_one(&change, "{}")?, origin))),
+        None => Ok(None),
+    }
+}
+
+/// Removes a set-aside entry.
+pub fn remove(id: i64) -> Result<()> {
+    Spi::run_with_args("DELETE FROM mmr.set_aside WHERE id = $1", &[id.into()]).map_err(internal)
 }
 
 /// Sets a change aside: with the failure that stopped it, or waiting behind `waits_for`.
@@ -134,7 +214,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
     let entries = Spi::connect(|c| {
         let rows = c.select(
             "SELECT id, origin, tbl, pk::text, change, applied::text, \
-                    waits_for IS NOT NULL OR next_try_at <= now() OR $1 OR id = $2 \
+                    waits_for IS NOT NULL OR next_try_at <= now() OR $1 OR id = $2, kind = 'unique' \
              FROM mmr.set_aside ORDER BY id",
             None,
             &[force.into(), only.into()],
@@ -149,6 +229,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
                 change: r.get(5)?.unwrap_or_default(),
                 applied: r.get(6)?.unwrap_or_default(),
                 due: r.get(7)?.unwrap_or(false),
+                shadow: r.get(8)?.unwrap_or(false),
             });
         }
         Ok::<_, pgrx::spi::SpiError>(out)
@@ -157,6 +238,23 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
     let mut still = Blocked::default();
     let mut applied = 0;
     for e in entries {
+        if e.shadow {
+            // A shadowed version goes back into the table if its value is free now or
+            // it is the later one; otherwise it is shadowed again, in place.
+            if still.blocker(&e.tbl, e.pk.as_deref()).is_none() {
+                let pk = e.pk.unwrap_or_default();
+                let mut a = Applier::new(e.origin);
+                let ch = Change::parse_one(&e.change, "{}")?;
+                remove(e.id)?;
+                if let Err(f) = a.try_apply(&ch) {
+                    // Not a unique collision: keep it, as it was.
+                    put_shadow(&e.tbl, &pk, ch.new_row.as_deref().unwrap_or("{}"), &a.version_of(&ch))?;
+                    let _ = f;
+                }
+                applied += !a.reshadowed(&e.tbl, &pk) as i64;
+            }
+            continue;
+        }
         let due = e.due && (only.is_none() || only == Some(e.id) || force);
         if !due || still.blocker(&e.tbl, e.pk.as_deref()).is_some() {
             still.add(e.tbl, e.pk, e.id);
@@ -195,6 +293,7 @@ struct Entry {
     change: String,
     applied: String,
     due: bool,
+    shadow: bool,
 }
 
 /// `mmr.retry_set_aside(id)`: tries set-aside changes again now (all, or one and what

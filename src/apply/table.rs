@@ -33,6 +33,9 @@ pub struct ApplyTable {
     /// Inserting one row while another transaction inserts the same key waits for it,
     /// which is how apply notices a concurrent local insert (see apply/mod.rs).
     pub insert_row: OwnedPreparedStatement,
+    /// As `insert_row`, skipping a conflict on any unique index (see
+    /// `apply::insert_where_absent`).
+    pub claim_row: OwnedPreparedStatement,
     pub delete_row: OwnedPreparedStatement,
     /// Sets the row's version vector: $2 vv.
     pub set_row_vv: OwnedPreparedStatement,
@@ -145,6 +148,14 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
                  SELECT {rcols}, $2, $3, $4 FROM {src} ON CONFLICT ({pk}) DO NOTHING",
                 src = shape.source("$1"),
                 pk = shape.pk.join(", "),
+            ),
+            &[jsonb, int8, int4, int8s],
+        )?,
+        claim_row: prepare(
+            format!(
+                "INSERT INTO {name} AS x ({cols}, mmr_hlc, mmr_node, mmr_vv) {overriding} \
+                 SELECT {rcols}, $2, $3, $4 FROM {src} ON CONFLICT DO NOTHING",
+                src = shape.source("$1"),
             ),
             &[jsonb, int8, int4, int8s],
         )?,

@@ -145,6 +145,9 @@ CREATE TABLE mmr.set_aside (
     sqlstate text,
     error text NOT NULL,
     waits_for bigint,
+    -- 'failed': could not be applied; 'unique': a version this node holds that lost its
+    -- place to another key's row with the same value of a unique index (a shadow).
+    kind text NOT NULL DEFAULT 'failed',
     set_aside_at timestamptz NOT NULL DEFAULT now(),
     last_tried_at timestamptz NOT NULL DEFAULT now(),
     next_try_at timestamptz NOT NULL DEFAULT now() + interval '1 s',

@@ -208,8 +208,10 @@ fn odd_identifiers_replicate() {
 
 /// Two nodes insert different keys with the same value of a secondary UNIQUE column
 /// while apart. When they meet, the later row wins on both (last-write-wins between the
-/// colliding rows), the other key ends deleted on both, each records a
-/// `secondary_unique` conflict, and both streams go on.
+/// colliding rows); the other key's version is held aside on both (a `unique` entry in
+/// mmr.set_aside, not deleted), each node records a `secondary_unique` conflict, and
+/// the streams go on. When the winner moves to another value, the held version comes
+/// back on both nodes, with its own stamp and vector.
 #[test]
 fn secondary_unique_collision_is_a_conflict() {
     let mut c = Cluster::start("unique", 2);
@@ -224,13 +226,23 @@ fn secondary_unique_collision_is_a_conflict() {
     for i in 0..2 {
         assert_eq!(c.text(i, "SELECT string_agg(id || name, ',') FROM person"), "2second");
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'secondary_unique'"), 1);
-        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside"), 0);
-        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.tombstone"), 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside WHERE kind = 'unique' AND pk = '{\"id\": 1}'"), 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside WHERE kind <> 'unique'"), 0);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.tombstone"), 0);
     }
     // The streams go on.
     c.app(0).batch_execute("INSERT INTO person VALUES (3, 'b@x', 'later')").unwrap();
     c.sync(SYNC);
     assert_eq!(c.int(1, "SELECT count(*) FROM person"), 2);
+    // The winner moves off the value: the held version of key 1 comes back everywhere.
+    c.app(1).batch_execute("UPDATE person SET email = 'c@x' WHERE id = 2").unwrap();
+    c.sync(SYNC);
+    for i in 0..2 {
+        c.wait_until(i, "SELECT count(*) = 0 FROM mmr.set_aside", SYNC);
+        c.wait_until(i, "SELECT count(*) = 3 FROM person", SYNC);
+    }
+    assert_eq!(c.text(0, "SELECT name FROM person WHERE id = 1"), "first");
+    assert_converged(&c, "person");
 }
 
 /// Invariant 11: a change that cannot be applied (a CHECK constraint only one node has)
