@@ -28,7 +28,7 @@
 use crate::vv::{Causality, VersionVector};
 
 /// One version of a row (or of its deletion): who wrote it, when, and what it has seen.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Version {
     pub hlc: i64,
     pub node: i32,
@@ -51,7 +51,7 @@ pub enum Local {
 }
 
 /// The kind of an incoming change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     Insert,
     Update,
@@ -191,6 +191,32 @@ pub fn tombstone_outlived(
         .all(|(node, stamp)| writer_applied.get(node) > stamp)
 }
 
+/// The local version's vector with the writes of an earlier life of the key that this
+/// node has applied but no longer records.
+///
+/// A key's history restarts after its tombstone is pruned (`tombstone_outlived`): the
+/// new life's vector forgets the old life's writes, though the node applied them all
+/// before it wrote again. A change from a node that still continued the old life
+/// carries some of those writes in its vector. Deciding it against the forgetful local
+/// vector would call them concurrent and leave the merged outcome without them, while
+/// nodes whose row continued the old life keep them: the nodes' vectors would differ.
+/// So every entry of the change for a write this node has applied (below its
+/// `applied` stamp of that node; every write of this node `me`), and that the local
+/// vector lacks, is taken into the local vector first. That is exact, not a guess: a
+/// write applied here is either in the local vector or belongs to a life that ended.
+/// (The change's own write is not applied here yet, so it is never taken.)
+pub fn with_forgotten_writes(
+    local: &VersionVector,
+    remote: &VersionVector,
+    me: i64,
+    applied: &VersionVector,
+) -> VersionVector {
+    remote
+        .entries()
+        .filter(|&(node, stamp)| local.get(node) < stamp && (node == me || stamp < applied.get(node)))
+        .fold(local.clone(), |v, (node, stamp)| v.with_at_least(node, stamp))
+}
+
 fn conflict(op: Op, remote: &Version, local: &Version, local_deleted: bool) -> Conflict {
     let kind = match (op, local_deleted) {
         (Op::Insert, false) => ConflictKind::InsertInsert,
@@ -273,6 +299,24 @@ mod tests {
         // Node 1's deletion alone: its later writes follow it either way.
         let own = VersionVector::from_flat(&[1, 100]).unwrap();
         assert!(tombstone_outlived(&own, 1, &VersionVector::new(), |_| true));
+    }
+
+    /// Found by the model check (model.rs): node 3 pruned the tombstone {1:2} and wrote
+    /// the key afresh ({3:3}); node 2 still held it and continued it ({1:2, 2:3}). Node 1
+    /// merges node 3's change into node 2's row and keeps (1, 2); node 3 must keep it too
+    /// when it merges node 2's change, as it has applied that write.
+    #[test]
+    fn a_new_life_takes_in_the_old_lifes_writes_this_node_applied() {
+        let vv = |flat: &[i64]| VersionVector::from_flat(flat).unwrap();
+        let applied_by_3 = vv(&[1, 4, 2, 3]);
+        let lifted = with_forgotten_writes(&vv(&[3, 3]), &vv(&[1, 2, 2, 3]), 3, &applied_by_3);
+        assert_eq!(lifted, vv(&[1, 2, 3, 3]));
+        let at_3 = decide(Op::Insert, &v(3, 2, &[1, 2, 2, 3]), &Local::Row(v(3, 3, &[1, 2, 3, 3])));
+        let at_1 = decide(Op::Insert, &v(3, 3, &[3, 3]), &Local::Row(v(3, 2, &[1, 2, 2, 3])));
+        let (Decision::Conflict(a), Decision::Conflict(b)) = (at_3, at_1) else { panic!("two conflicts expected") };
+        assert_eq!((a.hlc, a.node, &a.vv), (b.hlc, b.node, &b.vv));
+        // The change's own write is never taken: it is not applied here yet.
+        assert_eq!(with_forgotten_writes(&vv(&[3, 3]), &vv(&[2, 3]), 3, &vv(&[2, 3])), vv(&[3, 3]));
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! * [`decide`]: what to do with an incoming change (apply, skip, conflict + LWW);
 //! * [`snapshot`]: `pg_snapshot` queue positions;
 //! * [`json`]: JSON text for the capture trigger's row encoding;
-//! * [`conninfo`]: rendering (and masking) libpq connection strings.
+//! * [`conninfo`]: rendering (and masking) libpq connection strings;
+//! * `model` (tests): an exhaustive model check of the protocol for one key.
 
 pub mod conninfo;
 pub mod decide;
 pub mod hlc;
 pub mod json;
+#[cfg(test)]
+mod model;
 pub mod snapshot;
 pub mod vv;

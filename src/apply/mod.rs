@@ -12,7 +12,9 @@ pub mod table;
 
 use crate::clock;
 use crate::error::{MmrError, Result};
-use mmr_core::decide::{decide, tombstone_outlived, Conflict, Decision, Local, Op, Side, Skip, Version};
+use mmr_core::decide::{
+    decide, tombstone_outlived, with_forgotten_writes, Conflict, Decision, Local, Op, Side, Skip, Version,
+};
 use mmr_core::vv::VersionVector;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -150,6 +152,8 @@ pub struct Applier {
     pub blocked: set_aside::Blocked,
     /// Keys this applier shadowed (see `set_aside::put_shadow`).
     shadowed: Vec<(String, String)>,
+    /// This node's id and applied record (see `applied_here`).
+    applied: std::cell::OnceCell<(i64, VersionVector)>,
 }
 
 /// The node ids of this node and its peers, or `None` if some peer has not told its id
@@ -196,6 +200,7 @@ impl Applier {
             careful: false,
             blocked: set_aside::Blocked::default(),
             shadowed: Vec::new(),
+            applied: std::cell::OnceCell::new(),
         }
     }
 
@@ -298,7 +303,7 @@ impl Applier {
                 return self.set_aside(&ch, key, None, Some(id));
             }
             if let Some((k, shadow)) = key.as_deref().and_then(|k| self.blocked.shadow(&ch.tbl, k).map(|s| (k, s))) {
-                match self.over_shadow(ch, shadow, &k.to_string())? {
+                match self.over_shadow(ch, shadow, k)? {
                     Some(next) => ch = next,
                     None => return Ok(()),
                 }
@@ -359,7 +364,7 @@ impl Applier {
         clock::observe(ch.hlc);
         let local = Version { hlc: held.hlc, node: origin, vv: held.vv.clone() };
         let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
-        let c = match decide(ch.op, &remote, &Local::Row(local.clone())) {
+        let c = match decide(ch.op, &remote, &self.as_the_writer_saw_it(&Local::Row(local.clone()), &ch)?) {
             Decision::Skip(_) => {
                 self.stats.skipped += 1;
                 return Ok(None);
@@ -501,7 +506,7 @@ impl Applier {
                 // version the change makes of this key: itself, or its merge with a
                 // concurrent version held here -- and the key has no row here.
                 let held = self.held(client, &t, image)?;
-                let decided = decide(ch.op, &remote, self.as_the_writer_saw_it(&held, ch)?);
+                let decided = decide(ch.op, &remote, &self.as_the_writer_saw_it(&held, ch)?);
                 let version = match decided {
                     Decision::Skip(_) => None,
                     Decision::Apply => Some(remote.clone()),
@@ -541,7 +546,7 @@ impl Applier {
             // the key taken: we look again, now with its row in view.
             for _ in 0..MAX_RACES {
                 let held = self.held(client, &t, image)?;
-                let decision = decide(ch.op, &remote, self.as_the_writer_saw_it(&held, ch)?);
+                let decision = decide(ch.op, &remote, &self.as_the_writer_saw_it(&held, ch)?);
                 let written = match &decision {
                     Decision::Apply => self.write_remote(client, &t, ch, image, &held)?,
                     Decision::Skip(_) => Written::Done,
@@ -566,16 +571,37 @@ impl Applier {
 
     /// What the change is decided against: what is here, except a tombstone of a life
     /// of the key the change's writer had left behind, which counts as absent.
-    fn as_the_writer_saw_it<'a>(&self, held: &'a Local, ch: &Change) -> Result<&'a Local> {
-        let Local::Tombstone(t) = held else {
-            return Ok(held);
+    fn as_the_writer_saw_it(&self, held: &Local, ch: &Change) -> Result<Local> {
+        let lifted = |v: &Version| -> Result<Version> {
+            let (me, applied) = self.applied_here()?;
+            Ok(Version { vv: with_forgotten_writes(&v.vv, &ch.vv, me, applied), ..v.clone() })
         };
-        if self.members.get().is_none() {
-            let _ = self.members.set(group_members()?);
+        Ok(match held {
+            Local::Absent => Local::Absent,
+            Local::Row(r) => Local::Row(lifted(r)?),
+            Local::Tombstone(t) => {
+                if self.members.get().is_none() {
+                    let _ = self.members.set(group_members()?);
+                }
+                let members = self.members.get().and_then(|m| m.as_ref());
+                let is_member = |node: i64| members.is_none_or(|m| m.contains(&node));
+                if tombstone_outlived(&t.vv, self.peer_node, &ch.writer_applied, is_member) {
+                    Local::Absent
+                } else {
+                    Local::Tombstone(lifted(t)?)
+                }
+            }
+        })
+    }
+
+    /// This node's id and what it has applied of every node (applied.rs), read once
+    /// per batch: it grows only after the batch commits.
+    fn applied_here(&self) -> Result<(i64, &VersionVector)> {
+        if self.applied.get().is_none() {
+            let _ = self.applied.set((crate::catalog::node_id()? as i64, crate::applied::now()?));
         }
-        let members = self.members.get().and_then(|m| m.as_ref());
-        let is_member = |node: i64| members.is_none_or(|m| m.contains(&node));
-        Ok(if tombstone_outlived(&t.vv, self.peer_node, &ch.writer_applied, is_member) { &Local::Absent } else { held })
+        let (me, v) = self.applied.get().ok_or_else(|| internal("applied record unavailable"))?;
+        Ok((*me, v))
     }
 
     /// Locks and reads the local row, or else the key's tombstone.
