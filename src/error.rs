@@ -46,6 +46,8 @@ pub enum MmrError {
         role: String,
         consumer: String,
     },
+    /// A peer sent something the protocol does not allow.
+    Protocol(String),
     ConflictNotPending {
         id: i64,
         resolution: String,
@@ -86,6 +88,7 @@ impl MmrError {
             }
             ConflictNotPending { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             PullRefused { .. } => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Protocol(_) => Code::ERRCODE_PROTOCOL_VIOLATION,
             BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | TwoPhaseCommit => {
@@ -130,6 +133,7 @@ impl MmrError {
             UnknownConflict(id) => format!("conflict {id} does not exist"),
             UnknownSetAside(id) => format!("set-aside change {id} does not exist"),
             PullRefused { role, consumer } => format!("role \"{role}\" may not pull as \"{consumer}\""),
+            Protocol(msg) => format!("protocol error from a peer: {msg}"),
             ConflictNotPending { id, resolution } => {
                 format!("conflict {id} is not pending (its resolution is {resolution})")
             }

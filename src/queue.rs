@@ -16,9 +16,9 @@ use crate::clock;
 use crate::error::{MmrError, OrRaise, Result};
 use crate::shmem::{self, Wakeup};
 use mmr_core::snapshot::Snapshot;
+use mmr_core::wire::{PullHeader, Report, PROTOCOL_VERSION};
 use pgrx::prelude::*;
 use pgrx::JsonB;
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn internal(e: impl std::fmt::Display) -> MmrError {
@@ -93,18 +93,23 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         Some(t) => pending_changes(&t.snap)?,
         None => 0,
     };
-    let header = match to {
-        Some(t) => json!({
-            "node": me.name, "node_id": me.node_id, "to_tick": t.id, "to_snap": t.snap,
-            "hlc": t.hlc, "stable": t.stable_hlc, "as_of": t.as_of, "pending": pending, "report": report,
-        }),
-        None => json!({
-            "node": me.name, "node_id": me.node_id, "to_tick": null, "to_snap": null,
-            "hlc": clock::current(), "stable": stable, "as_of": now_text()?, "pending": pending,
-            "report": report,
-        }),
+    let (to_tick, to_snap, hlc, stable, as_of) = match to {
+        Some(t) => (Some(t.id), Some(t.snap), t.hlc, t.stable_hlc, t.as_of),
+        None => (None, None, clock::current(), stable.unwrap_or(0), now_text()?),
     };
-    Ok(JsonB(header))
+    let header = PullHeader {
+        protocol: PROTOCOL_VERSION,
+        node: me.name,
+        node_id: me.node_id,
+        to_tick,
+        to_snap,
+        hlc,
+        stable,
+        as_of,
+        pending,
+        report,
+    };
+    Ok(JsonB(header.to_json()))
 }
 
 /// What this node has applied of each of its peers (see applied.rs), by peer name, and
@@ -113,7 +118,7 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
 /// below `self`. Peers use it to know when a tombstone can no longer meet a concurrent
 /// change (see prune.rs): once their watermark of this node passes `self`, they have
 /// applied all of those changes.
-fn frontier_report() -> Result<serde_json::Value> {
+fn frontier_report() -> Result<Report> {
     let applied = crate::applied::now()?;
     let peers = Spi::connect(|c| {
         let t = c.select("SELECT name, node_id::bigint FROM mmr.peer WHERE node_id IS NOT NULL", None, &[])?;
@@ -122,14 +127,8 @@ fn frontier_report() -> Result<serde_json::Value> {
             .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
     })
     .map_err(internal)?;
-    let mut m = serde_json::Map::new();
-    for (name, node) in peers {
-        let stamp = applied.get(node);
-        if stamp > 0 {
-            m.insert(name, json!(stamp));
-        }
-    }
-    Ok(json!({ "applied": m, "self": clock::tick() }))
+    let applied = peers.into_iter().map(|(name, node)| (name, applied.get(node))).filter(|&(_, s)| s > 0).collect();
+    Ok(Report { applied, self_stamp: clock::tick() })
 }
 
 fn now_text() -> Result<String> {

@@ -6,6 +6,7 @@
 //! * [`snapshot`]: `pg_snapshot` queue positions;
 //! * [`json`]: JSON text for the capture trigger's row encoding;
 //! * [`conninfo`]: rendering (and masking) libpq connection strings;
+//! * [`wire`]: the typed, versioned pull protocol (header and encoded changes);
 //! * `model` (tests): an exhaustive model check of the protocol for one key.
 
 pub mod conninfo;
@@ -16,3 +17,4 @@ pub mod json;
 mod model;
 pub mod snapshot;
 pub mod vv;
+pub mod wire;

@@ -39,25 +39,11 @@ pub struct Change {
     pub writer_applied: std::rc::Rc<VersionVector>,
 }
 
-/// One change as encoded by the capture trigger (see `capture::enqueue`).
-#[derive(serde::Deserialize)]
-struct Encoded<'a> {
-    t: String,
-    o: char,
-    h: i64,
-    v: Vec<i64>,
-    #[serde(borrow)]
-    n: Option<&'a serde_json::value::RawValue>,
-    #[serde(borrow)]
-    p: Option<&'a serde_json::value::RawValue>,
-}
-
 impl Change {
     /// The changes of one queue row (a JSON array), in the order they were made, with
     /// the row's `applied` vector (a `bigint[]` as text).
     pub fn parse_all(changes: &str, applied: &str) -> Result<Vec<Change>> {
-        let encoded: Vec<Encoded> =
-            serde_json::from_str(changes).map_err(|e| internal(format!("malformed queue row: {e}")))?;
+        let encoded = mmr_core::wire::parse_changes(changes).map_err(|e| MmrError::Protocol(e.to_string()))?;
         let writer_applied = std::rc::Rc::new(
             VersionVector::parse_pg_array(applied).map_err(|e| internal(format!("malformed queue row: {e}")))?,
         );
@@ -65,10 +51,12 @@ impl Change {
             .into_iter()
             .map(|e| {
                 Ok(Change {
-                    op: Op::from_code(e.o).ok_or_else(|| internal(format!("bad op {}", e.o)))?,
+                    op: Op::from_code(e.o)
+                        .ok_or_else(|| MmrError::Protocol(format!("unknown change kind {:?}", e.o)))?,
                     tbl: e.t,
                     hlc: e.h,
-                    vv: VersionVector::from_flat(&e.v).map_err(internal)?,
+                    vv: VersionVector::from_flat(&e.v)
+                        .map_err(|e| MmrError::Protocol(format!("version vector: {e}")))?,
                     new_row: e.n.map(|r| r.get().to_string()),
                     old_row: e.p.map(|r| r.get().to_string()),
                     writer_applied: writer_applied.clone(),

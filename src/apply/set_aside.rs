@@ -31,7 +31,7 @@ fn internal(e: impl std::fmt::Display) -> MmrError {
 
 /// Errors that say nothing about the change itself: the batch is tried again.
 pub fn transient(sqlstate: &str) -> bool {
-    matches!(sqlstate.get(..2), Some("40" | "53" | "55" | "57" | "58" | "08"))
+    matches!(sqlstate.get(..2), Some("40" | "53" | "55" | "57" | "58"))
 }
 
 /// The keys that have set-aside changes: (table, key as jsonb text), `None` for a whole
@@ -189,6 +189,17 @@ pub fn put(
     )
     .map_err(internal)?
     .ok_or_else(|| internal("no id for a set-aside change"))
+}
+
+/// Keeps a queue row that cannot be read at all (a protocol error) as one entry, for a
+/// DBA to look at and discard; it blocks no key (its keys cannot be known).
+pub fn put_unreadable(origin: i32, changes: &str, applied: &str, e: &MmrError) -> Result<()> {
+    Spi::run_with_args(
+        "INSERT INTO mmr.set_aside (origin, tbl, pk, op, hlc, change, applied, sqlstate, error, next_try_at) \
+         VALUES ($1, '', NULL, '?', 0, $2, coalesce($3::bigint[], '{}'), $4, $5, 'infinity')",
+        &[origin.into(), changes.into(), applied.into(), e.sqlstate().into(), e.to_string().into()],
+    )
+    .map_err(internal)
 }
 
 /// Caps a watermark of `origin` below its earliest set-aside change: this node has not

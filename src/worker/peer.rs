@@ -16,9 +16,9 @@ use crate::error::{MmrError, Result};
 use crate::peer::conn::PeerConn;
 use crate::{gucs, shmem};
 use mmr_core::hlc;
+use mmr_core::wire::{ProtocolError, PullHeader};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
-use serde_json::Value;
 use std::time::Duration;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -235,22 +235,21 @@ impl Worker {
         let header = match conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })? {
             Some(row) if row.first().cloned().flatten().as_deref() == Some("H") => {
                 let meta = row.get(3).cloned().flatten().unwrap_or_default();
-                let h = serde_json::from_str::<Value>(&meta).map_err(internal)?;
-                check_header(&h).map_err(|e| Stop::Failed { state: "error", error: e })?;
-                h
+                PullHeader::parse(&meta).map_err(|e| {
+                    let state = if matches!(e, ProtocolError::Version(_)) { "incompatible" } else { "error" };
+                    Stop::Failed { state, error: e.to_string() }
+                })?
             }
             _ => return Err(internal("the peer's mmr.pull returned no header").into()),
         };
         let peer_node = self.check_identity(&header, node_id)?;
-        let to_snap = header["to_snap"].as_str().map(String::from);
-        let Some(to_snap) = to_snap else {
+        let Some((to_tick, to_snap)) = header.batch_end().map(|(t, s)| (t, s.to_string())) else {
             // Caught up. Drain the (empty) rest of the result.
             while conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })?.is_some() {}
             self.report_contact(&header, 0);
             self.store_idle_progress(&header, peer_node)?;
             return Ok(0);
         };
-        let to_tick = header["to_tick"].as_i64().unwrap_or(0);
         let (applied, watermark) = match self.apply_batch(conn, &header, peer_node, to_tick, &to_snap) {
             Ok(done) => {
                 self.careful = false;
@@ -273,9 +272,8 @@ impl Worker {
 
     /// The peer must be who we think it is: the name we know it by, and a node id that
     /// is not ours and does not change.
-    fn check_identity(&self, header: &Value, node_id: &mut Option<i32>) -> Result<i32, Stop> {
-        let name = header["node"].as_str().unwrap_or_default();
-        let id = header["node_id"].as_i64().unwrap_or(0) as i32;
+    fn check_identity(&self, header: &PullHeader, node_id: &mut Option<i32>) -> Result<i32, Stop> {
+        let (name, id) = (header.node.as_str(), header.node_id);
         let fail = |error: String| Err(Stop::Failed { state: "error", error });
         if name == self.me.name && id == self.me.node_id {
             return fail(format!(
@@ -315,7 +313,7 @@ impl Worker {
     fn apply_batch(
         &self,
         conn: &mut PeerConn,
-        header: &Value,
+        header: &PullHeader,
         peer_node: i32,
         to_tick: i64,
         to_snap: &str,
@@ -342,7 +340,16 @@ impl Worker {
                 };
                 let changes = row.get(2).cloned().flatten().unwrap_or_default();
                 let applied = row.get(4).cloned().flatten().unwrap_or_else(|| "{}".into());
-                let changes = Change::parse_all(&changes, &applied)?;
+                let changes = match Change::parse_all(&changes, &applied) {
+                    Ok(c) => c,
+                    // A queue row this node cannot read at all: kept for a DBA, once the
+                    // batch is being applied carefully (see apply/set_aside.rs).
+                    Err(e) if self.careful => {
+                        apply::set_aside::put_unreadable(peer_node, &changes, &applied, &e)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 for ch in &changes {
                     let ahead = hlc::ahead_by_millis(ch.hlc.max(0) as u64, clock::wall_millis());
                     if ahead > skew_limit {
@@ -356,7 +363,7 @@ impl Worker {
                 }
             }
             applier.finish()?;
-            let watermark = apply::set_aside::cap(peer_node, header["stable"].as_i64().unwrap_or(0))?;
+            let watermark = apply::set_aside::cap(peer_node, header.stable)?;
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
                    applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
@@ -369,9 +376,9 @@ impl Worker {
                     to_snap.into(),
                     max_hlc.into(),
                     watermark.into(),
-                    header["as_of"].as_str().into(),
+                    header.as_of.as_str().into(),
                     (n as i64).into(),
-                    pgrx::JsonB(header["report"].clone()).into(),
+                    report_json(header).into(),
                     applier.stats.duplicates.into(),
                 ],
             )
@@ -388,14 +395,14 @@ impl Worker {
     /// Stores the watermark and report of an empty batch, now and then. Valid because
     /// "nothing new" means every change of the peer stamped below `stable` is already
     /// covered by our (durable) position.
-    fn store_idle_progress(&mut self, header: &Value, peer_node: i32) -> Result<()> {
+    fn store_idle_progress(&mut self, header: &PullHeader, peer_node: i32) -> Result<()> {
         if self.last_idle_store.is_some_and(|t| t.elapsed() < IDLE_STORE_EVERY) {
             return Ok(());
         }
         self.last_idle_store = Some(std::time::Instant::now());
         let peer = self.peer.clone();
-        let stable = header["stable"].as_i64().unwrap_or(0);
-        let report = pgrx::JsonB(header["report"].clone());
+        let stable = header.stable;
+        let report = report_json(header);
         let watermark = txn::run(move || {
             let watermark = apply::set_aside::cap(peer_node, stable)?;
             Spi::run_with_args(
@@ -409,10 +416,9 @@ impl Worker {
         Ok(())
     }
 
-    fn report_contact(&self, header: &Value, _applied: usize) {
+    fn report_contact(&self, header: &PullHeader, _applied: usize) {
         let now = now_timestamptz();
-        let pending = header["pending"].as_i64().unwrap_or(0);
-        let stable = header["stable"].as_i64().unwrap_or(0);
+        let (pending, stable) = (header.pending, header.stable);
         shmem::update_peer_status(&self.peer, |s| {
             s.set_state("streaming");
             s.set_error(None);
@@ -422,29 +428,9 @@ impl Worker {
     }
 }
 
-/// A pull header must carry every field this worker relies on, of the right type: a
-/// missing or malformed one is a protocol error, never read as zero.
-fn check_header(h: &Value) -> std::result::Result<(), String> {
-    let bad = |field: &str| Err(format!("protocol error: the peer's pull header has no valid \"{field}\""));
-    if !h["node"].is_string() {
-        return bad("node");
-    }
-    for field in ["node_id", "stable", "pending"] {
-        if !h[field].is_i64() {
-            return bad(field);
-        }
-    }
-    if !h["report"].is_object() || !h["report"]["self"].is_i64() {
-        return bad("report");
-    }
-    if !h["as_of"].is_string() {
-        return bad("as_of");
-    }
-    match (&h["to_tick"], &h["to_snap"]) {
-        (Value::Null, Value::Null) => Ok(()),
-        (t, Value::String(_)) if t.is_i64() => Ok(()),
-        _ => bad("to_tick"),
-    }
+/// The peer's frontier report as stored in `mmr.peer_progress.report` (read by prune.rs).
+fn report_json(header: &PullHeader) -> pgrx::JsonB {
+    pgrx::JsonB(serde_json::to_value(&header.report).unwrap_or_default())
 }
 
 fn now_timestamptz() -> i64 {

@@ -432,3 +432,27 @@ fn a_pull_role_cannot_speak_for_another_peer() {
         "n2=pb,n3=pb"
     );
 }
+
+/// A peer speaking another version of the pull protocol is refused with a state that
+/// says which node to upgrade; a malformed header is a protocol error, never read as
+/// zeros. (n1's mmr.pull is replaced by one that answers like such a peer.)
+#[test]
+fn a_peer_speaking_another_protocol_is_refused_clearly() {
+    let c = Cluster::meshed_with_t("protocol", 2);
+    let fake = |header: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION mmr.pull(consumer text, tick bigint, pos pg_snapshot, \
+               max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000) \
+             RETURNS TABLE (kind \"char\", xid xid8, changes text, meta jsonb, applied bigint[]) \
+             LANGUAGE sql AS $$ SELECT 'H'::\"char\", NULL::xid8, NULL::text, '{header}'::jsonb, NULL::bigint[] $$"
+        )
+    };
+    c.exec(0, &fake(r#"{"protocol": 99, "node": "n1"}"#));
+    c.wait_until(
+        1,
+        "SELECT state = 'incompatible' AND last_error LIKE '%protocol 99%upgrade mmr on this node%' FROM mmr.peers",
+        SYNC,
+    );
+    c.exec(0, &fake(r#"{"protocol": 2, "node": "n1", "node_id": 1}"#));
+    c.wait_until(1, "SELECT state = 'error' AND last_error LIKE 'protocol error: pull header%' FROM mmr.peers", SYNC);
+}
