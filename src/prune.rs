@@ -2,22 +2,14 @@
 //!
 //! * Queue rows: once every peer's reported position makes them visible.
 //! * Ticks: those before every peer's position.
-//! * Tombstones: a tombstone is what makes a late change for a deleted key resolve the
-//!   same way everywhere, so it may go only when no change concurrent with it can still
-//!   arrive. Its version vector lists, per node, the latest write of that node the
-//!   deletion incorporated, as (node, stamp). A peer N can still send a concurrent
-//!   change until (a) N has applied every one of those writes -- N's report says what N
-//!   has applied of each origin -- and (b) this node has applied everything N wrote
-//!   before that -- N's report carries a stable stamp of N taken after, and our
-//!   watermark of N must have passed it. And this node must have applied each of them
-//!   itself, as its own queued transactions will say (applied.rs): our next write to
-//!   the key starts a new life, and nodes still holding the tombstone recognize it only
-//!   by that record (`mmr_core::decide::tombstone_outlived`). Writes of nodes that
-//!   left the group are not waited for (nothing more of theirs arrives); while some
-//!   peer's node id is unknown, nothing is pruned.
+//! * Tombstones: by the rule in `mmr_core::prune` (the model check explores the same
+//!   function), from each peer's latest frontier report and our watermark of it.
 //! * Conflicts: older than mmr.conflict_retention (pending ones stay until resolved).
 
 use crate::error::{MmrError, Result};
+use mmr_core::prune::{tombstone_prunable, PeerFrontier};
+use mmr_core::vv::VersionVector;
+use mmr_core::wire::Report;
 use pgrx::prelude::*;
 
 fn internal(e: impl std::fmt::Display) -> MmrError {
@@ -54,39 +46,117 @@ fn prune_ticks() -> Result<()> {
 }
 
 fn prune_tombstones() -> Result<()> {
-    // A tombstone goes when none of its vector entries (origin, stamp) is blocked. An
-    // entry of a node that left the group never is; otherwise it is blocked while this
-    // node has not applied it itself, or while some peer p did not write it and (a) or
-    // (b) of the module documentation fails for p. "Applied here" comes from applied.rs,
-    // the same source our own reports and queued transactions use. The apply side's
-    // tombstone_outlived draws the same lines.
-    Spi::run(
-        "WITH me AS (SELECT name, node_id FROM mmr.node), \
-         applied AS (SELECT node_id, stamp FROM mmr._applied()), \
-         peers AS ( \
-           SELECT p.name, p.node_id, pp.report, coalesce(a.stamp, 0) AS watermark \
-           FROM mmr.peer p \
-           LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name \
-           LEFT JOIN applied a ON a.node_id = p.node_id) \
-         DELETE FROM mmr.tombstone t \
-         WHERE EXISTS (SELECT 1 FROM peers) AND NOT EXISTS (SELECT 1 FROM peers WHERE node_id IS NULL) \
-           AND NOT EXISTS ( \
-             SELECT 1 \
-             FROM generate_series(1, coalesce(array_length(t.vv, 1), 0), 2) AS i \
-             CROSS JOIN LATERAL (SELECT t.vv[i] AS origin, t.vv[i + 1] AS stamp) v \
-             CROSS JOIN LATERAL ( \
-               SELECT CASE WHEN v.origin = me.node_id THEN me.name \
-                           ELSE (SELECT name FROM peers WHERE node_id = v.origin) END AS name \
-               FROM me) o \
-             WHERE o.name IS NOT NULL \
-               AND ((SELECT node_id FROM me) <> v.origin \
-                      AND coalesce((SELECT stamp FROM applied WHERE node_id = v.origin), 0) <= v.stamp \
-                    OR EXISTS ( \
-                      SELECT 1 FROM peers p \
-                      WHERE p.node_id <> v.origin AND NOT ( \
-                        coalesce((p.report -> 'applied' ->> o.name)::bigint, 0) > v.stamp \
-                        AND p.watermark >= coalesce((p.report ->> 'self')::bigint, 9223372036854775807)))))",
-    )
+    let Some(view) = frontier_view()? else {
+        return Ok(());
+    };
+    let members: Vec<i64> = std::iter::once(view.me).chain(view.peers.iter().map(|p| p.node)).collect();
+    // Keyset pages over the table; each page's prunable tombstones are deleted only if
+    // unchanged since read (an apply may have merged a write into one meanwhile).
+    let mut after: Option<(u32, String)> = None;
+    loop {
+        let page = tombstone_page(after.as_ref())?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.0, last.1.clone()));
+        let (mut relids, mut pks, mut vvs) = (Vec::new(), Vec::new(), Vec::new());
+        for (relid, pk, flat) in &page {
+            let tomb = VersionVector::from_flat(flat).map_err(internal)?;
+            if tombstone_prunable(&tomb, view.me, &view.applied, &view.peers, |n| members.contains(&n)) {
+                relids.push(pg_sys::Oid::from(*relid));
+                pks.push(pk.clone());
+                vvs.push(tomb.to_pg_array());
+            }
+        }
+        if !relids.is_empty() {
+            Spi::run_with_args(
+                "DELETE FROM mmr.tombstone t USING unnest($1::oid[], $2::text[], $3::text[]) AS d(relid, pk, vv) \
+                 WHERE t.relid::oid = d.relid AND t.pk = d.pk::jsonb AND t.vv = d.vv::bigint[]",
+                &[relids.into(), pks.into(), vvs.into()],
+            )
+            .map_err(internal)?;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Tombstones read per page.
+const PAGE: usize = 5000;
+
+/// What pruning decides on: this node's id and applied record, and each peer's latest
+/// frontier report (peer names mapped to node ids as this node knows them) with our
+/// watermark of it. `None` while there is no peer or some peer's node id is unknown.
+struct FrontierView {
+    me: i64,
+    applied: VersionVector,
+    peers: Vec<PeerFrontier>,
+}
+
+fn frontier_view() -> Result<Option<FrontierView>> {
+    let me = crate::catalog::require_node()?;
+    let applied = crate::applied::now()?;
+    let rows = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT p.name, p.node_id::bigint, pp.report FROM mmr.peer p LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name",
+            None,
+            &[],
+        )?;
+        t.into_iter()
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?, r.get::<pgrx::JsonB>(3)?)))
+            .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
+    })
+    .map_err(internal)?;
+    if rows.is_empty() || rows.iter().any(|(_, id, _)| id.is_none()) {
+        return Ok(None);
+    }
+    let mut ids: std::collections::HashMap<String, i64> =
+        rows.iter().map(|(n, id, _)| (n.clone(), id.unwrap_or(0))).collect();
+    ids.insert(me.name.clone(), me.node_id as i64);
+    let peers = rows
+        .into_iter()
+        .map(|(_, id, report)| {
+            let node = id.unwrap_or(0);
+            let report: Report = report.and_then(|j| serde_json::from_value(j.0).ok()).unwrap_or_default();
+            let flat: Vec<i64> = report
+                .applied
+                .iter()
+                .filter_map(|(name, stamp)| ids.get(name).map(|&n| (n, *stamp)))
+                .collect::<std::collections::BTreeMap<i64, i64>>()
+                .into_iter()
+                .flat_map(|(n, s)| [n, s])
+                .collect();
+            Ok(PeerFrontier {
+                node,
+                applied: VersionVector::from_flat(&flat).map_err(internal)?,
+                // No report yet: nothing of this peer's is known to be settled.
+                self_stamp: if report.self_stamp > 0 { report.self_stamp } else { i64::MAX },
+                watermark: applied.get(node),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(FrontierView { me: me.node_id as i64, applied, peers }))
+}
+
+/// The next page of tombstones after `after` (relid, pk as text), in key order.
+fn tombstone_page(after: Option<&(u32, String)>) -> Result<Vec<(u32, String, Vec<i64>)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT relid::oid, pk::text, vv FROM mmr.tombstone \
+             WHERE $1::oid IS NULL OR (relid::oid, pk) > ($1::oid, $2::jsonb) ORDER BY relid::oid, pk LIMIT $3",
+            None,
+            &[after.map(|a| pg_sys::Oid::from(a.0)).into(), after.map(|a| a.1.clone()).into(), (PAGE as i64).into()],
+        )?;
+        t.into_iter()
+            .map(|r| {
+                Ok((
+                    u32::from(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<Vec<i64>>(3)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
+    })
     .map_err(internal)
 }
 

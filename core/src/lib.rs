@@ -3,6 +3,7 @@
 //! * [`hlc`]: hybrid logical clock arithmetic;
 //! * [`vv`]: per-row version vectors;
 //! * [`decide`]: what to do with an incoming change (apply, skip, conflict + LWW);
+//! * [`prune`]: when a tombstone may be dropped;
 //! * [`snapshot`]: `pg_snapshot` queue positions;
 //! * [`json`]: JSON text for the capture trigger's row encoding;
 //! * [`conninfo`]: rendering (and masking) libpq connection strings;
@@ -15,6 +16,7 @@ pub mod hlc;
 pub mod json;
 #[cfg(test)]
 mod model;
+pub mod prune;
 pub mod snapshot;
 pub mod vv;
 pub mod wire;

@@ -17,14 +17,15 @@
 //! servers (kill -9).
 //!
 //! What it covers: `decide`, the LWW order, the conflict vector, `tombstone_outlived`,
-//! re-inserts continuing a tombstone's history, and the pruning rule of prune.rs with
-//! the frontier reports (modelled by what each writer had applied when it wrote). What
+//! re-inserts continuing a tombstone's history, and the pruning rule (`prune`, the same
+//! function the launcher runs) with the most permissive frontier reports it can meet. What
 //! it does not: several keys, secondary unique indexes, membership changes, DDL.
 //!
 //! `MMR_MODEL_WRITES=a,b,c` sets the writes per node (default 2,1,1, seconds; 2,2,1 is
 //! a few million states, minutes).
 
 use crate::decide::{decide, tombstone_outlived, with_forgotten_writes, Decision, Local, Op, Side, Version};
+use crate::prune::{write_settled, PeerFrontier};
 use crate::vv::VersionVector;
 use std::collections::{HashSet, VecDeque};
 
@@ -166,28 +167,35 @@ impl World {
         w
     }
 
-    /// Whether node `i` may drop its tombstone now, by prune.rs's rule: for each entry
-    /// (origin, stamp) of its vector, this node has applied that write, and every other
-    /// node `p` has applied it too -- and this node has applied every change `p` wrote
-    /// before that (p's frontier report, then our watermark of p passing it).
+    /// Whether node `i` may drop its tombstone now, by the rule pruning uses
+    /// (`prune::write_settled`), with for each peer the earliest frontier report that
+    /// can show it has applied the write -- the one taken right after it did -- which
+    /// is the most that any real run of the rule can allow.
     fn may_prune(&self, i: usize) -> bool {
         let Some(h) = self.nodes[i].held.as_ref().filter(|h| h.deleted) else {
             return false;
         };
-        let has = |node: usize, origin: i64, stamp: i64| -> bool {
-            let o = origin as usize - 1;
-            o == node || self.queue[o][..self.nodes[node].cursor[o]].iter().any(|m| m.version.hlc >= stamp)
-        };
+        let applied_here = self.applied(i);
         h.version.vv.entries().all(|(origin, stamp)| {
-            has(i, origin, stamp)
-                && (0..N).filter(|&p| p != i && p as i64 + 1 != origin).all(|p| {
-                    has(p, origin, stamp)
-                        && self.queue[p]
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, m)| m.writer_applied.get(origin) <= stamp)
-                            .all(|(k, _)| k < self.nodes[i].cursor[p])
+            let peers: Vec<PeerFrontier> = (0..N)
+                .filter(|&p| p != i)
+                .map(|p| {
+                    let applied = self.applied(p);
+                    // The report right after `p` applied the write: everything `p` wrote
+                    // before it is stamped below its `self`.
+                    let self_stamp = self.queue[p]
+                        .iter()
+                        .find(|m| m.writer_applied.get(origin) > stamp)
+                        .map_or(self.nodes[p].clock + 1, |m| m.version.hlc);
+                    PeerFrontier {
+                        node: Self::id(p) as i64,
+                        applied,
+                        self_stamp,
+                        watermark: applied_here.get(Self::id(p) as i64),
+                    }
                 })
+                .collect();
+            write_settled(origin, stamp, Self::id(i) as i64, &applied_here, &peers)
         })
     }
 
