@@ -16,15 +16,11 @@
 //! has committed (synchronously), and after a restart the launcher loads the stored
 //! ones before it starts any worker; until it has, readers read the stored ones.
 
-use crate::capture::AsSuperuser;
-use crate::error::{MmrError, OrRaise, Result};
-use crate::shmem;
+use crate::error::{damaged, spi, OrRaise, Result};
+use crate::pg::shmem;
+use crate::pg::superuser::AsSuperuser;
 use mmr_core::vv::VersionVector;
 use pgrx::prelude::*;
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 /// Notes that every change of `node_id` stamped below `stamp` has been applied and the
 /// fact is stored (`mmr.peer_progress.watermark`, committed).
@@ -39,7 +35,7 @@ pub fn now() -> Result<VersionVector> {
         None => stored()?,
     };
     let flat: Vec<i64> = entries.into_iter().flat_map(|(n, s)| [n, s]).collect();
-    VersionVector::from_flat(&flat).map_err(internal)
+    VersionVector::from_flat(&flat).map_err(damaged)
 }
 
 /// The stored entries (read as the bootstrap superuser: capture runs as any role).
@@ -56,7 +52,7 @@ fn stored() -> Result<Vec<(i64, i64)>> {
             .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))))
             .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
     })
-    .map_err(internal)
+    .map_err(spi)
 }
 
 /// Loads the stored entries into shared memory. The launcher calls it once after the

@@ -24,7 +24,7 @@ pub fn node_identity() -> Option<NodeIdentity> {
     // As the bootstrap superuser: the capture triggers ask for it in any role's session,
     // and mmr.node is not readable by ordinary roles.
     let row = {
-        let _su = crate::capture::AsSuperuser::enter();
+        let _su = crate::pg::superuser::AsSuperuser::enter();
         Spi::get_two::<String, i32>("SELECT name, node_id FROM mmr.node").ok()?
     };
     let node = match row {

@@ -7,7 +7,7 @@
 //! if later), so it never goes below a stamp handed out before a crash or restart, even
 //! when it had run ahead of the wall clock by receiving stamps from a fast peer.
 
-use crate::shmem::{self, Lock, LockGuard};
+use crate::pg::shmem::{self, Lock, LockGuard};
 use mmr_core::hlc;
 use pgrx::pg_sys;
 use std::io::Write;

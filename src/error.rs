@@ -48,6 +48,10 @@ pub enum MmrError {
     },
     /// A peer sent something the protocol does not allow.
     Protocol(String),
+    /// A statement mmr runs on its own catalog failed (a bug, or a damaged catalog).
+    Spi(String),
+    /// A row of mmr's own catalog or queue that cannot be read (a bug, or damage).
+    Damaged(String),
     ConflictNotPending {
         id: i64,
         resolution: String,
@@ -89,6 +93,8 @@ impl MmrError {
             ConflictNotPending { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             PullRefused { .. } => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             Protocol(_) => Code::ERRCODE_PROTOCOL_VIOLATION,
+            Spi(_) => Code::ERRCODE_INTERNAL_ERROR,
+            Damaged(_) => Code::ERRCODE_DATA_CORRUPTED,
             BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | TwoPhaseCommit => {
@@ -134,6 +140,8 @@ impl MmrError {
             UnknownSetAside(id) => format!("set-aside change {id} does not exist"),
             PullRefused { role, consumer } => format!("role \"{role}\" may not pull as \"{consumer}\""),
             Protocol(msg) => format!("protocol error from a peer: {msg}"),
+            Spi(msg) => format!("mmr: a statement on mmr's catalog failed: {msg}"),
+            Damaged(msg) => format!("mmr: damaged catalog data: {msg}"),
             ConflictNotPending { id, resolution } => {
                 format!("conflict {id} is not pending (its resolution is {resolution})")
             }
@@ -222,6 +230,21 @@ impl std::fmt::Display for MmrError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message())
     }
+}
+
+/// For `.map_err`: a failed statement of mmr's own (SPI).
+pub fn spi(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Spi(e.to_string())
+}
+
+/// For `.map_err`: mmr's own data that cannot be read (a version vector, a queue row).
+pub fn damaged(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Damaged(e.to_string())
+}
+
+/// For `.map_err`: anything else that should not happen.
+pub fn internal(e: impl std::fmt::Display) -> MmrError {
+    MmrError::Internal(e.to_string())
 }
 
 /// The five characters of a SQLSTATE code (PostgreSQL packs them 6 bits each).

@@ -17,15 +17,9 @@ mod clock;
 mod error;
 mod gucs;
 mod peer;
-mod prune;
+mod pg;
 mod queue;
-mod relcache;
-mod rowsql;
-mod settings;
-mod shmem;
-mod subxact;
 mod worker;
-mod xact;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -45,8 +39,8 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     // SAFETY: plain C call with a static string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"mmr".as_ptr()) };
-    shmem::init();
-    xact::init();
+    pg::shmem::init(|s| clock::init_shared(&s.clock, &s.reserved));
+    pg::xact::init();
     worker::register_launcher();
 }
 

@@ -5,16 +5,12 @@
 //! and the decision is inserted into `mmr.resolution_log`, which replicates in the same
 //! transaction; its trigger marks the conflict resolved on every node.
 
+use crate::apply::rowsql;
 use crate::catalog;
-use crate::error::{MmrError, OrRaise, Result};
-use crate::rowsql;
+use crate::error::{spi, MmrError, OrRaise, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 #[pg_extern]
 fn _resolve_conflict(id: i64, choice: Option<&str>, row: Option<JsonB>) {
@@ -68,7 +64,7 @@ fn resolve(id: i64, choice: Option<&str>, row: Option<serde_json::Value>) -> Res
                     crate::clock::current().into(),
                 ],
             )
-            .map_err(internal)?;
+            .map_err(spi)?;
         Ok(())
     })
 }
@@ -94,21 +90,21 @@ fn pending(id: i64) -> Result<Pending> {
                 Some(1),
                 &[id.into()],
             )
-            .map_err(internal)?;
+            .map_err(spi)?;
         if rows.is_empty() {
             return Err(MmrError::UnknownConflict(id));
         }
         let r = rows.first();
-        let resolution: String = r.get(6).map_err(internal)?.unwrap_or_default();
+        let resolution: String = r.get(6).map_err(spi)?.unwrap_or_default();
         if resolution != "pending" {
             return Err(MmrError::ConflictNotPending { id, resolution });
         }
         Ok(Pending {
-            tbl: r.get(1).map_err(internal)?.unwrap_or_default(),
-            pk: r.get::<JsonB>(2).map_err(internal)?.map(|j| j.0).unwrap_or_default(),
-            local_row: r.get::<JsonB>(3).map_err(internal)?.map(|j| j.0),
-            remote_row: r.get::<JsonB>(4).map_err(internal)?.map(|j| j.0),
-            upto: r.get(5).map_err(internal)?.unwrap_or(0),
+            tbl: r.get(1).map_err(spi)?.unwrap_or_default(),
+            pk: r.get::<JsonB>(2).map_err(spi)?.map(|j| j.0).unwrap_or_default(),
+            local_row: r.get::<JsonB>(3).map_err(spi)?.map(|j| j.0),
+            remote_row: r.get::<JsonB>(4).map_err(spi)?.map(|j| j.0),
+            upto: r.get(5).map_err(spi)?.unwrap_or(0),
         })
     })
 }
@@ -120,11 +116,11 @@ fn replicated_relid(client: &SpiClient<'_>, tbl: &str) -> Result<pg_sys::Oid> {
             Some(1),
             &[tbl.into()],
         )
-        .map_err(internal)?;
+        .map_err(spi)?;
     if rows.is_empty() {
         return Err(MmrError::NotReplicated(tbl.into()));
     }
-    rows.first().get::<pg_sys::Oid>(1).map_err(internal)?.ok_or_else(|| MmrError::NotReplicated(tbl.into()))
+    rows.first().get::<pg_sys::Oid>(1).map_err(spi)?.ok_or_else(|| MmrError::NotReplicated(tbl.into()))
 }
 
 /// Makes the key hold `chosen` (NULL = deleted) through ordinary writes, which the
@@ -140,7 +136,7 @@ fn write(
     let Some(row) = chosen else {
         client
             .update(&format!("DELETE FROM {tbl} x WHERE {}", shape.key_match("$1")), None, &[JsonB(pk.clone()).into()])
-            .map_err(internal)?;
+            .map_err(spi)?;
         return Ok(());
     };
     let cols: Vec<&rowsql::Col> = shape.image_cols().collect();
@@ -163,6 +159,6 @@ fn write(
         src = shape.source("$1"),
         keys = shape.pk.join(", "),
     );
-    client.update(&sql, None, &[JsonB(row.clone()).into()]).map_err(internal)?;
+    client.update(&sql, None, &[JsonB(row.clone()).into()]).map_err(spi)?;
     Ok(())
 }

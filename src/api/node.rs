@@ -29,7 +29,7 @@ fn init(name: &str, node_id: i32) -> Result<()> {
         return Err(MmrError::PeerIsSelf(name.into()));
     }
     Spi::run_with_args("INSERT INTO mmr.node (name, node_id) VALUES ($1, $2)", &[name.into(), node_id.into()])
-        .map_err(|e| MmrError::Internal(e.to_string()))?;
+        .map_err(crate::error::spi)?;
     catalog::forget_node_identity();
     Ok(())
 }

@@ -2,18 +2,14 @@
 //! functions behind the `mmr.peers` view and `mmr.wait_for_peers`.
 
 use crate::catalog;
-use crate::error::{MmrError, OrRaise, Result};
+use crate::error::{spi, MmrError, OrRaise, Result};
 use crate::peer::conninfo;
 use pgrx::prelude::*;
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 fn peer_exists(name: &str) -> Result<bool> {
     Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1)", &[name.into()])
         .map(|b| b.unwrap_or(false))
-        .map_err(internal)
+        .map_err(spi)
 }
 
 /// Starts pulling changes from the node called `name` (its `mmr.init_node` name), reached
@@ -36,9 +32,9 @@ fn add(name: &str, conninfo: &str) -> Result<()> {
     }
     conninfo::parse(conninfo).map_err(MmrError::BadConninfo)?;
     Spi::run_with_args("INSERT INTO mmr.peer (name, conninfo) VALUES ($1, $2)", &[name.into(), conninfo.into()])
-        .map_err(internal)?;
-    Spi::run_with_args("INSERT INTO mmr.peer_progress (peer) VALUES ($1)", &[name.into()]).map_err(internal)?;
-    crate::xact::note_peers_changed();
+        .map_err(spi)?;
+    Spi::run_with_args("INSERT INTO mmr.peer_progress (peer) VALUES ($1)", &[name.into()]).map_err(spi)?;
+    crate::pg::xact::note_peers_changed();
     Ok(())
 }
 
@@ -53,9 +49,9 @@ fn remove(name: &str) -> Result<()> {
     if !peer_exists(name)? {
         return Err(MmrError::UnknownPeer(name.into()));
     }
-    Spi::run_with_args("DELETE FROM mmr.peer WHERE name = $1", &[name.into()]).map_err(internal)?;
-    Spi::run_with_args("DELETE FROM mmr.consumer WHERE name = $1", &[name.into()]).map_err(internal)?;
-    crate::xact::note_peers_changed();
+    Spi::run_with_args("DELETE FROM mmr.peer WHERE name = $1", &[name.into()]).map_err(spi)?;
+    Spi::run_with_args("DELETE FROM mmr.consumer WHERE name = $1", &[name.into()]).map_err(spi)?;
+    crate::pg::xact::note_peers_changed();
     Ok(())
 }
 
@@ -64,8 +60,8 @@ fn set_paused(name: &str, paused: bool) -> Result<()> {
         return Err(MmrError::UnknownPeer(name.into()));
     }
     Spi::run_with_args("UPDATE mmr.peer SET paused = $2 WHERE name = $1", &[name.into(), paused.into()])
-        .map_err(internal)?;
-    crate::xact::note_peers_changed();
+        .map_err(spi)?;
+    crate::pg::xact::note_peers_changed();
     Ok(())
 }
 
@@ -102,7 +98,7 @@ fn _peer_status() -> TableIterator<
         name!(watermark, Option<i64>),
     ),
 > {
-    let rows: Vec<_> = crate::shmem::peer_statuses()
+    let rows: Vec<_> = crate::pg::shmem::peer_statuses()
         .into_iter()
         .map(|s| {
             let contact = (s.last_contact != 0).then(|| TimestampWithTimeZone::try_from(s.last_contact).ok()).flatten();
@@ -137,17 +133,14 @@ fn _wait_for_peers(timeout_ms: i64) -> bool {
                 "SELECT NOT EXISTS ( \
                    SELECT 1 FROM mmr.peer p LEFT JOIN mmr.consumer c ON c.name = p.name \
                    WHERE EXISTS (SELECT 1 FROM mmr.queue q \
-                                 WHERE pg_visible_in_snapshot(q.xid, $1::pg_snapshot) \
-                                   AND (c.position IS NULL \
-                                        OR (q.xid >= pg_snapshot_xmin(c.position) \
-                                            AND NOT pg_visible_in_snapshot(q.xid, c.position)))))",
+                                 WHERE mmr._served_between(q.xid, c.position, $1::pg_snapshot)))",
                 None,
                 &[snap.as_str().into()],
             )?
             .first()
             .get_one::<bool>()
         })
-        .unwrap_or_else(|e| MmrError::Internal(e.to_string()).raise())
+        .unwrap_or_else(|e| spi(e).raise())
         .unwrap_or(false);
         if done {
             return true;

@@ -2,7 +2,7 @@
 
 use crate::capture::meta::{primary_key, qualified_name};
 use crate::catalog;
-use crate::error::{MmrError, OrRaise, Result};
+use crate::error::{spi, MmrError, OrRaise, Result};
 use pgrx::prelude::*;
 
 /// Columns mmr adds to a replicated table.
@@ -23,17 +23,13 @@ fn _set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
     set_resolver(tbl, resolver).or_raise()
 }
 
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
-
 fn is_replicated(tbl: pg_sys::Oid) -> Result<bool> {
     Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = $1::oid)",
         &[tbl.into()],
     )
     .map(|b| b.unwrap_or(false))
-    .map_err(internal)
+    .map_err(spi)
 }
 
 /// Refuses anything but an ordinary, permanent, logged table with a primary key and no
@@ -43,7 +39,7 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
         "SELECT relkind, relpersistence FROM pg_catalog.pg_class WHERE oid = $1",
         &[tbl.into()],
     )
-    .map_err(internal)?;
+    .map_err(spi)?;
     let kind = match kind.map(|k| k as u8 as char) {
         Some('r') => None,
         Some('p') => Some("a partitioned table"),
@@ -71,7 +67,7 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
              WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped)",
             &[tbl.into(), column.into()],
         )
-        .map_err(internal)?
+        .map_err(spi)?
         .unwrap_or(false);
         if exists {
             return Err(MmrError::ReservedColumn { tbl: name.into(), column: column.into() });
@@ -84,7 +80,7 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
 /// (or the polymorphic form with `anyelement`, like mmr's ready-made resolvers).
 pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
     let shown = Spi::get_one_with_args::<String>("SELECT $1::pg_catalog.regprocedure::text", &[resolver.into()])
-        .map_err(internal)?
+        .map_err(spi)?
         .unwrap_or_else(|| u32::from(resolver).to_string());
     let bad = |problem: String| MmrError::BadResolver { resolver: shown.clone(), problem };
     let row = Spi::connect(|c| {
@@ -113,7 +109,7 @@ pub fn check_resolver(tbl: pg_sys::Oid, resolver: pg_sys::Oid) -> Result<()> {
             r.get::<Vec<bool>>(7)?.unwrap_or_default(),
         )))
     })
-    .map_err(internal)?;
+    .map_err(spi)?;
     let Some((kind, retset, rettype, ret_ok, nargs, argtypes, args_ok)) = row else {
         return Err(bad("function does not exist".into()));
     };
@@ -167,12 +163,12 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
          CREATE TRIGGER zz_mmr_truncate BEFORE TRUNCATE ON {name} \
            FOR EACH STATEMENT EXECUTE FUNCTION mmr.refuse_truncate()"
     );
-    Spi::run(&ddl).map_err(internal)?;
+    Spi::run(&ddl).map_err(spi)?;
     Spi::run_with_args(
         "INSERT INTO mmr.replicated_table (relid, resolver) VALUES ($1::oid, $2::oid)",
         &[tbl.into(), resolver.into()],
     )
-    .map_err(internal)
+    .map_err(spi)
 }
 
 fn unreplicate(tbl: pg_sys::Oid) -> Result<()> {
@@ -187,9 +183,9 @@ fn unreplicate(tbl: pg_sys::Oid) -> Result<()> {
          DROP TRIGGER zz_mmr_truncate ON {name}; \
          ALTER TABLE {name} DROP COLUMN mmr_hlc, DROP COLUMN mmr_node, DROP COLUMN mmr_vv"
     );
-    Spi::run(&ddl).map_err(internal)?;
-    Spi::run_with_args("DELETE FROM mmr.tombstone WHERE relid = $1::oid", &[tbl.into()]).map_err(internal)?;
-    Spi::run_with_args("DELETE FROM mmr.replicated_table WHERE relid = $1::oid", &[tbl.into()]).map_err(internal)
+    Spi::run(&ddl).map_err(spi)?;
+    Spi::run_with_args("DELETE FROM mmr.tombstone WHERE relid = $1::oid", &[tbl.into()]).map_err(spi)?;
+    Spi::run_with_args("DELETE FROM mmr.replicated_table WHERE relid = $1::oid", &[tbl.into()]).map_err(spi)
 }
 
 fn set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
@@ -204,7 +200,7 @@ fn set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
         "UPDATE mmr.replicated_table SET resolver = $2::oid WHERE relid = $1::oid",
         &[tbl.into(), resolver.into()],
     )
-    .map_err(internal)?;
+    .map_err(spi)?;
     // Apply workers cache the resolver with the table: make them look again.
     // SAFETY: queues a relcache invalidation for the table, sent at commit.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };

@@ -6,12 +6,42 @@
 //! node holds the same mmr columns for the same version. The worker runs all of this
 //! with `session_replication_role = replica`: user triggers, FK triggers and mmr's own
 //! capture triggers do not fire, so nothing applied is queued again.
+//!
+//! # The key-claim protocol (apply and capture on one key)
+//!
+//! A key's state is its row or its tombstone, and a local transaction may write the key
+//! while apply does. Both sides take the key's two resources in one order -- first the
+//! key's entry in the table's primary-key index (a row, or an insert), then its
+//! tombstone -- so they never wait for each other in a cycle, and neither loses the
+//! other's write:
+//!
+//! 1. A local INSERT (capture's BEFORE trigger, `capture::stamp`) reads the key's
+//!    tombstone with the latest snapshot, without locking it, and stamps the row with
+//!    the tombstone's vector plus this node's write (a re-inserted key continues its
+//!    history).
+//! 2. The insert passes the unique index, waiting there for any transaction that holds
+//!    the key's entry: an apply that deletes the row or claims the key (step 4).
+//! 3. Capture's AFTER trigger (`capture::capture`) removes the tombstone (latest
+//!    snapshot, locking it). If it is not the one step 1 read -- a delete committed
+//!    while step 2 waited -- the row is restamped to continue that tombstone's history
+//!    (`capture::restamp`), instead of failing the writer.
+//! 4. Apply reads the key's row (locking it) or else its tombstone (unlocked). To write
+//!    where there is no row -- an insert, or a delete that leaves a tombstone -- it first
+//!    inserts the row (`insert_where_absent`; for a delete the row goes again at once):
+//!    that claims the key's index entry. If a local insert got there first, the claim
+//!    does nothing: decide again with its row (`Written::Raced`).
+//! 5. With the key claimed, apply locks the tombstone and compares it with what step 4
+//!    read; a local transaction that inserted and deleted the key meanwhile (its
+//!    tombstone appeared) makes apply remove its row and decide again.
+//! 6. Apply writes the tombstone (or removes it) and commits; a local insert waiting at
+//!    step 2 then goes on to step 3 and finds apply's tombstone.
 
+pub mod rowsql;
 pub mod set_aside;
 pub mod table;
 
 use crate::clock;
-use crate::error::{MmrError, Result};
+use crate::error::{damaged, internal, spi, MmrError, Result};
 use mmr_core::decide::{
     decide, tombstone_outlived, with_forgotten_writes, Conflict, Decision, Local, Op, Side, Skip, Version,
 };
@@ -20,10 +50,6 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use table::ApplyTable;
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 /// One change as served by a peer's `mmr.pull`.
 #[derive(Debug, Clone)]
@@ -93,10 +119,8 @@ impl Change {
     fn old_image(&self) -> Result<Option<String>> {
         match (self.op, &self.new_row, &self.old_row) {
             (Op::Update, Some(new), Some(changed)) => {
-                let mut row: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(new).map_err(internal)?;
-                let changed: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(changed).map_err(internal)?;
+                let mut row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(new).map_err(spi)?;
+                let changed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(changed).map_err(spi)?;
                 row.extend(changed);
                 Ok(Some(serde_json::Value::Object(row).to_string()))
             }
@@ -150,7 +174,7 @@ fn group_members() -> Result<Option<Vec<i64>>> {
     let ids = Spi::get_one::<Vec<Option<i64>>>(
         "SELECT array_agg(node_id::bigint) FROM (SELECT node_id FROM mmr.node UNION ALL SELECT node_id FROM mmr.peer) m",
     )
-    .map_err(internal)?
+    .map_err(spi)?
     .unwrap_or_default();
     Ok(ids.into_iter().collect())
 }
@@ -238,7 +262,7 @@ impl Applier {
         }
         let rest = Spi::connect_mut(|client| -> Result<Option<Vec<usize>>> {
             let t = table::lookup(client, &run[0].tbl)?;
-            if crate::shmem::may_have_tombstones(t.relid) {
+            if crate::pg::shmem::may_have_tombstones(t.relid) {
                 return Ok(None);
             }
             let mut arr = String::from("[");
@@ -259,15 +283,15 @@ impl Applier {
                 .map_err(|e| internal(format!("applying inserts to {}: {e}", t.name)))?;
             let mut rest = Vec::new();
             for r in rows {
-                rest.push(r.get::<i64>(1).map_err(internal)?.unwrap_or(1) as usize - 1);
+                rest.push(r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1);
             }
-            if crate::shmem::may_have_tombstones(t.relid) {
+            if crate::pg::shmem::may_have_tombstones(t.relid) {
                 // A local transaction wrote the table's first tombstone while we
                 // inserted: see insert_where_absent.
-                for r in client.update(&t.bulk_tombstoned, None, &[jsonb_arg(&arr)?.arg()]).map_err(internal)? {
-                    let k = r.get::<i64>(1).map_err(internal)?.unwrap_or(1) as usize - 1;
+                for r in client.update(&t.bulk_tombstoned, None, &[jsonb_arg(&arr)?.arg()]).map_err(spi)? {
+                    let k = r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1;
                     if !rest.contains(&k) {
-                        client.update(&t.delete_row, None, &[jsonb_arg(run[k].image()?)?.arg()]).map_err(internal)?;
+                        client.update(&t.delete_row, None, &[jsonb_arg(run[k].image()?)?.arg()]).map_err(spi)?;
                         rest.push(k);
                     }
                 }
@@ -316,7 +340,7 @@ impl Applier {
         &mut self,
         ch: &Change,
         key: Option<String>,
-        failure: Option<&crate::subxact::Failure>,
+        failure: Option<&crate::pg::subxact::Failure>,
         waits_for: Option<i64>,
     ) -> Result<()> {
         let id = set_aside::put(ch, self.peer_node, key.as_deref(), failure, waits_for)?;
@@ -328,11 +352,11 @@ impl Applier {
     /// The change's key as jsonb text, or `None` when it cannot be known here (the
     /// table is not replicated here, or the key does not read as the local types).
     fn key_of(&self, ch: &Change) -> Option<String> {
-        crate::subxact::run_coded(|| {
+        crate::pg::subxact::run_coded(|| {
             Spi::connect(|client| {
                 let t = table::lookup(client, &ch.tbl)?;
-                let rows = client.select(&t.key_of, Some(1), &[jsonb_arg(ch.image()?)?.arg()]).map_err(internal)?;
-                rows.first().get::<String>(1).map_err(internal)
+                let rows = client.select(&t.key_of, Some(1), &[jsonb_arg(ch.image()?)?.arg()]).map_err(spi)?;
+                rows.first().get::<String>(1).map_err(spi)
             })
         })
         .ok()
@@ -416,9 +440,9 @@ impl Applier {
 
     /// Applies one change in a subtransaction. A collision on a secondary unique index
     /// with a row of another key is settled as a conflict (see `settle_unique`).
-    pub fn try_apply(&mut self, ch: &Change) -> std::result::Result<(), crate::subxact::Failure> {
-        match crate::subxact::run_coded(|| self.apply(ch)) {
-            Err(f) if f.sqlstate == "23505" => match crate::subxact::run_coded(|| self.settle_unique(ch)) {
+    pub fn try_apply(&mut self, ch: &Change) -> std::result::Result<(), crate::pg::subxact::Failure> {
+        match crate::pg::subxact::run_coded(|| self.apply(ch)) {
+            Err(f) if f.sqlstate == "23505" => match crate::pg::subxact::run_coded(|| self.settle_unique(ch)) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(f),
                 Err(again) => Err(again),
@@ -447,15 +471,12 @@ impl Applier {
             let Some(stmt) = &t.unique_collisions else { return Ok(None) };
             let image = jsonb_arg(ch.image()?)?;
             let mut others = Vec::new();
-            for r in client.update(stmt, None, &[image.arg()]).map_err(internal)? {
-                let img = r.get::<pgrx::JsonB>(1).map_err(internal)?.map(|j| j.0.to_string()).unwrap_or_default();
-                let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(4).map_err(internal)?.unwrap_or_default())
-                    .map_err(internal)?;
-                let v = Version {
-                    hlc: r.get(2).map_err(internal)?.unwrap_or(0),
-                    node: r.get(3).map_err(internal)?.unwrap_or(0),
-                    vv,
-                };
+            for r in client.update(stmt, None, &[image.arg()]).map_err(spi)? {
+                let img = r.get::<pgrx::JsonB>(1).map_err(spi)?.map(|j| j.0.to_string()).unwrap_or_default();
+                let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(4).map_err(spi)?.unwrap_or_default())
+                    .map_err(damaged)?;
+                let v =
+                    Version { hlc: r.get(2).map_err(spi)?.unwrap_or(0), node: r.get(3).map_err(spi)?.unwrap_or(0), vv };
                 others.push((img, v));
             }
             if others.is_empty() {
@@ -469,7 +490,7 @@ impl Applier {
                     // The other row's version steps aside, still held (a shadow).
                     let other = jsonb_arg(img)?;
                     let key = key_text(client, &t, other)?;
-                    client.update(&t.delete_row, None, &[other.arg()]).map_err(internal)?;
+                    client.update(&t.delete_row, None, &[other.arg()]).map_err(spi)?;
                     self.shadow(&ch.tbl, key, img, v)?;
                 }
                 record_conflict(
@@ -502,7 +523,7 @@ impl Applier {
                 };
                 if let Some(v) = version {
                     if let Local::Row(_) = held {
-                        client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+                        client.update(&t.delete_row, None, &[image.arg()]).map_err(spi)?;
                     }
                     let key = key_text(client, &t, image)?;
                     self.shadow(&ch.tbl, key, ch.new_row.as_deref().unwrap_or("{}"), &v)?;
@@ -595,24 +616,20 @@ impl Applier {
     /// Locks and reads the local row, or else the key's tombstone.
     fn held(&self, client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Local> {
         let version = |r: pgrx::spi::SpiTupleTable| -> Result<Version> {
-            let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default())
+            let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(spi)?.unwrap_or_default())
                 .map_err(|e| internal(format!("{}: damaged version vector: {e}", t.name)))?;
-            Ok(Version {
-                hlc: r.get(1).map_err(internal)?.unwrap_or(0),
-                node: r.get(2).map_err(internal)?.unwrap_or(0),
-                vv,
-            })
+            Ok(Version { hlc: r.get(1).map_err(spi)?.unwrap_or(0), node: r.get(2).map_err(spi)?.unwrap_or(0), vv })
         };
-        let rows = client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(internal)?;
+        let rows = client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(spi)?;
         if !rows.is_empty() {
             return Ok(Local::Row(version(rows.first())?));
         }
         // A table no tombstone was ever written for has none to look up.
-        if !crate::shmem::may_have_tombstones(t.relid) {
+        if !crate::pg::shmem::may_have_tombstones(t.relid) {
             return Ok(Local::Absent);
         }
         // Read, not locked: see write_delete for the order in which keys are claimed.
-        let rows = client.update(&t.read_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
+        let rows = client.update(&t.read_tombstone, Some(1), &[image.arg()]).map_err(spi)?;
         if rows.is_empty() {
             return Ok(Local::Absent);
         }
@@ -710,7 +727,7 @@ fn write_lww(
         (Side::Remote, _, local) => write_row(client, t, image, stamp, local)?,
         // The local version stays; it has now seen the remote one.
         (Side::Local, _, Local::Row(_)) => {
-            client.update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()]).map_err(internal)?;
+            client.update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()]).map_err(spi)?;
             Written::Done
         }
         // The local deletion stays; it has now seen the remote version.
@@ -768,7 +785,7 @@ fn call_resolver(
     };
     let opt = |i: Option<Image>| i.map(Image::arg).unwrap_or_else(|| DatumWithOid::null_oid(pg_sys::JSONBOID));
     DEFERRED.with(|d| d.set(false));
-    let result = crate::subxact::run(|| {
+    let result = crate::pg::subxact::run(|| {
         let rows = client
             .update(
                 stmt,
@@ -829,7 +846,7 @@ fn write_row(
         return Ok(Written::Raced);
     }
     if let Local::Tombstone(_) = local {
-        client.update(&t.delete_tombstone, None, &[image.arg()]).map_err(internal)?;
+        client.update(&t.delete_tombstone, None, &[image.arg()]).map_err(spi)?;
     }
     Ok(Written::Done)
 }
@@ -857,22 +874,22 @@ fn insert_where_absent(
     let stmt = if claim { &t.claim_row } else { &t.insert_row };
     client.update(stmt, None, args).map_err(|e| internal(format!("applying a change to {}: {e}", t.name)))?;
     if inserted_none() {
-        let taken = !claim || !client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(internal)?.is_empty();
+        let taken = !claim || !client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(spi)?.is_empty();
         return Ok(if taken { Written::Raced } else { Written::Done });
     }
-    if !crate::shmem::may_have_tombstones(t.relid) {
+    if !crate::pg::shmem::may_have_tombstones(t.relid) {
         return Ok(Written::Done);
     }
     // With the key claimed, its tombstone can change no more: lock and compare.
-    let rows = client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(internal)?;
+    let rows = client.update(&t.lock_tombstone, Some(1), &[image.arg()]).map_err(spi)?;
     let now = if rows.is_empty() {
         None
     } else {
         let r = rows.first();
         Some((
-            r.get::<i64>(1).map_err(internal)?.unwrap_or(0),
-            r.get::<i32>(2).map_err(internal)?.unwrap_or(0),
-            r.get::<Vec<i64>>(3).map_err(internal)?.unwrap_or_default(),
+            r.get::<i64>(1).map_err(spi)?.unwrap_or(0),
+            r.get::<i32>(2).map_err(spi)?.unwrap_or(0),
+            r.get::<Vec<i64>>(3).map_err(spi)?.unwrap_or_default(),
         ))
     };
     let was = match held {
@@ -880,7 +897,7 @@ fn insert_where_absent(
         _ => None,
     };
     if now != was {
-        client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+        client.update(&t.delete_row, None, &[image.arg()]).map_err(spi)?;
         return Ok(Written::Raced);
     }
     Ok(Written::Done)
@@ -894,14 +911,8 @@ fn inserted_none() -> bool {
 
 /// Deletes the key and leaves its tombstone with the given stamp.
 ///
-/// This is apply's half of the key-claim protocol with capture (`capture::capture`).
-/// Both sides take a key's resources in one order -- first the key's entry in the
-/// table's primary-key index (the row, or an insert), then its tombstone -- so they
-/// never wait for each other in a cycle. Where there is no row here, apply first claims
-/// the key by inserting the row (then deletes it): a local transaction inserting the
-/// same key concurrently either got there first (our claim finds its row, or a
-/// tombstone other than the one we read: decide again), or its insert waits at the
-/// index for our commit and then finds our tombstone in its AFTER trigger.
+/// Where there is no row here, the key is claimed first: steps 4-6 of the key-claim
+/// protocol (module documentation).
 fn write_delete(
     client: &mut SpiClient<'_>,
     t: &ApplyTable,
@@ -912,38 +923,36 @@ fn write_delete(
     if !matches!(local, Local::Row(_)) {
         // Before the claim: a local insert that waits for our claim must then see that
         // this table has tombstones, and look for ours.
-        crate::shmem::note_tombstones(t.relid);
+        crate::pg::shmem::note_tombstones(t.relid);
         let (hlc, node, vv) = stamp;
         let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
         if insert_where_absent(client, t, image, &args, local, true)? == Written::Raced {
             return Ok(Written::Raced);
         }
     }
-    client.update(&t.delete_row, None, &[image.arg()]).map_err(internal)?;
+    client.update(&t.delete_row, None, &[image.arg()]).map_err(spi)?;
     put_tombstone(client, t, image, stamp)?;
     Ok(Written::Done)
 }
 
 fn put_tombstone(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, (hlc, node, vv): Stamp<'_>) -> Result<()> {
-    crate::shmem::note_tombstones(t.relid);
-    client
-        .update(&t.put_tombstone, None, &[image.arg(), hlc.into(), node.into(), vv.to_flat().into()])
-        .map_err(internal)?;
+    crate::pg::shmem::note_tombstones(t.relid);
+    client.update(&t.put_tombstone, None, &[image.arg(), hlc.into(), node.into(), vv.to_flat().into()]).map_err(spi)?;
     Ok(())
 }
 
 /// The key of an image as jsonb text (the form tombstones and set-aside entries use).
 fn key_text(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<String> {
-    let rows = client.update(&t.key_of, Some(1), &[image.arg()]).map_err(internal)?;
-    rows.first().get::<String>(1).map_err(internal)?.ok_or_else(|| internal("a key without a value"))
+    let rows = client.update(&t.key_of, Some(1), &[image.arg()]).map_err(spi)?;
+    rows.first().get::<String>(1).map_err(spi)?.ok_or_else(|| internal("a key without a value"))
 }
 
 fn row_json(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Option<String>> {
-    let rows = client.update(&t.row_json, Some(1), &[image.arg()]).map_err(internal)?;
+    let rows = client.update(&t.row_json, Some(1), &[image.arg()]).map_err(spi)?;
     if rows.is_empty() {
         return Ok(None);
     }
-    Ok(rows.first().get::<pgrx::JsonB>(1).map_err(internal)?.map(|j| j.0.to_string()))
+    Ok(rows.first().get::<pgrx::JsonB>(1).map_err(spi)?.map(|j| j.0.to_string()))
 }
 
 /// A row of `mmr.conflicts`.
@@ -978,6 +987,6 @@ fn record_conflict(client: &mut SpiClient<'_>, t: &ApplyTable, image: Image, r: 
                 r.note.into(),
             ],
         )
-        .map_err(internal)?;
+        .map_err(spi)?;
     Ok(())
 }

@@ -20,14 +20,10 @@
 //! `mmr.conflicts`.
 
 use super::{Applier, Change};
-use crate::error::{MmrError, OrRaise, Result};
-use crate::subxact::Failure;
+use crate::error::{internal, spi, MmrError, OrRaise, Result};
+use crate::pg::subxact::Failure;
 use pgrx::prelude::*;
 use std::collections::HashMap;
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 /// Errors that say nothing about the change itself: the batch is tried again.
 pub fn transient(sqlstate: &str) -> bool {
@@ -58,7 +54,7 @@ impl Blocked {
             }
             Ok::<_, pgrx::spi::SpiError>(())
         })
-        .map_err(internal)?;
+        .map_err(spi)?;
         Ok(b)
     }
 
@@ -126,13 +122,13 @@ pub fn put_shadow(tbl: &str, pk: &str, image: &str, v: &mmr_core::decide::Versio
         "DELETE FROM mmr.set_aside WHERE kind = 'unique' AND tbl = $1 AND pk = $2::jsonb",
         &[tbl.into(), pk.into()],
     )
-    .map_err(internal)?;
+    .map_err(spi)?;
     Spi::get_one_with_args::<i64>(
         "INSERT INTO mmr.set_aside (origin, tbl, pk, op, hlc, change, applied, sqlstate, error, kind, next_try_at) \
          VALUES ($1, $2, $3::jsonb, 'U', $4, $5, '{}', '23505', $6, 'unique', now()) RETURNING id",
         &args,
     )
-    .map_err(internal)?
+    .map_err(spi)?
     .ok_or_else(|| internal("no id for a shadow"))
 }
 
@@ -146,7 +142,7 @@ pub fn shadow_entry(id: i64) -> Result<Option<(Change, i32)>> {
         let r = rows.first();
         Ok::<_, pgrx::spi::SpiError>(Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<i32>(2)?.unwrap_or(0))))
     })
-    .map_err(internal)?;
+    .map_err(spi)?;
     match row {
         Some((change, origin)) => Ok(Some((Change::parse_one(&change, "{}")?, origin))),
         None => Ok(None),
@@ -155,7 +151,7 @@ pub fn shadow_entry(id: i64) -> Result<Option<(Change, i32)>> {
 
 /// Removes a set-aside entry.
 pub fn remove(id: i64) -> Result<()> {
-    Spi::run_with_args("DELETE FROM mmr.set_aside WHERE id = $1", &[id.into()]).map_err(internal)
+    Spi::run_with_args("DELETE FROM mmr.set_aside WHERE id = $1", &[id.into()]).map_err(spi)
 }
 
 /// Sets a change aside: with the failure that stopped it, or waiting behind `waits_for`.
@@ -187,7 +183,7 @@ pub fn put(
             waits_for.into(),
         ],
     )
-    .map_err(internal)?
+    .map_err(spi)?
     .ok_or_else(|| internal("no id for a set-aside change"))
 }
 
@@ -199,7 +195,7 @@ pub fn put_unreadable(origin: i32, changes: &str, applied: &str, e: &MmrError) -
          VALUES ($1, '', NULL, '?', 0, $2, coalesce($3::bigint[], '{}'), $4, $5, 'infinity')",
         &[origin.into(), changes.into(), applied.into(), e.sqlstate().into(), e.to_string().into()],
     )
-    .map_err(internal)
+    .map_err(spi)
 }
 
 /// Caps a watermark of `origin` below its earliest set-aside change: this node has not
@@ -207,7 +203,7 @@ pub fn put_unreadable(origin: i32, changes: &str, applied: &str, e: &MmrError) -
 pub fn cap(origin: i32, stamp: i64) -> Result<i64> {
     let earliest =
         Spi::get_one_with_args::<i64>("SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1", &[origin.into()])
-            .map_err(internal)?;
+            .map_err(spi)?;
     Ok(earliest.map_or(stamp, |h| stamp.min(h)))
 }
 
@@ -215,13 +211,13 @@ pub fn cap(origin: i32, stamp: i64) -> Result<i64> {
 /// (or all of them with `force`, or just `only`), and those waiting behind a change
 /// that applies now. Returns how many applied. Runs in the caller's transaction.
 pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
-    if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.set_aside)").map_err(internal)?.unwrap_or(false) {
+    if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.set_aside)").map_err(spi)?.unwrap_or(false) {
         return Ok(0);
     }
     // As an apply worker: no triggers, settings fixed, one apply transaction at a time.
-    let _fixed = crate::settings::Fixed::enter(crate::settings::ALL);
-    Spi::run("SET LOCAL session_replication_role = replica").map_err(internal)?;
-    Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
+    let _fixed = crate::pg::settings::Fixed::enter(crate::pg::settings::ALL);
+    Spi::run("SET LOCAL session_replication_role = replica").map_err(spi)?;
+    Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(spi)?;
     let entries = Spi::connect(|c| {
         let rows = c.select(
             "SELECT id, origin, tbl, pk::text, change, applied::text, \
@@ -245,7 +241,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
-    .map_err(internal)?;
+    .map_err(spi)?;
     let mut still = Blocked::default();
     let mut applied = 0;
     for e in entries {
@@ -277,7 +273,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
         };
         match outcome {
             Ok(()) => {
-                Spi::run_with_args("DELETE FROM mmr.set_aside WHERE id = $1", &[e.id.into()]).map_err(internal)?;
+                Spi::run_with_args("DELETE FROM mmr.set_aside WHERE id = $1", &[e.id.into()]).map_err(spi)?;
                 applied += 1;
             }
             Err(f) => {
@@ -288,7 +284,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
                      WHERE id = $1",
                     &[e.id.into(), f.sqlstate.into(), f.message.into()],
                 )
-                .map_err(internal)?;
+                .map_err(spi)?;
                 still.add(e.tbl, e.pk, e.id);
             }
         }
@@ -320,7 +316,7 @@ fn _retry_set_aside(id: Option<i64>) -> i64 {
 fn exists(id: i64) -> Result<()> {
     let found =
         Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.set_aside WHERE id = $1)", &[id.into()])
-            .map_err(internal)?
+            .map_err(spi)?
             .unwrap_or(false);
     if found {
         Ok(())
@@ -342,6 +338,6 @@ fn _discard_set_aside(id: i64) {
                 pg_catalog.format('discarded by %s; it could not be applied: %s', current_user, d.error) FROM d",
         &[id.into()],
     )
-    .map_err(internal)
+    .map_err(spi)
     .or_raise();
 }

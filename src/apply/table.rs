@@ -6,9 +6,9 @@
 //! from it as typed values (see `rowsql.rs`), so keys are compared the way PostgreSQL
 //! compares them.
 
-use crate::error::{MmrError, Result};
-use crate::relcache::RelCache;
-use crate::rowsql;
+use crate::apply::rowsql;
+use crate::error::{internal, spi, MmrError, Result};
+use crate::pg::relcache::RelCache;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, OwnedPreparedStatement, SpiClient};
 use pgrx::PgOid;
@@ -64,10 +64,6 @@ thread_local! {
     static CACHE: RelCache<String, ApplyTable> = RelCache::new();
 }
 
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
-
 /// The replicated table peers call `name`, or `NotReplicated` (the batch is then held
 /// back until the DBA replicates the table here too).
 pub fn lookup(client: &SpiClient<'_>, name: &str) -> Result<Rc<ApplyTable>> {
@@ -86,13 +82,13 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             Some(1),
             &[name.into()],
         )
-        .map_err(internal)?;
+        .map_err(spi)?;
     if row.is_empty() {
         return Err(MmrError::NotReplicated(name.into()));
     }
     let row = row.first();
-    let relid: pg_sys::Oid = row.get(1).map_err(internal)?.ok_or_else(|| MmrError::NotReplicated(name.into()))?;
-    let resolver: Option<pg_sys::Oid> = row.get(2).map_err(internal)?;
+    let relid: pg_sys::Oid = row.get(1).map_err(spi)?.ok_or_else(|| MmrError::NotReplicated(name.into()))?;
+    let resolver: Option<pg_sys::Oid> = row.get(2).map_err(spi)?;
     // Use this node's spelling of the name from here on (same table, quoted the same way).
     let name = crate::capture::meta::qualified_name(relid)?;
     let shape = rowsql::shape(client, relid, &name)?;
@@ -106,7 +102,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
         client
             .prepare_mut(q.as_str(), types)
             .map(|p| p.keep())
-            .map_err(|e| MmrError::Internal(format!("preparing apply statement for {name}: {e}\nstatement: {q}")))
+            .map_err(|e| MmrError::Spi(format!("preparing apply statement for {name}: {e}\nstatement: {q}")))
     };
     let image_cols: Vec<&rowsql::Col> = shape.image_cols().collect();
     let cols = image_cols.iter().map(|c| c.ident.as_str()).collect::<Vec<_>>().join(", ");
@@ -246,10 +242,10 @@ fn unique_indexes(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<Vec<Vec<
             None,
             &[relid.into()],
         )
-        .map_err(internal)?;
+        .map_err(spi)?;
     let mut out = Vec::new();
     for r in rows {
-        out.push(r.get::<Vec<String>>(1).map_err(internal)?.unwrap_or_default());
+        out.push(r.get::<Vec<String>>(1).map_err(spi)?.unwrap_or_default());
     }
     Ok(out)
 }
@@ -310,9 +306,9 @@ fn function_name(client: &SpiClient<'_>, oid: pg_sys::Oid) -> Result<String> {
             Some(1),
             &[oid.into()],
         )
-        .map_err(internal)?;
+        .map_err(spi)?;
     if rows.is_empty() {
         return Err(MmrError::Internal(format!("resolver function {} no longer exists", u32::from(oid))));
     }
-    rows.first().get::<String>(1).map_err(internal)?.ok_or_else(|| internal("resolver without a name"))
+    rows.first().get::<String>(1).map_err(spi)?.ok_or_else(|| internal("resolver without a name"))
 }

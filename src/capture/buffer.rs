@@ -7,8 +7,8 @@
 //! savepoint drops the entries made since. Chunks already written to the queue inside
 //! the rolled-back subtransaction vanish with it, like any other row.
 
-use crate::capture::AsSuperuser;
 use crate::error::{MmrError, Result};
+use crate::pg::superuser::AsSuperuser;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -22,6 +22,8 @@ struct Entry {
 }
 
 thread_local! {
+    /// Whether this transaction wrote queue rows (its commit wakes waiting pullers).
+    static QUEUED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
     /// What this node had applied of each peer when the first of `ENTRIES` was made
     /// (flat `(node, watermark)` pairs): a lower bound for every change in the row.
@@ -71,7 +73,7 @@ pub fn flush() -> Result<()> {
     // SAFETY: plain heap and index insertion into our own table inside the running
     // transaction, as PostgreSQL inserts catalog rows: no executor, no SPI, one row.
     unsafe { insert_queue_row(&json, n, applied) };
-    crate::xact::note_queued();
+    QUEUED.with(|q| q.set(true));
     Ok(())
 }
 
@@ -109,6 +111,11 @@ unsafe fn insert_queue_row(json: &str, n: i32, applied: Vec<i64>) {
         pg_sys::CatalogTupleInsert(rel, tuple);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
     }
+}
+
+/// Whether the transaction now ending wrote queue rows; resets it.
+pub fn take_queued() -> bool {
+    QUEUED.with(|q| q.replace(false))
 }
 
 /// Forgets everything (transaction abort).

@@ -6,10 +6,10 @@
 //! cached attribute number is never used against a changed table.
 
 use super::encode::Column;
-use super::latest::LatestPlan;
 use crate::error::{MmrError, Result};
-use crate::relcache::RelCache;
-use crate::settings;
+use crate::pg::latest::LatestPlan;
+use crate::pg::relcache::RelCache;
+use crate::pg::settings;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::PgOid;
@@ -48,7 +48,7 @@ pub fn lookup(rel: pg_sys::Relation) -> Result<Rc<TableMeta>> {
     let relid = unsafe { (*rel).rd_id };
     CACHE.with(|c| {
         c.get_or_build(&relid, || {
-            let _su = super::AsSuperuser::enter();
+            let _su = crate::pg::superuser::AsSuperuser::enter();
             Spi::connect(|client| build(client, rel)).map(|m| (relid, m))
         })
     })
@@ -93,7 +93,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         client
             .prepare_mut(sql.as_str(), &types)
             .map(|p| p.keep())
-            .map_err(|e| MmrError::Internal(format!("preparing capture statement for {name}: {e}")))
+            .map_err(|e| MmrError::Spi(format!("preparing capture statement for {name}: {e}")))
     };
     let latest = |sql: String| -> Result<LatestPlan> {
         LatestPlan::prepare(&sql, &pk_types).map_err(|e| MmrError::Internal(format!("{name}: {e}")))
@@ -129,7 +129,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     let mut needs = 0;
     let printed = columns.iter().filter(|c| c.printed_as_text()).map(|c| c.typid());
     for typ in printed.chain(pk.iter().map(|&(_, t, _)| t)) {
-        needs |= settings::needs_of_type(typ).map_err(|e| MmrError::Internal(format!("{name}: {e}")))?;
+        needs |= settings::needs_of_type(typ).map_err(|e| MmrError::Spi(format!("{name}: {e}")))?;
     }
     Ok(TableMeta {
         name,
@@ -180,5 +180,5 @@ pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<(i32, pg_sys::Oid, String)>
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
-    .map_err(|e| MmrError::Internal(format!("reading primary key: {e}")))
+    .map_err(|e| MmrError::Spi(format!("reading primary key: {e}")))
 }

@@ -11,7 +11,8 @@
 //!   the new one.
 //! * `mmr.capture()` (AFTER INSERT, and AFTER UPDATE of the key) captures inserts and
 //!   removes the new key's tombstone; a tombstone committed concurrently is taken into
-//!   the row's history there (see `capture` for the key-claim protocol with apply).
+//!   the row's history there (the key-claim protocol with apply: `crate::apply`'s
+//!   module documentation).
 //!
 //! Captured changes are encoded and buffered for the transaction, and written to
 //! `mmr.queue` at commit (see `buffer.rs`).
@@ -22,49 +23,20 @@
 
 pub mod buffer;
 mod encode;
-mod latest;
 pub mod meta;
-mod restamp;
 
 use crate::catalog;
 use crate::clock;
 use crate::error::{MmrError, OrRaise, Result};
-use crate::settings;
-use crate::shmem;
+use crate::pg::latest;
+use crate::pg::restamp;
+use crate::pg::settings;
+use crate::pg::shmem;
+use crate::pg::superuser::AsSuperuser;
 use meta::TableMeta;
 use mmr_core::vv::{Causality, VersionVector};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-
-/// Runs SPI work as the bootstrap superuser: a replicated table is written by ordinary
-/// roles, but the queue and tombstones are not theirs to touch. Restored on drop (and
-/// by transaction abort if an ERROR unwinds).
-pub struct AsSuperuser {
-    uid: pg_sys::Oid,
-    sec: i32,
-}
-
-impl AsSuperuser {
-    pub fn enter() -> AsSuperuser {
-        let (mut uid, mut sec) = (pg_sys::InvalidOid, 0);
-        // SAFETY: plain reads/writes of the backend's user id.
-        unsafe {
-            pg_sys::GetUserIdAndSecContext(&mut uid, &mut sec);
-            pg_sys::SetUserIdAndSecContext(
-                pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-                sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-            );
-        }
-        AsSuperuser { uid, sec }
-    }
-}
-
-impl Drop for AsSuperuser {
-    fn drop(&mut self) {
-        // SAFETY: restores what enter() saved.
-        unsafe { pg_sys::SetUserIdAndSecContext(self.uid, self.sec) };
-    }
-}
 
 /// The trigger data of a trigger call, or an error when called otherwise.
 ///
@@ -102,9 +74,9 @@ unsafe fn attr(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, att: i32) -> Opt
 unsafe fn row_vv(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> Result<VersionVector> {
     // SAFETY: guaranteed by the caller; mmr_vv is a bigint[].
     let flat = unsafe { attr(rel, tuple, meta.att_vv).map(|d| int8_array(d)) };
-    let flat = flat.transpose().map_err(|e| MmrError::Internal(format!("{}: damaged mmr_vv: {e}", meta.name)))?;
+    let flat = flat.transpose().map_err(|e| MmrError::Damaged(format!("{}: mmr_vv: {e}", meta.name)))?;
     VersionVector::from_flat(&flat.unwrap_or_default())
-        .map_err(|e| MmrError::Internal(format!("{}: damaged mmr_vv: {e}", meta.name)))
+        .map_err(|e| MmrError::Damaged(format!("{}: mmr_vv: {e}", meta.name)))
 }
 
 /// Reads a one-dimensional `bigint[]` without NULLs (what mmr_vv always holds) straight
@@ -250,14 +222,14 @@ fn tombstone_vv(
     plan: &latest::LatestPlan,
     key: &[(Option<pg_sys::Datum>, pg_sys::Oid)],
 ) -> Result<Option<VersionVector>> {
-    let vv = plan.run(key).map_err(|e| MmrError::Internal(format!("reading tombstone of {}: {e}", meta.name)))?;
+    let vv = plan.run(key).map_err(|e| MmrError::Spi(format!("reading tombstone of {}: {e}", meta.name)))?;
     // SAFETY: the returned datum is a bigint[] in the SPI connection's memory.
     let Some(flat) = vv.and_then(|d| unsafe { Vec::<i64>::from_datum(d, false) }) else {
         return Ok(None);
     };
     VersionVector::from_flat(&flat)
         .map(Some)
-        .map_err(|e| MmrError::Internal(format!("{}: damaged tombstone vector: {e}", meta.name)))
+        .map_err(|e| MmrError::Damaged(format!("{}: tombstone vector: {e}", meta.name)))
 }
 
 /// `mmr.stamp()`: BEFORE INSERT OR UPDATE OR DELETE row trigger. See the module
@@ -356,14 +328,11 @@ pub unsafe extern "C-unwind" fn mmr_capture(fcinfo: pg_sys::FunctionCallInfo) ->
 /// Captures a row with a new key, now that it has passed the unique indexes: removes
 /// the key's tombstone and queues the insert.
 ///
-/// The key-claim protocol with apply (whose side is `apply::write_delete`): an apply
-/// transaction that deletes this key -- an existing row, or a key it first claims by
-/// inserting and deleting it -- makes our insert wait at the unique index until it
-/// commits. Its tombstone is then visible here (latest snapshot) although the BEFORE
-/// trigger did not see it. Rather than fail (PostgreSQL never fails an INSERT at READ
-/// COMMITTED for this), the new row continues that tombstone's history, as if it had
-/// been inserted just after the delete: a fresh stamp, the tombstone's vector with
-/// this node's entry at it, written into the row in place (see restamp.rs).
+/// Step 3 of the key-claim protocol with apply (`crate::apply`'s module documentation):
+/// a replicated delete that committed while the insert waited at the unique index left
+/// a tombstone the BEFORE trigger did not see; the new row continues its history (a
+/// fresh stamp, the tombstone's vector with this node's entry at it, rewritten in place
+/// by restamp.rs) -- PostgreSQL never fails an INSERT at READ COMMITTED for this.
 unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
@@ -405,7 +374,7 @@ unsafe fn record_delete(meta: &TableMeta, rel: pg_sys::Relation, node: i32, old:
     shmem::note_tombstones(unsafe { (*rel).rd_id });
     with_spi(|| {
         Spi::connect_mut(|client| client.update(&meta.put_tombstone, None, &args).map(|_| ()))
-            .map_err(|e| MmrError::Internal(format!("writing tombstone of {}: {e}", meta.name)))
+            .map_err(|e| MmrError::Spi(format!("writing tombstone of {}: {e}", meta.name)))
     })?;
     // SAFETY: guaranteed by the caller.
     unsafe { enqueue(meta, rel, 'D', hlc, &vv, None, Some(old)) }

@@ -61,6 +61,17 @@ CREATE TABLE mmr.queue (
 CREATE INDEX queue_xid_idx ON mmr.queue (xid);
 COMMENT ON TABLE mmr.queue IS 'Changes written on this node, kept until every peer has applied them.';
 
+-- The one home of the queue's snapshot predicate (src/queue.rs): the queued
+-- transaction `x` is served in the batch from position `after` (exclusive; NULL: the
+-- start of the queue) to position `upto` (inclusive) when `upto` sees it and `after`
+-- does not. Every place that asks "has this consumer got x" asks it here. (Simple
+-- enough for the planner to inline.)
+CREATE FUNCTION mmr._served_between(x xid8, after pg_snapshot, upto pg_snapshot) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pg_catalog.pg_visible_in_snapshot(x, upto)
+       AND (after IS NULL OR (x >= pg_catalog.pg_snapshot_xmin(after) AND NOT pg_catalog.pg_visible_in_snapshot(x, after)))
+$$;
+
 -- Batch boundaries: snapshots taken on this node, in order. A consumer's batch is
 -- "visible in the next tick's snapshot but not in my position".
 CREATE TABLE mmr.tick (

@@ -3,8 +3,9 @@
 //! and runs housekeeping (pruning, conflict-log retention) every few seconds.
 
 use super::txn;
-use crate::error::{MmrError, Result};
-use crate::{gucs, shmem};
+use crate::error::{spi, Result};
+use crate::gucs;
+use crate::pg::shmem;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                 l.reconcile(&peers);
                 if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                     l.last_housekeeping = Instant::now();
-                    if let Err(e) = txn::run(crate::prune::housekeeping) {
+                    if let Err(e) = txn::run(crate::queue::prune::housekeeping) {
                         pgrx::warning!("mmr: housekeeping failed: {e}");
                     }
                     if let Err(e) = txn::run(|| crate::apply::set_aside::retry(None, false)) {
@@ -72,7 +73,7 @@ fn note_existing_tombstones() -> Result<()> {
             .map(|r| r.get::<pg_sys::Oid>(1).map(|o| o.unwrap_or(pg_sys::InvalidOid)))
             .collect::<Result<Vec<_>, _>>()
     })
-    .map_err(|e: pgrx::spi::SpiError| MmrError::Internal(e.to_string()))?;
+    .map_err(|e: pgrx::spi::SpiError| spi(e))?;
     for r in relids {
         shmem::note_tombstones(r);
     }
@@ -83,7 +84,7 @@ fn note_existing_tombstones() -> Result<()> {
 /// Names of the peers to pull from, or `None` when mmr is not installed here.
 fn active_peers() -> Result<Option<Vec<String>>> {
     let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'mmr')")
-        .map_err(|e| MmrError::Internal(e.to_string()))?
+        .map_err(spi)?
         .unwrap_or(false);
     if !installed {
         return Ok(None);
@@ -93,7 +94,7 @@ fn active_peers() -> Result<Option<Vec<String>>> {
         rows.into_iter().map(|r| r.get::<String>(1).map(|n| n.unwrap_or_default())).collect::<Result<Vec<_>, _>>()
     })
     .map(Some)
-    .map_err(|e: pgrx::spi::SpiError| MmrError::Internal(e.to_string()))
+    .map_err(|e: pgrx::spi::SpiError| spi(e))
 }
 
 impl Launcher {

@@ -60,7 +60,7 @@ pub fn setup_signals() {
 /// and printed in fixed styles whatever the database's defaults (see settings.rs); XML
 /// read as content, which accepts documents too.
 pub fn session_settings() {
-    crate::settings::Fixed::for_session(&[(c"jit", c"off"), (c"xmloption", c"content")]);
+    crate::pg::settings::Fixed::for_session(&[(c"jit", c"off"), (c"xmloption", c"content")]);
 }
 
 /// Serves interrupts and reloads the configuration after SIGHUP.

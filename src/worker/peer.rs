@@ -12,9 +12,10 @@ use super::txn;
 use crate::apply::{self, Applier, Change};
 use crate::catalog;
 use crate::clock;
-use crate::error::{MmrError, Result};
+use crate::error::{internal, spi, MmrError, Result};
+use crate::gucs;
 use crate::peer::conn::PeerConn;
-use crate::{gucs, shmem};
+use crate::pg::shmem;
 use mmr_core::hlc;
 use mmr_core::wire::{ProtocolError, PullHeader};
 use pgrx::bgworkers::BackgroundWorker;
@@ -70,13 +71,13 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         s.set_state("starting");
     });
     let setup = txn::run(|| {
-        Spi::run("SET session_replication_role = replica").map_err(|e| MmrError::Internal(e.to_string()))?;
-        Spi::run("SET synchronous_commit = on").map_err(|e| MmrError::Internal(e.to_string()))?;
+        Spi::run("SET session_replication_role = replica").map_err(spi)?;
+        Spi::run("SET synchronous_commit = on").map_err(spi)?;
         Spi::run_with_args(
             "SELECT pg_catalog.set_config('application_name', $1, false)",
             &[format!("mmr apply from {peer}").into()],
         )
-        .map_err(|e| MmrError::Internal(e.to_string()))?;
+        .map_err(spi)?;
         catalog::require_node()
     });
     let me = match setup {
@@ -95,10 +96,6 @@ fn report_error(peer: &str, state: &str, err: &str) {
         s.set_state(state);
         s.set_error(Some(err));
     });
-}
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
 }
 
 /// Why a round ended without applying.
@@ -190,7 +187,7 @@ impl Worker {
                  WHERE name = $1 AND NOT paused",
                 &[peer.into()],
             )
-            .map_err(internal)
+            .map_err(spi)
         })
         .ok()
         .flatten()
@@ -210,7 +207,7 @@ impl Worker {
                 "SELECT jsonb_build_object('tick', tick, 'snap', position::text) FROM mmr.peer_progress WHERE peer = $1",
                 &[peer.into()],
             )
-            .map_err(internal)?;
+            .map_err(spi)?;
             Ok(j.map(|j| Position {
                 tick: j.0["tick"].as_i64().unwrap_or(0),
                 snap: j.0["snap"].as_str().map(String::from),
@@ -300,7 +297,7 @@ impl Worker {
                 let peer = self.peer.clone();
                 txn::run(move || {
                     Spi::run_with_args("UPDATE mmr.peer SET node_id = $2 WHERE name = $1", &[peer.into(), id.into()])
-                        .map_err(internal)
+                        .map_err(spi)
                 })?;
                 *node_id = Some(id);
             }
@@ -323,7 +320,7 @@ impl Worker {
         let result = txn::run(|| {
             // One apply transaction at a time on this node: two peers' changes to the
             // same key must not interleave between "read what is here" and "write".
-            Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
+            Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(spi)?;
             let mut applier = Applier::new(peer_node);
             applier.careful = self.careful;
             applier.blocked = apply::set_aside::Blocked::load()?;
@@ -382,7 +379,7 @@ impl Worker {
                     applier.stats.duplicates.into(),
                 ],
             )
-            .map_err(internal)?;
+            .map_err(spi)?;
             Ok((n, watermark))
         });
         match (result, net_error) {
@@ -409,7 +406,7 @@ impl Worker {
                 "UPDATE mmr.peer_progress SET watermark = greatest(watermark, $2), report = $3 WHERE peer = $1",
                 &[peer.into(), watermark.into(), report.into()],
             )
-            .map_err(internal)?;
+            .map_err(spi)?;
             Ok(watermark)
         })?;
         crate::applied::note(peer_node, watermark);

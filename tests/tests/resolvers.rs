@@ -248,6 +248,9 @@ fn resolver_is_not_called_for_causally_ordered_changes() {
         c.sync(SYNC);
         c.exec(round % 3, "UPDATE t SET v = v + 1 WHERE id = 1");
     }
+    // (Without this sync the last update and the delete were concurrent whenever the
+    // delete ran before n3's update reached n2: a true conflict, and a flaky test.)
+    c.sync(SYNC);
     c.exec(1, "DELETE FROM t WHERE id = 1");
     c.sync(SYNC);
     c.exec(2, "INSERT INTO t VALUES (1, 100)");

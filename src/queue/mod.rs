@@ -11,19 +11,17 @@
 //! Ticks (`mmr.tick`) are snapshots taken in order (creation is serialized), so that a
 //! consumer far behind gets its backlog in bounded batches.
 
+pub mod prune;
+
 use crate::catalog;
 use crate::clock;
-use crate::error::{MmrError, OrRaise, Result};
-use crate::shmem::{self, Wakeup};
+use crate::error::{damaged, internal, spi, MmrError, OrRaise, Result};
+use crate::pg::shmem::{self, Wakeup};
 use mmr_core::snapshot::Snapshot;
 use mmr_core::wire::{PullHeader, Report, PROTOCOL_VERSION};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use std::time::{Duration, Instant};
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 /// A tick: a batch boundary.
 #[derive(serde::Deserialize)]
@@ -48,11 +46,11 @@ fn _pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i
 fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i32, wait_ms: i32) -> Result<JsonB> {
     // SAFETY: reading a backend global.
     if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
-        return Err(MmrError::Internal("mmr.pull must run at READ COMMITTED isolation".into()));
+        return Err(MmrError::Protocol("mmr.pull must run at READ COMMITTED isolation".into()));
     }
     let me = catalog::require_node()?;
     let from = match position {
-        Some(p) => Some(Snapshot::parse(p).map_err(internal)?),
+        Some(p) => Some(Snapshot::parse(p).map_err(|e| MmrError::Protocol(format!("position: {e}")))?),
         None => None,
     };
     check_consumer(consumer)?;
@@ -87,7 +85,7 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
     // consumer's position), so a synchronous commit flushes WAL past every commit our
     // snapshot saw; the peer applies only after the commit (it waits for the end of
     // the reply, which follows the commit).
-    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)").map_err(internal)?;
+    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)").map_err(spi)?;
 
     let pending = match &to {
         Some(t) => pending_changes(&t.snap)?,
@@ -126,13 +124,13 @@ fn frontier_report() -> Result<Report> {
             .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
             .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
     })
-    .map_err(internal)?;
+    .map_err(spi)?;
     let applied = peers.into_iter().map(|(name, node)| (name, applied.get(node))).filter(|&(_, s)| s > 0).collect();
     Ok(Report { applied, self_stamp: clock::tick() })
 }
 
 fn now_text() -> Result<String> {
-    Spi::get_one::<String>("SELECT clock_timestamp()::text").map_err(internal).map(|s| s.unwrap_or_default())
+    Spi::get_one::<String>("SELECT clock_timestamp()::text").map_err(spi).map(|s| s.unwrap_or_default())
 }
 
 /// The login role must be entitled to speak for `consumer` (see mmr.pull_binding):
@@ -150,12 +148,12 @@ fn check_consumer(consumer: &str) -> Result<()> {
              OR EXISTS (SELECT 1 FROM mmr.pull_binding b, me WHERE b.consumer = $1 AND b.role::oid = me.oid)",
         &[consumer.into()],
     )
-    .map_err(internal)?
+    .map_err(spi)?
     .unwrap_or(false);
     if allowed {
         return Ok(());
     }
-    let role = Spi::get_one::<String>("SELECT session_user::text").map_err(internal)?.unwrap_or_default();
+    let role = Spi::get_one::<String>("SELECT session_user::text").map_err(spi)?.unwrap_or_default();
     Err(MmrError::PullRefused { role, consumer: consumer.into() })
 }
 
@@ -165,7 +163,7 @@ fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<
          ON CONFLICT (name) DO UPDATE SET tick = excluded.tick, position = excluded.position, last_seen = now()",
         &[consumer.into(), tick.into(), position.into()],
     )
-    .map_err(internal)
+    .map_err(spi)
 }
 
 /// The tick that ends the next batch after `tick`, if one exists: the furthest that keeps
@@ -173,7 +171,7 @@ fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<
 /// covers the consumer's position, so a position never moves backwards.
 fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Option<Tick>> {
     let base =
-        catalog::select_opt::<i64>("SELECT last_qid FROM mmr.tick WHERE id = $1", &[tick.into()]).map_err(internal)?;
+        catalog::select_opt::<i64>("SELECT last_qid FROM mmr.tick WHERE id = $1", &[tick.into()]).map_err(spi)?;
     let candidates = ticks(
         "SELECT to_jsonb(t) FROM (SELECT id, snap::text AS snap, last_qid, hlc, stable_hlc, created_at::text AS as_of \
          FROM mmr.tick WHERE id > $1 ORDER BY id LIMIT 1000) t",
@@ -181,7 +179,7 @@ fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Opt
     )?;
     let mut chosen: Option<Tick> = None;
     for t in candidates {
-        let snap = Snapshot::parse(&t.snap).map_err(internal)?;
+        let snap = Snapshot::parse(&t.snap).map_err(damaged)?;
         if from.is_some_and(|f| !snap.covers(f)) {
             continue;
         }
@@ -200,23 +198,21 @@ fn has_unserved_changes(position: Option<&str>) -> Result<bool> {
     // READ COMMITTED, so each poll sees commits made since the last one.
     Spi::connect_mut(|c| {
         let t = c.update(
-            "SELECT EXISTS (SELECT 1 FROM mmr.queue q WHERE \
-               ($1::pg_snapshot IS NULL OR (q.xid >= pg_snapshot_xmin($1::pg_snapshot) \
-                                            AND NOT pg_visible_in_snapshot(q.xid, $1::pg_snapshot))) \
-               AND pg_visible_in_snapshot(q.xid, pg_current_snapshot()))",
+            "SELECT EXISTS (SELECT 1 FROM mmr.queue q \
+               WHERE mmr._served_between(q.xid, $1::pg_snapshot, pg_current_snapshot()))",
             None,
             &[position.into()],
         )?;
         t.first().get_one::<bool>()
     })
     .map(|b| b.unwrap_or(false))
-    .map_err(internal)
+    .map_err(spi)
 }
 
 /// Takes a new tick now, unless another consumer took one after `tick` while we waited
 /// for the lock. Creation is serialized so tick ids and snapshots are in the same order.
 fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
-    Spi::run("LOCK TABLE mmr.tick IN SHARE ROW EXCLUSIVE MODE").map_err(internal)?;
+    Spi::run("LOCK TABLE mmr.tick IN SHARE ROW EXCLUSIVE MODE").map_err(spi)?;
     if let Some(t) = next_tick(tick, from, i32::MAX)? {
         return Ok(t);
     }
@@ -246,9 +242,9 @@ fn ticks(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Vec<Tick>>
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
-    .map_err(internal)?
+    .map_err(spi)?
     .into_iter()
-    .map(|v| serde_json::from_value::<Tick>(v).map_err(internal))
+    .map(|v| serde_json::from_value::<Tick>(v).map_err(damaged))
     .collect()
 }
 
@@ -257,11 +253,11 @@ fn ticks(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Vec<Tick>>
 fn pending_changes(snap: &str) -> Result<i64> {
     Spi::get_one_with_args::<i64>(
         "SELECT coalesce(sum(n), 0)::bigint FROM (SELECT n_changes AS n FROM mmr.queue \
-           WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) \
-           LIMIT 10000) s",
+           WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) \
+             AND mmr._served_between(xid, $1::pg_snapshot, pg_current_snapshot()) LIMIT 10000) s",
         &[snap.into()],
     )
-    .map_err(internal)
+    .map_err(spi)
     .map(|n| n.unwrap_or(0))
 }
 
@@ -271,20 +267,20 @@ fn pending_changes(snap: &str) -> Result<i64> {
 /// long absence, so it catches up in transactions of `mmr.batch_size`, not in one.
 pub fn ticker() -> Result<()> {
     // Nobody to serve, nothing to bound.
-    if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer)").map_err(internal)?.unwrap_or(false) {
+    if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer)").map_err(spi)?.unwrap_or(false) {
         return Ok(());
     }
     let latest = catalog::select_opt::<pgrx::JsonB>(
         "SELECT jsonb_build_object('id', id, 'snap', snap::text) FROM mmr.tick ORDER BY id DESC LIMIT 1",
         &[],
     )
-    .map_err(internal)?;
+    .map_err(spi)?;
     let (tick, snap) = match &latest {
         Some(j) => (j.0["id"].as_i64().unwrap_or(0), j.0["snap"].as_str().map(String::from)),
         None => (0, None),
     };
     if has_unserved_changes(snap.as_deref())? {
-        let from = snap.as_deref().map(Snapshot::parse).transpose().map_err(internal)?;
+        let from = snap.as_deref().map(Snapshot::parse).transpose().map_err(spi)?;
         create_tick(tick, from.as_ref())?;
     }
     Ok(())

@@ -5,13 +5,9 @@
 //! `null` is told apart from SQL NULL (the capture trigger writes json values as
 //! strings for this reason... see capture/encode.rs).
 
-use crate::error::{MmrError, Result};
+use crate::error::{spi, MmrError, Result};
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_literal, SpiClient};
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 /// One live column of a table.
 pub struct Col {
@@ -53,16 +49,16 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
             None,
             &[relid.into()],
         )
-        .map_err(internal)?;
+        .map_err(spi)?;
     let mut cols = Vec::new();
     for r in rows {
-        let raw: String = r.get(1).map_err(internal)?.unwrap_or_default();
+        let raw: String = r.get(1).map_err(spi)?.unwrap_or_default();
         cols.push(Col {
             ident: quote_identifier(&raw),
             raw,
-            typ: r.get(2).map_err(internal)?.unwrap_or_default(),
-            generated: r.get(3).map_err(internal)?.unwrap_or(false),
-            identity_always: r.get(4).map_err(internal)?.unwrap_or(false),
+            typ: r.get(2).map_err(spi)?.unwrap_or_default(),
+            generated: r.get(3).map_err(spi)?.unwrap_or(false),
+            identity_always: r.get(4).map_err(spi)?.unwrap_or(false),
         });
     }
     let pk: Vec<String> =

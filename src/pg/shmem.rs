@@ -73,6 +73,8 @@ pub struct Shared {
 }
 
 static mut SHARED: *mut Shared = ptr::null_mut();
+/// Set by `init`, called once when the segment is created.
+static mut ON_CREATE: Option<fn(&Shared)> = None;
 /// One entry per PGPROC (indexed by pgprocno): a lower bound of the stamps written by
 /// the transaction running there, 0 when it has written none (see clock::stable).
 static mut OPEN_STAMPS: *const AtomicU64 = ptr::null();
@@ -82,9 +84,12 @@ static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 const TRANCHE: &CStr = c"mmr";
 
 /// Installs the shared-memory hooks. Called from `_PG_init` in the postmaster.
-pub fn init() {
+/// Registers the hooks; `on_create` initializes what others keep in the segment (the
+/// clock) when the postmaster creates it.
+pub fn init(on_create: fn(&Shared)) {
     // SAFETY: _PG_init runs single-threaded in the postmaster before any hook fires.
     unsafe {
+        ON_CREATE = Some(on_create);
         PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(request_hook);
         PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
@@ -130,7 +135,9 @@ unsafe extern "C-unwind" fn startup_hook() {
             (*shared).n_open_stamps = open_stamp_slots();
             pg_sys::ConditionVariableInit(&mut (*shared).commit_cv);
             pg_sys::ConditionVariableInit(&mut (*shared).config_cv);
-            crate::clock::init_shared(&(*shared).clock, &(*shared).reserved);
+            if let Some(on_create) = ON_CREATE {
+                on_create(&*shared);
+            }
         }
         SHARED = shared;
         OPEN_STAMPS = shared.add(1) as *const AtomicU64;

@@ -2,12 +2,10 @@
 //! before it commits, wake whoever waits for them once it has, and forget them when it
 //! (or a savepoint) rolls back.
 
-use crate::shmem;
+use crate::pg::shmem;
 use pgrx::pg_sys;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set when the current transaction queued changes (capture trigger).
-static QUEUED: AtomicBool = AtomicBool::new(false);
 /// Set when the current transaction changed the peer catalog.
 static PEERS_CHANGED: AtomicBool = AtomicBool::new(false);
 
@@ -17,10 +15,6 @@ pub fn init() {
         pg_sys::RegisterXactCallback(Some(callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
     }
-}
-
-pub fn note_queued() {
-    QUEUED.store(true, Ordering::Relaxed);
 }
 
 pub fn note_peers_changed() {
@@ -41,7 +35,7 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         // sees the new rows.
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
             crate::clock::end_of_transaction();
-            if QUEUED.swap(false, Ordering::Relaxed) {
+            if crate::capture::buffer::take_queued() {
                 shmem::signal_commit();
             }
             if PEERS_CHANGED.swap(false, Ordering::Relaxed) {
@@ -58,7 +52,7 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             crate::capture::buffer::discard_all();
             crate::clock::end_of_transaction();
-            QUEUED.store(false, Ordering::Relaxed);
+            crate::capture::buffer::take_queued();
             PEERS_CHANGED.store(false, Ordering::Relaxed);
         }
         _ => {}

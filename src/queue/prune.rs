@@ -6,15 +6,11 @@
 //!   function), from each peer's latest frontier report and our watermark of it.
 //! * Conflicts: older than mmr.conflict_retention (pending ones stay until resolved).
 
-use crate::error::{MmrError, Result};
+use crate::error::{damaged, spi, Result};
 use mmr_core::prune::{tombstone_prunable, PeerFrontier};
 use mmr_core::vv::VersionVector;
 use mmr_core::wire::Report;
 use pgrx::prelude::*;
-
-fn internal(e: impl std::fmt::Display) -> MmrError {
-    MmrError::Internal(e.to_string())
-}
 
 pub fn housekeeping() -> Result<()> {
     crate::queue::ticker()?;
@@ -32,9 +28,9 @@ fn prune_queue() -> Result<()> {
          DELETE FROM mmr.queue q \
          WHERE EXISTS (SELECT 1 FROM pos) AND NOT EXISTS (SELECT 1 FROM pos WHERE position IS NULL) \
            AND q.xid < (SELECT min(pg_snapshot_xmax(position)) FROM pos) \
-           AND NOT EXISTS (SELECT 1 FROM pos WHERE NOT pg_visible_in_snapshot(q.xid, pos.position))",
+           AND NOT EXISTS (SELECT 1 FROM pos WHERE NOT mmr._served_between(q.xid, NULL, pos.position))",
     )
-    .map_err(internal)
+    .map_err(spi)
 }
 
 fn prune_ticks() -> Result<()> {
@@ -42,7 +38,7 @@ fn prune_ticks() -> Result<()> {
         "DELETE FROM mmr.tick WHERE id < (SELECT min(c.tick) FROM mmr.peer p JOIN mmr.consumer c ON c.name = p.name) \
            AND id < (SELECT max(id) FROM mmr.tick)",
     )
-    .map_err(internal)
+    .map_err(spi)
 }
 
 fn prune_tombstones() -> Result<()> {
@@ -59,7 +55,7 @@ fn prune_tombstones() -> Result<()> {
         after = Some((last.0, last.1.clone()));
         let (mut relids, mut pks, mut vvs) = (Vec::new(), Vec::new(), Vec::new());
         for (relid, pk, flat) in &page {
-            let tomb = VersionVector::from_flat(flat).map_err(internal)?;
+            let tomb = VersionVector::from_flat(flat).map_err(damaged)?;
             if tombstone_prunable(&tomb, view.me, &view.applied, &view.peers, |n| members.contains(&n)) {
                 relids.push(pg_sys::Oid::from(*relid));
                 pks.push(pk.clone());
@@ -72,7 +68,7 @@ fn prune_tombstones() -> Result<()> {
                  WHERE t.relid::oid = d.relid AND t.pk = d.pk::jsonb AND t.vv = d.vv::bigint[]",
                 &[relids.into(), pks.into(), vvs.into()],
             )
-            .map_err(internal)?;
+            .map_err(spi)?;
         }
         if page.len() < PAGE {
             break;
@@ -106,7 +102,7 @@ fn frontier_view() -> Result<Option<FrontierView>> {
             .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?, r.get::<pgrx::JsonB>(3)?)))
             .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
     })
-    .map_err(internal)?;
+    .map_err(spi)?;
     if rows.is_empty() || rows.iter().any(|(_, id, _)| id.is_none()) {
         return Ok(None);
     }
@@ -128,7 +124,7 @@ fn frontier_view() -> Result<Option<FrontierView>> {
                 .collect();
             Ok(PeerFrontier {
                 node,
-                applied: VersionVector::from_flat(&flat).map_err(internal)?,
+                applied: VersionVector::from_flat(&flat).map_err(damaged)?,
                 // No report yet: nothing of this peer's is known to be settled.
                 self_stamp: if report.self_stamp > 0 { report.self_stamp } else { i64::MAX },
                 watermark: applied.get(node),
@@ -157,7 +153,7 @@ fn tombstone_page(after: Option<&(u32, String)>) -> Result<Vec<(u32, String, Vec
             })
             .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
     })
-    .map_err(internal)
+    .map_err(spi)
 }
 
 fn trim_conflicts() -> Result<()> {
@@ -168,5 +164,5 @@ fn trim_conflicts() -> Result<()> {
         "DELETE FROM mmr.conflicts WHERE detected_at < now() - make_interval(secs => $1) AND resolution <> 'pending'",
         &[(keep.as_secs_f64()).into()],
     )
-    .map_err(internal)
+    .map_err(spi)
 }

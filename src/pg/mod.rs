@@ -1,0 +1,12 @@
+//! PostgreSQL glue that is not mmr's domain: shared memory, transaction callbacks,
+//! subtransactions, per-table caches, fixed session settings, statements run with the
+//! latest snapshot, direct tuple rewrites, and the superuser guard.
+
+pub mod latest;
+pub mod relcache;
+pub mod restamp;
+pub mod settings;
+pub mod shmem;
+pub mod subxact;
+pub mod superuser;
+pub mod xact;
