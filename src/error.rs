@@ -66,9 +66,12 @@ pub enum MmrError {
     /// A change could not be applied for a reason that may pass (the batch is retried).
     ApplyFailed {
         tbl: String,
+        key: Option<String>,
         sqlstate: String,
         message: String,
     },
+    /// The server at a peer's conninfo is not the peer it should be.
+    PeerIdentity(String),
     Internal(String),
 }
 
@@ -104,6 +107,7 @@ impl MmrError {
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
             ApplyFailed { .. } => Code::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            PeerIdentity(_) => Code::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -151,9 +155,11 @@ impl MmrError {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
             }
             TwoPhaseCommit => "cannot PREPARE a transaction that wrote to replicated tables".into(),
-            ApplyFailed { tbl, sqlstate, message } => {
-                format!("applying a change to {tbl} failed ({sqlstate}): {message}; will retry")
+            ApplyFailed { tbl, key, sqlstate, message } => {
+                let key = key.as_deref().map(|k| format!(" key {k}")).unwrap_or_default();
+                format!("applying a change to {tbl}{key} failed ({sqlstate}): {message}; will retry")
             }
+            PeerIdentity(msg) => msg.clone(),
             Internal(msg) => format!("mmr internal error: {msg}"),
         }
     }

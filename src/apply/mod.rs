@@ -327,7 +327,7 @@ impl Applier {
         match self.try_apply(&ch) {
             Ok(()) => Ok(()),
             Err(f) if set_aside::transient(&f.sqlstate) => {
-                Err(MmrError::ApplyFailed { tbl: ch.tbl.clone(), sqlstate: f.sqlstate, message: f.message })
+                Err(MmrError::ApplyFailed { tbl: ch.tbl.clone(), key, sqlstate: f.sqlstate, message: f.message })
             }
             Err(f) => {
                 let key = key.or_else(|| self.key_of(&ch));

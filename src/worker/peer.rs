@@ -271,7 +271,7 @@ impl Worker {
     /// is not ours and does not change.
     fn check_identity(&self, header: &PullHeader, node_id: &mut Option<i32>) -> Result<i32, Stop> {
         let (name, id) = (header.node.as_str(), header.node_id);
-        let fail = |error: String| Err(Stop::Failed { state: "error", error });
+        let fail = |error: String| Err(MmrError::PeerIdentity(error).into());
         if name == self.me.name && id == self.me.node_id {
             return fail(format!(
                 "the conninfo of peer \"{}\" reaches this node itself; a peer must be another server of the group \
