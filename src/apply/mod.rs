@@ -166,6 +166,8 @@ pub struct Applier {
     shadowed: Vec<(String, String)>,
     /// This node's id and applied record (see `applied_here`).
     applied: std::cell::OnceCell<(i64, VersionVector)>,
+    /// A shadow the change being applied supersedes: (table, key, entry id).
+    superseded: Option<(String, String, i64)>,
 }
 
 /// The node ids of this node and its peers, or `None` if some peer has not told its id
@@ -213,6 +215,7 @@ impl Applier {
             blocked: set_aside::Blocked::default(),
             shadowed: Vec::new(),
             applied: std::cell::OnceCell::new(),
+            superseded: None,
         }
     }
 
@@ -322,18 +325,33 @@ impl Applier {
             }
         }
         if !self.careful {
-            return self.apply(&ch);
+            self.apply(&ch)?;
+            return self.drop_superseded();
         }
         match self.try_apply(&ch) {
-            Ok(()) => Ok(()),
+            Ok(()) => self.drop_superseded(),
             Err(f) if set_aside::transient(&f.sqlstate) => {
                 Err(MmrError::ApplyFailed { tbl: ch.tbl.clone(), key, sqlstate: f.sqlstate, message: f.message })
             }
             Err(f) => {
+                self.superseded = None;
                 let key = key.or_else(|| self.key_of(&ch));
                 self.set_aside(&ch, key, Some(&f), None)
             }
         }
+    }
+
+    /// Removes the shadow the change just applied superseded (see `over_shadow`) --
+    /// after the change's write, which took the key's index entry first: the order in
+    /// which a local insert takes them too (key-claim protocol, module documentation).
+    fn drop_superseded(&mut self) -> Result<()> {
+        if let Some((tbl, key, id)) = self.superseded.take() {
+            set_aside::remove(id)?;
+            if self.blocked.shadow(&tbl, &key) == Some(id) {
+                self.blocked.drop_shadow(&tbl, &key);
+            }
+        }
+        Ok(())
     }
 
     fn set_aside(
@@ -382,8 +400,7 @@ impl Applier {
                 return Ok(None);
             }
             Decision::Apply => {
-                set_aside::remove(shadow)?;
-                self.blocked.drop_shadow(&ch.tbl, key);
+                self.superseded = Some((ch.tbl.clone(), key.to_string(), shadow));
                 return Ok(Some(ch));
             }
             Decision::Conflict(c) => c,
@@ -411,8 +428,7 @@ impl Applier {
             )
         })?;
         if c.winner == Side::Remote {
-            set_aside::remove(shadow)?;
-            self.blocked.drop_shadow(&ch.tbl, key);
+            self.superseded = Some((ch.tbl.clone(), key.to_string(), shadow));
             return Ok(Some(Change { vv: c.vv, ..ch }));
         }
         let merged = Version { hlc: c.hlc, node: c.node, vv: c.vv };
@@ -421,17 +437,18 @@ impl Applier {
         Ok(None)
     }
 
-    /// The version a change carries, as this applier sees it.
-    pub fn version_of(&self, ch: &Change) -> Version {
-        Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() }
-    }
-
     /// Whether this applier shadowed the key.
     pub fn reshadowed(&self, tbl: &str, key: &str) -> bool {
         self.shadowed.iter().any(|(t, k)| t == tbl && k == key)
     }
 
     fn shadow(&mut self, tbl: &str, key: String, image: &str, v: &Version) -> Result<()> {
+        // Local inserts of the key look for it where they look for tombstones.
+        if let Ok(Some(relid)) =
+            Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[tbl.into()])
+        {
+            crate::pg::shmem::note_tombstones(relid);
+        }
         let id = set_aside::put_shadow(tbl, &key, image, v)?;
         self.blocked.add_shadow(tbl.to_string(), key.clone(), id);
         self.shadowed.push((tbl.to_string(), key));

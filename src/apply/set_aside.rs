@@ -252,13 +252,13 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
                 let pk = e.pk.unwrap_or_default();
                 let mut a = Applier::new(e.origin);
                 let ch = Change::parse_one(&e.change, "{}")?;
-                remove(e.id)?;
-                if let Err(f) = a.try_apply(&ch) {
-                    // Not a unique collision: keep it, as it was.
-                    put_shadow(&e.tbl, &pk, ch.new_row.as_deref().unwrap_or("{}"), &a.version_of(&ch))?;
-                    let _ = f;
+                // The entry goes after the write (which takes the key's index entry
+                // first, as local inserts do), unless the write held it aside again
+                // (that replaced the entry) or failed (then it stays as it was).
+                if a.try_apply(&ch).is_ok() && !a.reshadowed(&e.tbl, &pk) {
+                    remove(e.id)?;
+                    applied += 1;
                 }
-                applied += !a.reshadowed(&e.tbl, &pk) as i64;
             }
             continue;
         }

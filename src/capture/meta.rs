@@ -31,6 +31,10 @@ pub struct TableMeta {
     pub read_tombstone: LatestPlan,
     /// Removes the tombstone of a key, returning its vector: $1.. the key columns.
     pub take_tombstone: LatestPlan,
+    /// The vector of the key's version held aside for a unique value, if any
+    /// (apply/set_aside.rs), and the same removing it: $1.. the key columns.
+    pub read_shadow: LatestPlan,
+    pub take_shadow: LatestPlan,
     /// The session settings the text of this table's values and keys depends on
     /// (see settings.rs).
     pub needs: settings::Needs,
@@ -103,6 +107,11 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         u32::from(relid),
         key_expr(1)
     ))?;
+    let shadow_vv = "ARRAY(SELECT pg_catalog.jsonb_array_elements_text(a.change::jsonb -> 'v')::int8)";
+    let shadow_of =
+        format!("a.kind = 'unique' AND a.tbl = {} AND a.pk = {}", pgrx::spi::quote_literal(&name), key_expr(1));
+    let read_shadow = latest(format!("SELECT {shadow_vv} FROM mmr.set_aside a WHERE {shadow_of}"))?;
+    let take_shadow = latest(format!("DELETE FROM mmr.set_aside a WHERE {shadow_of} RETURNING {shadow_vv}"))?;
     let read_tombstone = latest(format!(
         "SELECT vv FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {}",
         u32::from(relid),
@@ -141,6 +150,8 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         pk,
         read_tombstone,
         take_tombstone,
+        read_shadow,
+        take_shadow,
         needs,
         put_tombstone,
     })

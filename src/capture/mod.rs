@@ -271,7 +271,16 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
             // it locked: the key's index entry comes first (see apply::write_delete).
             if shmem::may_have_tombstones((*rel).rd_id) {
                 let key = raw_key(rel, &meta, new_tuple);
-                with_spi(|| tombstone_vv(&meta, &meta.read_tombstone, &key))?.unwrap_or_default()
+                // A version held aside for a unique value (apply::set_aside) is the key's
+                // current version, newer than any tombstone it has: start from it.
+                with_spi(|| {
+                    let shadow = tombstone_vv(&meta, &meta.read_shadow, &key)?;
+                    Ok(match shadow {
+                        Some(v) => Some(v),
+                        None => tombstone_vv(&meta, &meta.read_tombstone, &key)?,
+                    })
+                })?
+                .unwrap_or_default()
             } else {
                 VersionVector::new()
             }
@@ -326,7 +335,8 @@ pub unsafe extern "C-unwind" fn mmr_capture(fcinfo: pg_sys::FunctionCallInfo) ->
 }
 
 /// Captures a row with a new key, now that it has passed the unique indexes: removes
-/// the key's tombstone and queues the insert.
+/// the key's tombstone (and a version of it held aside for a unique value, which the
+/// new row supersedes) and queues the insert.
 ///
 /// Step 3 of the key-claim protocol with apply (`crate::apply`'s module documentation):
 /// a replicated delete that committed while the insert waited at the unique index left
@@ -344,7 +354,10 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
         let (mut hlc, mut vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
         if shmem::may_have_tombstones((*rel).rd_id) {
             let key = raw_key(rel, &meta, new);
-            let taken = with_spi(|| tombstone_vv(&meta, &meta.take_tombstone, &key))?;
+            let taken = with_spi(|| {
+                let tomb = tombstone_vv(&meta, &meta.take_tombstone, &key)?;
+                Ok(tombstone_vv(&meta, &meta.take_shadow, &key)?.or(tomb))
+            })?;
             if let Some(t) = taken.filter(|t| !matches!(t.compare(&vv), Causality::Before | Causality::Equal)) {
                 let node = catalog::node_id()?;
                 hlc = clock::tick_for_write();

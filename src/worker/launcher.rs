@@ -68,7 +68,12 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
 /// Takes stock of the tables that hold tombstones (see shmem::may_have_tombstones).
 fn note_existing_tombstones() -> Result<()> {
     let relids = Spi::connect(|c| {
-        let rows = c.select("SELECT DISTINCT relid::oid FROM mmr.tombstone", None, &[])?;
+        let rows = c.select(
+            "SELECT relid::oid FROM mmr.tombstone \
+             UNION SELECT pg_catalog.to_regclass(tbl)::oid FROM mmr.set_aside WHERE kind = 'unique'",
+            None,
+            &[],
+        )?;
         rows.into_iter()
             .map(|r| r.get::<pg_sys::Oid>(1).map(|o| o.unwrap_or(pg_sys::InvalidOid)))
             .collect::<Result<Vec<_>, _>>()
