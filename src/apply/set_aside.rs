@@ -201,9 +201,11 @@ pub fn put_unreadable(origin: i32, changes: &str, applied: &str, e: &MmrError) -
 /// Caps a watermark of `origin` below its earliest set-aside change: this node has not
 /// applied that one (see the module documentation).
 pub fn cap(origin: i32, stamp: i64) -> Result<i64> {
-    let earliest =
-        Spi::get_one_with_args::<i64>("SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1", &[origin.into()])
-            .map_err(spi)?;
+    let earliest = Spi::get_one_with_args::<i64>(
+        "SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1 AND kind <> 'unique'",
+        &[origin.into()],
+    )
+    .map_err(spi)?;
     Ok(earliest.map_or(stamp, |h| stamp.min(h)))
 }
 
@@ -273,7 +275,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
         };
         match outcome {
             Ok(()) => {
-                Spi::run_with_args("DELETE FROM mmr.set_aside WHERE id = $1", &[e.id.into()]).map_err(spi)?;
+                remove(e.id)?;
                 applied += 1;
             }
             Err(f) => {
