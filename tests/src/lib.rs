@@ -103,9 +103,21 @@ fn as_postgres(program: &str) -> Command {
     c
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, below the ephemeral range (which starts at
+/// 32768 here): a port the kernel hands out for a client connection could be taken
+/// again by one before the server binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20000 + (std::process::id() % 5000) as u16 * 2;
+    let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = 20000 + p.wrapping_sub(20000) % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 fn workspace_target() -> PathBuf {
