@@ -12,14 +12,21 @@ pub struct NodeIdentity {
 }
 
 thread_local! {
-    /// Cached per backend: a node's identity never changes once set.
-    static NODE: RefCell<Option<NodeIdentity>> = const { RefCell::new(None) };
+    /// Cached per backend, with the configuration sequence it was read at: the identity
+    /// changes only when the extension is created again and `init_node` runs, which
+    /// moves the sequence at commit (`pg::xact::note_peers_changed`), so a long-lived
+    /// backend (the launcher, a pooled session) never keeps a former identity.
+    static NODE: RefCell<Option<(u64, NodeIdentity)>> = const { RefCell::new(None) };
 }
 
 /// This node's identity, if `mmr.init_node` has run.
 pub fn node_identity() -> Option<NodeIdentity> {
-    if let Some(n) = NODE.with(|n| n.borrow().clone()) {
-        return Some(n);
+    let seq = crate::pg::shmem::config_seq();
+    if let Some((at, n)) = NODE.with(|n| n.borrow().clone()) {
+        if at == seq {
+            return Some(n);
+        }
+        NODE_ID.with(|n| n.set(None));
     }
     // As the bootstrap superuser: the capture triggers ask for it in any role's session,
     // and mmr.node is not readable by ordinary roles.
@@ -31,21 +38,24 @@ pub fn node_identity() -> Option<NodeIdentity> {
         (Some(name), Some(node_id)) => NodeIdentity { name, node_id },
         _ => return None,
     };
-    NODE.with(|n| *n.borrow_mut() = Some(node.clone()));
+    NODE.with(|n| *n.borrow_mut() = Some((seq, node.clone())));
     Some(node)
 }
 
 thread_local! {
-    static NODE_ID: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+    static NODE_ID: std::cell::Cell<Option<(u64, i32)>> = const { std::cell::Cell::new(None) };
 }
 
 /// This node's id (the capture triggers need it for every row: cached, no allocation).
 pub fn node_id() -> Result<i32> {
-    if let Some(id) = NODE_ID.with(|n| n.get()) {
-        return Ok(id);
+    let seq = crate::pg::shmem::config_seq();
+    if let Some((at, id)) = NODE_ID.with(|n| n.get()) {
+        if at == seq {
+            return Ok(id);
+        }
     }
     let id = require_node()?.node_id;
-    NODE_ID.with(|n| n.set(Some(id)));
+    NODE_ID.with(|n| n.set(Some((seq, id))));
     Ok(id)
 }
 

@@ -72,6 +72,27 @@ pub enum MmrError {
     },
     /// The server at a peer's conninfo is not the peer it should be.
     PeerIdentity(String),
+    /// A table of the group cannot take the joining node's copy as it is here.
+    JoinTable {
+        tbl: String,
+        problem: String,
+    },
+    /// A join or part cannot go on in the group's current state.
+    GroupState {
+        message: String,
+        hint: String,
+    },
+    UnknownMember(String),
+    /// The node a join goes through cannot be reached or failed.
+    Donor(String),
+    /// A parted node tried to pull.
+    Parted(String),
+    /// An error another member raised, passed on as it is.
+    Remote {
+        sqlstate: String,
+        message: String,
+        hint: Option<String>,
+    },
     Internal(String),
 }
 
@@ -108,6 +129,12 @@ impl MmrError {
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
             ApplyFailed { .. } => Code::ERRCODE_T_R_SERIALIZATION_FAILURE,
             PeerIdentity(_) => Code::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            JoinTable { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            GroupState { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            UnknownMember(_) => Code::ERRCODE_UNDEFINED_OBJECT,
+            Donor(_) => Code::ERRCODE_CONNECTION_FAILURE,
+            Parted(_) => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Remote { sqlstate, .. } => sqlstate_code(sqlstate),
             Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -160,6 +187,12 @@ impl MmrError {
                 format!("applying a change to {tbl}{key} failed ({sqlstate}): {message}; will retry")
             }
             PeerIdentity(msg) => msg.clone(),
+            JoinTable { tbl, problem } => format!("cannot join: table \"{tbl}\" {problem}"),
+            GroupState { message, .. } => message.clone(),
+            UnknownMember(name) => format!("\"{name}\" is not a member of the group"),
+            Donor(msg) => format!("cannot join through this member: {msg}"),
+            Parted(name) => format!("node \"{name}\" has been parted from the group; its pulls are refused"),
+            Remote { message, .. } => message.clone(),
             Internal(msg) => format!("mmr internal error: {msg}"),
         }
     }
@@ -214,6 +247,18 @@ impl MmrError {
             BadRow(_) => "Pass e.g. '{\"id\": 1, \"v\": \"x\"}'::jsonb (columns left out become NULL), or NULL::jsonb to delete the row.".into(),
             TwoPhaseCommit => "Commit it directly; mmr does not support two-phase commit on replicated tables.".into(),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),
+            JoinTable { .. } => "Create the group's tables on the new node from a member's definitions \
+                 (pg_dump --schema-only), empty, then run mmr.join_group again; nothing was changed."
+                .into(),
+            GroupState { hint, .. } => hint.clone(),
+            Remote { hint, .. } => return hint.clone(),
+            UnknownMember(_) => "SELECT name, state FROM mmr.nodes lists the members.".into(),
+            Donor(_) => "Check the conninfo (it must reach a member as a superuser) and that the member runs; \
+                 mmr.join_group can be run again."
+                .into(),
+            Parted(_) => "A parted node cannot come back: drop and create the extension there, and join it \
+                 with mmr.join_group under a new name and node id."
+                .into(),
             _ => return None,
         })
     }
@@ -251,6 +296,16 @@ pub fn damaged(e: impl std::fmt::Display) -> MmrError {
 /// For `.map_err`: anything else that should not happen.
 pub fn internal(e: impl std::fmt::Display) -> MmrError {
     MmrError::Internal(e.to_string())
+}
+
+/// The code of a five-character SQLSTATE (internal_error if it is not one).
+fn sqlstate_code(s: &str) -> Code {
+    let b = s.as_bytes();
+    if b.len() != 5 || !b.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
+        return Code::ERRCODE_INTERNAL_ERROR;
+    }
+    let v = b.iter().enumerate().fold(0i32, |v, (i, c)| v | (((c - b'0') as i32 & 0x3F) << (6 * i)));
+    Code::from(v)
 }
 
 /// The five characters of a SQLSTATE code (PostgreSQL packs them 6 bits each).

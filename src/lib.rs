@@ -15,6 +15,7 @@ mod capture;
 mod catalog;
 mod clock;
 mod error;
+mod group;
 mod gucs;
 mod peer;
 mod pg;

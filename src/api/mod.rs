@@ -4,4 +4,4 @@ mod clock;
 mod conflicts;
 mod node;
 mod peers;
-mod tables;
+pub mod tables;

@@ -171,6 +171,21 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
     .map_err(spi)
 }
 
+/// Replicates an (empty) table that joins the group (see group/join.rs): a definition
+/// loaded with `pg_dump --schema-only` from a member already has mmr's columns and
+/// triggers, which are made again, so every table is set up the same way.
+pub fn adopt(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
+    if is_replicated(tbl)? {
+        return set_resolver(tbl, resolver);
+    }
+    let name = qualified_name(tbl)?;
+    let ddl = format!(
+        "DROP TRIGGER IF EXISTS zz_mmr_stamp ON {name};          DROP TRIGGER IF EXISTS zz_mmr_capture ON {name};          DROP TRIGGER IF EXISTS zz_mmr_rekey ON {name};          DROP TRIGGER IF EXISTS zz_mmr_truncate ON {name};          ALTER TABLE {name} DROP COLUMN IF EXISTS mmr_hlc, DROP COLUMN IF EXISTS mmr_node, DROP COLUMN IF EXISTS mmr_vv"
+    );
+    Spi::run(&ddl).map_err(spi)?;
+    replicate(tbl, resolver)
+}
+
 fn unreplicate(tbl: pg_sys::Oid) -> Result<()> {
     let name = qualified_name(tbl)?;
     if !is_replicated(tbl)? {

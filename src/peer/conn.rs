@@ -20,6 +20,31 @@ pub struct PeerConn {
     conn: *mut PGconn,
     /// Longest silence tolerated while waiting for a reply.
     read_timeout: Duration,
+    /// The last error the server reported (not one of the connection).
+    last_server_error: Option<ServerError>,
+}
+
+/// An ERROR the server sent, with its fields.
+#[derive(Debug, Clone)]
+pub struct ServerError {
+    pub sqlstate: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// # Safety
+/// `res` must be a valid error PGresult.
+unsafe fn server_error(res: *const PGresult) -> ServerError {
+    let field = |code: u8| {
+        // SAFETY: guaranteed by the caller; the field pointer lives as long as res.
+        let p = unsafe { PQresultErrorField(res, code as i32) };
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    };
+    ServerError {
+        sqlstate: field(PG_DIAG_SQLSTATE).unwrap_or_default(),
+        message: field(PG_DIAG_MESSAGE_PRIMARY).unwrap_or_default(),
+        hint: field(PG_DIAG_MESSAGE_HINT),
+    }
 }
 
 // Closing on drop: an ERROR unwinding through the worker must not leak the connection.
@@ -114,7 +139,7 @@ impl PeerConn {
         if conn.is_null() {
             return Err("out of memory starting a connection".into());
         }
-        let pc = PeerConn { conn, read_timeout: Duration::from_secs(30) };
+        let pc = PeerConn { conn, read_timeout: Duration::from_secs(30), last_server_error: None };
         // SAFETY: conn is valid until pc is dropped.
         if unsafe { PQstatus(conn) } == ConnStatusType::CONNECTION_BAD {
             return Err(conn_error(conn));
@@ -140,6 +165,11 @@ impl PeerConn {
             return Err(conn_error(conn));
         }
         Ok(pc)
+    }
+
+    /// The error the server sent for the last failed query, if it was the server's.
+    pub fn take_server_error(&mut self) -> Option<ServerError> {
+        self.last_server_error.take()
     }
 
     /// Sets the longest silence tolerated while waiting for a reply.
@@ -219,6 +249,7 @@ impl PeerConn {
                     ExecStatusType::PGRES_TUPLES_OK | ExecStatusType::PGRES_COMMAND_OK => None,
                     _ => {
                         let msg = CStr::from_ptr(PQresultErrorMessage(res)).to_string_lossy().trim().to_string();
+                        self.last_server_error = Some(server_error(res));
                         Some(Err(if msg.is_empty() { conn_error(self.conn) } else { msg }))
                     }
                 };
@@ -232,6 +263,75 @@ impl PeerConn {
                 }
             }
         }
+    }
+
+    /// Runs `COPY ... TO STDOUT` and hands each row (one line of COPY text, with its
+    /// newline) to `sink`. Returns the number of rows.
+    pub fn copy_out(&mut self, sql: &str, mut sink: impl FnMut(&[u8]) -> Result<(), String>) -> Result<u64, String> {
+        self.send(sql, &[])?;
+        // SAFETY: valid connection; results are cleared after use; buffers from
+        // PQgetCopyData are freed with PQfreemem.
+        unsafe {
+            self.wait_readable()?;
+            let res = PQgetResult(self.conn);
+            if res.is_null() {
+                return Err("COPY returned no result".into());
+            }
+            let status = PQresultStatus(res);
+            if status != ExecStatusType::PGRES_COPY_OUT {
+                let msg = CStr::from_ptr(PQresultErrorMessage(res)).to_string_lossy().trim().to_string();
+                self.last_server_error = Some(server_error(res));
+                PQclear(res);
+                return Err(if msg.is_empty() { format!("COPY did not start ({status:?})") } else { msg });
+            }
+            PQclear(res);
+            let mut rows = 0u64;
+            loop {
+                let mut buf: *mut std::ffi::c_char = std::ptr::null_mut();
+                let n = PQgetCopyData(self.conn, &mut buf, 1);
+                if n > 0 {
+                    let data = std::slice::from_raw_parts(buf as *const u8, n as usize);
+                    let r = sink(data);
+                    PQfreemem(buf as *mut std::ffi::c_void);
+                    r?;
+                    rows += 1;
+                } else if n == 0 {
+                    let deadline = Instant::now() + self.read_timeout;
+                    if !wait_socket(PQsocket(self.conn), WaitFor::Read, deadline) {
+                        return Err(format!("no reply from the peer for {} s", self.read_timeout.as_secs()));
+                    }
+                    if PQconsumeInput(self.conn) != 1 {
+                        return Err(conn_error(self.conn));
+                    }
+                } else if n == -1 {
+                    break;
+                } else {
+                    return Err(conn_error(self.conn));
+                }
+            }
+            // The final result says whether the COPY succeeded.
+            while let Some(row) = self.next_row()? {
+                drop(row);
+            }
+            Ok(rows)
+        }
+    }
+
+    /// Waits until a result can be read without blocking.
+    fn wait_readable(&mut self) -> Result<(), String> {
+        // SAFETY: valid connection.
+        unsafe {
+            while PQisBusy(self.conn) == 1 {
+                let deadline = Instant::now() + self.read_timeout;
+                if !wait_socket(PQsocket(self.conn), WaitFor::Read, deadline) {
+                    return Err(format!("no reply from the peer for {} s", self.read_timeout.as_secs()));
+                }
+                if PQconsumeInput(self.conn) != 1 {
+                    return Err(conn_error(self.conn));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs a query and returns all its rows.

@@ -39,6 +39,50 @@ const FIXED: [(&CStr, &CStr); 6] = [
     (c"lc_monetary", c"C"),
 ];
 
+/// The fixed settings as `SET` statements, for a session mmr opens on another server
+/// to read values as text there (the pull connection, a join's copy), and the
+/// search_path that makes every `regclass` print schema-qualified.
+pub fn remote_session_setup() -> Vec<String> {
+    FIXED
+        .iter()
+        .map(|(name, value)| format!("SET {} = '{}'", name.to_string_lossy(), value.to_string_lossy()))
+        .chain(std::iter::once("SET search_path = pg_catalog".to_string()))
+        .collect()
+}
+
+/// Sets them (and that search_path) for the rest of the current transaction, so that
+/// text from a `remote_session_setup` session reads back as the same values here.
+pub fn fix_for_transaction() -> std::result::Result<(), pgrx::spi::SpiError> {
+    for (name, value) in FIXED.iter() {
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config($1, $2, true)",
+            &[name.to_string_lossy().as_ref().into(), value.to_string_lossy().as_ref().into()],
+        )?;
+    }
+    Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+}
+
+/// While it lives, settings changed with `set_config(.., true)` are scoped to it: they
+/// return to their values when it is dropped (a GUC nest level, as a function's `SET`
+/// clause makes one), or when an ERROR aborts the transaction.
+pub struct Scope(i32);
+
+impl Scope {
+    pub fn enter() -> Scope {
+        // SAFETY: a new GUC nest level, popped in drop (or by abort).
+        Scope(unsafe { pg_sys::NewGUCNestLevel() })
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: pops the nest level made in enter(), restoring the saved values.
+            unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+        }
+    }
+}
+
 /// What the text form of one base type depends on. Types of extensions (oids past the
 /// built-in range) may depend on anything: all settings are fixed for them.
 pub fn needs_of_base(typid: pg_sys::Oid) -> Needs {

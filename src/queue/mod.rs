@@ -54,6 +54,9 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         None => None,
     };
     check_consumer(consumer)?;
+    if crate::group::member::leaving(consumer)? {
+        return Err(MmrError::Parted(consumer.into()));
+    }
     record_consumer(consumer, tick, position)?;
     // Before the stable stamp below: so that when nothing is pending, that stamp
     // passes the report's `self`, and the consumer's watermark of us can (prune.rs).
@@ -136,7 +139,7 @@ fn now_text() -> Result<String> {
 /// The login role must be entitled to speak for `consumer` (see mmr.pull_binding):
 /// superusers always are; another role is bound to a consumer name the first time it
 /// pulls as it, unless a binding to another role exists.
-fn check_consumer(consumer: &str) -> Result<()> {
+pub fn check_consumer(consumer: &str) -> Result<()> {
     if !catalog::valid_name(consumer) {
         return Err(MmrError::InvalidName { what: "consumer", name: consumer.into() });
     }

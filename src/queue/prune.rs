@@ -4,6 +4,8 @@
 //! * Ticks: those before every peer's position.
 //! * Tombstones: by the rule in `mmr_core::prune` (the model check explores the same
 //!   function), from each peer's latest frontier report and our watermark of it.
+//! * Relay log rows (group/part.rs): once every other peer reports having applied
+//!   every change of their origin stamped up to the row's last one.
 //! * Conflicts: older than mmr.conflict_retention (pending ones stay until resolved).
 
 use crate::error::{damaged, spi, Result};
@@ -17,6 +19,7 @@ pub fn housekeeping() -> Result<()> {
     prune_queue()?;
     prune_ticks()?;
     prune_tombstones()?;
+    prune_relay_log()?;
     trim_conflicts()
 }
 
@@ -73,6 +76,23 @@ fn prune_tombstones() -> Result<()> {
         if page.len() < PAGE {
             break;
         }
+    }
+    Ok(())
+}
+
+fn prune_relay_log() -> Result<()> {
+    let origins = Spi::get_one::<Vec<i32>>("SELECT array_agg(DISTINCT origin) FROM mmr.relay_log").map_err(spi)?;
+    let Some(origins) = origins else { return Ok(()) };
+    let Some(view) = frontier_view()? else { return Ok(()) };
+    for origin in origins {
+        // The highest stamp below which every other peer has applied all of origin's
+        // changes (no other peer: nobody can need them).
+        let bound = view.peers.iter().filter(|p| p.node != origin as i64).map(|p| p.applied.get(origin as i64)).min();
+        Spi::run_with_args(
+            "DELETE FROM mmr.relay_log WHERE origin = $1 AND ($2::bigint IS NULL OR max_hlc < $2)",
+            &[origin.into(), bound.into()],
+        )
+        .map_err(spi)?;
     }
     Ok(())
 }

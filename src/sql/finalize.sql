@@ -25,7 +25,8 @@ CREATE VIEW mmr.peers AS
 SELECT p.name,
        p.node_id,
        mmr._mask_conninfo(p.conninfo) AS conninfo,
-       CASE WHEN p.paused THEN 'paused' ELSE coalesce(s.state, 'stopped') END AS state,
+       CASE WHEN m.state IN ('parting', 'parted') THEN m.state
+            WHEN p.paused THEN 'paused' ELSE coalesce(s.state, 'stopped') END AS state,
        s.last_error,
        s.last_contact,
        nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0) AS applied_hlc,
@@ -35,7 +36,8 @@ SELECT p.name,
        (SELECT count(*) FROM mmr.set_aside a WHERE a.origin = p.node_id) AS set_aside
 FROM mmr.peer p
 LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name
-LEFT JOIN mmr._peer_status() s ON s.name = p.name;
+LEFT JOIN mmr._peer_status() s ON s.name = p.name
+LEFT JOIN mmr.member m ON m.name = p.name;
 COMMENT ON VIEW mmr.peers IS
     'Peers of this node: connection, state, last error, and how far behind this node is in applying their changes. '
     'applied_hlc: every change of the peer stamped below it has been applied here; '
@@ -93,6 +95,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA mmr TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.relay(text, text, pg_snapshot, boolean) TO %s', role);
     IF peer IS NOT NULL THEN
         INSERT INTO mmr.pull_binding (consumer, role) VALUES (peer, role)
         ON CONFLICT (consumer) DO UPDATE SET role = excluded.role, bound_at = now();
@@ -125,6 +128,103 @@ $$;
 CREATE TRIGGER mmr_settle AFTER INSERT ON mmr.resolution_log
     FOR EACH ROW EXECUTE FUNCTION mmr._settle_conflicts();
 ALTER TABLE mmr.resolution_log ENABLE ALWAYS TRIGGER mmr_settle;
+
+-- mmr.member replicates like a user table (see schema.sql). Every change to it, local
+-- or applied, makes this node's peers follow the membership (ENABLE ALWAYS).
+CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.member
+    FOR EACH ROW EXECUTE FUNCTION mmr.stamp();
+CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.member
+    FOR EACH ROW EXECUTE FUNCTION mmr.capture();
+CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON mmr.member
+    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name) EXECUTE FUNCTION mmr.capture();
+CREATE FUNCTION mmr._member_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM mmr._sync_peers();
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER mmr_member_sync AFTER INSERT OR UPDATE ON mmr.member
+    FOR EACH STATEMENT EXECUTE FUNCTION mmr._member_changed();
+ALTER TABLE mmr.member ENABLE ALWAYS TRIGGER mmr_member_sync;
+
+-- Concurrent changes of a member's row keep the later state (joining < active <
+-- parting < parted), so a part is never undone by a join finishing at the same time;
+-- between equal states, last-write-wins.
+CREATE FUNCTION mmr._member_resolver(local mmr.member, remote mmr.member, remote_old mmr.member,
+                                     info mmr.conflict_info) RETURNS mmr.member
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    states text[] := ARRAY['joining', 'active', 'parting', 'parted'];
+BEGIN
+    IF local IS NULL OR remote IS NULL THEN
+        RETURN mmr.lww(local, remote, info);
+    ELSIF array_position(states, remote.state) > array_position(states, local.state) THEN
+        RETURN remote;
+    ELSIF array_position(states, remote.state) < array_position(states, local.state) THEN
+        RETURN local;
+    END IF;
+    RETURN mmr.lww(local, remote, info);
+END
+$$;
+UPDATE mmr.replicated_table
+   SET resolver = 'mmr._member_resolver(mmr.member, mmr.member, mmr.member, mmr.conflict_info)'::regprocedure
+ WHERE relid = 'mmr.member'::regclass;
+
+CREATE VIEW mmr.nodes AS
+SELECT m.name, m.node_id, mmr._mask_conninfo(m.dsn) AS dsn, m.state,
+       m.name = (SELECT n.name FROM mmr.node n) AS is_local
+FROM mmr.member m
+WHERE m.state <> 'parted';
+COMMENT ON VIEW mmr.nodes IS
+    'Members of the group as this node knows them: joining, active, or parting (being taken out).';
+
+CREATE FUNCTION mmr.join_group(via text) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._join_group(via) $$;
+COMMENT ON FUNCTION mmr.join_group(text) IS
+    'Join the group of the member at conninfo via, with a copy of its data, while every member keeps writing.';
+
+CREATE FUNCTION mmr.part_node(name text) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._part_node(name) $$;
+COMMENT ON FUNCTION mmr.part_node(text) IS
+    'Take a node out of the group on every member; the survivors first hand each other its changes.';
+
+-- Called by a joining node on the member it joins through (src/group/join.rs). The
+-- caller must be a superuser there: it copies every replicated table.
+CREATE FUNCTION mmr.join_register(name text, node_id integer, dsn text) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT mmr._join_register(name, node_id, dsn) $$;
+CREATE FUNCTION mmr.join_registered(name text, since pg_snapshot) RETURNS text
+LANGUAGE sql AS $$ SELECT mmr._join_registered(name, since::text) $$;
+CREATE FUNCTION mmr.join_activate(name text, node_id integer) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._join_activate(name, node_id) $$;
+CREATE FUNCTION mmr.join_snapshot() RETURNS jsonb
+LANGUAGE sql AS $$ SELECT mmr._join_snapshot() $$;
+
+-- Called by survivors while a node is parted (src/group/part.rs): the header row says
+-- whether this node has stopped taking the parted node's changes (ready) and has
+-- relayed from every survivor itself (complete); when ready, the rows are the parted
+-- node's queue rows this node applied that are not visible in the caller's position
+-- in the parted node's queue.
+CREATE FUNCTION mmr.relay(consumer text, parted text, pos pg_snapshot, want_rows boolean)
+RETURNS TABLE (kind "char", xid xid8, changes text, meta jsonb, applied bigint[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    header jsonb;
+BEGIN
+    header := mmr._relay_begin(consumer, parted);
+    RETURN QUERY SELECT 'H'::"char", NULL::xid8, NULL::text, header, NULL::bigint[];
+    IF NOT (header->>'ready')::boolean OR NOT want_rows THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT 'C'::"char", r.xid, r.changes, NULL::jsonb, r.applied
+        FROM mmr.relay_log r
+        WHERE r.origin = (header->>'node_id')::int
+          AND (pos IS NULL OR NOT pg_visible_in_snapshot(r.xid, pos))
+        ORDER BY r.seq;
+END
+$$;
 
 CREATE FUNCTION mmr.resolve_conflict(id bigint, choice text) RETURNS void
 LANGUAGE sql AS $$ SELECT mmr._resolve_conflict(id, choice, NULL) $$;

@@ -201,4 +201,55 @@ CREATE TABLE mmr.resolution_log (
 COMMENT ON TABLE mmr.resolution_log IS 'Decisions taken with mmr.resolve_conflict, replicated to every node.';
 INSERT INTO mmr.replicated_table (relid) VALUES ('mmr.resolution_log');
 
-SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table', 'WHERE relid <> ''mmr.resolution_log''::regclass');
+-- The members of the group (see src/group/). Replicated like a user table, so every
+-- member learns of a join or a part from the node that recorded it; each node makes
+-- its peers follow it (mmr._sync_peers). A node's own row is written uncaptured by
+-- mmr.init_node ("unknown history", like rows loaded before replicating) and reaches
+-- others in the copy of join_group. State only moves forward: joining -> active ->
+-- parting -> parted (concurrent writes keep the later state: mmr._member_resolver).
+-- Parted rows stay: they fence the node (its pulls are refused) and keep its name and
+-- node id from being reused.
+CREATE TABLE mmr.member (
+    name text PRIMARY KEY,
+    node_id integer NOT NULL UNIQUE CHECK (node_id BETWEEN 1 AND 1023),
+    dsn text,
+    state text NOT NULL CHECK (state IN ('joining', 'active', 'parting', 'parted')),
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    mmr_hlc bigint NOT NULL DEFAULT 0,
+    mmr_node integer NOT NULL DEFAULT 0,
+    mmr_vv bigint[] NOT NULL DEFAULT '{}'
+);
+COMMENT ON TABLE mmr.member IS 'Members of the replication group and their state, replicated to every member.';
+
+-- Every queue row applied from a peer, kept until every other member has applied it
+-- too, so that when its origin is parted (and perhaps dead) the survivors can hand each
+-- other what some of them lack (src/group/part.rs). `xid` is the transaction id on the
+-- origin: positions in the origin's queue mean the same on every node, so a survivor's
+-- position says exactly which of these rows it lacks.
+CREATE TABLE mmr.relay_log (
+    seq bigserial PRIMARY KEY,
+    origin integer NOT NULL,
+    xid xid8 NOT NULL,
+    max_hlc bigint NOT NULL,
+    changes text NOT NULL,
+    applied bigint[] NOT NULL
+);
+CREATE INDEX relay_log_origin_idx ON mmr.relay_log (origin, max_hlc);
+COMMENT ON TABLE mmr.relay_log IS 'Peers'' changes applied here, kept until every member has them (for parting a node).';
+
+-- Progress of parting a node here: the survivors this node has taken the parted node's
+-- changes from (relayed), and which of them said they have finished theirs (complete).
+CREATE TABLE mmr.part_relay (
+    parted text NOT NULL,
+    survivor text NOT NULL,
+    relayed_at timestamptz,
+    relayed_changes bigint NOT NULL DEFAULT 0,
+    complete boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (parted, survivor)
+);
+COMMENT ON TABLE mmr.part_relay IS 'Parting a node: which survivors this node has relayed its changes from.';
+
+INSERT INTO mmr.replicated_table (relid) VALUES ('mmr.member');
+
+SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table',
+    'WHERE relid NOT IN (''mmr.resolution_log''::regclass, ''mmr.member''::regclass)');

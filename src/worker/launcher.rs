@@ -55,6 +55,12 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                     if let Err(e) = txn::run(|| crate::apply::set_aside::retry(None, false)) {
                         pgrx::warning!("mmr: retrying set-aside changes failed: {e}");
                     }
+                    if let Err(e) = txn::run(|| {
+                        crate::group::member::sync_peers()?;
+                        crate::group::part::advance()
+                    }) {
+                        pgrx::warning!("mmr: following the group's membership failed: {e}");
+                    }
                 }
             }
             // The extension is not (yet) installed in mmr.database.

@@ -4,7 +4,7 @@
 
 pub mod launcher;
 pub mod peer;
-mod txn;
+pub mod txn;
 
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys;

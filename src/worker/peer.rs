@@ -46,7 +46,12 @@ struct Worker {
     /// The last batch failed: apply the next one change by change, setting aside what
     /// fails (see apply/set_aside.rs).
     careful: bool,
+    /// When this worker last looked for a part to relay for (group/part.rs).
+    last_relay_check: Option<std::time::Instant>,
 }
+
+/// How often a worker looks whether a member is being parted.
+const RELAY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// While caught up, the peer's report and our watermark of it (which let tombstones be
 /// pruned) are stored at most this often.
@@ -88,7 +93,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
             return;
         }
     };
-    Worker { peer, me, position: None, last_idle_store: None, careful: false }.run();
+    Worker { peer, me, position: None, last_idle_store: None, careful: false, last_relay_check: None }.run();
 }
 
 fn report_error(peer: &str, state: &str, err: &str) {
@@ -152,15 +157,12 @@ impl Worker {
         conn.set_read_timeout(poll_wait + Duration::from_secs(30));
         // The peer's session prints the header's timestamps: in fixed styles, whatever
         // its database's defaults (see settings.rs).
-        for setup in [
-            "SET default_transaction_isolation = 'read committed'",
-            "SET statement_timeout = 0",
-            "SET DateStyle = 'ISO, YMD'",
-            "SET IntervalStyle = 'postgres'",
-            "SET TimeZone = 'UTC'",
-            "SET extra_float_digits = 1",
-        ] {
-            if let Err(e) = conn.query(setup, &[]) {
+        let setup = ["SET default_transaction_isolation = 'read committed'", "SET statement_timeout = 0"]
+            .map(String::from)
+            .into_iter()
+            .chain(crate::pg::settings::remote_session_setup());
+        for setup in setup {
+            if let Err(e) = conn.query(&setup, &[]) {
                 return Stop::Failed { state: "error", error: e };
             }
         }
@@ -172,6 +174,12 @@ impl Worker {
                 Ok(n) => wait = if n == 0 { poll_wait } else { Duration::ZERO },
                 Err(stop) => return stop,
             }
+            if self.last_relay_check.is_none_or(|t| t.elapsed() >= RELAY_CHECK_EVERY) {
+                self.last_relay_check = Some(std::time::Instant::now());
+                if let Err(e) = crate::group::part::relay_from(&mut conn, &self.peer) {
+                    return Stop::Failed { state: "error", error: format!("relaying for a part: {e}") };
+                }
+            }
             // Paused or removed while we were connected?
             if self.config().is_none() {
                 return Stop::Exit;
@@ -179,13 +187,18 @@ impl Worker {
         }
     }
 
+    /// The peer's entry, while it is to be pulled from by this node as the worker knows
+    /// it (`None` once the peer is removed or paused, or the extension was created again
+    /// under another identity: then the worker exits and the launcher starts anew).
     fn config(&self) -> Option<PeerConfig> {
         let peer = self.peer.clone();
+        let me = self.me.clone();
         txn::run(move || {
             catalog::select_opt::<pgrx::JsonB>(
                 "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id) FROM mmr.peer \
-                 WHERE name = $1 AND NOT paused",
-                &[peer.into()],
+                 WHERE name = $1 AND NOT paused \
+                   AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
+                &[peer.into(), me.name.into(), me.node_id.into()],
             )
             .map_err(spi)
         })
@@ -321,6 +334,24 @@ impl Worker {
             // One apply transaction at a time on this node: two peers' changes to the
             // same key must not interleave between "read what is here" and "write".
             Spi::run("LOCK TABLE mmr.peer_progress IN SHARE ROW EXCLUSIVE MODE").map_err(spi)?;
+            // Still wanted, under the lock: not being parted (group/part.rs: this node
+            // takes nothing more from it), not removed or paused meanwhile, and this node
+            // still the one the worker started for (the extension may have been created
+            // again).
+            let wanted = Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1 AND NOT paused) \
+                    AND NOT EXISTS (SELECT 1 FROM mmr.member WHERE name = $1 AND state IN ('parting', 'parted')) \
+                    AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
+                &[self.peer.as_str().into(), self.me.name.as_str().into(), self.me.node_id.into()],
+            )
+            .map_err(spi)?;
+            if wanted != Some(true) {
+                return Err(MmrError::GroupState {
+                    message: format!("peer \"{}\" was removed, paused or parted while a batch was read", self.peer),
+                    hint: String::new(),
+                });
+            }
+            let mut relay = RelayRows::new(peer_node)?;
             let mut applier = Applier::new(peer_node);
             applier.careful = self.careful;
             applier.blocked = apply::set_aside::Blocked::load()?;
@@ -337,7 +368,10 @@ impl Worker {
                 };
                 let changes = row.get(2).cloned().flatten().unwrap_or_default();
                 let applied = row.get(4).cloned().flatten().unwrap_or_else(|| "{}".into());
-                let changes = match Change::parse_all(&changes, &applied) {
+                let xid = row.get(1).cloned().flatten().unwrap_or_default();
+                let parsed = Change::parse_all(&changes, &applied);
+                relay.keep(&xid, parsed.as_ref().ok(), &changes, &applied);
+                let changes = match parsed {
                     Ok(c) => c,
                     // A queue row this node cannot read at all: kept for a DBA, once the
                     // batch is being applied carefully (see apply/set_aside.rs).
@@ -360,6 +394,7 @@ impl Worker {
                 }
             }
             applier.finish()?;
+            relay.store()?;
             let watermark = apply::set_aside::cap(peer_node, header.stable)?;
             Spi::run_with_args(
                 "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
@@ -422,6 +457,49 @@ impl Worker {
             s.set_contact(now, pending);
             s.set_watermark(stable);
         });
+    }
+}
+
+/// The queue rows of one batch, kept in `mmr.relay_log` in the batch's transaction so
+/// that survivors can hand them to each other if the peer is parted (group/part.rs).
+/// Only where some other member could lack them: with a single peer there is none.
+struct RelayRows {
+    origin: i32,
+    keep: bool,
+    xids: Vec<String>,
+    max_hlcs: Vec<i64>,
+    changes: Vec<String>,
+    applied: Vec<String>,
+}
+
+impl RelayRows {
+    fn new(origin: i32) -> Result<RelayRows> {
+        let peers = Spi::get_one::<i64>("SELECT count(*) FROM mmr.peer").map_err(spi)?.unwrap_or(0);
+        Ok(RelayRows { origin, keep: peers > 1, xids: vec![], max_hlcs: vec![], changes: vec![], applied: vec![] })
+    }
+
+    fn keep(&mut self, xid: &str, parsed: Option<&Vec<Change>>, changes: &str, applied: &str) {
+        if !self.keep {
+            return;
+        }
+        // A row this node cannot read is kept with stamp 0: pruned only with its origin.
+        let max_hlc = parsed.map(|c| c.iter().map(|c| c.hlc).max().unwrap_or(0)).unwrap_or(i64::MAX);
+        self.xids.push(xid.to_string());
+        self.max_hlcs.push(max_hlc);
+        self.changes.push(changes.to_string());
+        self.applied.push(applied.to_string());
+    }
+
+    fn store(self) -> Result<()> {
+        if self.xids.is_empty() {
+            return Ok(());
+        }
+        Spi::run_with_args(
+            "INSERT INTO mmr.relay_log (origin, xid, max_hlc, changes, applied) \
+             SELECT $1, x::xid8, h, c, a::bigint[] FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[]) AS u(x, h, c, a)",
+            &[self.origin.into(), self.xids.into(), self.max_hlcs.into(), self.changes.into(), self.applied.into()],
+        )
+        .map_err(spi)
     }
 }
 

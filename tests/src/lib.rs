@@ -34,6 +34,11 @@ impl Node {
         self.connect_as("postgres")
     }
 
+    /// How other nodes reach this one (mmr.init_node's dsn): the server itself.
+    pub fn dsn(&self) -> String {
+        format!("{} connect_timeout=2", self.conninfo())
+    }
+
     /// A connection as the ordinary application role `app` (see `Cluster::app`).
     pub fn connect_app(&self) -> Client {
         self.connect_as("app")
@@ -70,11 +75,14 @@ pub struct Options {
     pub conf: Vec<String>,
     /// Create the extension and call mmr.init_node on every node.
     pub init: bool,
+    /// Give each node a dsn in mmr.init_node (the server's own address), so that nodes
+    /// can join each other with mmr.join_group.
+    pub dsn: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { conf: vec![], init: true }
+        Options { conf: vec![], init: true, dsn: false }
     }
 }
 
@@ -196,7 +204,8 @@ impl Cluster {
                      ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO app",
                 )
                 .unwrap();
-                db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id]).unwrap();
+                let dsn = opts.dsn.then(|| node.dsn());
+                db.execute("SELECT mmr.init_node($1, $2, $3)", &[&node.name, &node.node_id, &dsn]).unwrap();
             }
         }
         c
