@@ -163,7 +163,7 @@ mod tests {
         run("SELECT mmr.unreplicate('pre')");
         assert_eq!(one::<i64>("SELECT count(*) FROM pre"), Some(10));
         assert_eq!(
-            one::<i64>("SELECT count(*) FROM mmr.replicated_table WHERE relid <> 'mmr.resolution_log'::regclass"),
+            one::<i64>("SELECT count(*) FROM mmr.replicated_table WHERE relid::regclass::text NOT LIKE 'mmr.%'"),
             Some(0)
         );
         assert_eq!(
@@ -184,7 +184,7 @@ mod tests {
         run("DELETE FROM gone");
         run("DROP TABLE gone");
         assert_eq!(
-            one::<i64>("SELECT count(*) FROM mmr.replicated_table WHERE relid <> 'mmr.resolution_log'::regclass"),
+            one::<i64>("SELECT count(*) FROM mmr.replicated_table WHERE relid::regclass::text NOT LIKE 'mmr.%'"),
             Some(0)
         );
         assert_eq!(one::<i64>("SELECT count(*) FROM mmr.tombstone"), Some(0));
@@ -219,7 +219,8 @@ mod tests {
         run("SELECT mmr.add_peer('p2', 'host=127.0.0.1 port=1 password=secret')");
         let before = catalog_state();
 
-        assert_rejected("SELECT mmr.init_node('n1', 1)", "42710", "already initialized");
+        assert_rejected("SELECT mmr.init_node('n1', 2)", "42710", "already initialized");
+        assert_rejected("SELECT mmr.init_node('n1', 1, 'not a conninfo')", "22023", "invalid connection string");
         assert_rejected("SELECT mmr.init_node('other', 2)", "42710", "already initialized");
         assert_rejected("SELECT mmr.replicate('nopk')", "42P16", "has no primary key");
         assert_rejected("SELECT mmr.replicate('unl')", "0A000", "unlogged");

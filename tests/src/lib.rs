@@ -413,6 +413,18 @@ impl Cluster {
         self.connect(i).query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e))).get(0)
     }
 
+    /// Loads the definitions of `tables` from node `from` into node `to`, as a DBA sets up
+    /// a joining node: `pg_dump --schema-only | psql`.
+    pub fn copy_schema(&self, from: usize, to: usize, tables: &[&str]) {
+        let tables: String = tables.iter().map(|t| format!(" -t {t}")).collect();
+        let (src, dst) = (self.nodes[from].port, self.nodes[to].port);
+        let script = format!(
+            "{PG_BIN}/pg_dump --schema-only -h 127.0.0.1 -p {src} -U postgres{tables} postgres \
+             | {PG_BIN}/psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {dst} -U postgres -d postgres"
+        );
+        run(Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", &script]));
+    }
+
     /// Creates a table with `ddl` on every node and replicates it.
     pub fn replicated_table(&self, ddl: &str, table: &str) {
         for i in 0..self.len() {

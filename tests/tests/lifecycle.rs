@@ -234,6 +234,10 @@ fn join_under_load_loses_and_repeats_nothing() {
     let w1 = Writers::start(&c, 0, 2);
     let w2 = Writers::start(&c, 1, 2);
     wait_rows(&c, 0, 500);
+    // n3's tables as a DBA would make them: a schema dump of a member (with mmr's
+    // columns and triggers in it).
+    c.exec(2, "DROP TABLE t, counters");
+    c.copy_schema(0, 2, &["t", "counters"]);
     join(&c, 2, 0);
     // It takes writes at once.
     let w3 = Writers::start(&c, 2, 2);
