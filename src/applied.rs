@@ -44,15 +44,35 @@ fn stored() -> Result<Vec<(i64, i64)>> {
     Spi::connect(|c| {
         let rows = c.select(
             "SELECT p.node_id::bigint, pp.watermark FROM mmr.peer p JOIN mmr.peer_progress pp ON pp.peer = p.name \
-             WHERE p.node_id IS NOT NULL AND pp.watermark > 0",
+             WHERE p.node_id IS NOT NULL AND pp.watermark > 0 \
+             UNION ALL SELECT node_id, $1 FROM mmr.member WHERE state = 'parted'",
             None,
-            &[],
+            &[PARTED.into()],
         )?;
         rows.into_iter()
             .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))))
             .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()
     })
     .map_err(spi)
+}
+
+/// What a node parted from the group counts as applied: everything. Once it is parted
+/// here, every survivor holds the same of its changes (group/part.rs) and no more can
+/// come, so every write this node makes from then on follows all of them
+/// (`mmr_core::decide::tombstone_outlived`), and tombstones holding its writes can be
+/// pruned (`mmr_core::prune`).
+pub const PARTED: i64 = i64::MAX;
+
+/// Notes every member parted here (committed) as applied in full. The launcher calls
+/// it in a transaction of its own, so only a committed part is ever noted.
+pub fn note_parted() -> Result<()> {
+    let ids = Spi::get_one::<Vec<i32>>("SELECT array_agg(node_id) FROM mmr.member WHERE state = 'parted'")
+        .map_err(spi)?
+        .unwrap_or_default();
+    for id in ids {
+        note(id, PARTED);
+    }
+    Ok(())
 }
 
 /// Loads the stored entries into shared memory. The launcher calls it once after the

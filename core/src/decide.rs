@@ -175,20 +175,16 @@ pub fn decide(op: Op, remote: &Version, local: &Local) -> Decision {
 ///
 /// `writer_applied` holds, per node, a stamp below which the writer had applied every
 /// change of that node when it wrote (a lower bound is safe: it can only say no). The
-/// writer has its own writes by definition. Entries of nodes that `is_member` rejects
-/// (nodes that left the group) are ignored, as pruning ignores them: nothing more of
-/// theirs can arrive anywhere.
-pub fn tombstone_outlived(
-    tomb: &VersionVector,
-    writer: i32,
-    writer_applied: &VersionVector,
-    is_member: impl Fn(i64) -> bool,
-) -> bool {
+/// writer has its own writes by definition. Entries of nodes that left the group count
+/// like any other: a node parted from the group is recorded as applied in full
+/// (`i64::MAX`) by every survivor once the part is over (src/applied.rs), so writes
+/// made after that see past it, and earlier ones are judged by what their writer had
+/// -- ignoring the entry would let a change the deletion had absorbed bring the row
+/// back (found by the model check).
+pub fn tombstone_outlived(tomb: &VersionVector, writer: i32, writer_applied: &VersionVector) -> bool {
     // (A tombstone holding only the writer's own writes is outlived too: the writer's
     // later write dominates it, so decide() would apply it as it is anyway.)
-    tomb.entries()
-        .filter(|&(node, _)| node != writer as i64 && is_member(node))
-        .all(|(node, stamp)| writer_applied.get(node) > stamp)
+    tomb.entries().filter(|&(node, _)| node != writer as i64).all(|(node, stamp)| writer_applied.get(node) > stamp)
 }
 
 /// The local version's vector with the writes of an earlier life of the key that this
@@ -274,19 +270,18 @@ mod tests {
 
     #[test]
     fn a_tombstone_the_writer_had_applied_is_outlived() {
-        let all = |_: i64| true;
         // Node 1 deleted the key at 100, after node 2's update at 90 had been merged in.
         let tomb = VersionVector::from_flat(&[1, 100, 2, 90]).unwrap();
         // Node 3 had applied both: whatever it writes now comes after that life.
-        assert!(tombstone_outlived(&tomb, 3, &VersionVector::from_flat(&[1, 101, 2, 91]).unwrap(), all));
+        assert!(tombstone_outlived(&tomb, 3, &VersionVector::from_flat(&[1, 101, 2, 91]).unwrap()));
         // Node 3 had not applied node 2's update yet: its change may be concurrent.
-        assert!(!tombstone_outlived(&tomb, 3, &VersionVector::from_flat(&[1, 101, 2, 90]).unwrap(), all));
-        assert!(!tombstone_outlived(&tomb, 3, &VersionVector::new(), all));
+        assert!(!tombstone_outlived(&tomb, 3, &VersionVector::from_flat(&[1, 101, 2, 90]).unwrap()));
+        assert!(!tombstone_outlived(&tomb, 3, &VersionVector::new()));
         // Node 1 wrote the deletion; it needs only to have applied node 2's update.
-        assert!(tombstone_outlived(&tomb, 1, &VersionVector::from_flat(&[2, 95]).unwrap(), all));
-        assert!(!tombstone_outlived(&tomb, 1, &VersionVector::from_flat(&[2, 85]).unwrap(), all));
-        // Node 2 has left the group: its update no longer counts.
-        assert!(tombstone_outlived(&tomb, 1, &VersionVector::new(), |n| n != 2));
+        assert!(tombstone_outlived(&tomb, 1, &VersionVector::from_flat(&[2, 95]).unwrap()));
+        assert!(!tombstone_outlived(&tomb, 1, &VersionVector::from_flat(&[2, 85]).unwrap()));
+        // Node 2 has been parted, and node 1 had taken that in when it wrote.
+        assert!(tombstone_outlived(&tomb, 1, &VersionVector::from_flat(&[2, i64::MAX]).unwrap()));
     }
 
     #[test]
@@ -295,10 +290,10 @@ mod tests {
         // at 95, which node 1 had not applied when it wrote again: its next write is
         // concurrent with that update and must be resolved against the tombstone.
         let merged = VersionVector::from_flat(&[1, 100, 3, 95]).unwrap();
-        assert!(!tombstone_outlived(&merged, 1, &VersionVector::from_flat(&[3, 40]).unwrap(), |_| true));
+        assert!(!tombstone_outlived(&merged, 1, &VersionVector::from_flat(&[3, 40]).unwrap()));
         // Node 1's deletion alone: its later writes follow it either way.
         let own = VersionVector::from_flat(&[1, 100]).unwrap();
-        assert!(tombstone_outlived(&own, 1, &VersionVector::new(), |_| true));
+        assert!(tombstone_outlived(&own, 1, &VersionVector::new()));
     }
 
     /// Found by the model check (model.rs): node 3 pruned the tombstone {1:2} and wrote

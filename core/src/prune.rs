@@ -14,9 +14,10 @@
 //!   report: our watermark of `p` has passed the report's `self` stamp. After that,
 //!   nothing `p` sends can be concurrent with the deletion.
 //!
-//! Writes of nodes that are not members are not waited for (nothing more of theirs can
-//! arrive); while some peer's node id is unknown, or there is no peer at all, nothing
-//! is pruned (the caller checks that).
+//! Writes of a parted node are settled once every node records it as applied in full
+//! (`i64::MAX`, see src/applied.rs); a node removed with `remove_peer` never is, so
+//! tombstones holding its writes stay. While some peer's node id is unknown, or there
+//! is no peer at all, nothing is pruned (the caller checks that).
 
 use crate::vv::VersionVector;
 
@@ -44,14 +45,8 @@ pub fn write_settled(origin: i64, stamp: i64, me: i64, applied_here: &VersionVec
 
 /// Whether a tombstone with vector `tomb` may be dropped (see the module
 /// documentation).
-pub fn tombstone_prunable(
-    tomb: &VersionVector,
-    me: i64,
-    applied_here: &VersionVector,
-    peers: &[PeerFrontier],
-    is_member: impl Fn(i64) -> bool,
-) -> bool {
-    tomb.entries().filter(|&(origin, _)| is_member(origin)).all(|(o, s)| write_settled(o, s, me, applied_here, peers))
+pub fn tombstone_prunable(tomb: &VersionVector, me: i64, applied_here: &VersionVector, peers: &[PeerFrontier]) -> bool {
+    tomb.entries().all(|(o, s)| write_settled(o, s, me, applied_here, peers))
 }
 
 #[cfg(test)]
@@ -71,26 +66,27 @@ mod tests {
         // Node 1 (me) deleted at 100 after merging node 2's write at 90.
         let tomb = vv(&[1, 100, 2, 90]);
         let here = vv(&[2, 91, 3, 50]);
-        let all = |_| true;
         let ok = [peer(2, &[1, 101], 200, 200), peer(3, &[1, 101, 2, 91], 300, 300)];
-        assert!(tombstone_prunable(&tomb, 1, &here, &ok, all));
+        assert!(tombstone_prunable(&tomb, 1, &here, &ok));
         // Node 3 has not applied node 2's write yet.
         let lagging = [peer(2, &[1, 101], 200, 200), peer(3, &[1, 101, 2, 90], 300, 300)];
-        assert!(!tombstone_prunable(&tomb, 1, &here, &lagging, all));
+        assert!(!tombstone_prunable(&tomb, 1, &here, &lagging));
         // We have not applied everything node 3 wrote before its report.
         let behind = [peer(2, &[1, 101], 200, 200), peer(3, &[1, 101, 2, 91], 300, 299)];
-        assert!(!tombstone_prunable(&tomb, 1, &here, &behind, all));
+        assert!(!tombstone_prunable(&tomb, 1, &here, &behind));
         // We have not applied node 2's write ourselves.
-        assert!(!tombstone_prunable(&tomb, 1, &vv(&[2, 90]), &ok, all));
+        assert!(!tombstone_prunable(&tomb, 1, &vv(&[2, 90]), &ok));
     }
 
     #[test]
-    fn the_origin_need_not_report_its_own_write_and_departed_nodes_are_not_waited_for() {
+    fn the_origin_need_not_report_its_own_write_and_parted_nodes_are_applied_in_full() {
         let tomb = vv(&[2, 90, 9, 5]);
+        // Node 2 wrote (2, 90): its report need not cover its own write. Node 9 is not
+        // a peer: its write is settled once we and every peer record it parted.
         let here = vv(&[2, 91]);
-        // Node 2 wrote (2, 90): its report need not cover its own write.
-        let peers = [peer(2, &[], 200, 200)];
-        assert!(!tombstone_prunable(&tomb, 1, &here, &peers, |_| true));
-        assert!(tombstone_prunable(&tomb, 1, &here, &peers, |n| n != 9));
+        assert!(!tombstone_prunable(&tomb, 1, &here, &[peer(2, &[9, 6], 200, 200)]));
+        let here = vv(&[2, 91, 9, i64::MAX]);
+        assert!(!tombstone_prunable(&tomb, 1, &here, &[peer(2, &[], 200, 200)]));
+        assert!(tombstone_prunable(&tomb, 1, &here, &[peer(2, &[9, i64::MAX], 200, 200)]));
     }
 }

@@ -40,6 +40,7 @@ fn init(name: &str, node_id: i32, dsn: Option<&str>) -> Result<()> {
     Spi::run_with_args("INSERT INTO mmr.node (name, node_id) VALUES ($1, $2)", &[name.into(), node_id.into()])
         .map_err(spi)?;
     catalog::forget_node_identity();
+    crate::pg::shmem::reset_applied();
     // The node's own member row, written uncaptured: it is not news to anyone yet. The
     // group learns of this node when it joins (join_group registers it through a member).
     Spi::run("SELECT pg_catalog.set_config('session_replication_role', 'replica', true)").map_err(spi)?;

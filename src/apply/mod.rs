@@ -153,10 +153,6 @@ pub struct Applier {
     pub stats: Stats,
     /// Inserts gathered for one statement (see `push`).
     run: Vec<Change>,
-    /// The group's node ids (this node and its peers), or `None` while a peer's id is
-    /// still unknown: writes of other nodes are from nodes that left (see
-    /// `mmr_core::decide::tombstone_outlived`). Read when a tombstone is first met.
-    members: std::cell::OnceCell<Option<Vec<i64>>>,
     /// Apply each change in a subtransaction and set aside those that fail (after a
     /// batch failed as a whole; see set_aside.rs).
     pub careful: bool,
@@ -168,17 +164,6 @@ pub struct Applier {
     applied: std::cell::OnceCell<(i64, VersionVector)>,
     /// A shadow the change being applied supersedes: (table, key, entry id).
     superseded: Option<(String, String, i64)>,
-}
-
-/// The node ids of this node and its peers, or `None` if some peer has not told its id
-/// yet (then any node may be a member). Pruning (prune.rs) draws the same line.
-fn group_members() -> Result<Option<Vec<i64>>> {
-    let ids = Spi::get_one::<Vec<Option<i64>>>(
-        "SELECT array_agg(node_id::bigint) FROM (SELECT node_id FROM mmr.node UNION ALL SELECT node_id FROM mmr.peer) m",
-    )
-    .map_err(spi)?
-    .unwrap_or_default();
-    Ok(ids.into_iter().collect())
 }
 
 /// The incoming row image, parsed once into a jsonb datum.
@@ -210,7 +195,6 @@ impl Applier {
             peer_node,
             stats: Stats::default(),
             run: Vec::new(),
-            members: std::cell::OnceCell::new(),
             careful: false,
             blocked: set_aside::Blocked::default(),
             shadowed: Vec::new(),
@@ -606,12 +590,7 @@ impl Applier {
             Local::Absent => Local::Absent,
             Local::Row(r) => Local::Row(lifted(r)?),
             Local::Tombstone(t) => {
-                if self.members.get().is_none() {
-                    let _ = self.members.set(group_members()?);
-                }
-                let members = self.members.get().and_then(|m| m.as_ref());
-                let is_member = |node: i64| members.is_none_or(|m| m.contains(&node));
-                if tombstone_outlived(&t.vv, self.peer_node, &ch.writer_applied, is_member) {
+                if tombstone_outlived(&t.vv, self.peer_node, &ch.writer_applied) {
                     Local::Absent
                 } else {
                     Local::Tombstone(lifted(t)?)

@@ -371,6 +371,15 @@ pub fn note_applied(node_id: i32, stamp: i64) {
     }
 }
 
+/// Forgets every entry: a new identity (the extension created again and `init_node`
+/// run) has applied nothing yet, whatever its earlier incarnation had. Lowering is safe
+/// here: no report of this identity has been made.
+pub fn reset_applied() {
+    for e in shared().applied.iter() {
+        e.store(0, Ordering::SeqCst);
+    }
+}
+
 /// The `(node id, stamp)` entries noted with `note_applied`, or `None` until the
 /// launcher has loaded the durable ones after the server started (and in databases
 /// other than the launcher's).

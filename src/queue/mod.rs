@@ -122,7 +122,12 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
 fn frontier_report() -> Result<Report> {
     let applied = crate::applied::now()?;
     let peers = Spi::connect(|c| {
-        let t = c.select("SELECT name, node_id::bigint FROM mmr.peer WHERE node_id IS NOT NULL", None, &[])?;
+        let t = c.select(
+            "SELECT name, node_id::bigint FROM mmr.peer WHERE node_id IS NOT NULL \
+             UNION SELECT name, node_id FROM mmr.member WHERE state = 'parted'",
+            None,
+            &[],
+        )?;
         t.into_iter()
             .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
             .collect::<std::result::Result<Vec<_>, pgrx::spi::SpiError>>()

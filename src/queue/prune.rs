@@ -48,7 +48,6 @@ fn prune_tombstones() -> Result<()> {
     let Some(view) = frontier_view()? else {
         return Ok(());
     };
-    let members: Vec<i64> = std::iter::once(view.me).chain(view.peers.iter().map(|p| p.node)).collect();
     // Keyset pages over the table; each page's prunable tombstones are deleted only if
     // unchanged since read (an apply may have merged a write into one meanwhile).
     let mut after: Option<(u32, String)> = None;
@@ -59,7 +58,7 @@ fn prune_tombstones() -> Result<()> {
         let (mut relids, mut pks, mut vvs) = (Vec::new(), Vec::new(), Vec::new());
         for (relid, pk, flat) in &page {
             let tomb = VersionVector::from_flat(flat).map_err(damaged)?;
-            if tombstone_prunable(&tomb, view.me, &view.applied, &view.peers, |n| members.contains(&n)) {
+            if tombstone_prunable(&tomb, view.me, &view.applied, &view.peers) {
                 relids.push(pg_sys::Oid::from(*relid));
                 pks.push(pk.clone());
                 vvs.push(tomb.to_pg_array());
@@ -129,6 +128,10 @@ fn frontier_view() -> Result<Option<FrontierView>> {
     let mut ids: std::collections::HashMap<String, i64> =
         rows.iter().map(|(n, id, _)| (n.clone(), id.unwrap_or(0))).collect();
     ids.insert(me.name.clone(), me.node_id as i64);
+    // Reports name parted members too (applied in full, see applied.rs).
+    for m in crate::group::member::all()?.into_iter().filter(|m| m.state == crate::group::member::PARTED) {
+        ids.entry(m.name).or_insert(m.node_id as i64);
+    }
     let peers = rows
         .into_iter()
         .map(|(_, id, report)| {

@@ -56,6 +56,7 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                         pgrx::warning!("mmr: retrying set-aside changes failed: {e}");
                     }
                     if let Err(e) = txn::run(|| {
+                        crate::applied::note_parted()?;
                         crate::group::member::sync_peers()?;
                         crate::group::part::advance()
                     }) {

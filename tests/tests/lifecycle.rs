@@ -392,9 +392,13 @@ fn part_of_a_dead_node_loses_nothing_a_survivor_had() {
     c.exec(1, "SELECT mmr.pause_peer('n3')");
     let w3 = Writers::start(&c, 2, 2);
     wait_rows(&c, 0, 500);
-    let acked3 = w3.stop();
+    let mut acked3 = w3.stop();
+    // And some deletes: n2 must get them as tombstones, relayed.
+    let gone: Vec<i64> = acked3.ids.drain(..10).collect();
+    c.exec(2, &format!("DELETE FROM t WHERE id = ANY('{{{}}}'::bigint[])", join_ids(&gone)));
     // n1 has all of n3's acknowledged writes.
     c.wait_until(0, &format!("SELECT count(*) = {} FROM t", acked3.ids.len()), SYNC);
+    c.wait_until(0, "SELECT count(*) = 10 FROM mmr.tombstone", SYNC);
     assert!(c.int(1, "SELECT count(*) FROM t") < acked3.ids.len() as i64);
     c.kill9(2);
     c.exec(1, "SELECT mmr.part_node('n3')");
@@ -403,8 +407,19 @@ fn part_of_a_dead_node_loses_nothing_a_survivor_had() {
     assert_all_there(&c, &[0, 1], &acked3);
     assert_group_converged(&c, &[0, 1]);
     assert_eq!(c.text(1, "SELECT state FROM mmr.member WHERE name = 'n3'"), "parted");
-    // Nothing held back for the parted node.
+    // Nothing held back for the parted node: its deletions' tombstones are pruned once
+    // both record it as parted (applied in full).
     for i in [0, 1] {
+        assert_eq!(
+            c.int(
+                i,
+                "SELECT count(*) FROM t WHERE id = ANY('{}'::bigint[])"
+                    .replace("{}", &format!("{{{}}}", join_ids(&gone)))
+                    .as_str()
+            ),
+            0
+        );
+        c.wait_until(i, "SELECT count(*) = 0 FROM mmr.tombstone", SYNC);
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.relay_log WHERE origin = 3"), 0);
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.consumer WHERE name = 'n3'"), 0);
     }

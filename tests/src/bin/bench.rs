@@ -60,6 +60,9 @@ fn main() {
     if part("lag") {
         lag(&mut r);
     }
+    if part("join") {
+        join(&mut r);
+    }
     if only.is_empty() {
         notes(&mut r);
     }
@@ -312,6 +315,91 @@ fn apply(r: &mut Report) {
     r.line("");
     r.line(format!("Target: at least 1.0x native for 1-row transactions ({:.2}).", ratios[0]));
     r.line("");
+}
+
+// ---------------------------------------------------------------------------------
+// Join: copying a member's table to a joining node, next to pg_dump | psql.
+
+fn join(r: &mut Report) {
+    let rows = env_u64("MMR_BENCH_JOIN_ROWS", 1_000_000) as i64;
+    println!("== join copy of {rows} rows");
+    let mut opts = bench_options(&[]);
+    opts.dsn = true;
+    let c = Cluster::start_with("bench-join", 2, opts);
+    let ddl = "CREATE TABLE t (id bigint PRIMARY KEY, v text, n int, at timestamptz DEFAULT now())";
+    c.exec(0, ddl);
+    c.exec(0, "SELECT mmr.replicate('t')");
+    c.exec(0, &format!("INSERT INTO t (id, v, n) SELECT g, md5(g::text), g % 1000 FROM generate_series(1, {rows}) g"));
+    c.exec(0, "VACUUM ANALYZE t");
+    // pg_dump | psql into a table of the same columns in another database of the joiner.
+    c.exec(1, "CREATE DATABASE scratch");
+    let port = c.nodes[1].port;
+    let mut scratch =
+        postgres::Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=scratch"), postgres::NoTls)
+            .unwrap();
+    scratch
+        .batch_execute(&format!(
+            "{ddl}; ALTER TABLE t ADD COLUMN mmr_hlc bigint, ADD COLUMN mmr_node int, ADD COLUMN mmr_vv bigint[]"
+        ))
+        .unwrap();
+    let dump = format!(
+        "/usr/lib/postgresql/15/bin/pg_dump --data-only -t t -h 127.0.0.1 -p {} -U postgres postgres \
+         | /usr/lib/postgresql/15/bin/psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {port} -U postgres -d scratch",
+        c.nodes[0].port
+    );
+    let (mut dump_rates, mut join_rates) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        scratch.batch_execute("TRUNCATE t").unwrap();
+        let start = Instant::now();
+        let out = Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", &dump]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        dump_rates.push(rows as f64 / start.elapsed().as_secs_f64());
+
+        let name = format!("j{round}");
+        c.exec(
+            1,
+            &format!(
+                "DROP EXTENSION IF EXISTS mmr CASCADE; DROP TABLE IF EXISTS t; CREATE EXTENSION mmr; \
+                 SELECT mmr.init_node('{name}', {}, '{}'); {ddl}",
+                10 + round,
+                c.nodes[1].dsn()
+            ),
+        );
+        let start = Instant::now();
+        c.connect(1).execute("SELECT mmr.join_group($1)", &[&c.nodes[0].dsn()]).unwrap();
+        join_rates.push(rows as f64 / start.elapsed().as_secs_f64());
+        assert_eq!(c.int(1, "SELECT count(*) FROM t"), rows);
+        c.exec(0, &format!("SELECT mmr.part_node('{name}')"));
+        c.wait_until(
+            0,
+            &format!("SELECT NOT EXISTS (SELECT 1 FROM mmr.nodes WHERE name = '{name}')"),
+            Duration::from_secs(60),
+        );
+        println!(
+            "   round {round}: pg_dump | psql {:.0} rows/s, join_group {:.0} rows/s",
+            dump_rates[round], join_rates[round]
+        );
+    }
+    let (dump, join) = (median(&mut dump_rates), median(&mut join_rates));
+    r.line("## Join: copying a member's data");
+    r.line("");
+    r.line(format!(
+        "A table of {rows} rows (bigint key, text, int, timestamptz) on a member; a new node runs `mmr.join_group` \
+         through it, next to `pg_dump --data-only | psql` of the same table into a plain table of the same columns on \
+         the same server. Medians of 3 alternating runs."
+    ));
+    r.line("");
+    r.line("| pg_dump \\| psql (rows/s) | join_group (rows/s) | ratio join/dump |");
+    r.line("|---|---|---|");
+    r.line(format!("| {dump:.0} | {join:.0} | **{:.2}** |", join / dump));
+    r.line("");
+    r.line(format!("Target: at least 0.5 of pg_dump | psql ({:.2}).", join / dump));
+    r.line("");
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
 }
 
 // ---------------------------------------------------------------------------------
