@@ -95,8 +95,12 @@ fn _relay_begin(consumer: &str, parted: &str) -> pgrx::JsonB {
 fn relay_begin(consumer: &str, parted: &str) -> Result<pgrx::JsonB> {
     let me = catalog::require_node()?;
     crate::queue::check_consumer(consumer)?;
-    if member::leaving(consumer)? {
-        return Err(MmrError::Parted(consumer.into()));
+    // Only a member of the group gets another node's changes (a pull credential of a
+    // server that is not one reads nothing but this node's queue, with mmr.pull).
+    match member::get(consumer)? {
+        Some(m) if m.leaving() => return Err(MmrError::Parted(consumer.into())),
+        Some(_) => {}
+        None => return Err(MmrError::UnknownMember(consumer.into())),
     }
     let Some(p) = member::get(parted)? else {
         return Err(MmrError::UnknownMember(parted.into()));
