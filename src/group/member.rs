@@ -40,17 +40,6 @@ pub fn get(name: &str) -> Result<Option<Member>> {
     Ok(all()?.into_iter().find(|m| m.name == name))
 }
 
-/// Whether `name` is a member being parted (or parted): its changes are not applied any
-/// more and its pulls are refused.
-pub fn leaving(name: &str) -> Result<bool> {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM mmr.member WHERE name = $1 AND state IN ('parting', 'parted'))",
-        &[name.into()],
-    )
-    .map(|b| b.unwrap_or(false))
-    .map_err(spi)
-}
-
 /// Makes this node's peers follow `mmr.member`: a joining or active member with a dsn
 /// becomes a peer (with its node id, so its identity is checked at first contact); a
 /// parting member's worker stops (its progress stays for the part); a parted member is

@@ -54,9 +54,6 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         None => None,
     };
     check_consumer(consumer)?;
-    if crate::group::member::leaving(consumer)? {
-        return Err(MmrError::Parted(consumer.into()));
-    }
     record_consumer(consumer, tick, position)?;
     // Before the stable stamp below: so that when nothing is pending, that stamp
     // passes the report's `self`, and the consumer's watermark of us can (prune.rs).
@@ -143,22 +140,27 @@ fn now_text() -> Result<String> {
 
 /// The login role must be entitled to speak for `consumer` (see mmr.pull_binding):
 /// superusers always are; another role is bound to a consumer name the first time it
-/// pulls as it, unless a binding to another role exists.
+/// pulls as it, unless a binding to another role exists. And the consumer must not be a
+/// node being parted from the group (it is fenced: group/part.rs).
 pub fn check_consumer(consumer: &str) -> Result<()> {
     if !catalog::valid_name(consumer) {
         return Err(MmrError::InvalidName { what: "consumer", name: consumer.into() });
     }
-    let allowed = Spi::get_one_with_args::<bool>(
+    let (allowed, parted) = Spi::get_two_with_args::<bool, bool>(
         "WITH me AS (SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user), \
          bound AS (INSERT INTO mmr.pull_binding (consumer, role) SELECT $1, me.oid::regrole FROM me \
                    WHERE NOT me.rolsuper ON CONFLICT (consumer) DO NOTHING RETURNING role) \
          SELECT (SELECT rolsuper FROM me) OR EXISTS (SELECT 1 FROM bound) \
-             OR EXISTS (SELECT 1 FROM mmr.pull_binding b, me WHERE b.consumer = $1 AND b.role::oid = me.oid)",
+             OR EXISTS (SELECT 1 FROM mmr.pull_binding b, me WHERE b.consumer = $1 AND b.role::oid = me.oid), \
+         EXISTS (SELECT 1 FROM mmr.member WHERE name = $1 AND state IN ('parting', 'parted'))",
         &[consumer.into()],
     )
-    .map_err(spi)?
-    .unwrap_or(false);
-    if allowed {
+    .map_err(spi)?;
+    // A node being parted is fenced: see group/part.rs.
+    if parted == Some(true) {
+        return Err(MmrError::Parted(consumer.into()));
+    }
+    if allowed.unwrap_or(false) {
         return Ok(());
     }
     let role = Spi::get_one::<String>("SELECT session_user::text").map_err(spi)?.unwrap_or_default();

@@ -338,10 +338,13 @@ impl Worker {
             // takes nothing more from it), not removed or paused meanwhile, and this node
             // still the one the worker started for (the extension may have been created
             // again).
-            let wanted = Spi::get_one_with_args::<bool>(
+            // (One statement with the peer count RelayRows needs: a batch of small
+            // transactions pays for every statement, measurably.)
+            let (wanted, peers) = Spi::get_two_with_args::<bool, i64>(
                 "SELECT EXISTS (SELECT 1 FROM mmr.peer WHERE name = $1 AND NOT paused) \
                     AND NOT EXISTS (SELECT 1 FROM mmr.member WHERE name = $1 AND state IN ('parting', 'parted')) \
-                    AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
+                    AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3), \
+                    (SELECT count(*) FROM mmr.peer)",
                 &[self.peer.as_str().into(), self.me.name.as_str().into(), self.me.node_id.into()],
             )
             .map_err(spi)?;
@@ -351,7 +354,7 @@ impl Worker {
                     hint: String::new(),
                 });
             }
-            let mut relay = RelayRows::new(peer_node)?;
+            let mut relay = RelayRows::new(peer_node, peers.unwrap_or(0));
             let mut applier = Applier::new(peer_node);
             applier.careful = self.careful;
             applier.blocked = apply::set_aside::Blocked::load()?;
@@ -473,9 +476,8 @@ struct RelayRows {
 }
 
 impl RelayRows {
-    fn new(origin: i32) -> Result<RelayRows> {
-        let peers = Spi::get_one::<i64>("SELECT count(*) FROM mmr.peer").map_err(spi)?.unwrap_or(0);
-        Ok(RelayRows { origin, keep: peers > 1, xids: vec![], max_hlcs: vec![], changes: vec![], applied: vec![] })
+    fn new(origin: i32, peers: i64) -> RelayRows {
+        RelayRows { origin, keep: peers > 1, xids: vec![], max_hlcs: vec![], changes: vec![], applied: vec![] }
     }
 
     fn keep(&mut self, xid: &str, parsed: Option<&Vec<Change>>, changes: &str, applied: &str) {

@@ -204,8 +204,11 @@ impl Cluster {
                      ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO app",
                 )
                 .unwrap();
-                let dsn = opts.dsn.then(|| node.dsn());
-                db.execute("SELECT mmr.init_node($1, $2, $3)", &[&node.name, &node.node_id, &dsn]).unwrap();
+                if opts.dsn {
+                    db.execute("SELECT mmr.init_node($1, $2, $3)", &[&node.name, &node.node_id, &node.dsn()]).unwrap();
+                } else {
+                    db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id]).unwrap();
+                }
             }
         }
         c
