@@ -13,7 +13,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "unit tests (mmr-core)"
-cargo test -p mmr-core
+cargo test -p mmr-core --release
 
 step "in-server tests (cargo pgrx test)"
 mkdir -p target/pgrx-test
