@@ -40,8 +40,8 @@ const FIXED: [(&CStr, &CStr); 6] = [
 ];
 
 /// The fixed settings as `SET` statements, for a session mmr opens on another server
-/// to read values as text there (the pull connection, a join's copy), and the
-/// search_path that makes every `regclass` print schema-qualified.
+/// to read values as text there (a join's copy), and the search_path that makes every
+/// `regclass` print schema-qualified.
 pub fn remote_session_setup() -> Vec<String> {
     FIXED
         .iter()
