@@ -173,8 +173,9 @@ impl Worker {
             .into_iter()
             .chain(
                 // Only what the header's text depends on. (Not the whole of
-                // settings::remote_session_setup: its search_path made every pull
-                // slower -- 1-row catch-up fell by a fifth, measured.)
+                // settings::remote_session_setup: with its extra settings, search_path
+                // among them, 1-row catch-up fell by a fifth -- measured, the cause in
+                // the serving session not pinned down.)
                 [
                     "SET DateStyle = 'ISO, YMD'",
                     "SET IntervalStyle = 'postgres'",
