@@ -148,16 +148,6 @@ fn _wait_for_peers(timeout_ms: i64) -> bool {
         if std::time::Instant::now() >= deadline {
             return false;
         }
-        // SAFETY: a short interruptible sleep on our own latch.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                20,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        crate::pg::latch::sleep(std::time::Duration::from_millis(20));
     }
 }

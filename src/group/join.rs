@@ -433,22 +433,8 @@ fn wait_registered(conn: &mut PeerConn, name: &str, since: &str) -> Result<()> {
                 started.elapsed().as_secs()
             );
         }
-        sleep(Duration::from_millis(50));
+        crate::pg::latch::sleep(Duration::from_millis(50));
     }
-}
-
-fn sleep(d: Duration) {
-    // SAFETY: an interruptible sleep on our own latch.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            d.as_millis() as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
 }
 
 /// Steps 3 and 4 inside the donor's snapshot: returns the number of rows copied.

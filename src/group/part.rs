@@ -114,8 +114,7 @@ fn relay_begin(consumer: &str, parted: &str) -> Result<pgrx::JsonB> {
 /// Run by the apply worker of `survivor` on its connection: for every member being
 /// parted, takes its changes that `survivor` has and this node lacks, once, and then
 /// learns whether `survivor` has finished its own relays.
-pub fn relay_from(conn: &mut PeerConn, survivor: &str) -> Result<()> {
-    let me = crate::worker::txn::run(catalog::require_node)?;
+pub fn relay_from(conn: &mut PeerConn, me: &catalog::NodeIdentity, survivor: &str) -> Result<()> {
     let todo = crate::worker::txn::run(|| {
         let parting: Vec<Member> = member::all()?.into_iter().filter(|m| m.state == PARTING).collect();
         let mut todo = Vec::new();

@@ -230,13 +230,7 @@ impl PeerConn {
             // SAFETY: valid connection; results are cleared after use.
             unsafe {
                 if PQisBusy(self.conn) == 1 {
-                    let deadline = Instant::now() + self.read_timeout;
-                    if !wait_socket(PQsocket(self.conn), WaitFor::Read, deadline) {
-                        return Err(format!("no reply from the peer for {} s", self.read_timeout.as_secs()));
-                    }
-                    if PQconsumeInput(self.conn) != 1 {
-                        return Err(conn_error(self.conn));
-                    }
+                    self.wait_input()?;
                     continue;
                 }
                 let res = PQgetResult(self.conn);
@@ -296,13 +290,7 @@ impl PeerConn {
                     r?;
                     rows += 1;
                 } else if n == 0 {
-                    let deadline = Instant::now() + self.read_timeout;
-                    if !wait_socket(PQsocket(self.conn), WaitFor::Read, deadline) {
-                        return Err(format!("no reply from the peer for {} s", self.read_timeout.as_secs()));
-                    }
-                    if PQconsumeInput(self.conn) != 1 {
-                        return Err(conn_error(self.conn));
-                    }
+                    self.wait_input()?;
                 } else if n == -1 {
                     break;
                 } else {
@@ -320,15 +308,22 @@ impl PeerConn {
     /// Waits until a result can be read without blocking.
     fn wait_readable(&mut self) -> Result<(), String> {
         // SAFETY: valid connection.
+        while unsafe { PQisBusy(self.conn) } == 1 {
+            self.wait_input()?;
+        }
+        Ok(())
+    }
+
+    /// Waits (up to the read timeout) for data from the server, and takes it in.
+    fn wait_input(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + self.read_timeout;
+        // SAFETY: valid connection.
         unsafe {
-            while PQisBusy(self.conn) == 1 {
-                let deadline = Instant::now() + self.read_timeout;
-                if !wait_socket(PQsocket(self.conn), WaitFor::Read, deadline) {
-                    return Err(format!("no reply from the peer for {} s", self.read_timeout.as_secs()));
-                }
-                if PQconsumeInput(self.conn) != 1 {
-                    return Err(conn_error(self.conn));
-                }
+            if !wait_socket(PQsocket(self.conn), WaitFor::Read, deadline) {
+                return Err(format!("no reply from the peer for {} s", self.read_timeout.as_secs()));
+            }
+            if PQconsumeInput(self.conn) != 1 {
+                return Err(conn_error(self.conn));
             }
         }
         Ok(())

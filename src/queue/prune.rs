@@ -18,8 +18,10 @@ pub fn housekeeping() -> Result<()> {
     crate::queue::ticker()?;
     prune_queue()?;
     prune_ticks()?;
-    prune_tombstones()?;
-    prune_relay_log()?;
+    // Both decide on the peers' frontier reports: read them once.
+    let view = frontier_view()?;
+    prune_tombstones(view.as_ref())?;
+    prune_relay_log(view.as_ref())?;
     trim_conflicts()
 }
 
@@ -44,8 +46,8 @@ fn prune_ticks() -> Result<()> {
     .map_err(spi)
 }
 
-fn prune_tombstones() -> Result<()> {
-    let Some(view) = frontier_view()? else {
+fn prune_tombstones(view: Option<&FrontierView>) -> Result<()> {
+    let Some(view) = view else {
         return Ok(());
     };
     // Keyset pages over the table; each page's prunable tombstones are deleted only if
@@ -79,10 +81,9 @@ fn prune_tombstones() -> Result<()> {
     Ok(())
 }
 
-fn prune_relay_log() -> Result<()> {
+fn prune_relay_log(view: Option<&FrontierView>) -> Result<()> {
     let origins = Spi::get_one::<Vec<i32>>("SELECT array_agg(DISTINCT origin) FROM mmr.relay_log").map_err(spi)?;
-    let Some(origins) = origins else { return Ok(()) };
-    let Some(view) = frontier_view()? else { return Ok(()) };
+    let (Some(origins), Some(view)) = (origins, view) else { return Ok(()) };
     for origin in origins {
         // The highest stamp below which every other peer has applied all of origin's
         // changes (no other peer: nobody can need them).

@@ -75,18 +75,9 @@ pub fn check_interrupts_and_reload() {
     }
 }
 
-/// Sleeps up to `d`, waking early on the latch; serves interrupts.
+/// Sleeps up to `d`, waking early on the latch; serves interrupts and reloads.
 pub fn sleep(d: Duration) {
-    // SAFETY: waiting on our own latch.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            d.as_millis() as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
+    crate::pg::latch::sleep(d);
     check_interrupts_and_reload();
 }
 

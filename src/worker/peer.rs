@@ -199,7 +199,7 @@ impl Worker {
             }
             if self.last_relay_check.is_none_or(|t| t.elapsed() >= RELAY_CHECK_EVERY) {
                 self.last_relay_check = Some(std::time::Instant::now());
-                if let Err(e) = crate::group::part::relay_from(&mut conn, &self.peer) {
+                if let Err(e) = crate::group::part::relay_from(&mut conn, &self.me, &self.peer) {
                     return Stop::Failed { state: "error", error: format!("relaying for a part: {e}") };
                 }
             }

@@ -179,6 +179,19 @@ fn assert_group_converged(c: &Cluster, nodes: &[usize]) {
     }
 }
 
+/// After the writers stopped: everything has spread to `nodes`, every acknowledged
+/// write is on each, their tables and membership are identical, and no change was
+/// applied twice anywhere.
+fn assert_settled(c: &Cluster, nodes: &[usize], acked: &Acked) {
+    sync_nodes(c, nodes);
+    assert_all_there(c, nodes, acked);
+    assert_group_converged(c, nodes);
+    for &i in nodes {
+        let dup = c.int(i, "SELECT coalesce(sum(duplicate_changes), 0)::bigint FROM mmr.peer_progress");
+        assert_eq!(dup, 0, "{} applied changes twice", c.nodes[i].name);
+    }
+}
+
 fn sync_nodes(c: &Cluster, nodes: &[usize]) {
     for &i in nodes {
         let ok: bool = c.connect(i).query_one("SELECT mmr.wait_for_peers('90 s')", &[]).unwrap().get(0);
@@ -243,11 +256,8 @@ fn join_under_load_loses_and_repeats_nothing() {
     let w3 = Writers::start(&c, 2, 2);
     wait_rows(&c, 2, c.int(0, "SELECT count(*) FROM t") + 300);
     let acked = Writers::stop_all(vec![w1, w2, w3]);
-    sync_nodes(&c, &[0, 1, 2]);
-    assert_all_there(&c, &[0, 1, 2], &acked);
-    assert_group_converged(&c, &[0, 1, 2]);
+    assert_settled(&c, &[0, 1, 2], &acked);
     for i in 0..3 {
-        assert_eq!(c.int(i, "SELECT coalesce(sum(duplicate_changes), 0)::bigint FROM mmr.peer_progress"), 0);
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside"), 0);
     }
     assert_converged(&c, "t");
@@ -269,12 +279,7 @@ fn join_through_a_lagging_donor() {
     let w3 = Writers::start(&c, 2, 1);
     wait_rows(&c, 2, c.int(2, "SELECT count(*) FROM t") + 200);
     let acked = Writers::stop_all(vec![w1, w2, w3]);
-    sync_nodes(&c, &[0, 1, 2]);
-    assert_all_there(&c, &[0, 1, 2], &acked);
-    assert_group_converged(&c, &[0, 1, 2]);
-    for i in 0..3 {
-        assert_eq!(c.int(i, "SELECT coalesce(sum(duplicate_changes), 0)::bigint FROM mmr.peer_progress"), 0);
-    }
+    assert_settled(&c, &[0, 1, 2], &acked);
 }
 
 /// Bad input: a missing or different table, a name taken, no dsn -- a clear error, and
@@ -374,9 +379,7 @@ fn join_interrupted_by_a_crash_can_be_run_again() {
     }
     join(&c, 2, 0);
     let acked = w1.stop();
-    sync_nodes(&c, &[0, 1, 2]);
-    assert_all_there(&c, &[0, 1, 2], &acked);
-    assert_group_converged(&c, &[0, 1, 2]);
+    assert_settled(&c, &[0, 1, 2], &acked);
 }
 
 /// A member writes; one survivor applies its last changes and another does not; the
@@ -403,9 +406,7 @@ fn part_of_a_dead_node_loses_nothing_a_survivor_had() {
     c.kill9(2);
     c.exec(1, "SELECT mmr.part_node('n3')");
     wait_parted(&c, &[0, 1], "n3");
-    sync_nodes(&c, &[0, 1]);
-    assert_all_there(&c, &[0, 1], &acked3);
-    assert_group_converged(&c, &[0, 1]);
+    assert_settled(&c, &[0, 1], &acked3);
     assert_eq!(c.text(1, "SELECT state FROM mmr.member WHERE name = 'n3'"), "parted");
     // Nothing held back for the parted node: its deletions' tombstones are pruned once
     // both record it as parted (applied in full).
@@ -496,9 +497,7 @@ fn ten_join_part_cycles_under_load() {
     }
     println!("10 cycles in {:?}", started.elapsed());
     let acked = Writers::stop_all(vec![w1, w2]);
-    sync_nodes(&c, &[0, 1]);
-    assert_all_there(&c, &[0, 1], &acked);
-    assert_group_converged(&c, &[0, 1]);
+    assert_settled(&c, &[0, 1], &acked);
     for i in [0, 1] {
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.peer"), 1, "parted nodes left peers behind");
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.member WHERE state = 'parted'"), 10);
