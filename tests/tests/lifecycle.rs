@@ -71,7 +71,15 @@ impl Writers {
                 // Ids unique per (node, writer) across every test run's joins.
                 let base = (c.nodes[node].node_id as i64 * 100 + w as i64) * 10_000_000;
                 thread::spawn(move || {
-                    let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+                    // Sessions the way applications have them: not the server's defaults.
+                    let settings = "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'America/Caracas'; \
+                                    SET IntervalStyle = 'sql_standard'; SET extra_float_digits = 0";
+                    let connect = || {
+                        let mut db = postgres::Client::connect(&conninfo, postgres::NoTls)?;
+                        db.batch_execute(settings)?;
+                        Ok::<_, postgres::Error>(db)
+                    };
+                    let mut db = connect().unwrap();
                     let (mut ids, mut incs, mut uncertain, mut k) = (Vec::new(), 0i64, 0i64, 0i64);
                     while !stop.load(Ordering::Relaxed) {
                         // A steady load the peers keep up with on this 2-core machine (an
@@ -89,7 +97,7 @@ impl Writers {
                                 uncertain += 1;
                                 // The node went away: wait for it to come back.
                                 while !stop.load(Ordering::Relaxed) {
-                                    match postgres::Client::connect(&conninfo, postgres::NoTls) {
+                                    match connect() {
                                         Ok(c) => {
                                             db = c;
                                             break;
