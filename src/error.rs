@@ -87,6 +87,24 @@ pub enum MmrError {
     Donor(String),
     /// A parted node tried to pull.
     Parted(String),
+    /// A DDL statement on a replicated table that cannot be replicated safely.
+    UnsafeDdl {
+        what: String,
+        hint: String,
+    },
+    /// The group's DDL lock could not be had (held elsewhere, a member unreachable, or
+    /// a member still applying earlier DDL).
+    DdlLock {
+        message: String,
+        hint: String,
+    },
+    /// A replicated DDL statement names a role this node does not have.
+    DdlRole(String),
+    /// A change names a column the local table does not have (yet).
+    UnknownColumn {
+        tbl: String,
+        column: String,
+    },
     /// An error another member raised, passed on as it is.
     Remote {
         sqlstate: String,
@@ -134,6 +152,10 @@ impl MmrError {
             UnknownMember(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             Donor(_) => Code::ERRCODE_CONNECTION_FAILURE,
             Parted(_) => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            UnsafeDdl { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            DdlLock { .. } => Code::ERRCODE_LOCK_NOT_AVAILABLE,
+            DdlRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
+            UnknownColumn { .. } => Code::ERRCODE_UNDEFINED_COLUMN,
             Remote { sqlstate, .. } => sqlstate_code(sqlstate),
             Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
@@ -192,6 +214,12 @@ impl MmrError {
             UnknownMember(name) => format!("\"{name}\" is not a member of the group"),
             Donor(msg) => format!("cannot join through this member: {msg}"),
             Parted(name) => format!("node \"{name}\" has been parted from the group; its pulls are refused"),
+            UnsafeDdl { what, .. } => format!("cannot replicate this statement: {what}"),
+            DdlLock { message, .. } => message.clone(),
+            DdlRole(role) => format!("role \"{role}\", which ran this DDL on its origin, does not exist here"),
+            UnknownColumn { tbl, column } => {
+                format!("the change names column \"{column}\", which table {tbl} does not have here")
+            }
             Remote { message, .. } => message.clone(),
             Internal(msg) => format!("mmr internal error: {msg}"),
         }
@@ -251,6 +279,11 @@ impl MmrError {
                  (pg_dump --schema-only), empty, then run mmr.join_group again; nothing was changed."
                 .into(),
             GroupState { hint, .. } => hint.clone(),
+            UnsafeDdl { hint, .. } | DdlLock { hint, .. } => hint.clone(),
+            DdlRole(role) => format!("CREATE ROLE {role} here; the statement is retried from mmr.set_aside."),
+            UnknownColumn { .. } => "It comes from a node that already runs a DDL statement this node has not \
+                 applied yet; it waits in mmr.set_aside and applies once that statement arrives."
+                .into(),
             Remote { hint, .. } => return hint.clone(),
             UnknownMember(_) => "SELECT name, state FROM mmr.nodes lists the members.".into(),
             Donor(_) => "Check the conninfo (it must reach a member as a superuser) and that the member runs; \

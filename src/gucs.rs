@@ -25,6 +25,12 @@ static CONNECT_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(5);
 static CONFLICT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 
 /// The node whose versions `mmr.prefer_node` keeps. Must be the same on every node.
+/// Whether DDL on replicated tables typed in this session is replicated (src/ddl/).
+static DDL_REPLICATION: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// How long a replicated DDL statement waits for the group's DDL lock.
+static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+
 static PREFERRED_NODE: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn init() {
@@ -86,6 +92,25 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"mmr.ddl_replication",
+        c"Replicate DDL on replicated tables to every member of the group.",
+        c"Off: ALTER TABLE and the like on a replicated table change this node only (the DBA runs them on \
+          every node). mmr.replicate_ddl always replicates.",
+        &DDL_REPLICATION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.ddl_lock_timeout",
+        c"How long a replicated DDL statement waits for the group's DDL lock.",
+        c"The lock is taken on every member, and held until the members have applied the group's earlier DDL.",
+        &DDL_LOCK_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"mmr.conflict_retention",
         c"How long rows are kept in mmr.conflicts (0 keeps them forever).",
@@ -122,4 +147,12 @@ pub fn connect_timeout() -> Duration {
 pub fn conflict_retention() -> Option<Duration> {
     let s = CONFLICT_RETENTION_S.get();
     (s > 0).then(|| Duration::from_secs(s as u64))
+}
+
+pub fn ddl_replication() -> bool {
+    DDL_REPLICATION.get()
+}
+
+pub fn ddl_lock_timeout() -> Duration {
+    Duration::from_millis(DDL_LOCK_TIMEOUT_MS.get().max(0) as u64)
 }

@@ -14,6 +14,7 @@ mod apply;
 mod capture;
 mod catalog;
 mod clock;
+mod ddl;
 mod error;
 mod group;
 mod gucs;
@@ -42,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"mmr".as_ptr()) };
     pg::shmem::init(|s| clock::init_shared(&s.clock, &s.reserved));
     pg::xact::init();
+    ddl::hook::init();
     worker::register_launcher();
 }
 

@@ -157,7 +157,8 @@ mod tests {
         run("INSERT INTO pre SELECT g, 'x' FROM generate_series(1, 10) g");
         run("SELECT mmr.replicate('pre')");
         assert_eq!(text("SELECT DISTINCT concat_ws(' ', mmr_hlc, mmr_node, mmr_vv::text) FROM pre"), "0 0 {}");
-        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queue"), Some(0));
+        // Only the replicate call itself is queued (the members run it too).
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queued_changes WHERE tbl <> 'mmr.ddl'"), Some(0));
         run("UPDATE pre SET v = 'y' WHERE id = 3");
         assert_eq!(text("SELECT (mmr_vv = ARRAY[1, mmr_hlc])::text FROM pre WHERE id = 3"), "true");
         run("SELECT mmr.unreplicate('pre')");
@@ -172,7 +173,71 @@ mod tests {
         );
         run("INSERT INTO pre VALUES (11, 'z')");
         flush();
-        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queued_changes WHERE op = 'I'"), Some(0));
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queued_changes WHERE op = 'I' AND tbl = 'public.pre'"), Some(0));
+    }
+
+    /// The ProcessUtility hook: unsafe DDL on a replicated table is refused (SQLSTATE,
+    /// message, hint) and changes nothing; safe DDL is queued as one `mmr.ddl` row with
+    /// the statement's own text; renames and drops are remembered for lagging peers.
+    #[pg_test]
+    fn ddl_on_replicated_tables_is_queued_or_refused() {
+        run("SELECT mmr.init_node('n1', 1)");
+        run("CREATE TABLE d (id int PRIMARY KEY, v int, w text)");
+        run("CREATE TABLE plain (id int PRIMARY KEY)");
+        run("SELECT mmr.replicate('d')");
+        let columns = || text("SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'd'::regclass AND attnum > 0 AND NOT attisdropped");
+        let queued = || one::<i64>("SELECT count(*) FROM mmr.ddl").unwrap();
+        let (cols, n) = (columns(), queued());
+        for (sql, msg) in [
+            ("ALTER TABLE d ADD COLUMN r float8 DEFAULT random()", "not immutable"),
+            ("ALTER TABLE d ADD COLUMN t timestamptz NOT NULL DEFAULT now()", "not immutable"),
+            ("ALTER TABLE d ADD COLUMN s serial", "not immutable"),
+            ("ALTER TABLE d ADD COLUMN i int GENERATED ALWAYS AS IDENTITY", "identity column"),
+            ("ALTER TABLE d ALTER COLUMN w TYPE text USING w || clock_timestamp()::text", "USING expression"),
+            ("CREATE INDEX CONCURRENTLY d_v ON d (v)", "CONCURRENTLY"),
+            ("ALTER TABLE d DROP COLUMN mmr_hlc", "column of mmr's"),
+            ("ALTER TABLE d RENAME COLUMN mmr_vv TO x", "of mmr's"),
+            ("ALTER TABLE d DISABLE TRIGGER zz_mmr_stamp", "trigger of mmr's"),
+            ("ALTER TABLE d DISABLE TRIGGER ALL", "every trigger"),
+            ("DROP TRIGGER zz_mmr_capture ON d", "trigger of mmr's"),
+            ("ALTER TABLE d DROP CONSTRAINT d_pkey", "primary key"),
+            ("ALTER TABLE d SET UNLOGGED", "logged and permanent"),
+            ("DROP TABLE d, plain", "replicated and other tables"),
+        ] {
+            assert_rejected(sql, "0A000", msg);
+            assert_eq!((columns(), queued()), (cols.clone(), n), "{sql} changed something");
+        }
+
+        // Safe DDL runs and is queued with its own text (not the rest of the string).
+        run("ALTER TABLE d ADD COLUMN c int NOT NULL DEFAULT 7; COMMENT ON COLUMN d.c IS 'seven'");
+        assert_eq!(queued(), n + 2);
+        assert_eq!(
+            text("SELECT string_agg(command, ' | ' ORDER BY seq) FROM mmr.ddl WHERE seq > 1"),
+            "ALTER TABLE d ADD COLUMN c int NOT NULL DEFAULT 7 | COMMENT ON COLUMN d.c IS 'seven'"
+        );
+        assert_eq!(text("SELECT role || ' ' || (settings ? 'DateStyle')::text FROM mmr.ddl ORDER BY seq DESC LIMIT 1"),
+                   format!("{} true", text("SELECT current_user::text")));
+        // Tables that are not replicated, and DDL with mmr.ddl_replication off, are not.
+        run("ALTER TABLE plain ADD COLUMN x int");
+        run("SET LOCAL mmr.ddl_replication = off");
+        run("CREATE INDEX d_w ON d (w)");
+        run("RESET mmr.ddl_replication");
+        assert_eq!(queued(), n + 2);
+        // Renames and drops are remembered (changes from lagging nodes carry old names).
+        run("ALTER TABLE d RENAME COLUMN v TO v2");
+        run("ALTER TABLE d DROP COLUMN w");
+        run("ALTER TABLE d RENAME TO d2");
+        assert_eq!(
+            text("SELECT string_agg(name || '>' || coalesce(now_name, '-'), ',' ORDER BY name) FROM mmr.column_alias"),
+            "v>v2,w>-"
+        );
+        assert_eq!(text("SELECT name || '>' || relid::text FROM mmr.table_alias"), "public.d>d2");
+        assert_eq!(queued(), n + 5);
+        // replicate_ddl runs anything, checked the same way.
+        run("SELECT mmr.replicate_ddl('CREATE TABLE made (id int PRIMARY KEY); ALTER TABLE d2 ADD COLUMN k int DEFAULT 1')");
+        assert_eq!(queued(), n + 6);
+        assert_rejected("SELECT mmr.replicate_ddl('ALTER TABLE d2 ADD COLUMN z float8 DEFAULT random()')", "0A000", "not immutable");
+        assert_eq!(queued(), n + 6);
     }
 
     #[pg_test]
@@ -478,7 +543,7 @@ mod tests {
                 SELECT concat_ws('|', coalesce((SELECT meta->>'to_tick' FROM p WHERE kind = 'H'), ''), \
                                       coalesce((SELECT meta->>'to_snap' FROM p WHERE kind = 'H'), ''), \
                                       coalesce((SELECT min(c->'n'->>'id') || CASE WHEN count(*) > 1 THEN '+' || (count(*) - 1) ELSE '' END \
-                                                FROM p, jsonb_array_elements(p.changes::jsonb) c WHERE kind = 'C'), ''))"
+                                                FROM p, jsonb_array_elements(p.changes::jsonb) c WHERE kind = 'C' AND c->>'t' <> 'mmr.ddl'), ''))"
                 ),
             );
             let mut parts = r.splitn(3, '|').map(String::from);

@@ -7,6 +7,7 @@
 //! * [`snapshot`]: `pg_snapshot` queue positions;
 //! * [`json`]: JSON text for the capture trigger's row encoding;
 //! * [`conninfo`]: rendering (and masking) libpq connection strings;
+//! * [`schema`]: what a DDL did to a table, and columns a change names that a table lacks;
 //! * [`wire`]: the typed, versioned pull protocol (header and encoded changes);
 //! * `model` (tests): an exhaustive model check of the protocol for one key.
 
@@ -17,6 +18,7 @@ pub mod json;
 #[cfg(test)]
 mod model;
 pub mod prune;
+pub mod schema;
 pub mod snapshot;
 pub mod vv;
 pub mod wire;

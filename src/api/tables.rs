@@ -8,19 +8,80 @@ use pgrx::prelude::*;
 /// Columns mmr adds to a replicated table.
 const MMR_COLUMNS: [&str; 3] = ["mmr_hlc", "mmr_node", "mmr_vv"];
 
+// The three take effect on every member from one call: each queues its own call as a
+// replicated DDL statement (see ddl/mod.rs), which the members run in order with this
+// node's changes. Run there (applied), they converge instead of failing: replicating a
+// table replicated already sets its resolver, unreplicating one that is not does nothing.
+
 #[pg_extern]
 fn _replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
-    replicate(tbl, resolver).or_raise()
+    let applied = || match is_replicated(tbl)? {
+        true => set_resolver(tbl, resolver),
+        false => replicate(tbl, resolver),
+    };
+    let call = || Ok(format!("SELECT mmr.replicate({}, {})", table_literal(tbl)?, resolver_literal(resolver)?));
+    group_wide(call, || replicate(tbl, resolver), applied).or_raise()
 }
 
 #[pg_extern]
 fn _unreplicate(tbl: pg_sys::Oid) {
-    unreplicate(tbl).or_raise()
+    let applied = || match is_replicated(tbl)? {
+        true => unreplicate(tbl),
+        false => Ok(()),
+    };
+    let call = || Ok(format!("SELECT mmr.unreplicate({})", table_literal(tbl)?));
+    group_wide(call, || unreplicate(tbl), applied).or_raise()
 }
 
 #[pg_extern]
 fn _set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
-    set_resolver(tbl, resolver).or_raise()
+    let call = || Ok(format!("SELECT mmr.set_resolver({}, {})", table_literal(tbl)?, resolver_literal(resolver)?));
+    group_wide(call, || set_resolver(tbl, resolver), || set_resolver(tbl, resolver)).or_raise()
+}
+
+/// Runs `here` and queues `call` for every member (or, when this runs because a member
+/// sent it, `applied`). mmr's own ALTER TABLEs inside are not replicated themselves.
+fn group_wide(
+    call: impl FnOnce() -> Result<String>,
+    here: impl FnOnce() -> Result<()>,
+    applied: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    use crate::ddl::{InMode, Mode};
+    match crate::ddl::mode() {
+        Mode::Applying => {
+            let _internal = InMode::enter(Mode::Internal);
+            applied()
+        }
+        Mode::Normal => {
+            let call = call()?;
+            crate::ddl::replicate(&call, || {
+                let _internal = InMode::enter(Mode::Internal);
+                here()
+            })
+        }
+        Mode::Replicating | Mode::Internal => {
+            let _internal = InMode::enter(Mode::Internal);
+            here()
+        }
+    }
+}
+
+/// `'"schema"."table"'::regclass`, as the members name the table.
+fn table_literal(tbl: pg_sys::Oid) -> Result<String> {
+    Ok(format!("{}::regclass", pgrx::spi::quote_literal(&qualified_name(tbl)?)))
+}
+
+/// The resolver as a `regprocedure` literal (schema-qualified), or NULL.
+fn resolver_literal(resolver: Option<pg_sys::Oid>) -> Result<String> {
+    let Some(r) = resolver else { return Ok("NULL".into()) };
+    let text = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes)) \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1",
+        &[r.into()],
+    )
+    .map_err(spi)?
+    .ok_or_else(|| MmrError::BadResolver { resolver: u32::from(r).to_string(), problem: "function does not exist".into() })?;
+    Ok(format!("{}::regprocedure", pgrx::spi::quote_literal(&text)))
 }
 
 fn is_replicated(tbl: pg_sys::Oid) -> Result<bool> {
@@ -175,6 +236,7 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
 /// loaded with `pg_dump --schema-only` from a member already has mmr's columns and
 /// triggers, which are made again, so every table is set up the same way.
 pub fn adopt(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
+    let _internal = crate::ddl::InMode::enter(crate::ddl::Mode::Internal);
     if is_replicated(tbl)? {
         return set_resolver(tbl, resolver);
     }

@@ -213,14 +213,19 @@ impl Applier {
         if self.careful || !self.blocked.is_empty() {
             return self.guarded(ch);
         }
-        let joins =
-            ch.op == Op::Insert && self.run.len() < BULK && self.run.first().is_none_or(|first| first.tbl == ch.tbl);
+        // A replicated DDL statement runs when its row is applied (see `apply`): never
+        // in a bulk insert.
+        let ddl = ch.tbl == crate::ddl::TABLE;
+        let joins = ch.op == Op::Insert
+            && !ddl
+            && self.run.len() < BULK
+            && self.run.first().is_none_or(|first| first.tbl == ch.tbl);
         if joins {
             self.run.push(ch);
             return Ok(());
         }
         self.finish()?;
-        if ch.op == Op::Insert {
+        if ch.op == Op::Insert && !ddl {
             self.run.push(ch);
             Ok(())
         } else {
@@ -251,6 +256,9 @@ impl Applier {
             let t = table::lookup(client, &run[0].tbl)?;
             if crate::pg::shmem::may_have_tombstones(t.relid) {
                 return Ok(None);
+            }
+            for ch in run {
+                t.check_columns(ch.op, ch.new_row.as_deref())?;
             }
             let mut arr = String::from("[");
             for (k, ch) in run.iter().enumerate() {
@@ -549,6 +557,7 @@ impl Applier {
         clock::observe(ch.hlc);
         Spi::connect_mut(|client| {
             let t = table::lookup(client, &ch.tbl)?;
+            t.check_columns(ch.op, ch.new_row.as_deref())?;
             let image = jsonb_arg(ch.image()?)?;
             let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
             // A local transaction can insert the key between our look and our write
@@ -566,6 +575,11 @@ impl Applier {
                     continue;
                 }
                 match decision {
+                    Decision::Apply if ch.op == Op::Insert && t.name == crate::ddl::TABLE => {
+                        // The statement runs in the transaction that applies its row.
+                        crate::ddl::run_applied(ch.image()?)?;
+                        self.stats.applied += 1
+                    }
                     Decision::Apply => self.stats.applied += 1,
                     Decision::Skip(why) => {
                         self.stats.skipped += 1;

@@ -19,6 +19,13 @@ pub struct Col {
     pub typ: String,
     pub generated: bool,
     pub identity_always: bool,
+    /// Former names of the column (renamed by replicated DDL): changes from nodes that
+    /// have not renamed it yet carry them (ddl/shape.rs).
+    pub olds: Vec<String>,
+    /// The value a change that lacks the column gives it, as text (None: NULL): what
+    /// ADD COLUMN gave the rows that existed then -- which is what the writer's row has
+    /// once it runs that ADD COLUMN, and, for an update, what the row here holds.
+    pub fill: Option<String>,
 }
 
 impl Col {
@@ -39,12 +46,15 @@ pub struct Shape {
     pub cols: Vec<Col>,
     /// Quoted primary-key columns, in key order.
     pub pk: Vec<String>,
+    /// Names of columns dropped by replicated DDL: their values in changes are ignored.
+    pub dropped: Vec<String>,
 }
 
 pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<Shape> {
     let rows = client
         .select(
-            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> '', attidentity = 'a' \
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> '', attidentity = 'a', \
+                    CASE WHEN atthasmissing THEN (attmissingval::text::text[])[1] END \
              FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             None,
             &[relid.into()],
@@ -59,14 +69,27 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
             typ: r.get(2).map_err(spi)?.unwrap_or_default(),
             generated: r.get(3).map_err(spi)?.unwrap_or(false),
             identity_always: r.get(4).map_err(spi)?.unwrap_or(false),
+            olds: Vec::new(),
+            fill: r.get(5).map_err(spi)?,
         });
+    }
+    let mut dropped = Vec::new();
+    for r in client
+        .select("SELECT name, now_name FROM mmr.column_alias WHERE relid = $1::oid", None, &[relid.into()])
+        .map_err(spi)?
+    {
+        let old: String = r.get(1).map_err(spi)?.unwrap_or_default();
+        match r.get::<String>(2).map_err(spi)? {
+            Some(now) => cols.iter_mut().filter(|c| c.raw == now).for_each(|c| c.olds.push(old.clone())),
+            None => dropped.push(old),
+        }
     }
     let pk: Vec<String> =
         crate::capture::meta::primary_key(relid)?.into_iter().map(|(_, _, n)| quote_identifier(n)).collect();
     if pk.is_empty() {
         return Err(MmrError::NoPrimaryKey(name.into()));
     }
-    Ok(Shape { name: name.into(), cols, pk })
+    Ok(Shape { name: name.into(), cols, pk, dropped })
 }
 
 impl Shape {
@@ -75,8 +98,27 @@ impl Shape {
         self.cols.iter().filter(|c| c.in_image())
     }
 
+    /// Column `c` read from the image `json`: by its name, or a former one, or else its
+    /// fill (see `Col::fill`).
     fn value(c: &Col, json: &str) -> String {
-        format!("({json} ->> {})::{}", quote_literal(&c.raw), c.typ)
+        let read = |name: &str| format!("({json} ->> {})::{}", quote_literal(name), c.typ);
+        if c.olds.is_empty() && c.fill.is_none() {
+            return read(&c.raw);
+        }
+        let mut out = String::from("CASE");
+        for name in std::iter::once(&c.raw).chain(&c.olds) {
+            out.push_str(&format!(" WHEN pg_catalog.jsonb_exists({json}, {}) THEN {}", quote_literal(name), read(name)));
+        }
+        let fill = c.fill.as_deref().map_or("NULL".to_string(), |f| format!("{}::{}", quote_literal(f), c.typ));
+        out.push_str(&format!(" ELSE {fill} END"));
+        out
+    }
+
+    /// Every name a change of this table may carry: its columns, their former names,
+    /// and dropped ones. Any other is a column this node does not have yet.
+    pub fn known_names(&self) -> std::collections::HashSet<String> {
+        let cols = self.cols.iter().flat_map(|c| std::iter::once(&c.raw).chain(&c.olds));
+        cols.chain(&self.dropped).cloned().collect()
     }
 
     /// The image columns' values read from `json`, in table order.

@@ -58,6 +58,22 @@ pub struct ApplyTable {
     /// Local rows of other keys that hold the image's values of a secondary unique
     /// index, locked: (row image, hlc, node, vv). None without such indexes.
     pub unique_collisions: Option<OwnedPreparedStatement>,
+    /// Column names a change may carry (`rowsql::Shape::known_names`).
+    known: std::collections::HashSet<String>,
+}
+
+impl ApplyTable {
+    /// Refuses a change that carries a column this table does not have (yet): it comes
+    /// from a node that ran a DDL statement this node has not (see ddl/shape.rs), and
+    /// is set aside until that statement arrives. A delete needs only its key.
+    pub fn check_columns(&self, op: mmr_core::decide::Op, new_row: Option<&str>) -> Result<()> {
+        let Some(row) = new_row.filter(|_| op != mmr_core::decide::Op::Delete) else { return Ok(()) };
+        match mmr_core::schema::unknown_key(row, |k| self.known.contains(k)) {
+            Ok(None) => Ok(()),
+            Ok(Some(column)) => Err(MmrError::UnknownColumn { tbl: self.name.clone(), column }),
+            Err(e) => Err(MmrError::Protocol(e)),
+        }
+    }
 }
 
 thread_local! {
@@ -78,7 +94,8 @@ pub fn forget_all() {
 fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let row = client
         .select(
-            "SELECT r.relid::oid, r.resolver::oid FROM mmr.replicated_table r WHERE r.relid = pg_catalog.to_regclass($1)",
+            "SELECT r.relid::oid, r.resolver::oid FROM mmr.replicated_table r \
+             WHERE r.relid = coalesce(pg_catalog.to_regclass($1), (SELECT a.relid FROM mmr.table_alias a WHERE a.name = $1))",
             Some(1),
             &[name.into()],
         )
@@ -223,6 +240,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
                 Some((func, stmt))
             }
         },
+        known: shape.known_names(),
         name,
         relid,
     })

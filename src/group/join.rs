@@ -51,7 +51,7 @@ const SHAPE_SQL: &str = "SELECT jsonb_build_object( \
             WHERE i.indrelid = $1 AND i.indisprimary))";
 
 /// mmr's own replicated tables: copied, never compared or set up (the extension made them).
-const BUILTIN: [&str; 2] = ["mmr.member", "mmr.resolution_log"];
+const BUILTIN: [&str; 3] = ["mmr.member", "mmr.resolution_log", crate::ddl::TABLE];
 
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 struct TableInfo {
@@ -461,7 +461,15 @@ fn load(conn: &mut PeerConn, me: &str, state: &DonorState) -> Result<u64> {
             drop(quiet);
         }
         let cols = t.copy_columns.join(", ");
-        let n = copy_table(conn, &format!("SELECT {cols} FROM ONLY {}", t.name), &format!("{} ({cols})", t.name))?;
+        // This node's own DDL history it keeps (the donor may have applied it already):
+        // the members get it from this node's queue, like any of its changes.
+        let own = if t.name == crate::ddl::TABLE {
+            format!(" WHERE origin <> {}", crate::catalog::node_id()?)
+        } else {
+            String::new()
+        };
+        let select = format!("SELECT {cols} FROM ONLY {}{own}", t.name);
+        let n = copy_table(conn, &select, &format!("{} ({cols})", t.name))?;
         pgrx::notice!("mmr: copied {n} rows of {}", t.name);
         rows += n;
     }

@@ -158,6 +158,26 @@ fn already_fixed(bit: usize) -> bool {
 /// The settings in `needs` switched to their fixed values until dropped (a GUC nest
 /// level, as a function's `SET` clause makes one). When an ERROR unwinds, the
 /// (sub)transaction abort restores them instead.
+/// Sets a setting until the enclosing `Scope` ends (as `SET` in a function does).
+pub fn set_saved(name: &str, value: &str) -> crate::error::Result<()> {
+    let bad = |_| crate::error::MmrError::Protocol(format!("setting {name} holds a zero byte"));
+    let (n, v) = (std::ffi::CString::new(name).map_err(bad)?, std::ffi::CString::new(value).map_err(bad)?);
+    // SAFETY: plain C call with NUL-terminated strings; an invalid value raises an ERROR.
+    unsafe {
+        pg_sys::set_config_option(
+            n.as_ptr(),
+            v.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+    Ok(())
+}
+
 pub struct Fixed {
     nest: Option<i32>,
 }

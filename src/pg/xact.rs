@@ -35,6 +35,7 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         // sees the new rows.
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
             crate::clock::end_of_transaction();
+            crate::ddl::end_of_transaction();
             if crate::capture::buffer::take_queued() {
                 shmem::signal_commit();
             }
@@ -52,6 +53,7 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             crate::capture::buffer::discard_all();
             crate::clock::end_of_transaction();
+            crate::ddl::end_of_transaction();
             crate::capture::buffer::take_queued();
             PEERS_CHANGED.store(false, Ordering::Relaxed);
         }

@@ -96,6 +96,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA mmr TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.relay(text, text, pg_snapshot, boolean) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.ddl_lock(text), mmr.ddl_unlock(), mmr.ddl_history() TO %s', role);
     IF peer IS NOT NULL THEN
         INSERT INTO mmr.pull_binding (consumer, role) VALUES (peer, role)
         ON CONFLICT (consumer) DO UPDATE SET role = excluded.role, bound_at = now();
@@ -170,6 +171,49 @@ $$;
 UPDATE mmr.replicated_table
    SET resolver = 'mmr._member_resolver(mmr.member, mmr.member, mmr.member, mmr.conflict_info)'::regprocedure
  WHERE relid = 'mmr.member'::regclass;
+
+-- mmr.ddl replicates like a user table (see schema.sql and src/ddl/); applying a row
+-- runs its command (src/apply/mod.rs).
+CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.ddl
+    FOR EACH ROW EXECUTE FUNCTION mmr.stamp();
+CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.ddl
+    FOR EACH ROW EXECUTE FUNCTION mmr.capture();
+CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON mmr.ddl
+    FOR EACH ROW WHEN ((OLD.origin, OLD.seq) IS DISTINCT FROM (NEW.origin, NEW.seq)) EXECUTE FUNCTION mmr.capture();
+
+CREATE FUNCTION mmr.replicate_ddl(command text) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._replicate_ddl(command) $$;
+COMMENT ON FUNCTION mmr.replicate_ddl(text) IS
+    'Run a DDL statement here and on every member, in order with the data changes around it.';
+
+-- The group's DDL lock (src/ddl/lock.rs), taken by a member that runs DDL on every other
+-- member over their dsn: a session-level advisory lock, held by that connection until
+-- it closes. Says who holds it when it cannot be had.
+CREATE FUNCTION mmr.ddl_lock(holder text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_try_advisory_lock(7171442, 1) THEN
+        RETURN jsonb_build_object('got', true);
+    END IF;
+    RETURN jsonb_build_object('got', false, 'held_by', mmr._ddl_lock_holder());
+END
+$$;
+CREATE FUNCTION mmr.ddl_unlock() RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_advisory_unlock(7171442, 1)
+$$;
+CREATE FUNCTION mmr._ddl_lock_holder() RETURNS text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(a.application_name, ''), 'a session') || ' (pid ' || a.pid || ')'
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.classid = 7171442 AND l.objid = 1 AND l.objsubid = 2 AND l.granted
+    LIMIT 1
+$$;
+-- How many DDL statements of each origin this member has applied.
+CREATE FUNCTION mmr.ddl_history() RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_object_agg(origin, n), '{}') FROM (SELECT origin, count(*) AS n FROM mmr.ddl GROUP BY origin) s
+$$;
 
 CREATE VIEW mmr.nodes AS
 SELECT m.name, m.node_id, mmr._mask_conninfo(m.dsn) AS dsn, m.state,
@@ -309,9 +353,15 @@ BEGIN
      WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND t.relid::oid = d.objid;
     DELETE FROM mmr.replicated_table r USING pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND r.relid::oid = d.objid;
+    DELETE FROM mmr.column_alias r USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND r.relid::oid = d.objid;
+    DELETE FROM mmr.table_alias r USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND r.relid::oid = d.objid;
 END
 $$;
 CREATE EVENT TRIGGER mmr_sql_drop ON sql_drop EXECUTE FUNCTION mmr._on_sql_drop();
+-- Also when the apply worker runs a replicated DROP (session_replication_role replica).
+ALTER EVENT TRIGGER mmr_sql_drop ENABLE ALWAYS;
 
 -- Set-aside changes (see src/apply/set_aside.rs).
 CREATE FUNCTION mmr.retry_set_aside(id bigint DEFAULT NULL) RETURNS bigint
@@ -332,6 +382,8 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER mmr_ddl_end ON ddl_command_end EXECUTE FUNCTION mmr._on_ddl_end();
+-- Also for DDL the apply worker runs: that is what set-aside changes wait for.
+ALTER EVENT TRIGGER mmr_ddl_end ENABLE ALWAYS;
 
 -- Privileges: the catalog is for superusers; the clock functions are for everyone.
 REVOKE ALL ON ALL TABLES IN SCHEMA mmr FROM PUBLIC;

@@ -251,5 +251,46 @@ COMMENT ON TABLE mmr.part_relay IS 'Parting a node: which survivors this node ha
 
 INSERT INTO mmr.replicated_table (relid) VALUES ('mmr.member');
 
+-- Replicated DDL (see src/ddl/): one row per statement, written by the transaction that
+-- runs it on its origin, before the statement's own effects, so every member runs it in
+-- order with that node's data changes. Replicated like a user table; applying a row
+-- runs its command. Rows stay: they are the group's DDL history, which the DDL lock
+-- compares (a member runs a new statement only once every member has every earlier one).
+CREATE TABLE mmr.ddl (
+    origin integer NOT NULL,
+    -- 1, 2, 3 ... per origin, under the group's DDL lock.
+    seq bigint NOT NULL,
+    command text NOT NULL,
+    -- The origin session's settings the command's text depends on (search_path,
+    -- DateStyle, ...), and the role that ran it: it runs as that role everywhere.
+    settings jsonb NOT NULL,
+    role text NOT NULL,
+    issued_at timestamptz NOT NULL DEFAULT now(),
+    mmr_hlc bigint NOT NULL DEFAULT 0,
+    mmr_node integer NOT NULL DEFAULT 0,
+    mmr_vv bigint[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (origin, seq)
+);
+COMMENT ON TABLE mmr.ddl IS 'DDL run with mmr.replicate_ddl or typed on a replicated table, replicated to every member.';
+INSERT INTO mmr.replicated_table (relid) VALUES ('mmr.ddl');
+
+-- Names replicated DDL took away from a replicated table here: a column renamed (its
+-- old name still reaches the new column: changes from nodes that have not renamed it
+-- yet carry it) or dropped (now_name NULL: its values are ignored). Any other column
+-- name a change carries is one this node has not got yet: the change is set aside
+-- until the DDL that adds it arrives.
+CREATE TABLE mmr.column_alias (
+    relid regclass NOT NULL,
+    name text NOT NULL,
+    now_name text,
+    PRIMARY KEY (relid, name)
+);
+-- Former names of renamed replicated tables (changes from nodes that have not renamed
+-- them yet carry the old name).
+CREATE TABLE mmr.table_alias (
+    name text PRIMARY KEY,
+    relid regclass NOT NULL
+);
+
 SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table',
-    'WHERE relid NOT IN (''mmr.resolution_log''::regclass, ''mmr.member''::regclass)');
+    'WHERE relid NOT IN (''mmr.resolution_log''::regclass, ''mmr.member''::regclass, ''mmr.ddl''::regclass)');

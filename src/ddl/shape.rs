@@ -1,0 +1,120 @@
+//! Replicated tables' shapes before and after a replicated DDL statement, and the names
+//! it took away, remembered so that changes from members that have not run it yet
+//! still apply (`mmr_core::schema`; used by apply/table.rs).
+
+use crate::error::{spi, Result};
+use crate::pg::superuser::AsSuperuser;
+use mmr_core::schema::{diff, ShapeChange, TableShape};
+use pgrx::prelude::*;
+
+/// The shapes of the given tables (all replicated user tables with `None`). A table
+/// that no longer exists is left out.
+pub fn shapes(relids: Option<&[pg_sys::Oid]>) -> Result<Vec<(pg_sys::Oid, TableShape)>> {
+    let ids: Option<Vec<pg_sys::Oid>> = relids.map(|r| r.to_vec());
+    Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relpersistence::text, \
+                    ARRAY(SELECT a.attnum::int4 FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum), \
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum), \
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i \
+                          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                          WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.n) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE CASE WHEN $1::oid[] IS NULL \
+                        THEN c.oid IN (SELECT r.relid FROM mmr.replicated_table r) AND n.nspname <> 'mmr' \
+                        ELSE c.oid = ANY ($1) END",
+            None,
+            &[ids.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            let nums: Vec<i32> = r.get(4)?.unwrap_or_default();
+            let names: Vec<String> = r.get(5)?.unwrap_or_default();
+            out.push((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                TableShape {
+                    name: r.get(2)?.unwrap_or_default(),
+                    persistence: r.get::<String>(3)?.and_then(|p| p.chars().next()).unwrap_or('p'),
+                    columns: nums.into_iter().map(|n| n as i16).zip(names).collect(),
+                    pk: r.get(6)?.unwrap_or_default(),
+                },
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .map_err(spi)
+}
+
+/// What happened to each table of `before`, judged by `after`.
+pub fn changes(
+    before: &[(pg_sys::Oid, TableShape)],
+    after: &[(pg_sys::Oid, TableShape)],
+) -> Vec<(pg_sys::Oid, ShapeChange)> {
+    before
+        .iter()
+        .map(|(relid, b)| (*relid, diff(b, after.iter().find(|(r, _)| r == relid).map(|(_, a)| a))))
+        .filter(|(_, c)| !c.is_empty())
+        .collect()
+}
+
+/// Runs `exec` (a replicated statement, here or applied) and remembers the names it
+/// took away from replicated tables.
+pub fn tracking_names<R>(exec: impl FnOnce() -> Result<R>) -> Result<R> {
+    let before = {
+        let _su = AsSuperuser::enter();
+        shapes(None)?
+    };
+    let out = exec()?;
+    let _su = AsSuperuser::enter();
+    let relids: Vec<pg_sys::Oid> = before.iter().map(|(r, _)| *r).collect();
+    for (relid, change) in changes(&before, &shapes(Some(&relids))?) {
+        remember(relid, &change)?;
+    }
+    Ok(out)
+}
+
+/// Records the names a statement took away (and forgets those it gave back).
+fn remember(relid: pg_sys::Oid, c: &ShapeChange) -> Result<()> {
+    let run = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| Spi::run_with_args(sql, args).map_err(spi);
+    let mmr_column = |c: &str| matches!(c, "mmr_hlc" | "mmr_node" | "mmr_vv");
+    for (old, new) in c.renamed_columns.iter().filter(|(o, _)| !mmr_column(o)) {
+        run("UPDATE mmr.column_alias SET now_name = $3 WHERE relid = $1::oid AND now_name = $2", &[
+            relid.into(),
+            old.as_str().into(),
+            new.as_str().into(),
+        ])?;
+        run(
+            "INSERT INTO mmr.column_alias (relid, name, now_name) VALUES ($1::oid, $2, $3) \
+             ON CONFLICT (relid, name) DO UPDATE SET now_name = excluded.now_name",
+            &[relid.into(), old.as_str().into(), new.as_str().into()],
+        )?;
+    }
+    for old in c.dropped_columns.iter().filter(|o| !mmr_column(o)) {
+        run("UPDATE mmr.column_alias SET now_name = NULL WHERE relid = $1::oid AND now_name = $2", &[
+            relid.into(),
+            old.as_str().into(),
+        ])?;
+        run(
+            "INSERT INTO mmr.column_alias (relid, name, now_name) VALUES ($1::oid, $2, NULL) \
+             ON CONFLICT (relid, name) DO UPDATE SET now_name = NULL",
+            &[relid.into(), old.as_str().into()],
+        )?;
+    }
+    // A name in use again means that column (and a renamed column's new name, too).
+    let live = c.added_columns.iter().map(|(_, n)| n.as_str()).chain(c.renamed_columns.iter().map(|(_, n)| n.as_str()));
+    for name in live {
+        run("DELETE FROM mmr.column_alias WHERE relid = $1::oid AND name = $2", &[relid.into(), name.into()])?;
+    }
+    if let Some((old, new)) = &c.renamed_to {
+        run(
+            "INSERT INTO mmr.table_alias (name, relid) VALUES ($1, $2::oid) \
+             ON CONFLICT (name) DO UPDATE SET relid = excluded.relid",
+            &[old.as_str().into(), relid.into()],
+        )?;
+        run("DELETE FROM mmr.table_alias WHERE name = $1", &[new.as_str().into()])?;
+    }
+    Ok(())
+}
