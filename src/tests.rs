@@ -173,7 +173,10 @@ mod tests {
         );
         run("INSERT INTO pre VALUES (11, 'z')");
         flush();
-        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queued_changes WHERE op = 'I' AND tbl = 'public.pre'"), Some(0));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM mmr.queued_changes WHERE op = 'I' AND tbl = 'public.pre'"),
+            Some(0)
+        );
     }
 
     /// The ProcessUtility hook: unsafe DDL on a replicated table is refused (SQLSTATE,
@@ -185,7 +188,9 @@ mod tests {
         run("CREATE TABLE d (id int PRIMARY KEY, v int, w text)");
         run("CREATE TABLE plain (id int PRIMARY KEY)");
         run("SELECT mmr.replicate('d')");
-        let columns = || text("SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'd'::regclass AND attnum > 0 AND NOT attisdropped");
+        let columns = || {
+            text("SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'd'::regclass AND attnum > 0 AND NOT attisdropped")
+        };
         let queued = || one::<i64>("SELECT count(*) FROM mmr.ddl").unwrap();
         let (cols, n) = (columns(), queued());
         for (sql, msg) in [
@@ -215,8 +220,10 @@ mod tests {
             text("SELECT string_agg(command, ' | ' ORDER BY seq) FROM mmr.ddl WHERE seq > 1"),
             "ALTER TABLE d ADD COLUMN c int NOT NULL DEFAULT 7 | COMMENT ON COLUMN d.c IS 'seven'"
         );
-        assert_eq!(text("SELECT role || ' ' || (settings ? 'DateStyle')::text FROM mmr.ddl ORDER BY seq DESC LIMIT 1"),
-                   format!("{} true", text("SELECT current_user::text")));
+        assert_eq!(
+            text("SELECT role || ' ' || (settings ? 'DateStyle')::text FROM mmr.ddl ORDER BY seq DESC LIMIT 1"),
+            format!("{} true", text("SELECT current_user::text"))
+        );
         // Tables that are not replicated, and DDL with mmr.ddl_replication off, are not.
         run("ALTER TABLE plain ADD COLUMN x int");
         run("SET LOCAL mmr.ddl_replication = off");
@@ -236,7 +243,11 @@ mod tests {
         // replicate_ddl runs anything, checked the same way.
         run("SELECT mmr.replicate_ddl('CREATE TABLE made (id int PRIMARY KEY); ALTER TABLE d2 ADD COLUMN k int DEFAULT 1')");
         assert_eq!(queued(), n + 6);
-        assert_rejected("SELECT mmr.replicate_ddl('ALTER TABLE d2 ADD COLUMN z float8 DEFAULT random()')", "0A000", "not immutable");
+        assert_rejected(
+            "SELECT mmr.replicate_ddl('ALTER TABLE d2 ADD COLUMN z float8 DEFAULT random()')",
+            "0A000",
+            "not immutable",
+        );
         assert_eq!(queued(), n + 6);
     }
 

@@ -80,7 +80,10 @@ fn resolver_literal(resolver: Option<pg_sys::Oid>) -> Result<String> {
         &[r.into()],
     )
     .map_err(spi)?
-    .ok_or_else(|| MmrError::BadResolver { resolver: u32::from(r).to_string(), problem: "function does not exist".into() })?;
+    .ok_or_else(|| MmrError::BadResolver {
+        resolver: u32::from(r).to_string(),
+        problem: "function does not exist".into(),
+    })?;
     Ok(format!("{}::regprocedure", pgrx::spi::quote_literal(&text)))
 }
 

@@ -107,7 +107,11 @@ impl Shape {
         }
         let mut out = String::from("CASE");
         for name in std::iter::once(&c.raw).chain(&c.olds) {
-            out.push_str(&format!(" WHEN pg_catalog.jsonb_exists({json}, {}) THEN {}", quote_literal(name), read(name)));
+            out.push_str(&format!(
+                " WHEN pg_catalog.jsonb_exists({json}, {}) THEN {}",
+                quote_literal(name),
+                read(name)
+            ));
         }
         let fill = c.fill.as_deref().map_or("NULL".to_string(), |f| format!("{}::{}", quote_literal(f), c.typ));
         out.push_str(&format!(" ELSE {fill} END"));

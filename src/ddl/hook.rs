@@ -67,7 +67,12 @@ unsafe extern "C-unwind" fn process_utility(
     match unsafe { inspect(pstmt, query) }.or_raise() {
         None => run(),
         Some(plan) => {
-            let exec = || checked(&plan.tables, || Ok(run()));
+            let exec = || {
+                checked(&plan.tables, || {
+                    run();
+                    Ok(())
+                })
+            };
             if mode() == Mode::Normal {
                 super::replicate(&plan.text, exec).or_raise()
             } else {
@@ -163,7 +168,13 @@ unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
 unsafe fn table_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
     // SAFETY: guaranteed by the caller; lookups only (no lock: the statement takes its own).
     unsafe {
-        let oid = pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+        let oid = pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        );
         if oid != pg_sys::InvalidOid && pg_sys::get_rel_relkind(oid) as u8 == pg_sys::RELKIND_INDEX {
             return pg_sys::IndexGetRelation(oid, true);
         }
@@ -207,8 +218,12 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
             pg_sys::NodeTag::T_DropStmt => {
                 let s = stmt as *mut pg_sys::DropStmt;
                 match (*s).removeType {
-                    OBJECT_TABLE | OBJECT_INDEX => list::<pg_sys::List>((*s).objects).into_iter().map(|n| table_of_names(n, 0)).collect(),
-                    OBJECT_TRIGGER => list::<pg_sys::List>((*s).objects).into_iter().map(|n| table_of_names(n, 1)).collect(),
+                    OBJECT_TABLE | OBJECT_INDEX => {
+                        list::<pg_sys::List>((*s).objects).into_iter().map(|n| table_of_names(n, 0)).collect()
+                    }
+                    OBJECT_TRIGGER => {
+                        list::<pg_sys::List>((*s).objects).into_iter().map(|n| table_of_names(n, 1)).collect()
+                    }
                     _ => vec![],
                 }
             }
@@ -285,13 +300,17 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid, query: *con
     // SAFETY: guaranteed by the caller; each cast follows the node tag.
     unsafe {
         match (*stmt).type_ {
-            pg_sys::NodeTag::T_IndexStmt if (*(stmt as *mut pg_sys::IndexStmt)).concurrent => {
-                Err(unsafe_ddl("CREATE INDEX CONCURRENTLY cannot run in the group's order (inside a transaction)", concurrently))
-            }
+            pg_sys::NodeTag::T_IndexStmt if (*(stmt as *mut pg_sys::IndexStmt)).concurrent => Err(unsafe_ddl(
+                "CREATE INDEX CONCURRENTLY cannot run in the group's order (inside a transaction)",
+                concurrently,
+            )),
             pg_sys::NodeTag::T_DropStmt => {
                 let s = stmt as *mut pg_sys::DropStmt;
                 if (*s).concurrent {
-                    return Err(unsafe_ddl("DROP INDEX CONCURRENTLY cannot run in the group's order (inside a transaction)", concurrently));
+                    return Err(unsafe_ddl(
+                        "DROP INDEX CONCURRENTLY cannot run in the group's order (inside a transaction)",
+                        concurrently,
+                    ));
                 }
                 if (*s).removeType == pg_sys::ObjectType::OBJECT_TRIGGER {
                     for names in list::<pg_sys::List>((*s).objects) {
@@ -329,7 +348,10 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid, query: *con
                         }
                         AT_AlterColumnType => {
                             let def = (*cmd).def as *mut pg_sys::ColumnDef;
-                            if !def.is_null() && !(*def).raw_default.is_null() && mutable_using(table, (*def).raw_default, query) {
+                            if !def.is_null()
+                                && !(*def).raw_default.is_null()
+                                && mutable_using(table, (*def).raw_default, query)
+                            {
                                 return Err(unsafe_ddl(
                                     "its USING expression is not immutable: existing rows would get other values on each node",
                                     "Use immutable functions only, or run it with SET mmr.ddl_replication = off on every \

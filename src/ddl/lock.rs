@@ -91,15 +91,13 @@ fn connect(me: &str) -> Result<Vec<Member>> {
     .map_err(spi)?;
     rows.into_iter()
         .map(|(name, node_id, dsn)| {
-            let mut conn =
-                PeerConn::connect(&dsn, &format!("mmr ddl lock for {me}"), gucs::connect_timeout()).map_err(|e| {
-                    MmrError::DdlLock {
-                        message: format!("cannot replicate DDL: member \"{name}\" cannot be reached: {e}"),
-                        hint: "Every member must take a replicated schema change. Bring the member back, part it \
+            let mut conn = PeerConn::connect(&dsn, &format!("mmr ddl lock for {me}"), gucs::connect_timeout())
+                .map_err(|e| MmrError::DdlLock {
+                    message: format!("cannot replicate DDL: member \"{name}\" cannot be reached: {e}"),
+                    hint: "Every member must take a replicated schema change. Bring the member back, part it \
                                (mmr.part_node), or SET mmr.ddl_replication = off and run the statement on every \
                                node yourself."
-                            .into(),
-                    }
+                        .into(),
                 })?;
             conn.set_read_timeout(Duration::from_secs(30));
             Ok(Member { name, node_id, conn })

@@ -81,11 +81,10 @@ fn remember(relid: pg_sys::Oid, c: &ShapeChange) -> Result<()> {
     let run = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| Spi::run_with_args(sql, args).map_err(spi);
     let mmr_column = |c: &str| matches!(c, "mmr_hlc" | "mmr_node" | "mmr_vv");
     for (old, new) in c.renamed_columns.iter().filter(|(o, _)| !mmr_column(o)) {
-        run("UPDATE mmr.column_alias SET now_name = $3 WHERE relid = $1::oid AND now_name = $2", &[
-            relid.into(),
-            old.as_str().into(),
-            new.as_str().into(),
-        ])?;
+        run(
+            "UPDATE mmr.column_alias SET now_name = $3 WHERE relid = $1::oid AND now_name = $2",
+            &[relid.into(), old.as_str().into(), new.as_str().into()],
+        )?;
         run(
             "INSERT INTO mmr.column_alias (relid, name, now_name) VALUES ($1::oid, $2, $3) \
              ON CONFLICT (relid, name) DO UPDATE SET now_name = excluded.now_name",
@@ -93,10 +92,10 @@ fn remember(relid: pg_sys::Oid, c: &ShapeChange) -> Result<()> {
         )?;
     }
     for old in c.dropped_columns.iter().filter(|o| !mmr_column(o)) {
-        run("UPDATE mmr.column_alias SET now_name = NULL WHERE relid = $1::oid AND now_name = $2", &[
-            relid.into(),
-            old.as_str().into(),
-        ])?;
+        run(
+            "UPDATE mmr.column_alias SET now_name = NULL WHERE relid = $1::oid AND now_name = $2",
+            &[relid.into(), old.as_str().into()],
+        )?;
         run(
             "INSERT INTO mmr.column_alias (relid, name, now_name) VALUES ($1::oid, $2, NULL) \
              ON CONFLICT (relid, name) DO UPDATE SET now_name = NULL",

@@ -1,0 +1,346 @@
+//! Schema changes of a live group on real clusters: DDL typed or sent with
+//! `mmr.replicate_ddl` on one node runs on every member, in order with the data, while
+//! every node keeps writing; tables whose columns differ for a while still converge.
+
+use mmr_tests::{assert_converged, error_text, Cluster, Options};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+const SYNC: Duration = Duration::from_secs(90);
+
+/// A group of `n` members made the way users make one: n1 replicates `t`, the others
+/// load its definition (pg_dump) and join through it. Rows 1..100 exist everywhere.
+fn group(test: &str, n: usize) -> Cluster {
+    let c = Cluster::start_with(test, n, Options { dsn: true, ..Options::default() });
+    c.exec(0, "CREATE TABLE t (id bigint PRIMARY KEY, v text)");
+    c.exec(0, "SELECT mmr.replicate('t')");
+    c.exec(0, "INSERT INTO t SELECT g, 'start' FROM generate_series(1, 100) g");
+    for i in 1..n {
+        c.copy_schema(0, i, &["t"]);
+        let dsn = c.nodes[0].dsn();
+        c.connect(i)
+            .execute("SELECT mmr.join_group($1)", &[&dsn])
+            .unwrap_or_else(|e| panic!("join of {}: {}", c.nodes[i].name, error_text(&e)));
+    }
+    c.sync(SYNC);
+    c
+}
+
+/// Columns (name and type, in order) and indexes of a table on node `i`.
+fn schema(c: &Cluster, i: usize, table: &str) -> String {
+    c.text(
+        i,
+        &format!(
+            "SELECT concat_ws(' / ', \
+               (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
+                  FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped), \
+               (SELECT string_agg(indexname, ', ' ORDER BY indexname) FROM pg_indexes WHERE tablename = '{table}'), \
+               obj_description('{table}'::regclass))"
+        ),
+    )
+}
+
+fn assert_same_schema(c: &Cluster, table: &str) {
+    let first = schema(c, 0, table);
+    for i in 1..c.len() {
+        assert_eq!(schema(c, i, table), first, "{table}'s schema differs on {}", c.nodes[i].name);
+    }
+}
+
+/// Waits until every node has column `col` of `t` (or, `present` false, has not).
+fn wait_column(c: &Cluster, col: &str, present: bool) {
+    for i in 0..c.len() {
+        c.wait_until(
+            i,
+            &format!(
+                "SELECT {}EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = '{col}' \
+                 AND NOT attisdropped)",
+                if present { "" } else { "NOT " }
+            ),
+            SYNC,
+        );
+    }
+}
+
+/// Writers on every node, as the application role with non-default session settings:
+/// unique inserts, updates of the shared rows 1..100, and -- once the column exists
+/// here -- writes of `c = id` (so every row's c is its default or its id).
+struct Writers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<Vec<i64>>>,
+}
+
+impl Writers {
+    fn start(c: &Cluster) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..c.len())
+            .map(|i| {
+                let conninfo = c.nodes[i].conninfo().replace("user=postgres", "user=app");
+                let stop = stop.clone();
+                let base = (i as i64 + 1) * 1_000_000;
+                thread::spawn(move || {
+                    let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+                    db.batch_execute(
+                        "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kolkata'; SET IntervalStyle = 'sql_standard'",
+                    )
+                    .unwrap();
+                    let (mut ids, mut k, mut has_c) = (Vec::new(), 0i64, false);
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(3));
+                        k += 1;
+                        if db.execute("INSERT INTO t (id, v) VALUES ($1, 'w')", &[&(base + k)]).is_ok() {
+                            ids.push(base + k);
+                        }
+                        let shared = k * 7 % 100 + 1;
+                        if k % 10 == 0 {
+                            has_c = db
+                                .query_one(
+                                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass \
+                                     AND attname = 'c' AND NOT attisdropped)",
+                                    &[],
+                                )
+                                .map(|r| r.get(0))
+                                .unwrap_or(false);
+                        }
+                        // Errors (a deadlock with apply, a statement planned before the
+                        // column went away) are what applications see too: go on.
+                        let _ = if has_c && k % 2 == 0 {
+                            db.execute("UPDATE t SET c = id, v = v || '+' WHERE id = $1", &[&shared])
+                        } else {
+                            db.execute("UPDATE t SET v = 'u' || $2::text WHERE id = $1", &[&shared, &k])
+                        };
+                    }
+                    ids
+                })
+            })
+            .collect();
+        Writers { stop, threads }
+    }
+
+    fn stop(self) -> Vec<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    }
+}
+
+fn assert_all_there(c: &Cluster, ids: &[i64]) {
+    let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    for i in 0..c.len() {
+        let have = c.int(i, &format!("SELECT count(*) FROM t WHERE id = ANY('{{{list}}}'::bigint[])"));
+        assert_eq!(have, ids.len() as i64, "{} lacks acknowledged rows", c.nodes[i].name);
+    }
+}
+
+fn no_set_aside(c: &Cluster) {
+    for i in 0..c.len() {
+        assert_eq!(
+            c.text(i, "SELECT coalesce(string_agg(tbl || ': ' || error, '; '), '') FROM mmr.set_aside"),
+            "",
+            "set-aside changes remain on {}",
+            c.nodes[i].name
+        );
+    }
+}
+
+#[test]
+fn add_column_through_replicate_ddl_while_every_node_writes() {
+    let c = group("ddl_add_column", 3);
+    let w = Writers::start(&c);
+    c.wait_until(2, "SELECT count(*) > 300 FROM t", SYNC);
+    c.exec(0, "SELECT mmr.replicate_ddl('ALTER TABLE t ADD COLUMN c bigint NOT NULL DEFAULT 7')");
+    wait_column(&c, "c", true);
+    // Some rows get c written on every node, while the others may still lack it.
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT count(*) > 20 FROM t WHERE c <> 7", SYNC);
+    }
+    let ids = w.stop();
+    c.sync(SYNC);
+    assert_all_there(&c, &ids);
+    for i in 0..c.len() {
+        assert_eq!(c.int(i, "SELECT count(*) FROM t WHERE c <> 7 AND c <> id"), 0, "a c that nobody wrote");
+    }
+    assert_same_schema(&c, "t");
+    assert_converged(&c, "t");
+    no_set_aside(&c);
+}
+
+/// ALTER TABLE typed directly replicates; a node that has not applied a DROP COLUMN or
+/// a RENAME COLUMN yet keeps writing the old column, and its changes still apply
+/// everywhere (renamed: to the new column; dropped: ignored); changes naming a column a
+/// lagging node does not have yet wait there until the DDL arrives.
+#[test]
+fn typed_ddl_drop_and_rename_while_a_node_lags() {
+    let c = group("ddl_typed", 3);
+    c.exec(0, "ALTER TABLE t ADD COLUMN c int DEFAULT 0");
+    c.exec(1, "CREATE INDEX t_v ON t (v)");
+    c.exec(0, "COMMENT ON TABLE t IS 'the test table'");
+    wait_column(&c, "c", true);
+    c.sync(SYNC);
+    assert_same_schema(&c, "t");
+
+    // n3 stops taking n1's changes: it will not see n1's next DDL for a while.
+    c.exec(2, "SELECT mmr.pause_peer('n1')");
+    c.exec(0, "ALTER TABLE t DROP COLUMN c");
+    c.exec(0, "ALTER TABLE t RENAME COLUMN v TO v2");
+    c.wait_until(
+        1,
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'v')",
+        SYNC,
+    );
+    // n3 still writes the old columns.
+    c.exec(2, "UPDATE t SET c = 5, v = 'from n3' WHERE id = 1");
+    c.exec(2, "INSERT INTO t (id, v, c) VALUES (9001, 'new on n3', 9)");
+    // n2 writes the new name, which n3 does not know yet.
+    c.exec(1, "UPDATE t SET v2 = 'from n2' WHERE id = 2");
+    c.wait_until(2, "SELECT count(*) = 1 FROM mmr.set_aside WHERE sqlstate = '42703'", SYNC);
+    c.wait_until(0, "SELECT v2 = 'from n3' FROM t WHERE id = 1", SYNC);
+    c.wait_until(0, "SELECT v2 = 'new on n3' FROM t WHERE id = 9001", SYNC);
+
+    c.exec(2, "SELECT mmr.resume_peer('n1')");
+    c.wait_until(2, "SELECT v2 = 'from n2' FROM t WHERE id = 2", SYNC);
+    c.sync(SYNC);
+    no_set_aside(&c);
+    assert_same_schema(&c, "t");
+    assert_converged(&c, "t");
+    assert!(schema(&c, 0, "t").contains("t_v"), "the index is there: {}", schema(&c, 0, "t"));
+}
+
+/// Two nodes change the schema at the same moment, again and again: the statements
+/// serialize (or one is refused with 55P03), and every node ends with the same columns
+/// in the same order.
+#[test]
+fn ddl_from_two_nodes_at_once_serializes() {
+    let c = Arc::new(group("ddl_concurrent", 3));
+    for round in 0..4 {
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [0usize, 1]
+            .into_iter()
+            .map(|i| {
+                let (c, barrier) = (c.clone(), barrier.clone());
+                thread::spawn(move || {
+                    let mut db = c.connect(i);
+                    barrier.wait();
+                    db.batch_execute(&format!("ALTER TABLE t ADD COLUMN r{round}_n{} int DEFAULT {i}", i + 1))
+                        .map_err(|e| error_text(&e))
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Err(e) = h.join().unwrap() {
+                assert!(e.starts_with("55P03"), "a DDL that cannot get the lock says so: {e}");
+            }
+        }
+    }
+    c.exec(2, "INSERT INTO t (id, v) VALUES (5000, 'after')");
+    c.sync(SYNC);
+    assert_same_schema(&c, "t");
+    assert_converged(&c, "t");
+}
+
+/// A statement that fails on its origin queues nothing; one that fails on a member is
+/// set aside there, visible, and applies once the member is fixed; the lock says when a
+/// member cannot be reached.
+#[test]
+fn failing_ddl_is_visible_and_retried() {
+    let c = group("ddl_failing", 3);
+    let queued = |c: &Cluster| (0..c.len()).map(|i| c.int(i, "SELECT count(*) FROM mmr.ddl")).collect::<Vec<_>>();
+    let before = queued(&c);
+    let e = c.connect(0).batch_execute("SELECT mmr.replicate_ddl('ALTER TABLE t ADD COLUMN v int')").unwrap_err();
+    assert!(error_text(&e).starts_with("42701"), "{}", error_text(&e));
+    let e = c.connect(0).batch_execute("ALTER TABLE t ADD COLUMN r float8 DEFAULT random()").unwrap_err();
+    assert!(error_text(&e).starts_with("0A000"), "{}", error_text(&e));
+    c.exec(1, "INSERT INTO t VALUES (7000, 'marker')");
+    c.sync(SYNC);
+    assert_eq!(queued(&c), before, "nothing was queued");
+
+    // n3 has a column of that name already (added by hand, not replicated).
+    c.exec(2, "SET mmr.ddl_replication = off; ALTER TABLE t ADD COLUMN extra int");
+    c.exec(0, "ALTER TABLE t ADD COLUMN extra text");
+    c.exec(0, "UPDATE t SET extra = 'abc' WHERE id = 3");
+    c.wait_until(2, "SELECT count(*) >= 1 FROM mmr.set_aside WHERE tbl = 'mmr.ddl' AND sqlstate = '42701'", SYNC);
+    c.exec(1, "UPDATE t SET v = 'n2 goes on' WHERE id = 4");
+    c.wait_until(2, "SELECT v = 'n2 goes on' FROM t WHERE id = 4", SYNC);
+    // The DBA fixes n3; the statement and the change behind it apply.
+    c.exec(2, "SET mmr.ddl_replication = off; ALTER TABLE t DROP COLUMN extra");
+    c.wait_until(2, "SELECT extra = 'abc' FROM t WHERE id = 3", SYNC);
+    c.sync(SYNC);
+    no_set_aside(&c);
+    assert_same_schema(&c, "t");
+    assert_converged(&c, "t");
+
+    // A member that cannot be reached: the DDL fails at once, saying which.
+    c.stop_node(2);
+    let e = c.connect(0).batch_execute("ALTER TABLE t ADD COLUMN late int").unwrap_err();
+    assert!(error_text(&e).starts_with("55P03") && error_text(&e).contains("n3"), "{}", error_text(&e));
+    c.start_node(2);
+    assert!(!schema(&c, 0, "t").contains("late"));
+}
+
+/// A new table needs nothing done on the other nodes: created with replicate_ddl and
+/// replicated, in one transaction (so that no node ever has it unreplicated, where
+/// writes would stay local), then written everywhere. Its resolver, set on one node,
+/// is every node's.
+#[test]
+fn create_table_through_replicate_ddl_then_replicate_once() {
+    let c = group("ddl_create", 3);
+    c.exec(
+        1,
+        "BEGIN; \
+         SELECT mmr.replicate_ddl($$CREATE TABLE \"New Items\" (id int PRIMARY KEY, label text DEFAULT 'none')$$); \
+         SELECT mmr.replicate('\"New Items\"'); \
+         COMMIT",
+    );
+    let replicated = "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = to_regclass('\"New Items\"'))";
+    for i in 0..c.len() {
+        c.wait_until(i, replicated, SYNC);
+    }
+    c.exec(2, "SELECT mmr.set_resolver('\"New Items\"', 'mmr.resolve_later(anyelement, anyelement, anyelement, mmr.conflict_info)')");
+    for i in 0..c.len() {
+        c.exec(i, &format!("INSERT INTO \"New Items\" (id) VALUES ({i})"));
+        c.exec(i, &format!("INSERT INTO \"New Items\" VALUES ({}, 'from n{}')", 10 + i, i + 1));
+    }
+    c.sync(SYNC);
+    for i in 0..c.len() {
+        assert_eq!(c.int(i, "SELECT count(*) FROM \"New Items\""), 6);
+    }
+    assert_converged(&c, "\"New Items\"");
+    assert_same_schema(&c, "\"New Items\"");
+    for i in 0..c.len() {
+        assert_eq!(
+            c.text(i, "SELECT resolver::text FROM mmr.replicated_table WHERE relid = '\"New Items\"'::regclass"),
+            "mmr.resolve_later(anyelement,anyelement,anyelement,mmr.conflict_info)"
+        );
+    }
+}
+
+/// kill -9 of a member while it applies a DDL statement: after the restart the schema
+/// and the data converge, and the statement ran once.
+#[test]
+fn member_killed_while_applying_ddl_converges() {
+    let c = group("ddl_kill", 3);
+    let w = Writers::start(&c);
+    // The statement sleeps on every node after its change: n2 is killed right then.
+    c.exec(0, "SELECT mmr.replicate_ddl('ALTER TABLE t ADD COLUMN c bigint NOT NULL DEFAULT 7; SELECT pg_sleep(3)')");
+    c.wait_until(
+        1,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'mmr apply%' AND wait_event = 'PgSleep')",
+        SYNC,
+    );
+    c.kill9(1);
+    c.start_node(1);
+    wait_column(&c, "c", true);
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT count(*) > 5 FROM t WHERE c <> 7", SYNC);
+    }
+    let ids = w.stop();
+    c.sync(SYNC);
+    assert_all_there(&c, &ids);
+    assert_same_schema(&c, "t");
+    assert_converged(&c, "t");
+    for i in 0..c.len() {
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.ddl"), c.int(0, "SELECT count(*) FROM mmr.ddl"));
+    }
+    no_set_aside(&c);
+}
