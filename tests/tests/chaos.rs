@@ -42,6 +42,13 @@ fn random_settings(rng: &mut StdRng) -> String {
 /// One random write (or small transaction) on a small key space. Errors such as
 /// duplicate keys are part of the game and ignored. Returns the increments committed
 /// to the `counters` table (merged with mmr.merge_counters).
+/// n3 creates `late`: the group's replicate call, waiting there, then applies by
+/// itself (and the table's changes behind it). n3 writes it once it is replicated.
+fn create_late_on_n3(c: &Cluster) {
+    c.exec(2, "CREATE TABLE late (k int PRIMARY KEY, v int)");
+    c.wait_until(2, "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = to_regclass('late'))", SYNC);
+}
+
 fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bool) -> i64 {
     if rng.gen_range(0..4) == 0 {
         let id: i32 = rng.gen_range(1..=3);
@@ -129,9 +136,12 @@ fn run_random(seed: u64) {
                 i,
                 "SELECT mmr.set_resolver('counters', 'mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info)')",
             );
+        }
+        // Replicated on n1 and n2 now; n3 creates it later (the replicate call waits there
+        // until it does).
+        for i in 0..2 {
             cl.exec(i, "CREATE TABLE late (k int PRIMARY KEY, v int)");
         }
-        // Replicated on n1 and n2 now, on n3 later.
         cl.exec(0, "SELECT mmr.replicate('late')");
         cl.exec(1, "SELECT mmr.replicate('late')");
         cl.mesh();
@@ -168,7 +178,7 @@ fn run_random(seed: u64) {
         thread::sleep(Duration::from_millis(rng.gen_range(300..2000)));
         let mut cl = c.lock().unwrap();
         if !late_on_n3.load(Ordering::Relaxed) && start.elapsed() > Duration::from_secs(chaos_secs() / 2) {
-            cl.exec(2, "SELECT mmr.replicate('late')");
+            create_late_on_n3(&cl);
             late_on_n3.store(true, Ordering::Relaxed);
         }
         let (i, j) = (rng.gen_range(0..3), rng.gen_range(0..3));
@@ -191,7 +201,7 @@ fn run_random(seed: u64) {
     let mut cl = c.lock().unwrap();
     cl.heal_all();
     if !late_on_n3.load(Ordering::Relaxed) {
-        cl.exec(2, "SELECT mmr.replicate('late')");
+        create_late_on_n3(&cl);
     }
     cl.sync(SYNC);
     for i in 0..3 {

@@ -133,6 +133,25 @@ fn assert_all_there(c: &Cluster, ids: &[i64]) {
     }
 }
 
+/// As `Cluster::wait_until`, saying on a timeout what is set aside on that node.
+fn wait_or_explain(c: &Cluster, i: usize, query: &str) {
+    let deadline = std::time::Instant::now() + SYNC;
+    while !c.connect(i).query_one(query, &[]).map(|r| r.get::<_, bool>(0)).unwrap_or(false) {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out on {} waiting for {query}; set aside there: {}",
+                c.nodes[i].name,
+                c.text(
+                    i,
+                    "SELECT coalesce(string_agg(format('%s %s %s (%s attempts, next %s)', tbl, sqlstate, error, \
+                     attempts, next_try_at), '; '), 'nothing') FROM mmr.set_aside"
+                )
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn no_set_aside(c: &Cluster) {
     for i in 0..c.len() {
         assert_eq!(
@@ -155,11 +174,15 @@ fn add_column_through_replicate_ddl_while_every_node_writes() {
     for i in 0..c.len() {
         c.wait_until(i, "SELECT count(*) > 20 FROM t WHERE c <> 7", SYNC);
     }
+    // The same typed directly, still under load.
+    c.exec(1, "ALTER TABLE t ADD COLUMN d text DEFAULT 'dflt'");
+    wait_column(&c, "d", true);
     let ids = w.stop();
     c.sync(SYNC);
     assert_all_there(&c, &ids);
     for i in 0..c.len() {
         assert_eq!(c.int(i, "SELECT count(*) FROM t WHERE c <> 7 AND c <> id"), 0, "a c that nobody wrote");
+        assert_eq!(c.int(i, "SELECT count(*) FROM t WHERE d IS DISTINCT FROM 'dflt'"), 0, "a d that nobody wrote");
     }
     assert_same_schema(&c, "t");
     assert_converged(&c, "t");
@@ -205,6 +228,10 @@ fn typed_ddl_drop_and_rename_while_a_node_lags() {
     assert_same_schema(&c, "t");
     assert_converged(&c, "t");
     assert!(schema(&c, 0, "t").contains("t_v"), "the index is there: {}", schema(&c, 0, "t"));
+    c.exec(2, "DROP INDEX t_v");
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT to_regclass('t_v') IS NULL", SYNC);
+    }
 }
 
 /// Two nodes change the schema at the same moment, again and again: the statements
@@ -264,7 +291,7 @@ fn failing_ddl_is_visible_and_retried() {
     c.wait_until(2, "SELECT v = 'n2 goes on' FROM t WHERE id = 4", SYNC);
     // The DBA fixes n3; the statement and the change behind it apply.
     c.exec(2, "SET mmr.ddl_replication = off; ALTER TABLE t DROP COLUMN extra");
-    c.wait_until(2, "SELECT extra = 'abc' FROM t WHERE id = 3", SYNC);
+    wait_or_explain(&c, 2, "SELECT EXISTS (SELECT 1 FROM t WHERE id = 3 AND extra::text = 'abc')");
     c.sync(SYNC);
     no_set_aside(&c);
     assert_same_schema(&c, "t");
@@ -312,6 +339,18 @@ fn create_table_through_replicate_ddl_then_replicate_once() {
             c.text(i, "SELECT resolver::text FROM mmr.replicated_table WHERE relid = '\"New Items\"'::regclass"),
             "mmr.resolve_later(anyelement,anyelement,anyelement,mmr.conflict_info)"
         );
+    }
+    // unreplicate from one node: no node replicates it any more; the rows stay.
+    c.exec(2, "SELECT mmr.unreplicate('\"New Items\"')");
+    for i in 0..c.len() {
+        c.wait_until(i, &replicated.replace("SELECT EXISTS", "SELECT NOT EXISTS"), SYNC);
+        assert_eq!(c.int(i, "SELECT count(*) FROM \"New Items\""), 6);
+    }
+    // DROP TABLE of a replicated table, typed on one node, drops it everywhere.
+    c.exec(0, "DROP TABLE t");
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT to_regclass('t') IS NULL", SYNC);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.replicated_table WHERE relid::text NOT LIKE 'mmr.%'"), 0);
     }
 }
 
