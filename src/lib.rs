@@ -21,6 +21,7 @@ mod gucs;
 mod peer;
 mod pg;
 mod queue;
+mod verify;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -8,6 +8,7 @@
 //! * [`json`]: JSON text for the capture trigger's row encoding;
 //! * [`conninfo`]: rendering (and masking) libpq connection strings;
 //! * [`schema`]: what a DDL did to a table, and columns a change names that a table lacks;
+//! * [`verify`]: which versions the divergence check compares, and what a repair writes;
 //! * [`wire`]: the typed, versioned pull protocol (header and encoded changes);
 //! * `model` (tests): an exhaustive model check of the protocol for one key.
 
@@ -20,5 +21,6 @@ mod model;
 pub mod prune;
 pub mod schema;
 pub mod snapshot;
+pub mod verify;
 pub mod vv;
 pub mod wire;

@@ -162,6 +162,13 @@ impl Shape {
         format!("(SELECT pg_catalog.jsonb_build_object({}) FROM {})", parts.join(", "), self.source(json))
     }
 
+    /// The key of table alias `alias`'s row, in the canonical form of `key_json`.
+    pub fn key_json_of_alias(&self, alias: &str) -> String {
+        let parts: Vec<String> =
+            self.pk.iter().map(|c| format!("{}, {alias}.{c}", quote_literal(unquote(c)))).collect();
+        format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
+    }
+
     /// The row `rec` (a qualified expression of the table's row type, such as `res.r`)
     /// as a row image: a jsonb object of the image columns' text values, the form
     /// `source` reads.

@@ -167,7 +167,8 @@ pub fn set_saved(name: &str, value: &str) -> crate::error::Result<()> {
         pg_sys::set_config_option(
             n.as_ptr(),
             v.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
+            // As the session's user may: superuser-only settings for superusers.
+            if pg_sys::superuser() { pg_sys::GucContext::PGC_SUSET } else { pg_sys::GucContext::PGC_USERSET },
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
             true,

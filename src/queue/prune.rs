@@ -103,13 +103,13 @@ const PAGE: usize = 5000;
 /// What pruning decides on: this node's id and applied record, and each peer's latest
 /// frontier report (peer names mapped to node ids as this node knows them) with our
 /// watermark of it. `None` while there is no peer or some peer's node id is unknown.
-struct FrontierView {
-    me: i64,
-    applied: VersionVector,
-    peers: Vec<PeerFrontier>,
+pub(crate) struct FrontierView {
+    pub me: i64,
+    pub applied: VersionVector,
+    pub peers: Vec<PeerFrontier>,
 }
 
-fn frontier_view() -> Result<Option<FrontierView>> {
+pub(crate) fn frontier_view() -> Result<Option<FrontierView>> {
     let me = crate::catalog::require_node()?;
     let applied = crate::applied::now()?;
     let rows = Spi::connect(|c| {

@@ -97,6 +97,8 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.relay(text, text, pg_snapshot, boolean) TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.ddl_lock(text), mmr.ddl_unlock(), mmr.ddl_history() TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.verify_ranges(text, jsonb, jsonb, jsonb, jsonb), '
+                   'mmr.verify_keys(text, jsonb, jsonb, jsonb, jsonb) TO %s', role);
     IF peer IS NOT NULL THEN
         INSERT INTO mmr.pull_binding (consumer, role) VALUES (peer, role)
         ON CONFLICT (consumer) DO UPDATE SET role = excluded.role, bound_at = now();
@@ -213,6 +215,29 @@ $$;
 CREATE FUNCTION mmr.ddl_history() RETURNS jsonb
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(jsonb_object_agg(origin, n), '{}') FROM (SELECT origin, count(*) AS n FROM mmr.ddl GROUP BY origin) s
+$$;
+
+-- The divergence check (src/verify/). The caller's side:
+CREATE FUNCTION mmr.verify(tbl regclass DEFAULT NULL)
+RETURNS TABLE (tbl text, peer text, rows_compared bigint, differing bigint, in_flight bigint, sample jsonb,
+               bytes_received bigint, took interval)
+LANGUAGE sql AS $$ SELECT * FROM mmr._verify(tbl::oid) $$;
+COMMENT ON FUNCTION mmr.verify(regclass) IS
+    'Compare replicated tables (or one) with every peer, without copying them; versions in flight are not compared.';
+CREATE FUNCTION mmr.repair(tbl regclass) RETURNS bigint
+LANGUAGE sql AS $$ SELECT mmr._repair(tbl::oid) $$;
+COMMENT ON FUNCTION mmr.repair(regclass) IS
+    'Make every peer hold this node''s version of each key mmr.verify finds different; returns how many keys.';
+-- ... and the peer's, called over the verifying node's peer connection.
+CREATE FUNCTION mmr.verify_ranges(tbl text, frontier jsonb, lo jsonb, hi jsonb, cuts jsonb)
+RETURNS TABLE (idx integer, n bigint, digest text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM mmr._verify_ranges(tbl, frontier, lo, hi, cuts)
+$$;
+CREATE FUNCTION mmr.verify_keys(tbl text, frontier jsonb, lo jsonb, hi jsonb, keys jsonb)
+RETURNS TABLE (pk text, kind text, node bigint, hlc bigint, digest text, vv text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM mmr._verify_keys(tbl, frontier, lo, hi, keys)
 $$;
 
 CREATE VIEW mmr.nodes AS

@@ -292,5 +292,19 @@ CREATE TABLE mmr.table_alias (
     relid regclass NOT NULL
 );
 
+-- What mmr.repair did (src/verify/repair.rs): per key, the versions found here and on
+-- the peers that differed, and the change written.
+CREATE TABLE mmr.repair_log (
+    id bigserial PRIMARY KEY,
+    repaired_at timestamptz NOT NULL DEFAULT now(),
+    repaired_by text NOT NULL DEFAULT current_user,
+    tbl text NOT NULL,
+    pk jsonb NOT NULL,
+    action text NOT NULL,
+    here jsonb,
+    there jsonb NOT NULL
+);
+COMMENT ON TABLE mmr.repair_log IS 'Keys mmr.repair rewrote, with the versions it found on this node and on each peer.';
+
 SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table',
     'WHERE relid NOT IN (''mmr.resolution_log''::regclass, ''mmr.member''::regclass, ''mmr.ddl''::regclass)');

@@ -1,0 +1,108 @@
+//! `mmr.repair(tbl)`: every peer gets this node's version of each key `verify` finds
+//! different, through ordinary replicated changes.
+//!
+//! Each repaired key gets a new local version whose vector has seen every version of
+//! the key that this node and the peers hold (`mmr_core::verify::repair_base`), stamped
+//! by the capture trigger on top: it applies on every peer as a causal successor of
+//! what the peer holds. A write elsewhere that the check did not see stays concurrent
+//! with it -- an ordinary conflict, resolved and logged like any other, never a silent
+//! overwrite.
+//! * The key has a row here: its vector is raised (uncaptured), then the row is written
+//!   again unchanged (captured): peers get the whole row.
+//! * It has none: a deletion of the key is queued, and its tombstone written here.
+
+use super::{check_table, peers, KeyState};
+use crate::error::{spi, OrRaise, Result};
+use mmr_core::verify::{repair_base, Held};
+use mmr_core::vv::VersionVector;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use std::collections::BTreeMap;
+
+/// Repairs `relid` on every peer; returns the number of keys repaired.
+pub fn repair(relid: pg_sys::Oid) -> Result<i64> {
+    let me = crate::catalog::require_node()?;
+    let _scope = crate::pg::settings::Scope::enter();
+    crate::pg::settings::fix_for_transaction().map_err(spi)?;
+    super::wait_settled()?;
+    let spec = super::Spec::new(relid)?;
+    // Per differing key: this node's state and every differing peer's.
+    let mut keys: BTreeMap<String, (KeyState, Vec<(String, KeyState)>)> = BTreeMap::new();
+    for f in check_table(relid, &peers()?)? {
+        for (k, here, there) in f.differing {
+            keys.entry(k).or_insert_with(|| (here, Vec::new())).1.push((f.peer.clone(), there));
+        }
+    }
+    for (pk, (here, theirs)) in &keys {
+        let vectors: Vec<VersionVector> = std::iter::once(&here.vv)
+            .chain(theirs.iter().map(|(_, s)| &s.vv))
+            .filter_map(|flat| VersionVector::from_flat(flat).ok())
+            .collect();
+        let base = repair_base(vectors.iter());
+        let action = match here.held {
+            Held::Row { .. } => {
+                rewrite(&spec, pk, &base)?;
+                "rewrote the row"
+            }
+            Held::Tombstone { .. } | Held::Nothing => {
+                delete(&spec, me.node_id, pk, &base)?;
+                "deleted the key"
+            }
+        };
+        let there: serde_json::Map<String, serde_json::Value> =
+            theirs.iter().map(|(p, s)| (p.clone(), super::state_json(s))).collect();
+        Spi::run_with_args(
+            "INSERT INTO mmr.repair_log (tbl, pk, action, here, there) VALUES ($1, $2::jsonb, $3, $4, $5)",
+            &[
+                spec.name.as_str().into(),
+                pk.as_str().into(),
+                action.into(),
+                JsonB(super::state_json(here)).into(),
+                JsonB(serde_json::Value::Object(there)).into(),
+            ],
+        )
+        .map_err(spi)?;
+    }
+    Ok(keys.len() as i64)
+}
+
+/// Raises the row's vector to `base` without capture, then writes the row again with
+/// capture: the trigger stamps it on top of `base` and queues the whole row.
+fn rewrite(spec: &super::Spec, pk: &str, base: &VersionVector) -> Result<()> {
+    let key = spec.shape.key_match("$1");
+    let pk: serde_json::Value = serde_json::from_str(pk).map_err(spi)?;
+    let raise = format!("UPDATE {} x SET mmr_vv = $2 WHERE {key}", spec.name);
+    let write = format!("UPDATE {} x SET mmr_hlc = x.mmr_hlc WHERE {key}", spec.name);
+    {
+        let _replica = crate::pg::settings::Scope::enter();
+        crate::pg::settings::set_saved("session_replication_role", "replica")?;
+        Spi::run_with_args(&raise, &[JsonB(pk.clone()).into(), base.to_flat().into()]).map_err(spi)?;
+    }
+    crate::pg::settings::set_saved("session_replication_role", "origin")?;
+    Spi::run_with_args(&write, &[JsonB(pk).into()]).map_err(spi)
+}
+
+/// Queues the deletion of a key this node does not hold, and leaves its tombstone.
+fn delete(spec: &super::Spec, me: i32, pk: &str, base: &VersionVector) -> Result<()> {
+    let hlc = crate::clock::tick_for_write();
+    let vv = base.stamped(me as i64, hlc);
+    let flat: Vec<String> = vv.to_flat().iter().map(|v| v.to_string()).collect();
+    let mut change = String::from("{\"t\":");
+    mmr_core::json::push_json_string(&mut change, &spec.name);
+    change.push_str(&format!(",\"o\":\"D\",\"h\":{hlc},\"v\":[{}],\"p\":{pk}}}", flat.join(",")));
+    crate::pg::shmem::note_tombstones(spec.relid);
+    Spi::run_with_args(
+        "INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) VALUES ($1::oid, $2::jsonb, $3, $4, $5) \
+         ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
+         deleted_at = now()",
+        &[spec.relid.into(), pk.into(), hlc.into(), me.into(), vv.to_flat().into()],
+    )
+    .map_err(spi)?;
+    crate::capture::buffer::push(change)
+}
+
+#[pg_extern(volatile)]
+fn _repair(tbl: pg_sys::Oid) -> i64 {
+    super::tables(Some(tbl)).or_raise();
+    repair(tbl).or_raise()
+}
