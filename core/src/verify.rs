@@ -78,8 +78,12 @@ pub fn compare(frontier: &Frontier, here: &Held, there: &Held) -> Verdict {
     }
     match (here, there) {
         (Held::Row { digest: a, .. }, Held::Row { digest: b, .. }) if a == b => Verdict::Same,
-        (Held::Tombstone { node: a, stamp: s }, Held::Tombstone { node: b, stamp: t }) if (a, s) == (b, t) => {
-            Verdict::Same
+        (Held::Tombstone { node: a, stamp: s }, Held::Tombstone { node: b, stamp: t }) => {
+            if (a, s) == (b, t) {
+                Verdict::Same
+            } else {
+                Verdict::Differs
+            }
         }
         (Held::Tombstone { .. } | Held::Nothing, Held::Tombstone { .. } | Held::Nothing) => Verdict::Same,
         _ => Verdict::Differs,
