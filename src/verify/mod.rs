@@ -396,6 +396,7 @@ fn peers() -> Result<Vec<(String, String)>> {
 pub fn check_table(relid: pg_sys::Oid, peers: &[(String, String)]) -> Result<Vec<Finding>> {
     let started = Instant::now();
     let spec = Spec::new(relid)?;
+    wait_settled(&spec)?;
     let front = frontier()?;
     let local = Local { spec: &spec, frontier: frontier_json(&front) };
     let mut remotes = Vec::new();
@@ -549,25 +550,38 @@ fn state_json(s: &KeyState) -> serde_json::Value {
     }
 }
 
-/// Longest the check waits for the group's frontier to pass the moment it started.
+/// Longest the check waits for this node's rows of a table to settle.
 const SETTLE: Duration = Duration::from_secs(20);
 
-/// Waits until every write made anywhere before this call has settled (the frontier of
-/// every origin has passed a stamp taken now), so that the check compares every row not
-/// written since; peers report what they applied every pull, a few seconds apart when
-/// idle. After `SETTLE` it goes on with what has settled (the rest counts as in flight).
-fn wait_settled() -> Result<()> {
-    let now = crate::clock::tick();
+/// Waits until every version of `spec`'s table held here has settled (the frontier
+/// passed the newest stamp of each origin in the table), so that every row here can be
+/// compared; peers report what they applied with every pull, a few seconds apart when
+/// idle. Rows written since the call began are left to the in-flight rules. After
+/// `SETTLE` it goes on with what has settled.
+fn wait_settled(spec: &Spec) -> Result<()> {
+    let newest: Vec<(i64, i64)> = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(&format!("SELECT x.mmr_node::int8, max(x.mmr_hlc) FROM {} x GROUP BY 1", spec.name), None, &[])? {
+            out.push((r.get(1)?.unwrap_or(0), r.get(2)?.unwrap_or(0)));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .map_err(spi)?;
     let deadline = Instant::now() + SETTLE;
     loop {
         let front = frontier()?;
-        let behind: Vec<String> = front.iter().filter(|(_, f)| **f <= now).map(|(o, _)| o.to_string()).collect();
+        let behind: Vec<String> = newest
+            .iter()
+            .filter(|(n, h)| !mmr_core::verify::settled(&front, *n, *h))
+            .map(|(n, _)| n.to_string())
+            .collect();
         if behind.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
             pgrx::notice!(
-                "mmr: changes of node(s) {} from the last {} s may not have reached every node yet; they count as in flight",
+                "mmr: {}: changes of node(s) {} have not reached every node yet after {} s; they count as in flight",
+                spec.name,
                 behind.join(", "),
                 SETTLE.as_secs()
             );
@@ -582,7 +596,6 @@ pub fn run(tbl: Option<pg_sys::Oid>) -> Result<Vec<Finding>> {
     crate::catalog::require_node()?;
     let _scope = crate::pg::settings::Scope::enter();
     crate::pg::settings::fix_for_transaction().map_err(spi)?;
-    wait_settled()?;
     let peers = peers()?;
     let mut out = Vec::new();
     for relid in tables(tbl)? {

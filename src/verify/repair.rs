@@ -24,7 +24,6 @@ pub fn repair(relid: pg_sys::Oid) -> Result<i64> {
     let me = crate::catalog::require_node()?;
     let _scope = crate::pg::settings::Scope::enter();
     crate::pg::settings::fix_for_transaction().map_err(spi)?;
-    super::wait_settled()?;
     let spec = super::Spec::new(relid)?;
     // Per differing key: this node's state and every differing peer's.
     let mut keys: BTreeMap<String, (KeyState, Vec<(String, KeyState)>)> = BTreeMap::new();

@@ -48,7 +48,7 @@ fn main() {
         now_text()
     ));
     r.line("");
-    // MMR_BENCH_ONLY=capture|apply|lag runs one part (for profiling; the report is then partial).
+    // MMR_BENCH_ONLY=capture|apply|lag|join|verify runs one part (for profiling; the report is then partial).
     let only = std::env::var("MMR_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only == name;
     if part("capture") {
@@ -62,6 +62,9 @@ fn main() {
     }
     if part("join") {
         join(&mut r);
+    }
+    if part("verify") {
+        verify(&mut r);
     }
     if only.is_empty() {
         notes(&mut r);
@@ -394,6 +397,57 @@ fn join(r: &mut Report) {
     r.line(format!("| {dump:.0} | {join:.0} | **{:.2}** |", join / dump));
     r.line("");
     r.line(format!("Target: at least 0.5 of pg_dump | psql ({:.2}).", join / dump));
+    r.line("");
+}
+
+/// `mmr.verify` of a table that is the same on three nodes, next to one
+/// `md5(string_agg(...))` over it on one node.
+fn verify(r: &mut Report) {
+    let rows = env_u64("MMR_BENCH_VERIFY_ROWS", 1_000_000) as i64;
+    println!("== verify of {rows} rows against 2 peers");
+    let mut c = Cluster::start_with("bench-verify", 3, bench_options(&[]));
+    for i in 0..3 {
+        // The same rows loaded on every node before replicating: the same on each.
+        c.exec(i, "CREATE TABLE t (id bigint PRIMARY KEY, v text, n int, at timestamptz)");
+        c.exec(
+            i,
+            &format!(
+                "INSERT INTO t SELECT g, md5(g::text), g % 1000, '2026-01-01'::timestamptz + g * interval '1 s' \
+                 FROM generate_series(1, {rows}) g"
+            ),
+        );
+        c.exec(i, "VACUUM ANALYZE t");
+        c.exec(i, "SELECT mmr.replicate('t')");
+    }
+    c.mesh();
+    c.sync(Duration::from_secs(120));
+    let mut db = c.connect(0);
+    let (mut md5, mut ver, mut bytes) = (Vec::new(), Vec::new(), 0i64);
+    for round in 0..3 {
+        let start = Instant::now();
+        db.query_one("SELECT md5(string_agg(t::text, '' ORDER BY id)) FROM t", &[]).unwrap();
+        md5.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let found = db.query("SELECT differing, bytes_received FROM mmr.verify('t')", &[]).unwrap();
+        ver.push(start.elapsed().as_secs_f64());
+        assert!(found.iter().all(|f| f.get::<_, i64>(0) == 0), "the copies differ");
+        bytes = found.iter().map(|f| f.get::<_, i64>(1)).sum();
+        println!("   round {round}: md5(string_agg) {:.2} s, mmr.verify {:.2} s, {bytes} bytes received", md5[round], ver[round]);
+    }
+    let (m, v) = (median(&mut md5), median(&mut ver));
+    r.line("## Verify: comparing a table with the peers");
+    r.line("");
+    r.line(format!(
+        "A table of {rows} rows (bigint key, text, int, timestamptz), the same on three nodes; `mmr.verify('t')` on one \
+         node (against both peers) next to `SELECT md5(string_agg(t::text, '' ORDER BY id)) FROM t` there. Medians of 3 \
+         alternating runs."
+    ));
+    r.line("");
+    r.line("| md5(string_agg) (s) | mmr.verify, 2 peers (s) | ratio | bytes received from the peers |");
+    r.line("|---|---|---|---|");
+    r.line(format!("| {m:.2} | {v:.2} | **{:.2}** | {bytes} |", v / m));
+    r.line("");
+    r.line(format!("Target: at most 3x ({:.2}), under 1 MB received when nothing differs ({bytes} bytes).", v / m));
     r.line("");
 }
 
