@@ -187,6 +187,7 @@ mod tests {
         run("SELECT mmr.init_node('n1', 1)");
         run("CREATE TABLE d (id int PRIMARY KEY, v int, w text)");
         run("CREATE TABLE plain (id int PRIMARY KEY)");
+        run("CREATE DOMAIN stamp_dom AS timestamptz DEFAULT now()");
         run("SELECT mmr.replicate('d')");
         let columns = || {
             text("SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'd'::regclass AND attnum > 0 AND NOT attisdropped")
@@ -198,7 +199,12 @@ mod tests {
             ("ALTER TABLE d ADD COLUMN t timestamptz NOT NULL DEFAULT now()", "not immutable"),
             ("ALTER TABLE d ADD COLUMN s serial", "not immutable"),
             ("ALTER TABLE d ADD COLUMN i int GENERATED ALWAYS AS IDENTITY", "identity column"),
-            ("ALTER TABLE d ALTER COLUMN w TYPE text USING w || clock_timestamp()::text", "USING expression"),
+            ("ALTER TABLE d ALTER COLUMN w TYPE text USING w || clock_timestamp()::text", "with USING"),
+            ("ALTER TABLE d ALTER COLUMN v TYPE bigint USING v + 1", "with USING"),
+            ("ALTER TABLE d ADD COLUMN day date DEFAULT 'today'", "'now', 'today'"),
+            ("ALTER TABLE d ADD COLUMN s stamp_dom", "not immutable"),
+            ("ALTER TABLE d RENAME COLUMN id TO ident", "primary-key column"),
+            ("ALTER TABLE d ALTER COLUMN id TYPE bigint", "primary-key column"),
             ("CREATE INDEX CONCURRENTLY d_v ON d (v)", "CONCURRENTLY"),
             ("ALTER TABLE d DROP COLUMN mmr_hlc", "column of mmr's"),
             ("ALTER TABLE d RENAME COLUMN mmr_vv TO x", "of mmr's"),
@@ -224,6 +230,10 @@ mod tests {
             text("SELECT role || ' ' || (settings ? 'DateStyle')::text FROM mmr.ddl ORDER BY seq DESC LIMIT 1"),
             format!("{} true", text("SELECT current_user::text"))
         );
+        // Two indexes of one replicated table in one DROP: one statement to replicate.
+        run("CREATE INDEX d_i1 ON d (v); CREATE INDEX d_i2 ON d (w); DROP INDEX d_i1, d_i2");
+        assert_eq!(queued(), n + 5);
+        let n = n + 3;
         // Tables that are not replicated, and DDL with mmr.ddl_replication off, are not.
         run("ALTER TABLE plain ADD COLUMN x int");
         run("SET LOCAL mmr.ddl_replication = off");
@@ -326,6 +336,9 @@ mod tests {
         assert_rejected("SELECT mmr.pause_peer('nope')", "42704", "does not exist");
         assert_rejected("SELECT mmr.resume_peer('nope')", "42704", "does not exist");
         assert_rejected("TRUNCATE ok_t", "0A000", "TRUNCATE is not replicated");
+        assert_rejected("SELECT * FROM mmr.verify('nopk')", "42704", "is not replicated");
+        assert_rejected("SELECT mmr.repair('nopk')", "42704", "is not replicated");
+        assert_rejected("SELECT mmr.replicate_ddl('ALTER TABLE ok_t ADD COLUMN r float8 DEFAULT random()')", "0A000", "not immutable");
         assert_eq!(catalog_state(), before);
 
         // The good resolver is accepted; the password is masked in the view.

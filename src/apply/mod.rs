@@ -327,7 +327,9 @@ impl Applier {
             }
             Err(f) => {
                 self.superseded = None;
-                let key = key.or_else(|| self.key_of(&ch));
+                // A replicated DDL statement that fails holds back every later one (of
+                // any origin), not just its own key: the group's DDL keeps one order.
+                let key = if ch.tbl == crate::ddl::TABLE { None } else { key.or_else(|| self.key_of(&ch)) };
                 self.set_aside(&ch, key, Some(&f), None)
             }
         }

@@ -23,8 +23,9 @@ pub struct Col {
     /// have not renamed it yet carry them (ddl/shape.rs).
     pub olds: Vec<String>,
     /// The value a change that lacks the column gives it, as text (None: NULL): what
-    /// ADD COLUMN gave the rows that existed then -- which is what the writer's row has
-    /// once it runs that ADD COLUMN, and, for an update, what the row here holds.
+    /// ADD COLUMN gave the rows that existed then (`mmr.column_fill`, recorded when a
+    /// replicated ADD COLUMN ran; else the attribute's missing value) -- which is what
+    /// the writer's row has once it runs that ADD COLUMN.
     pub fill: Option<String>,
 }
 
@@ -54,8 +55,9 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
     let rows = client
         .select(
             "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> '', attidentity = 'a', \
-                    CASE WHEN atthasmissing THEN (attmissingval::text::text[])[1] END \
-             FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    CASE WHEN f.relid IS NOT NULL THEN f.fill WHEN atthasmissing THEN (attmissingval::text::text[])[1] END \
+             FROM pg_catalog.pg_attribute a LEFT JOIN mmr.column_fill f ON f.relid = a.attrelid AND f.name = a.attname \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             None,
             &[relid.into()],
         )

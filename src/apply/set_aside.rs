@@ -332,6 +332,24 @@ fn exists(id: i64) -> Result<()> {
 #[pg_extern(volatile)]
 fn _discard_set_aside(id: i64) {
     exists(id).or_raise();
+    // A replicated DDL statement given up on still counts as the group's history here
+    // (ddl/lock.rs compares histories): its row is kept, its command not run.
+    {
+        let _scope = crate::pg::settings::Scope::enter();
+        crate::pg::settings::set_saved("session_replication_role", "replica").or_raise();
+        Spi::run_with_args(
+            "INSERT INTO mmr.ddl (origin, seq, command, settings, role, issued_at, mmr_hlc, mmr_node, mmr_vv) \
+             SELECT (n ->> 'origin')::int, (n ->> 'seq')::bigint, n ->> 'command', (n ->> 'settings')::jsonb, \
+                    n ->> 'role', (n ->> 'issued_at')::timestamptz, (c ->> 'h')::bigint, a.origin, \
+                    ARRAY(SELECT pg_catalog.jsonb_array_elements_text(c -> 'v')::bigint) \
+             FROM mmr.set_aside a CROSS JOIN LATERAL (SELECT a.change::jsonb AS c) x \
+             CROSS JOIN LATERAL (SELECT x.c -> 'n' AS n) y \
+             WHERE a.id = $1 AND a.tbl = 'mmr.ddl' AND a.op = 'I' ON CONFLICT DO NOTHING",
+            &[id.into()],
+        )
+        .map_err(spi)
+        .or_raise();
+    }
     Spi::run_with_args(
         "WITH d AS (DELETE FROM mmr.set_aside WHERE id = $1 RETURNING *) \
          INSERT INTO mmr.conflicts (tbl, pk, kind, remote_row, remote_hlc, remote_node, resolution, resolver, note) \

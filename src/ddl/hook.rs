@@ -10,7 +10,10 @@
 //! Refused (SQLSTATE 0A000), each for a reason a hint gives:
 //! * ADD COLUMN with a default that is not immutable (`now()`, `random()`, a sequence,
 //!   an identity column): existing rows would get another value on each node;
-//! * ALTER COLUMN TYPE with a USING expression that is not immutable: the same;
+//! * ADD COLUMN with a default literal such as 'now' or 'today' (read at each node's moment);
+//! * ALTER COLUMN TYPE ... USING (values still travelling from nodes that have not run
+//!   it would not go through the expression), and type changes or renames of
+//!   primary-key columns (deleted keys are stored by column name and value);
 //! * CREATE / DROP INDEX CONCURRENTLY: it cannot run inside a transaction, so not in the
 //!   group's order;
 //! * changes to mmr's columns (`mmr_hlc`, `mmr_node`, `mmr_vv`) or triggers (`zz_mmr_*`),
@@ -58,7 +61,10 @@ unsafe extern "C-unwind" fn process_utility(
         // SAFETY: passing on exactly what we were called with.
         unsafe {
             match PREV {
-                Some(prev) => prev(pstmt, query, read_only_tree, context, params, env, dest, qc),
+                // Another extension's hook: an ERROR in it must unwind our frames too.
+                Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    prev(pstmt, query, read_only_tree, context, params, env, dest, qc)
+                }),
                 None => pg_sys::standard_ProcessUtility(pstmt, query, read_only_tree, context, params, env, dest, qc),
             }
         }
@@ -112,7 +118,9 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
         {
             return Ok(None);
         }
-        let named = relations(stmt);
+        let mut named = relations(stmt);
+        named.sort_unstable_by_key(|o| u32::from(*o));
+        named.dedup();
         let tables = replicated(&named)?;
         if tables.is_empty() {
             return Ok(None);
@@ -123,7 +131,7 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
                 "Drop the replicated tables in a statement of their own.",
             ));
         }
-        refuse_unsafe(stmt, tables[0], query)?;
+        refuse_unsafe(stmt, tables[0])?;
         Ok(Some(Plan { tables, text: statement_text(pstmt, query) }))
     }
 }
@@ -292,9 +300,9 @@ const MMR_OWN: &str = "Use mmr.unreplicate to stop replicating the table; mmr's 
 /// The refusals decided from the statement itself, before it runs.
 ///
 /// # Safety
-/// `stmt` must be a valid utility statement and `query` its text.
+/// `stmt` must be a valid utility statement.
 #[allow(non_upper_case_globals)]
-unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid, query: *const std::ffi::c_char) -> Result<()> {
+unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid) -> Result<()> {
     use pg_sys::AlterTableType::*;
     let concurrently = "Run it without CONCURRENTLY, or with SET mmr.ddl_replication = off on every node.";
     // SAFETY: guaranteed by the caller; each cast follows the node tag.
@@ -327,6 +335,12 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid, query: *con
                 if is_mmr_column((*s).subname) || is_mmr_trigger((*s).subname) {
                     return Err(unsafe_ddl("it renames a column or trigger of mmr's", MMR_OWN));
                 }
+                if (*s).renameType == pg_sys::ObjectType::OBJECT_COLUMN && is_key_column(table, (*s).subname)? {
+                    return Err(unsafe_ddl(
+                        "it renames a primary-key column (mmr stores deleted keys by column name)",
+                        KEY_HINT,
+                    ));
+                }
                 Ok(())
             }
             pg_sys::NodeTag::T_AlterTableStmt => {
@@ -348,14 +362,27 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid, query: *con
                         }
                         AT_AlterColumnType => {
                             let def = (*cmd).def as *mut pg_sys::ColumnDef;
-                            if !def.is_null()
-                                && !(*def).raw_default.is_null()
-                                && mutable_using(table, (*def).raw_default, query)
-                            {
+                            if !def.is_null() && !(*def).raw_default.is_null() {
                                 return Err(unsafe_ddl(
-                                    "its USING expression is not immutable: existing rows would get other values on each node",
-                                    "Use immutable functions only, or run it with SET mmr.ddl_replication = off on every \
-                                     node while writes are stopped.",
+                                    "ALTER COLUMN ... TYPE with USING: values still on their way from nodes that have \
+                                     not run it would not go through the expression",
+                                    "Change the type without USING (values then convert through the new type's input, \
+                                     best for widening changes), or add a new column, fill it, and drop the old one.",
+                                ));
+                            }
+                            if is_key_column(table, (*cmd).name)? {
+                                return Err(unsafe_ddl(
+                                    "it changes the type of a primary-key column (mmr stores deleted keys by their values)",
+                                    KEY_HINT,
+                                ));
+                            }
+                        }
+                        AT_AddColumn => {
+                            let def = (*cmd).def as *mut pg_sys::ColumnDef;
+                            if !def.is_null() && literal_of_the_moment(def) {
+                                return Err(unsafe_ddl(
+                                    "its default is 'now', 'today' or the like: each node would read it at its own moment",
+                                    "Add the column with a constant default (or none), then ALTER COLUMN ... SET DEFAULT.",
                                 ));
                             }
                         }
@@ -369,36 +396,50 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid, query: *con
     }
 }
 
-/// Whether an ALTER COLUMN TYPE's USING expression calls anything not immutable: it is
-/// analysed against the table, as ALTER TABLE will analyse it.
+const KEY_HINT: &str = "Run mmr.unreplicate on the table, change the key on every node, and mmr.replicate it again.";
+
+/// Whether `column` is one of `table`'s primary-key columns.
+fn is_key_column(table: pg_sys::Oid, column: *const std::ffi::c_char) -> Result<bool> {
+    if column.is_null() {
+        return Ok(false);
+    }
+    // SAFETY: a NUL-terminated name from the parse tree.
+    let column = unsafe { CStr::from_ptr(column) }.to_string_lossy();
+    Ok(crate::capture::meta::primary_key(table)?.iter().any(|(_, _, k)| *k == column))
+}
+
+/// Whether a new column's default is a literal of a date/time type that reads as "the
+/// moment it is read" ('now', 'today', ...): the parser turns it into a constant, a
+/// different one on each node.
 ///
 /// # Safety
-/// `raw` must be a raw expression of a statement on `table`, and `query` its text.
-unsafe fn mutable_using(table: pg_sys::Oid, raw: *mut pg_sys::Node, query: *const std::ffi::c_char) -> bool {
-    // SAFETY: guaranteed by the caller; the relation is opened and closed here, and the
-    // expression copied before analysis (which may scribble on it).
+/// `def` must be a valid ColumnDef of a raw parse tree.
+unsafe fn literal_of_the_moment(def: *mut pg_sys::ColumnDef) -> bool {
+    // SAFETY: guaranteed by the caller; each cast follows the node tag.
     unsafe {
-        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
-        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-        (*pstate).p_sourcetext = query;
-        let ns = pg_sys::addRangeTableEntryForRelation(
-            pstate,
-            rel,
-            pg_sys::AccessShareLock as i32,
-            std::ptr::null_mut(),
-            false,
-            true,
-        );
-        pg_sys::addNSItemToQuery(pstate, ns, false, true, true);
-        let expr = pg_sys::transformExpr(
-            pstate,
-            pg_sys::copyObjectImpl(raw as *const std::ffi::c_void) as *mut pg_sys::Node,
-            pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
-        );
-        let mutable = pg_sys::contain_mutable_functions(expr);
-        pg_sys::free_parsestate(pstate);
-        pg_sys::table_close(rel, pg_sys::NoLock as i32);
-        mutable
+        let literal = |mut e: *mut pg_sys::Node| -> Option<String> {
+            while !e.is_null() && (*e).type_ == pg_sys::NodeTag::T_TypeCast {
+                e = (*(e as *mut pg_sys::TypeCast)).arg;
+            }
+            if e.is_null() || (*e).type_ != pg_sys::NodeTag::T_A_Const {
+                return None;
+            }
+            let c = e as *mut pg_sys::A_Const;
+            if (*c).isnull || (*c).val.node.type_ != pg_sys::NodeTag::T_String {
+                return None;
+            }
+            Some(CStr::from_ptr((*c).val.sval.sval).to_string_lossy().trim().to_ascii_lowercase())
+        };
+        let mut defaults = vec![(*def).raw_default];
+        for c in list::<pg_sys::Constraint>((*def).constraints) {
+            if (*c).contype == pg_sys::ConstrType::CONSTR_DEFAULT {
+                defaults.push((*c).raw_expr);
+            }
+        }
+        defaults
+            .into_iter()
+            .filter_map(literal)
+            .any(|v| matches!(v.as_str(), "now" | "today" | "tomorrow" | "yesterday"))
     }
 }
 
@@ -443,9 +484,12 @@ fn checked(tables: &[pg_sys::Oid], run: impl FnOnce() -> Result<()>) -> Result<(
 
 /// Why a new column cannot be filled the same on every node, if it cannot.
 fn unsafe_new_column(relid: pg_sys::Oid, attnum: i16) -> Result<Option<&'static str>> {
+    // The column's default, or else its domain's.
     let (identity, default) = Spi::get_two_with_args::<bool, String>(
-        "SELECT a.attidentity <> '', (SELECT d.adbin::text FROM pg_catalog.pg_attrdef d \
-                                      WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = '') \
+        "SELECT a.attidentity <> '', coalesce( \
+           (SELECT d.adbin::text FROM pg_catalog.pg_attrdef d \
+             WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = ''), \
+           (SELECT t.typdefaultbin::text FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid AND a.attgenerated = '')) \
          FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum = $2",
         &[relid.into(), attnum.into()],
     )

@@ -31,9 +31,16 @@ struct Member {
     conn: PeerConn,
 }
 
+/// The lock as this transaction holds it.
+struct Held {
+    _members: Vec<Member>,
+    /// The subtransaction that took it: rolling that back lets the local lock go.
+    subxact: pg_sys::SubTransactionId,
+}
+
 thread_local! {
-    /// The members this transaction holds the lock on (Some once it holds it).
-    static HELD: RefCell<Option<Vec<Member>>> = const { RefCell::new(None) };
+    /// Some once this transaction holds the lock and has waited for the group's history.
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
 }
 
 /// Takes the group's DDL lock for the current transaction, and waits until every
@@ -42,6 +49,8 @@ pub fn acquire() -> Result<()> {
     if HELD.with(|h| h.borrow().is_some()) {
         return Ok(());
     }
+    // mmr's catalog is not the DDL writer's to read (a table owner may not be superuser).
+    let _su = crate::pg::superuser::AsSuperuser::enter();
     let me = catalog::require_node()?;
     let deadline = Instant::now() + gucs::ddl_lock_timeout();
     let mut members = connect(&me.name)?;
@@ -65,13 +74,28 @@ pub fn acquire() -> Result<()> {
             }
         }
     }
-    HELD.with(|h| *h.borrow_mut() = Some(members));
-    wait_for_history(me.node_id, deadline)
+    wait_for_history(me.node_id, &mut members, deadline)?;
+    // SAFETY: reading the current subtransaction id.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    HELD.with(|h| *h.borrow_mut() = Some(Held { _members: members, subxact }));
+    Ok(())
 }
 
 /// Lets the lock go (transaction end): the connections close, which ends their locks.
 pub fn release() {
     HELD.with(|h| h.borrow_mut().take());
+}
+
+/// A subtransaction rolled back: if it took the lock, the local part is gone with it
+/// (advisory locks belong to the subtransaction that took them), so let go of all of it;
+/// a later statement takes it again.
+pub fn subxact_aborted(sub: pg_sys::SubTransactionId) {
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        if h.as_ref().is_some_and(|held| held.subxact >= sub) {
+            h.take();
+        }
+    });
 }
 
 /// Connects to every other member that has a dsn.
@@ -100,7 +124,17 @@ fn connect(me: &str) -> Result<Vec<Member>> {
                         .into(),
                 })?;
             conn.set_read_timeout(Duration::from_secs(30));
-            Ok(Member { name, node_id, conn })
+            let mut m = Member { name, node_id, conn };
+            // The member lets the lock go soon after this node dies or is cut off (the
+            // connection then fails its keepalives), not hours later.
+            remote(
+                &mut m,
+                "SELECT pg_catalog.set_config('tcp_keepalives_idle', '10', false), \
+                        pg_catalog.set_config('tcp_keepalives_interval', '5', false), \
+                        pg_catalog.set_config('tcp_keepalives_count', '3', false)",
+                &[],
+            )?;
+            Ok(m)
         })
         .collect()
 }
@@ -167,16 +201,13 @@ fn remote(m: &mut Member, sql: &str, params: &[Option<&str>]) -> Result<String> 
 }
 
 /// Waits until no member lacks an earlier DDL statement of the group.
-fn wait_for_history(me: i32, deadline: Instant) -> Result<()> {
+fn wait_for_history(me: i32, members: &mut [Member], deadline: Instant) -> Result<()> {
     loop {
         let mut histories = vec![("this node".to_string(), local_history()?)];
-        HELD.with(|h| -> Result<()> {
-            for m in h.borrow_mut().iter_mut().flatten() {
-                let text = remote(m, "SELECT mmr.ddl_history()::text", &[])?;
-                histories.push((format!("member \"{}\"", m.name), parse_history(&text)?));
-            }
-            Ok(())
-        })?;
+        for m in members.iter_mut() {
+            let text = remote(m, "SELECT mmr.ddl_history()::text", &[])?;
+            histories.push((format!("member \"{}\"", m.name), parse_history(&text)?));
+        }
         let Some((who, origin, has, want)) = ddl_lagging(me, &histories) else {
             return Ok(());
         };

@@ -133,10 +133,15 @@ pub fn run_applied(image: &str) -> Result<()> {
     let settings: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&e.settings).map_err(|e| MmrError::Protocol(format!("mmr.ddl settings: {e}")))?;
     let _mode = InMode::enter(Mode::Applying);
-    let _scope = crate::pg::settings::Scope::enter();
+    // Whatever the statement sets (a SET inside it too) ends with it: the apply worker's
+    // session goes on with its own settings.
+    let _scope = crate::pg::settings::Scope::sealed();
     for (name, value) in settings.iter().filter(|(n, _)| SETTINGS.contains(&n.as_str())) {
         crate::pg::settings::set_saved(name, value)?;
     }
+    // Waiting for a local session's lock holds up the whole batch: give up after a while
+    // (55P03: the batch is tried again).
+    crate::pg::settings::set_saved("lock_timeout", "5s")?;
     let _role = AsRole::enter(&e.role)?;
     shape::tracking_names(|| Spi::run(&e.command).map_err(spi))
 }
@@ -158,7 +163,10 @@ impl AsRole {
             }
             let (mut uid, mut sec) = (pg_sys::InvalidOid, 0);
             pg_sys::GetUserIdAndSecContext(&mut uid, &mut sec);
-            pg_sys::SetUserIdAndSecContext(oid, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+            // Restricted, as PostgreSQL runs code of a table's owner in maintenance
+            // commands: nothing it runs can change the session for what comes after.
+            let restricted = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
+            pg_sys::SetUserIdAndSecContext(oid, sec | restricted as i32);
             Ok(AsRole { uid, sec })
         }
     }

@@ -76,8 +76,29 @@ pub fn tracking_names<R>(exec: impl FnOnce() -> Result<R>) -> Result<R> {
     Ok(out)
 }
 
+/// What a column just added gave the rows that existed: its missing value (kept with the
+/// attribute while the table is not rewritten), else its default's value (immutable:
+/// the hook refuses others), else NULL.
+fn fill_of(relid: pg_sys::Oid, attnum: i16) -> Result<Option<String>> {
+    let (missing, default) = Spi::get_two_with_args::<String, String>(
+        "SELECT CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END, \
+                (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d \
+                  WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = '') \
+         FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum = $2",
+        &[relid.into(), attnum.into()],
+    )
+    .map_err(spi)?;
+    match (missing, default) {
+        (Some(m), _) => Ok(Some(m)),
+        (None, Some(expr)) => Spi::get_one::<String>(&format!("SELECT ({expr})::text")).map_err(spi),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Records the names a statement took away (and forgets those it gave back).
 fn remember(relid: pg_sys::Oid, c: &ShapeChange) -> Result<()> {
+    // Fill values are text read back by apply under the fixed settings: write them so.
+    let _fixed = crate::pg::settings::Fixed::enter(crate::pg::settings::ALL);
     let run = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| Spi::run_with_args(sql, args).map_err(spi);
     let mmr_column = |c: &str| matches!(c, "mmr_hlc" | "mmr_node" | "mmr_vv");
     for (old, new) in c.renamed_columns.iter().filter(|(o, _)| !mmr_column(o)) {
@@ -91,7 +112,21 @@ fn remember(relid: pg_sys::Oid, c: &ShapeChange) -> Result<()> {
             &[relid.into(), old.as_str().into(), new.as_str().into()],
         )?;
     }
+    for (old, new) in &c.renamed_columns {
+        run(
+            "UPDATE mmr.column_fill SET name = $3 WHERE relid = $1::oid AND name = $2",
+            &[relid.into(), old.as_str().into(), new.as_str().into()],
+        )?;
+    }
+    for (attnum, name) in c.added_columns.iter().filter(|(_, n)| !mmr_column(n)) {
+        run(
+            "INSERT INTO mmr.column_fill (relid, name, fill) VALUES ($1::oid, $2, $3) \
+             ON CONFLICT (relid, name) DO UPDATE SET fill = excluded.fill",
+            &[relid.into(), name.as_str().into(), fill_of(relid, *attnum)?.into()],
+        )?;
+    }
     for old in c.dropped_columns.iter().filter(|o| !mmr_column(o)) {
+        run("DELETE FROM mmr.column_fill WHERE relid = $1::oid AND name = $2", &[relid.into(), old.as_str().into()])?;
         run(
             "UPDATE mmr.column_alias SET now_name = NULL WHERE relid = $1::oid AND now_name = $2",
             &[relid.into(), old.as_str().into()],

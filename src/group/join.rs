@@ -478,6 +478,19 @@ fn load(conn: &mut PeerConn, me: &str, state: &DonorState) -> Result<u64> {
         "SELECT relid::regclass::text, pk, hlc, node, vv, deleted_at FROM mmr.tombstone",
         "mmr.tombstone (relid, pk, hlc, node, vv, deleted_at)",
     )?;
+    // What replicated DDL took away or added, for changes still on their way from
+    // members that have not run it yet.
+    copy_table(
+        conn,
+        "SELECT relid::regclass::text, name, now_name FROM mmr.column_alias",
+        "mmr.column_alias (relid, name, now_name)",
+    )?;
+    copy_table(
+        conn,
+        "SELECT relid::regclass::text, name, fill FROM mmr.column_fill",
+        "mmr.column_fill (relid, name, fill)",
+    )?;
+    copy_table(conn, "SELECT name, relid::regclass::text FROM mmr.table_alias", "mmr.table_alias (name, relid)")?;
     let set_aside_cols = "id, origin, tbl, pk, op, hlc, change, applied, sqlstate, error, waits_for, kind, \
                           set_aside_at, last_tried_at, next_try_at, attempts";
     copy_table(

@@ -65,12 +65,23 @@ pub fn fix_for_transaction() -> std::result::Result<(), pgrx::spi::SpiError> {
 /// While it lives, settings changed with `set_config(.., true)` are scoped to it: they
 /// return to their values when it is dropped (a GUC nest level, as a function's `SET`
 /// clause makes one), or when an ERROR aborts the transaction.
-pub struct Scope(i32);
+pub struct Scope {
+    level: i32,
+    /// Whether a plain `SET` made inside outlives it (as after a function call), or
+    /// everything set inside is undone (as after a subtransaction that rolled back).
+    keep_plain_sets: bool,
+}
 
 impl Scope {
     pub fn enter() -> Scope {
         // SAFETY: a new GUC nest level, popped in drop (or by abort).
-        Scope(unsafe { pg_sys::NewGUCNestLevel() })
+        Scope { level: unsafe { pg_sys::NewGUCNestLevel() }, keep_plain_sets: true }
+    }
+
+    /// A scope that undoes every setting made inside it, plain `SET`s too: for running
+    /// statements that came from elsewhere (replicated DDL) in a long-lived session.
+    pub fn sealed() -> Scope {
+        Scope { keep_plain_sets: false, ..Scope::enter() }
     }
 }
 
@@ -78,7 +89,7 @@ impl Drop for Scope {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             // SAFETY: pops the nest level made in enter(), restoring the saved values.
-            unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+            unsafe { pg_sys::AtEOXact_GUC(self.keep_plain_sets, self.level) };
         }
     }
 }

@@ -70,5 +70,6 @@ unsafe extern "C-unwind" fn subxact_callback(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         crate::capture::buffer::discard_from(sub);
+        crate::ddl::lock::subxact_aborted(sub);
     }
 }

@@ -285,6 +285,16 @@ CREATE TABLE mmr.column_alias (
     now_name text,
     PRIMARY KEY (relid, name)
 );
+-- The value a column added by replicated DDL gives a change that lacks it (one from a
+-- node that has not added it yet): what ADD COLUMN gave the rows that existed then,
+-- recorded when it ran (the table's own record of it, attmissingval, is gone after a
+-- rewrite). See src/apply/rowsql.rs.
+CREATE TABLE mmr.column_fill (
+    relid regclass NOT NULL,
+    name text NOT NULL,
+    fill text,
+    PRIMARY KEY (relid, name)
+);
 -- Former names of renamed replicated tables (changes from nodes that have not renamed
 -- them yet carry the old name).
 CREATE TABLE mmr.table_alias (

@@ -561,7 +561,9 @@ const SETTLE: Duration = Duration::from_secs(20);
 fn wait_settled(spec: &Spec) -> Result<()> {
     let newest: Vec<(i64, i64)> = Spi::connect(|c| {
         let mut out = Vec::new();
-        for r in c.select(&format!("SELECT x.mmr_node::int8, max(x.mmr_hlc) FROM {} x GROUP BY 1", spec.name), None, &[])? {
+        for r in
+            c.select(&format!("SELECT x.mmr_node::int8, max(x.mmr_hlc) FROM {} x GROUP BY 1", spec.name), None, &[])?
+        {
             out.push((r.get(1)?.unwrap_or(0), r.get(2)?.unwrap_or(0)));
         }
         Ok::<_, pgrx::spi::SpiError>(out)

@@ -383,3 +383,38 @@ fn member_killed_while_applying_ddl_converges() {
     }
     no_set_aside(&c);
 }
+
+/// DDL typed by the table's owner (not a superuser) in a session with DateStyle
+/// 'SQL, DMY' replicates and runs everywhere as that role, with that DateStyle; the
+/// value a lagging node's rows get for the new column survives a rewrite of the table
+/// (VACUUM FULL) on the node that receives them.
+#[test]
+fn owner_ddl_with_its_settings_and_fill_after_a_rewrite() {
+    let c = group("ddl_owner", 3);
+    c.exec(0, "ALTER TABLE t OWNER TO app");
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT relowner::regrole::text = 'app' FROM pg_class WHERE oid = 't'::regclass", SYNC);
+    }
+    c.exec(2, "SELECT mmr.pause_peer('n1')");
+    let mut owner = c.app(0);
+    owner
+        .batch_execute("SET DateStyle = 'SQL, DMY'; ALTER TABLE t ADD COLUMN born date NOT NULL DEFAULT '31/12/1999'")
+        .unwrap_or_else(|e| panic!("owner's DDL: {}", error_text(&e)));
+    c.wait_until(1, "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'born')", SYNC);
+    // n2 rewrites the table (its record of the column's missing value goes).
+    c.exec(1, "VACUUM FULL t");
+    // n3 has not got the column yet; its rows reach n1 and n2 without it.
+    c.exec(2, "INSERT INTO t (id, v) VALUES (8001, 'from lagging n3')");
+    c.exec(2, "UPDATE t SET v = 'updated on lagging n3' WHERE id = 7");
+    c.wait_until(1, "SELECT born = DATE '1999-12-31' FROM t WHERE id = 8001", SYNC);
+    c.exec(2, "SELECT mmr.resume_peer('n1')");
+    wait_column(&c, "born", true);
+    c.sync(SYNC);
+    for i in 0..c.len() {
+        assert_eq!(c.int(i, "SELECT count(*) FROM t WHERE born <> DATE '1999-12-31'"), 0, "on {}", c.nodes[i].name);
+        assert_eq!(c.text(i, "SELECT relowner::regrole::text FROM pg_class WHERE oid = 't'::regclass"), "app");
+    }
+    no_set_aside(&c);
+    assert_same_schema(&c, "t");
+    assert_converged(&c, "t");
+}

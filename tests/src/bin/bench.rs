@@ -432,7 +432,10 @@ fn verify(r: &mut Report) {
         ver.push(start.elapsed().as_secs_f64());
         assert!(found.iter().all(|f| f.get::<_, i64>(0) == 0), "the copies differ");
         bytes = found.iter().map(|f| f.get::<_, i64>(1)).sum();
-        println!("   round {round}: md5(string_agg) {:.2} s, mmr.verify {:.2} s, {bytes} bytes received", md5[round], ver[round]);
+        println!(
+            "   round {round}: md5(string_agg) {:.2} s, mmr.verify {:.2} s, {bytes} bytes received",
+            md5[round], ver[round]
+        );
     }
     let (m, v) = (median(&mut md5), median(&mut ver));
     r.line("## Verify: comparing a table with the peers");
