@@ -182,6 +182,25 @@ fn report(c: &Cluster, increments: u64) {
             r.get::<_, String>(4),
         );
     }
+    println!("   mmr.verify() on n1 (each table against each peer):");
+    for r in db
+        .query(
+            "SELECT tbl, peer, rows_compared, differing, in_flight, round(extract(epoch FROM took)::numeric, 2)::text \
+             FROM mmr.verify() ORDER BY tbl, peer",
+            &[],
+        )
+        .unwrap()
+    {
+        println!(
+            "     {} vs {}: {} rows compared, {} differing, {} in flight ({} s)",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(4),
+            r.get::<_, String>(5)
+        );
+    }
     println!("   replication lag now (mmr.peers on n1):");
     for r in db
         .query(
