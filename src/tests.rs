@@ -338,7 +338,11 @@ mod tests {
         assert_rejected("TRUNCATE ok_t", "0A000", "TRUNCATE is not replicated");
         assert_rejected("SELECT * FROM mmr.verify('nopk')", "42704", "is not replicated");
         assert_rejected("SELECT mmr.repair('nopk')", "42704", "is not replicated");
-        assert_rejected("SELECT mmr.replicate_ddl('ALTER TABLE ok_t ADD COLUMN r float8 DEFAULT random()')", "0A000", "not immutable");
+        assert_rejected(
+            "SELECT mmr.replicate_ddl('ALTER TABLE ok_t ADD COLUMN r float8 DEFAULT random()')",
+            "0A000",
+            "not immutable",
+        );
         assert_eq!(catalog_state(), before);
 
         // The good resolver is accepted; the password is masked in the view.

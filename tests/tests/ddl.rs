@@ -400,7 +400,11 @@ fn owner_ddl_with_its_settings_and_fill_after_a_rewrite() {
     owner
         .batch_execute("SET DateStyle = 'SQL, DMY'; ALTER TABLE t ADD COLUMN born date NOT NULL DEFAULT '31/12/1999'")
         .unwrap_or_else(|e| panic!("owner's DDL: {}", error_text(&e)));
-    c.wait_until(1, "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'born')", SYNC);
+    c.wait_until(
+        1,
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'born')",
+        SYNC,
+    );
     // n2 rewrites the table (its record of the column's missing value goes).
     c.exec(1, "VACUUM FULL t");
     // n3 has not got the column yet; its rows reach n1 and n2 without it.
