@@ -32,7 +32,15 @@
 //!   survivors must agree, and count every increment of the parted node that reached
 //!   any survivor exactly once.
 //!
-//! What it does not: several keys, secondary unique indexes, concurrent joins, DDL.
+//! And replicated DDL, in a fourth: node 1 adds a column (`ADD COLUMN ... DEFAULT`) at
+//! any moment, a change in its queue like any other. A node that has not applied it
+//! writes without the column; a node applying a change without it gives the column its
+//! fill (the value ADD COLUMN gave existing rows: `apply/rowsql.rs`), whether the change
+//! applies as a successor or wins a conflict; a change carrying the column waits at a
+//! node that has not got it yet (set aside) until the ADD COLUMN arrives. At rest every
+//! node must hold the same row, the column included.
+//!
+//! What it does not: several keys, secondary unique indexes, concurrent joins, other DDL.
 //!
 //! `MMR_MODEL_WRITES=a,b,c` sets the writes per node (default 2,1,1, seconds; 2,2,1 is
 //! a few million states, minutes).
@@ -50,7 +58,12 @@ struct Held {
     version: Version,
     deleted: bool,
     value: i64,
+    /// The added column's value; None while the node has not got the column.
+    col: Option<i64>,
 }
+
+/// What ADD COLUMN gives the rows that exist when it runs (and changes that lack it).
+const FILL: i64 = -1;
 
 /// One change in an origin's queue.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +75,10 @@ struct Msg {
     /// What the writer had applied of each node when it wrote: per node, a stamp below
     /// which every change of that node had been applied (mmr.queue.applied).
     writer_applied: VersionVector,
+    /// The row image's value of the added column; None: the image lacks the column.
+    col: Option<i64>,
+    /// The ADD COLUMN itself (replicated DDL), not a write of the key.
+    ddl: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +89,8 @@ struct NodeState {
     cursor: [usize; N],
     writes_left: u8,
     replays_left: u8,
+    /// Whether this node has the added column.
+    has_col: bool,
 }
 
 /// Where a node stands in the group.
@@ -102,6 +121,8 @@ pub enum Scenario {
     Join,
     /// The last node is parted at some moment.
     Part,
+    /// Node 1 adds a column at some moment.
+    AddColumn,
 }
 
 /// The node a life-cycle scenario is about.
@@ -115,7 +136,8 @@ enum Mode {
 
 impl World {
     fn new(writes: [u8; N], scenario: Scenario) -> World {
-        let node = |w| NodeState { held: None, clock: 0, cursor: [0; N], writes_left: w, replays_left: 1 };
+        let node =
+            |w| NodeState { held: None, clock: 0, cursor: [0; N], writes_left: w, replays_left: 1, has_col: false };
         let mut life = [Life::Member; N];
         if scenario == Scenario::Join {
             life[SUBJECT] = Life::Outside;
@@ -206,9 +228,42 @@ impl World {
             (false, false) => Op::Insert,
         };
         let version = Version { hlc: n.clock, node: Self::id(i), vv };
-        n.held = Some(Held { version: version.clone(), deleted: delete, value });
-        w.queue[i].push(Msg { op, version, value, old_value, writer_applied: applied });
+        // A node with the column writes a value of its own into it (the stamp: every
+        // write's differs), one without writes around it.
+        let col = n.has_col.then_some(n.clock);
+        n.held = Some(Held { version: version.clone(), deleted: delete, value, col });
+        w.queue[i].push(Msg { op, version, value, old_value, writer_applied: applied, col, ddl: false });
         w
+    }
+
+    /// Node 1 runs ADD COLUMN: its row (or tombstone) gets the fill, and the statement
+    /// goes into its queue, ahead of its later writes.
+    fn add_column(&self) -> World {
+        let mut w = self.clone();
+        let applied = w.applied(0);
+        let n = &mut w.nodes[0];
+        n.clock += 1;
+        n.has_col = true;
+        if let Some(h) = n.held.as_mut() {
+            h.col = Some(FILL);
+        }
+        let version = Version { hlc: n.clock, node: Self::id(0), vv: VersionVector::new() };
+        w.queue[0].push(Msg {
+            op: Op::Update,
+            version,
+            value: 0,
+            old_value: 0,
+            writer_applied: applied,
+            col: None,
+            ddl: true,
+        });
+        w
+    }
+
+    /// Whether node `i` can apply change `k` of origin `j` now: a change carrying the
+    /// added column waits (set aside) until the node has the column.
+    fn deliverable(&self, i: usize, j: usize, k: usize) -> bool {
+        self.queue[j].get(k).is_some_and(|m| m.col.is_none() || self.nodes[i].has_col)
     }
 
     /// Node `i` applies change number `k` of origin `j`.
@@ -216,6 +271,19 @@ impl World {
         let mut w = self.clone();
         let m = &self.queue[j][k];
         w.nodes[i].clock = w.nodes[i].clock.max(m.version.hlc);
+        if m.ddl {
+            let n = &mut w.nodes[i];
+            if !n.has_col {
+                n.has_col = true;
+                if let Some(h) = n.held.as_mut() {
+                    h.col = Some(FILL);
+                }
+            }
+            if k == n.cursor[j] {
+                n.cursor[j] += 1;
+            }
+            return w;
+        }
         let local = match &w.nodes[i].held {
             None => Local::Absent,
             Some(h) if h.deleted => Local::Tombstone(h.version.clone()),
@@ -232,7 +300,9 @@ impl World {
             Local::Absent => Local::Absent,
         };
         let n = &mut w.nodes[i];
-        let remote = Held { version: m.version.clone(), deleted: m.op == Op::Delete, value: m.value };
+        // The image read here: a missing column gets its fill.
+        let col = if n.has_col { Some(m.col.unwrap_or(FILL)) } else { None };
+        let remote = Held { version: m.version.clone(), deleted: m.op == Op::Delete, value: m.value, col };
         match decide(m.op, &m.version, &local) {
             Decision::Apply => n.held = Some(remote),
             Decision::Skip(_) => {}
@@ -244,7 +314,9 @@ impl World {
                     _ if c.winner == Side::Remote => (remote.deleted, remote.value),
                     _ => (l.deleted, l.value),
                 };
-                n.held = Some(Held { version, deleted, value });
+                // Other columns come from the last write (as merge_counters does).
+                let col = if c.winner == Side::Remote { remote.col } else { l.col };
+                n.held = Some(Held { version, deleted, value, col });
             }
         }
         if k == n.cursor[j] {
@@ -292,6 +364,7 @@ impl World {
         (0..N).filter(|&i| self.member(i)).all(|i| {
             let n = &self.nodes[i];
             n.writes_left == 0
+                && (n.has_col || !self.queue.iter().flatten().any(|m| m.ddl))
                 && (0..N).all(|j| j == i || !self.member(j) || n.cursor[j] == self.queue[j].len())
                 && (!parting || self.forgot[i])
         })
@@ -300,7 +373,8 @@ impl World {
     /// The increments the survivors must hold: every member's, and those of a parted
     /// node that reached some survivor (the others never left it).
     fn expected_increments(&self) -> i64 {
-        let counted = |j: usize, upto: usize| self.queue[j][..upto].iter().filter(|m| m.op != Op::Delete).count();
+        let counted =
+            |j: usize, upto: usize| self.queue[j][..upto].iter().filter(|m| m.op != Op::Delete && !m.ddl).count();
         let mut total = 0;
         for j in 0..N {
             total += match self.life[j] {
@@ -317,8 +391,8 @@ impl World {
     }
 
     /// The live row of node `i` (a tombstone and a pruned key both hold none).
-    fn row(&self, i: usize) -> Option<(&Version, i64)> {
-        self.nodes[i].held.as_ref().filter(|h| !h.deleted).map(|h| (&h.version, h.value))
+    fn row(&self, i: usize) -> Option<(&Version, i64, Option<i64>)> {
+        self.nodes[i].held.as_ref().filter(|h| !h.deleted).map(|h| (&h.version, h.value, h.col))
     }
 
     fn successors(&self, mode: Mode, scenario: Scenario) -> Vec<World> {
@@ -334,7 +408,7 @@ impl World {
                 }
             }
             for j in (0..N).filter(|&j| j != i && self.member(j)) {
-                if n.cursor[j] < self.queue[j].len() {
+                if self.deliverable(i, j, n.cursor[j]) {
                     out.push(self.deliver(i, j, n.cursor[j], mode));
                 }
                 // A replay while the node's version (or tombstone) still records the
@@ -343,7 +417,9 @@ impl World {
                 // from arriving twice (invariant 3, tested on real servers).
                 let k = n.cursor[j].saturating_sub(1);
                 let recorded = n.held.as_ref().is_some_and(|h| {
-                    self.queue[j].get(k).is_some_and(|m| h.version.vv.get(Self::id(j) as i64) >= m.version.hlc)
+                    self.queue[j]
+                        .get(k)
+                        .is_some_and(|m| !m.ddl && h.version.vv.get(Self::id(j) as i64) >= m.version.hlc)
                 });
                 if n.replays_left > 0 && n.cursor[j] > 0 && recorded {
                     let mut replayed = self.deliver(i, j, k, mode);
@@ -365,6 +441,11 @@ impl World {
     fn life_steps(&self, scenario: Scenario, mode: Mode, out: &mut Vec<World>) {
         match scenario {
             Scenario::Fixed => {}
+            Scenario::AddColumn => {
+                if !self.nodes[0].has_col {
+                    out.push(self.add_column());
+                }
+            }
             Scenario::Join => {
                 if self.life[SUBJECT] == Life::Outside {
                     for donor in (0..N).filter(|&d| self.member(d)) {
@@ -470,6 +551,18 @@ mod tests {
         for mode in [Mode::LastWriteWins, Mode::Counter] {
             let states = explore(budget(), mode, Scenario::Join);
             println!("join, {mode:?}: {states} states");
+            assert!(states > 1000);
+        }
+    }
+
+    #[test]
+    fn an_added_column_at_any_moment_converges() {
+        for mode in [Mode::LastWriteWins, Mode::Counter] {
+            // The column's values multiply the states: one write each by default (2,1,1
+            // is tens of millions); deeper with MMR_MODEL_WRITES.
+            let writes = if std::env::var_os("MMR_MODEL_WRITES").is_none() { [1, 1, 1] } else { budget() };
+            let states = explore(writes, mode, Scenario::AddColumn);
+            println!("add column, {mode:?}: {states} states");
             assert!(states > 1000);
         }
     }
