@@ -112,6 +112,22 @@ impl Spec {
         )
     }
 
+    /// The table's settled tombstones: (key, node, stamp, vector), in key order; or,
+    /// with `$2` false, one row: (digest, count, 0, '').
+    fn tombstones_sql(&self) -> String {
+        let settled = "(x.node = 0 OR x.hlc < coalesce(($1 ->> x.node::text)::bigint, 0))";
+        format!(
+            "WITH t AS (SELECT x.pk::text AS pk, x.node::int8 AS node, x.hlc, x.vv::text AS vv FROM mmr.tombstone x \
+                        WHERE x.relid = {relid}::oid AND {settled}) \
+             SELECT pk, node, hlc, vv FROM t WHERE $2 \
+             UNION ALL \
+             SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(coalesce(pg_catalog.string_agg( \
+                        pk || ' ' || node || ' ' || hlc, E'\\n' ORDER BY pk), ''), 'UTF8')), 'hex'), count(*), 0, '' \
+             FROM t HAVING NOT $2",
+            relid = u32::from(self.relid),
+        )
+    }
+
     /// Every key's state in [`$2`, `$3`), or of the keys in the jsonb array `$4`:
     /// (key, 'r' or 't', node, stamp, digest, vector).
     fn keys_sql(&self) -> String {
@@ -251,6 +267,25 @@ impl Local<'_> {
     }
 }
 
+impl Local<'_> {
+    fn tombstones(&self, list: bool) -> Result<Vec<(String, i64, i64, String)>> {
+        let sql = self.spec.tombstones_sql();
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for r in c.select(&sql, None, &[JsonB(self.frontier.clone()).into(), list.into()])? {
+                out.push((
+                    r.get(1)?.unwrap_or_default(),
+                    r.get(2)?.unwrap_or(0),
+                    r.get(3)?.unwrap_or(0),
+                    r.get(4)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+        .map_err(spi)
+    }
+}
+
 /// The same statements on a peer, through `mmr.verify_ranges` / `mmr.verify_keys`.
 struct Remote<'a> {
     name: String,
@@ -319,6 +354,21 @@ impl Remote<'_> {
             .map(|r| {
                 let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
                 (get(0).parse().unwrap_or(0), get(1).parse().unwrap_or(0), get(2))
+            })
+            .collect())
+    }
+
+    fn tombstones(&mut self, list: bool) -> Result<Vec<(String, i64, i64, String)>> {
+        let (tbl, frontier, list) = (self.tbl.to_string(), self.frontier.clone(), list.to_string());
+        let rows = self.query(
+            "SELECT pk, node, hlc, vv FROM mmr.verify_tombstones($1, $2::jsonb, $3::boolean)",
+            &[Some(&tbl), Some(&frontier), Some(&list)],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                (get(0), get(1).parse().unwrap_or(0), get(2).parse().unwrap_or(0), get(3))
             })
             .collect())
     }
@@ -431,6 +481,7 @@ pub fn check_table(relid: pg_sys::Oid, peers: &[(String, String)]) -> Result<Vec
         } else {
             drill(&local, &mut r, &front, (here.0, there.0), &mut f)?;
         }
+        tombstones(&local, &mut r, &mut f)?;
         f.received = r.received;
         f.took = started.elapsed();
         out.push(f);
@@ -498,6 +549,29 @@ fn drill(
         f.compared += gone + compare_keys(&front, &mine, &theirs, &mut f.differing, &mut unsure);
     }
     f.in_flight = unsure.len() as i64;
+    Ok(())
+}
+
+/// Tombstones both sides hold with different settled versions (those only one side
+/// holds are no difference: each node prunes at its own pace; a row against a
+/// tombstone shows in the rows). Digests first; the lists only when they differ.
+fn tombstones(local: &Local<'_>, remote: &mut Remote<'_>, f: &mut Finding) -> Result<()> {
+    let (mine, theirs) = (local.tombstones(false)?, remote.tombstones(false)?);
+    if mine.first().map(|t| &t.0) == theirs.first().map(|t| &t.0) {
+        return Ok(());
+    }
+    let theirs: BTreeMap<String, (i64, i64, String)> =
+        remote.tombstones(true)?.into_iter().map(|(k, n, h, v)| (k, (n, h, v))).collect();
+    for (k, n, h, v) in local.tombstones(true)? {
+        let Some((tn, th, tv)) = theirs.get(&k) else { continue };
+        if (n, h) != (*tn, *th) && !f.differing.iter().any(|d| d.0 == k) {
+            let state = |node, stamp, vv: &str| KeyState {
+                held: Held::Tombstone { node, stamp },
+                vv: mmr_core::vv::VersionVector::parse_pg_array(vv).map(|v| v.to_flat()).unwrap_or_default(),
+            };
+            f.differing.push((k, state(n, h, &v), state(*tn, *th, tv)));
+        }
+    }
     Ok(())
 }
 
@@ -661,6 +735,18 @@ fn _verify_ranges(
     let local = Local { spec: &spec, frontier: frontier.0 };
     let rows = local.ranges(&lo.map(|j| j.0), &hi.map(|j| j.0), &cuts.0).or_raise();
     TableIterator::new(rows)
+}
+
+/// `mmr.verify_tombstones`: the peer side of `Local::tombstones`.
+#[pg_extern(volatile)]
+fn _verify_tombstones(
+    tbl: &str,
+    frontier: JsonB,
+    list: bool,
+) -> TableIterator<'static, (name!(pk, String), name!(node, i64), name!(hlc, i64), name!(vv, String))> {
+    let spec = served_spec(tbl).or_raise();
+    let local = Local { spec: &spec, frontier: frontier.0 };
+    TableIterator::new(local.tombstones(list).or_raise())
 }
 
 /// `mmr.verify_keys`: the peer side of `Local::keys`.
