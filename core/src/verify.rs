@@ -19,9 +19,12 @@ use std::collections::BTreeMap;
 pub type Frontier = BTreeMap<i64, i64>;
 
 /// The group's frontier as this node knows it: for each origin, the lowest of what this
-/// node has applied of it (all of its own) and what every other peer reported.
+/// node has applied of it (all of its own) and what every other peer reported. Origins
+/// that are no peer any more (a parted node: applied in full everywhere) come from the
+/// applied records.
 pub fn group_frontier(me: i64, applied_here: &VersionVector, peers: &[PeerFrontier]) -> Frontier {
-    let mut origins: Vec<i64> = peers.iter().map(|p| p.node).chain([me]).collect();
+    let recorded = applied_here.entries().chain(peers.iter().flat_map(|p| p.applied.entries())).map(|(o, _)| o);
+    let mut origins: Vec<i64> = peers.iter().map(|p| p.node).chain([me]).chain(recorded).collect();
     origins.sort_unstable();
     origins.dedup();
     origins
@@ -114,8 +117,9 @@ mod tests {
             PeerFrontier { node: 2, applied: vv(&[1, 50, 3, 40]), self_stamp: 0, watermark: 0 },
             PeerFrontier { node: 3, applied: vv(&[1, 70, 2, 60]), self_stamp: 0, watermark: 0 },
         ];
-        let f = group_frontier(1, &vv(&[2, 65, 3, 30]), &peers);
-        assert_eq!(f, [(1, 50), (2, 60), (3, 30)].into_iter().collect());
+        let f = group_frontier(1, &vv(&[2, 65, 3, 30, 4, i64::MAX]), &peers);
+        // Node 4 was parted: applied in full here, and no peer reports it.
+        assert_eq!(f, [(1, 50), (2, 60), (3, 30), (4, i64::MAX)].into_iter().collect());
         assert!(settled(&f, 1, 49) && !settled(&f, 1, 50) && settled(&f, 0, 1 << 60) && !settled(&f, 9, 1));
     }
 

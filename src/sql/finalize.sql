@@ -98,7 +98,8 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.relay(text, text, pg_snapshot, boolean) TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.ddl_lock(text), mmr.ddl_unlock(), mmr.ddl_history() TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.verify_ranges(text, jsonb, jsonb, jsonb, jsonb), '
-                   'mmr.verify_keys(text, jsonb, jsonb, jsonb, jsonb), mmr.verify_tombstones(text, jsonb, boolean) TO %s', role);
+                   'mmr.verify_keys(text, jsonb, jsonb, jsonb, jsonb), mmr.verify_tombstones(text, jsonb, boolean), '
+                   'mmr.verify_columns(text) TO %s', role);
     IF peer IS NOT NULL THEN
         INSERT INTO mmr.pull_binding (consumer, role) VALUES (peer, role)
         ON CONFLICT (consumer) DO UPDATE SET role = excluded.role, bound_at = now();
@@ -234,6 +235,8 @@ RETURNS TABLE (idx integer, n bigint, digest text)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT * FROM mmr._verify_ranges(tbl, frontier, lo, hi, cuts)
 $$;
+CREATE FUNCTION mmr.verify_columns(tbl text) RETURNS text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT mmr._verify_columns(tbl) $$;
 CREATE FUNCTION mmr.verify_tombstones(tbl text, frontier jsonb, list boolean)
 RETURNS TABLE (pk text, node bigint, hlc bigint, vv text)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -42,6 +42,8 @@ struct Spec {
     key_json: String,
     /// `(x.k1, x.k2)`.
     key: String,
+    /// The columns (name and type, by name): both sides must render the same ones.
+    columns: String,
     shape: rowsql::Shape,
 }
 
@@ -53,7 +55,9 @@ impl Spec {
         cols.sort_by(|a, b| a.raw.cmp(&b.raw));
         let row_text =
             format!("ROW({})::text", cols.iter().map(|c| format!("x.{}", c.ident)).collect::<Vec<_>>().join(", "));
+        let columns = cols.iter().map(|c| format!("{} {}", c.ident, c.typ)).collect::<Vec<_>>().join(", ");
         Ok(Spec {
+            columns,
             row_text,
             key_json: format!("({})::text", shape.key_json_of_alias("x")),
             key: format!("({})", shape.pk.iter().map(|k| format!("x.{k}")).collect::<Vec<_>>().join(", ")),
@@ -133,14 +137,14 @@ impl Spec {
     fn keys_sql(&self) -> String {
         let wanted = |key: &str| {
             format!(
-                "({range}) AND ($4::jsonb IS NULL OR {key} IN (SELECT ({vals}) FROM pg_catalog.jsonb_array_elements($4) e(v)))",
+                "({range}) AND ($4::jsonb IS NULL OR {key} IN (SELECT {vals} FROM pg_catalog.jsonb_array_elements($4) e(v)))",
                 range = self.key_in_range(key, "$2", "$3"),
                 vals = self.shape.key_values("e.v").join(", "),
             )
         };
         let tomb_key = format!("({})", self.shape.key_values("x.pk").join(", "));
         format!(
-            "SELECT {kj}, 'r', x.mmr_node, x.mmr_hlc, pg_catalog.md5({row}), x.mmr_vv FROM {name} x WHERE {rows} \
+            "SELECT {kj}, 'r', x.mmr_node, x.mmr_hlc, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({row}, 'UTF8')), 'hex'), x.mmr_vv FROM {name} x WHERE {rows} \
              UNION ALL \
              SELECT x.pk::text, 't', x.node, x.hlc, NULL, x.vv FROM mmr.tombstone x \
              WHERE x.relid = {relid}::oid AND {tombs}",
@@ -459,13 +463,45 @@ pub fn check_table(relid: pg_sys::Oid, peers: &[(String, String)]) -> Result<Vec
             received: 0,
         });
     }
-    let whole = serde_json::Value::Array(vec![]);
+    // A peer whose columns differ (a schema change on its way) renders every row
+    // differently: nothing of the table can be compared with it yet.
+    let mut same_columns = Vec::new();
     for r in remotes.iter_mut() {
-        r.ask_ranges(&None, &None, &whole)?;
+        let tbl = r.tbl.to_string();
+        let theirs = r.query("SELECT mmr.verify_columns($1)", &[Some(&tbl)])?;
+        let theirs = theirs.into_iter().next().and_then(|row| row.into_iter().next().flatten()).unwrap_or_default();
+        if theirs != spec.columns {
+            pgrx::notice!(
+                "mmr: {} has other columns on {} ({theirs}) than here ({}): a schema change on its way? \
+                 Not compared; its rows count as in flight",
+                spec.name,
+                r.name,
+                spec.columns
+            );
+        }
+        same_columns.push(theirs == spec.columns);
+    }
+    let whole = serde_json::Value::Array(vec![]);
+    for (r, same) in remotes.iter_mut().zip(&same_columns) {
+        if *same {
+            r.ask_ranges(&None, &None, &whole)?;
+        }
     }
     let here = local.ranges(&None, &None, &whole)?.into_iter().next().map(|(_, n, d)| (n, d)).unwrap_or_default();
     let mut out = Vec::new();
-    for mut r in remotes {
+    for (mut r, same) in remotes.into_iter().zip(same_columns) {
+        if !same {
+            out.push(Finding {
+                tbl: spec.name.clone(),
+                peer: r.name.clone(),
+                compared: 0,
+                differing: Vec::new(),
+                in_flight: here.0,
+                received: r.received,
+                took: started.elapsed(),
+            });
+            continue;
+        }
         let there = r.ranges_reply()?.into_iter().next().map(|(_, n, d)| (n, d)).unwrap_or_default();
         let mut f = Finding {
             tbl: spec.name.clone(),
@@ -667,9 +703,23 @@ fn wait_settled(spec: &Spec) -> Result<()> {
     }
 }
 
+/// The check compares the live state of both sides; a transaction snapshot here would
+/// hold this node's rows in the past while the frontier moves on.
+pub fn require_read_committed() -> Result<()> {
+    // SAFETY: reading the transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(MmrError::GroupState {
+            message: "mmr.verify and mmr.repair need READ COMMITTED".into(),
+            hint: "Run them outside a REPEATABLE READ or SERIALIZABLE transaction.".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Every (table, peer) finding for `tbl` (or every replicated table).
 pub fn run(tbl: Option<pg_sys::Oid>) -> Result<Vec<Finding>> {
     crate::catalog::require_node()?;
+    require_read_committed()?;
     let _scope = crate::pg::settings::Scope::enter();
     crate::pg::settings::fix_for_transaction().map_err(spi)?;
     let peers = peers()?;
@@ -710,8 +760,22 @@ fn _verify(
     }))
 }
 
-/// The replicated table a peer names, for the serving side.
+/// The replicated table a peer names, for the serving side -- to a superuser, or a role
+/// bound to pull for a current peer that is not being parted: what the check reveals
+/// (keys, stamps, digests of rows) is for members only.
 fn served_spec(tbl: &str) -> Result<Spec> {
+    let (allowed, role) = Spi::get_two::<bool, String>(
+        "SELECT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user) \
+             OR EXISTS (SELECT 1 FROM mmr.pull_binding b JOIN mmr.peer p ON p.name = b.consumer \
+                        WHERE b.role::oid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = session_user) \
+                          AND NOT EXISTS (SELECT 1 FROM mmr.member m \
+                                          WHERE m.name = b.consumer AND m.state IN ('parting', 'parted'))), \
+                session_user::text",
+    )
+    .map_err(spi)?;
+    if allowed != Some(true) {
+        return Err(MmrError::PullRefused { role: role.unwrap_or_default(), consumer: "a current peer".into() });
+    }
     let relid = Spi::get_one_with_args::<pg_sys::Oid>(
         "SELECT r.relid::oid FROM mmr.replicated_table r WHERE r.relid = pg_catalog.to_regclass($1)",
         &[tbl.into()],
@@ -735,6 +799,12 @@ fn _verify_ranges(
     let local = Local { spec: &spec, frontier: frontier.0 };
     let rows = local.ranges(&lo.map(|j| j.0), &hi.map(|j| j.0), &cuts.0).or_raise();
     TableIterator::new(rows)
+}
+
+/// `mmr.verify_columns`: the peer's columns of a table, as `Spec::columns`.
+#[pg_extern(volatile)]
+fn _verify_columns(tbl: &str) -> String {
+    served_spec(tbl).or_raise().columns
 }
 
 /// `mmr.verify_tombstones`: the peer side of `Local::tombstones`.

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 /// Repairs `relid` on every peer; returns the number of keys repaired.
 pub fn repair(relid: pg_sys::Oid) -> Result<i64> {
     let me = crate::catalog::require_node()?;
+    super::require_read_committed()?;
     let _scope = crate::pg::settings::Scope::enter();
     crate::pg::settings::fix_for_transaction().map_err(spi)?;
     let spec = super::Spec::new(relid)?;
@@ -32,22 +33,23 @@ pub fn repair(relid: pg_sys::Oid) -> Result<i64> {
             keys.entry(k).or_insert_with(|| (here, Vec::new())).1.push((f.peer.clone(), there));
         }
     }
+    let mut repaired = 0;
     for (pk, (here, theirs)) in &keys {
         let vectors: Vec<VersionVector> = std::iter::once(&here.vv)
             .chain(theirs.iter().map(|(_, s)| &s.vv))
             .filter_map(|flat| VersionVector::from_flat(flat).ok())
             .collect();
         let base = repair_base(vectors.iter());
+        // A key whose state here changed since the check (a change applied, a local
+        // write) is left for the next check: its new version may differ no more.
         let action = match here.held {
-            Held::Row { .. } => {
-                rewrite(&spec, pk, &base)?;
-                "rewrote the row"
-            }
+            Held::Row { node, stamp, .. } => rewrite(&spec, pk, &base, (node, stamp))?.then_some("rewrote the row"),
             Held::Tombstone { .. } | Held::Nothing => {
-                delete(&spec, me.node_id, pk, &base)?;
-                "deleted the key"
+                delete(&spec, me.node_id, pk, &base)?.then_some("deleted the key")
             }
         };
+        let Some(action) = action else { continue };
+        repaired += 1;
         let there: serde_json::Map<String, serde_json::Value> =
             theirs.iter().map(|(p, s)| (p.clone(), super::state_json(s))).collect();
         Spi::run_with_args(
@@ -62,14 +64,32 @@ pub fn repair(relid: pg_sys::Oid) -> Result<i64> {
         )
         .map_err(spi)?;
     }
-    Ok(keys.len() as i64)
+    Ok(repaired)
 }
 
-/// Raises the row's vector to `base` without capture, then writes the row again with
-/// capture: the trigger stamps it on top of `base` and queues the whole row.
-fn rewrite(spec: &super::Spec, pk: &str, base: &VersionVector) -> Result<()> {
+/// Raises the row's vector to `base` (merged with what it holds now) without capture,
+/// then writes the row again with capture: the trigger stamps it on top and queues the
+/// whole row. False, doing nothing, when the row is not the version the check saw.
+fn rewrite(spec: &super::Spec, pk: &str, base: &VersionVector, seen: (i64, i64)) -> Result<bool> {
     let key = spec.shape.key_match("$1");
     let pk: serde_json::Value = serde_json::from_str(pk).map_err(spi)?;
+    let lock = format!("SELECT x.mmr_node::int8, x.mmr_hlc, x.mmr_vv FROM {} x WHERE {key} FOR UPDATE", spec.name);
+    let now = Spi::connect(|c| {
+        let rows = c.select(&lock, Some(1), &[JsonB(pk.clone()).into()])?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let r = rows.first();
+        Ok::<_, pgrx::spi::SpiError>(Some((
+            r.get::<i64>(1)?.unwrap_or(0),
+            r.get::<i64>(2)?.unwrap_or(0),
+            r.get::<Vec<i64>>(3)?.unwrap_or_default(),
+        )))
+    })
+    .map_err(spi)?;
+    let Some((_, _, held)) = now.filter(|(n, s, _)| (*n, *s) == seen) else { return Ok(false) };
+    let held = VersionVector::from_flat(&held).map_err(crate::error::damaged)?;
+    let base = repair_base([base, &held]);
     let raise = format!("UPDATE {} x SET mmr_vv = $2 WHERE {key}", spec.name);
     let write = format!("UPDATE {} x SET mmr_hlc = x.mmr_hlc WHERE {key}", spec.name);
     {
@@ -78,11 +98,19 @@ fn rewrite(spec: &super::Spec, pk: &str, base: &VersionVector) -> Result<()> {
         Spi::run_with_args(&raise, &[JsonB(pk.clone()).into(), base.to_flat().into()]).map_err(spi)?;
     }
     crate::pg::settings::set_saved("session_replication_role", "origin")?;
-    Spi::run_with_args(&write, &[JsonB(pk).into()]).map_err(spi)
+    Spi::run_with_args(&write, &[JsonB(pk).into()]).map_err(spi)?;
+    Ok(true)
 }
 
 /// Queues the deletion of a key this node does not hold, and leaves its tombstone.
-fn delete(spec: &super::Spec, me: i32, pk: &str, base: &VersionVector) -> Result<()> {
+/// False, doing nothing, when the key has a row here by now.
+fn delete(spec: &super::Spec, me: i32, pk: &str, base: &VersionVector) -> Result<bool> {
+    let key = spec.shape.key_match("$1");
+    let present = format!("SELECT 1 FROM {} x WHERE {key} FOR UPDATE", spec.name);
+    let pk_json: serde_json::Value = serde_json::from_str(pk).map_err(spi)?;
+    if crate::catalog::select_opt::<i32>(&present, &[JsonB(pk_json).into()]).map_err(spi)?.is_some() {
+        return Ok(false);
+    }
     let hlc = crate::clock::tick_for_write();
     let vv = base.stamped(me as i64, hlc);
     let flat: Vec<String> = vv.to_flat().iter().map(|v| v.to_string()).collect();
@@ -97,7 +125,8 @@ fn delete(spec: &super::Spec, me: i32, pk: &str, base: &VersionVector) -> Result
         &[spec.relid.into(), pk.into(), hlc.into(), me.into(), vv.to_flat().into()],
     )
     .map_err(spi)?;
-    crate::capture::buffer::push(change)
+    crate::capture::buffer::push(change)?;
+    Ok(true)
 }
 
 #[pg_extern(volatile)]

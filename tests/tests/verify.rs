@@ -38,8 +38,15 @@ fn cluster(test: &str) -> Cluster {
 
 /// (rows compared, differing, in flight, sample) of `mmr.verify` on node `i`, per peer.
 fn verify(c: &Cluster, i: usize) -> Vec<(String, i64, i64, i64, String)> {
+    verify_table(c, i, "t")
+}
+
+fn verify_table(c: &Cluster, i: usize, table: &str) -> Vec<(String, i64, i64, i64, String)> {
     c.connect(i)
-        .query("SELECT peer, rows_compared, differing, in_flight, sample::text FROM mmr.verify('t')", &[])
+        .query(
+            "SELECT peer, rows_compared, differing, in_flight, sample::text FROM mmr.verify($1::text::regclass)",
+            &[&table],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
@@ -136,4 +143,26 @@ fn verify_names_exactly_what_differs_and_repair_fixes_it() {
     assert_eq!(c.int(1, "SELECT count(*) FROM t WHERE id IN (6, 999)"), 1);
     // Nothing to repair any more.
     assert_eq!(c.int(1, "SELECT mmr.repair('t')"), 0);
+
+    // A composite key (text and int), enough rows that ranges are cut.
+    c.replicated_table("CREATE TABLE \"Composite\" (a text, b int, v text, PRIMARY KEY (a, b))", "\"Composite\"");
+    c.exec(0, "INSERT INTO \"Composite\" SELECT 'key ' || (g % 7), g, 'v' FROM generate_series(1, 900) g");
+    c.sync(SYNC);
+    c.exec(1, &format!("{behind} UPDATE \"Composite\" SET v = 'changed' WHERE a = 'key 3' AND b = 10"));
+    let found = verify_table(&c, 0, "\"Composite\"");
+    let n2 = found.iter().find(|f| f.0 == "n2").unwrap();
+    assert_eq!(n2.2, 1, "{found:?}");
+    assert!(n2.4.contains("\"key 3\"") && n2.4.contains("\"b\": 10"), "{found:?}");
+    assert_eq!(found.iter().find(|f| f.0 == "n3").unwrap().2, 0, "{found:?}");
+    assert_eq!(c.int(0, "SELECT mmr.repair('\"Composite\"')"), 1);
+    c.sync(SYNC);
+    for i in 0..3 {
+        assert!(verify_table(&c, i, "\"Composite\"").iter().all(|f| f.2 == 0), "after repair on n{}", i + 1);
+    }
+    assert_converged(&c, "\"Composite\"");
+    // Not inside a transaction snapshot.
+    let mut db = c.connect(0);
+    db.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap();
+    let e = db.query("SELECT * FROM mmr.verify()", &[]).unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "55000", "{e}");
 }
