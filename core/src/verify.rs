@@ -114,11 +114,11 @@ mod tests {
     #[test]
     fn the_frontier_is_the_lowest_any_node_has_applied() {
         let peers = [
-            PeerFrontier { node: 2, applied: vv(&[1, 50, 3, 40]), self_stamp: 0, watermark: 0 },
-            PeerFrontier { node: 3, applied: vv(&[1, 70, 2, 60]), self_stamp: 0, watermark: 0 },
+            PeerFrontier { node: 2, applied: vv(&[1, 50, 3, 40, 4, i64::MAX]), self_stamp: 0, watermark: 0 },
+            PeerFrontier { node: 3, applied: vv(&[1, 70, 2, 60, 4, i64::MAX]), self_stamp: 0, watermark: 0 },
         ];
         let f = group_frontier(1, &vv(&[2, 65, 3, 30, 4, i64::MAX]), &peers);
-        // Node 4 was parted: applied in full here, and no peer reports it.
+        // Node 4 was parted: applied in full everywhere, and no peer any more.
         assert_eq!(f, [(1, 50), (2, 60), (3, 30), (4, i64::MAX)].into_iter().collect());
         assert!(settled(&f, 1, 49) && !settled(&f, 1, 50) && settled(&f, 0, 1 << 60) && !settled(&f, 9, 1));
     }
