@@ -254,8 +254,10 @@ impl MmrError {
             NotATable { .. } => "Only ordinary tables can be replicated.".into(),
             TemporaryTable(_) | UnloggedTable(_) => "Replicate an ordinary (logged, permanent) table.".into(),
             NoPrimaryKey(tbl) => format!("Add one with ALTER TABLE {tbl} ADD PRIMARY KEY (...), on every node."),
-            AlreadyReplicated(_) => "Use mmr.set_resolver to change its resolver.".into(),
-            NotReplicated(tbl) => format!("Run SELECT mmr.replicate('{tbl}') on this node."),
+            AlreadyReplicated(_) => "mmr.replicate takes effect on every member: another member may have run it. \
+                 Use mmr.set_resolver to change its resolver."
+                .into(),
+            NotReplicated(tbl) => format!("Run SELECT mmr.replicate('{tbl}') (on any member: it takes effect on every one)."),
             ReservedColumn { tbl, .. } => format!(
                 "mmr adds the columns mmr_hlc, mmr_node and mmr_vv: rename yours, or if they are left over from an \
                  earlier mmr installation, ALTER TABLE {tbl} DROP COLUMN mmr_hlc, DROP COLUMN mmr_node, DROP COLUMN mmr_vv."

@@ -199,6 +199,16 @@ fn opt_json(v: &Option<serde_json::Value>) -> Option<JsonB> {
 }
 
 impl Local<'_> {
+    /// The arguments of the range statements: $1 frontier, $2/$3 the range, $4 `last`.
+    fn args(
+        &self,
+        lo: &Option<serde_json::Value>,
+        hi: &Option<serde_json::Value>,
+        last: Option<JsonB>,
+    ) -> [pgrx::datum::DatumWithOid<'static>; 4] {
+        [JsonB(self.frontier.clone()).into(), opt_json(lo).into(), opt_json(hi).into(), last.into()]
+    }
+
     fn ranges(
         &self,
         lo: &Option<serde_json::Value>,
@@ -208,16 +218,7 @@ impl Local<'_> {
         let sql = self.spec.ranges_sql();
         Spi::connect(|c| {
             let mut out = Vec::new();
-            for r in c.select(
-                &sql,
-                None,
-                &[
-                    JsonB(self.frontier.clone()).into(),
-                    opt_json(lo).into(),
-                    opt_json(hi).into(),
-                    JsonB(cuts.clone()).into(),
-                ],
-            )? {
+            for r in c.select(&sql, None, &self.args(lo, hi, Some(JsonB(cuts.clone()))))? {
                 out.push((r.get(1)?.unwrap_or(0), r.get(2)?.unwrap_or(0), r.get(3)?.unwrap_or_default()));
             }
             Ok::<_, pgrx::spi::SpiError>(out)
@@ -243,16 +244,7 @@ impl Local<'_> {
         let sql = self.spec.keys_sql();
         let rows = Spi::connect(|c| {
             let mut out = Vec::new();
-            for r in c.select(
-                &sql,
-                None,
-                &[
-                    JsonB(self.frontier.clone()).into(),
-                    opt_json(lo).into(),
-                    opt_json(hi).into(),
-                    only.cloned().map(JsonB).into(),
-                ],
-            )? {
+            for r in c.select(&sql, None, &self.args(lo, hi, only.cloned().map(JsonB)))? {
                 out.push([
                     r.get::<String>(1)?,
                     r.get::<String>(2)?,
@@ -488,8 +480,11 @@ pub fn check_table(relid: pg_sys::Oid, peers: &[(String, String)]) -> Result<Vec
         }
     }
     let here = local.ranges(&None, &None, &whole)?.into_iter().next().map(|(_, n, d)| (n, d)).unwrap_or_default();
+    // Each peer's time: the part shared by all of them, and its own drill-down.
+    let shared = started.elapsed();
     let mut out = Vec::new();
     for (mut r, same) in remotes.into_iter().zip(same_columns) {
+        let own = Instant::now();
         if !same {
             out.push(Finding {
                 tbl: spec.name.clone(),
@@ -498,7 +493,7 @@ pub fn check_table(relid: pg_sys::Oid, peers: &[(String, String)]) -> Result<Vec
                 differing: Vec::new(),
                 in_flight: here.0,
                 received: r.received,
-                took: started.elapsed(),
+                took: shared,
             });
             continue;
         }
@@ -519,7 +514,7 @@ pub fn check_table(relid: pg_sys::Oid, peers: &[(String, String)]) -> Result<Vec
         }
         tombstones(&local, &mut r, &mut f)?;
         f.received = r.received;
-        f.took = started.elapsed();
+        f.took = shared + own.elapsed();
         out.push(f);
     }
     Ok(out)

@@ -428,7 +428,8 @@ impl Cluster {
         run(Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", &script]));
     }
 
-    /// Creates a table with `ddl` on every node and replicates it.
+    /// Creates a table with `ddl` on every node and replicates it -- before the nodes are
+    /// meshed (afterwards, the first node's replicate call reaches the others by itself).
     pub fn replicated_table(&self, ddl: &str, table: &str) {
         for i in 0..self.len() {
             self.exec(i, ddl);

@@ -145,7 +145,19 @@ fn verify_names_exactly_what_differs_and_repair_fixes_it() {
     assert_eq!(c.int(1, "SELECT mmr.repair('t')"), 0);
 
     // A composite key (text and int), enough rows that ranges are cut.
-    c.replicated_table("CREATE TABLE \"Composite\" (a text, b int, v text, PRIMARY KEY (a, b))", "\"Composite\"");
+    // Created and replicated from one node, in one transaction (the group is meshed).
+    c.exec(
+        0,
+        "BEGIN; SELECT mmr.replicate_ddl('CREATE TABLE \"Composite\" (a text, b int, v text, PRIMARY KEY (a, b))'); \
+         SELECT mmr.replicate('\"Composite\"'); COMMIT",
+    );
+    for i in 0..3 {
+        c.wait_until(
+            i,
+            "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = to_regclass('\"Composite\"'))",
+            SYNC,
+        );
+    }
     c.exec(0, "INSERT INTO \"Composite\" SELECT 'key ' || (g % 7), g, 'v' FROM generate_series(1, 900) g");
     c.sync(SYNC);
     c.exec(1, &format!("{behind} UPDATE \"Composite\" SET v = 'changed' WHERE a = 'key 3' AND b = 10"));
