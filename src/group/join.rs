@@ -29,7 +29,6 @@ use super::member::{self, JOINING};
 use crate::catalog;
 use crate::clock;
 use crate::error::{damaged, spi, MmrError, OrRaise, Result};
-use crate::gucs;
 use crate::peer::conn::PeerConn;
 use crate::pg::settings;
 use mmr_core::wire::PROTOCOL_VERSION;
@@ -338,21 +337,13 @@ fn donor_query(conn: &mut PeerConn, sql: &str, params: &[Option<&str>]) -> Resul
 }
 
 fn donor_error(conn: &mut PeerConn, e: String) -> MmrError {
-    match conn.take_server_error() {
-        Some(se) if !se.sqlstate.is_empty() => {
-            MmrError::Remote { sqlstate: se.sqlstate, message: se.message, hint: se.hint }
-        }
-        _ => MmrError::Donor(e),
-    }
+    crate::peer::remote_error(conn, "", || MmrError::Donor(e))
 }
 
 fn connect(via: &str) -> Result<PeerConn> {
     crate::peer::conninfo::parse(via).map_err(MmrError::BadConninfo)?;
-    let mut conn = PeerConn::connect(via, "mmr join", gucs::connect_timeout()).map_err(MmrError::Donor)?;
-    conn.set_read_timeout(Duration::from_secs(600));
-    for setup in ["SET statement_timeout = 0".to_string()].into_iter().chain(settings::remote_session_setup()) {
-        conn.query(&setup, &[]).map_err(MmrError::Donor)?;
-    }
+    let mut conn = crate::peer::connect_fixed(via, "mmr join", Duration::from_secs(600)).map_err(MmrError::Donor)?;
+    conn.query("SET statement_timeout = 0", &[]).map_err(MmrError::Donor)?;
     Ok(conn)
 }
 

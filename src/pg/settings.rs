@@ -173,13 +173,20 @@ fn already_fixed(bit: usize) -> bool {
 pub fn set_saved(name: &str, value: &str) -> crate::error::Result<()> {
     let bad = |_| crate::error::MmrError::Protocol(format!("setting {name} holds a zero byte"));
     let (n, v) = (std::ffi::CString::new(name).map_err(bad)?, std::ffi::CString::new(value).map_err(bad)?);
-    // SAFETY: plain C call with NUL-terminated strings; an invalid value raises an ERROR.
+    save(&n, &v);
+    Ok(())
+}
+
+/// Sets a setting until the current GUC nest level ends; an invalid value raises an
+/// ERROR. As the session's user may: superuser-only settings for superusers.
+fn save(name: &CStr, value: &CStr) {
+    // SAFETY: plain C call with NUL-terminated strings.
     unsafe {
+        let context = if pg_sys::superuser() { pg_sys::GucContext::PGC_SUSET } else { pg_sys::GucContext::PGC_USERSET };
         pg_sys::set_config_option(
-            n.as_ptr(),
-            v.as_ptr(),
-            // As the session's user may: superuser-only settings for superusers.
-            if pg_sys::superuser() { pg_sys::GucContext::PGC_SUSET } else { pg_sys::GucContext::PGC_USERSET },
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
             true,
@@ -187,7 +194,6 @@ pub fn set_saved(name: &str, value: &str) -> crate::error::Result<()> {
             false,
         );
     }
-    Ok(())
 }
 
 pub struct Fixed {
@@ -201,22 +207,11 @@ impl Fixed {
             if needs & (1 << bit) == 0 || already_fixed(bit) {
                 continue;
             }
-            // SAFETY: a GUC nest level popped in drop (or by abort); valid names/values.
-            unsafe {
-                if nest.is_none() {
-                    nest = Some(pg_sys::NewGUCNestLevel());
-                }
-                pg_sys::set_config_option(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
+            if nest.is_none() {
+                // SAFETY: a GUC nest level popped in drop (or by abort).
+                nest = Some(unsafe { pg_sys::NewGUCNestLevel() });
             }
+            save(name, value);
         }
         Fixed { nest }
     }

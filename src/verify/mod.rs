@@ -79,8 +79,10 @@ impl Spec {
     }
 
     /// Settled rows only (see the module documentation). `$1`: the frontier.
-    fn settled(&self) -> &'static str {
-        "(x.mmr_node = 0 OR x.mmr_hlc < coalesce(($1 ->> x.mmr_node::text)::bigint, 0))"
+    /// The SQL twin of `mmr_core::verify::settled` for a version in columns `node` and
+    /// `stamp` (rows: mmr_node, mmr_hlc; tombstones: node, hlc).
+    fn settled(node: &str, stamp: &str) -> String {
+        format!("({node} = 0 OR {stamp} < coalesce(($1 ->> {node}::text)::bigint, 0))")
     }
 
     /// (sub-range index, rows, digest) of settled rows in [`$2`, `$3`), cut at the keys
@@ -97,7 +99,7 @@ impl Spec {
             key = self.key,
             row = self.row_text,
             name = self.name,
-            settled = self.settled(),
+            settled = Self::settled("x.mmr_node", "x.mmr_hlc"),
             range = self.in_range("$2", "$3"),
         )
     }
@@ -119,7 +121,7 @@ impl Spec {
     /// The table's settled tombstones: (key, node, stamp, vector), in key order; or,
     /// with `$2` false, one row: (digest, count, 0, '').
     fn tombstones_sql(&self) -> String {
-        let settled = "(x.node = 0 OR x.hlc < coalesce(($1 ->> x.node::text)::bigint, 0))";
+        let settled = Self::settled("x.node", "x.hlc");
         format!(
             "WITH t AS (SELECT x.pk::text AS pk, x.node::int8 AS node, x.hlc, x.vv::text AS vv FROM mmr.tombstone x \
                         WHERE x.relid = {relid}::oid AND {settled}) \
@@ -307,14 +309,8 @@ impl Remote<'_> {
     }
 
     fn failed(&mut self, e: String) -> MmrError {
-        match self.conn.take_server_error() {
-            Some(se) if !se.sqlstate.is_empty() => MmrError::Remote {
-                sqlstate: se.sqlstate,
-                message: format!("peer \"{}\": {}", self.name, se.message),
-                hint: se.hint,
-            },
-            _ => MmrError::Donor(format!("peer \"{}\": {e}", self.name)),
-        }
+        let context = format!("peer \"{}\": ", self.name);
+        crate::peer::remote_error(&mut self.conn, &context, || MmrError::Donor(format!("{context}{e}")))
     }
 
     /// Asks for range digests without waiting for them (`ranges_reply` reads them), so
@@ -415,13 +411,8 @@ fn frontier_json(f: &Frontier) -> serde_json::Value {
 
 /// Connects to a peer for the check, with the settings under which rows are rendered.
 fn connect(name: &str, conninfo: &str) -> Result<PeerConn> {
-    let mut conn = PeerConn::connect(conninfo, "mmr verify", crate::gucs::connect_timeout())
-        .map_err(|e| MmrError::Donor(format!("peer \"{name}\": {e}")))?;
-    conn.set_read_timeout(Duration::from_secs(3600));
-    for setup in crate::pg::settings::remote_session_setup() {
-        conn.query(&setup, &[]).map_err(|e| MmrError::Donor(format!("peer \"{name}\": {e}")))?;
-    }
-    Ok(conn)
+    crate::peer::connect_fixed(conninfo, "mmr verify", Duration::from_secs(3600))
+        .map_err(|e| MmrError::Donor(format!("peer \"{name}\": {e}")))
 }
 
 /// The peers to compare with: name and conninfo.

@@ -113,10 +113,17 @@ fn delete(spec: &super::Spec, me: i32, pk: &str, base: &VersionVector) -> Result
     }
     let hlc = crate::clock::tick_for_write();
     let vv = base.stamped(me as i64, hlc);
-    let flat: Vec<String> = vv.to_flat().iter().map(|v| v.to_string()).collect();
-    let mut change = String::from("{\"t\":");
-    mmr_core::json::push_json_string(&mut change, &spec.name);
-    change.push_str(&format!(",\"o\":\"D\",\"h\":{hlc},\"v\":[{}],\"p\":{pk}}}", flat.join(",")));
+    // In capture's encoding; the old row is the key (this node has no other columns).
+    let change = crate::apply::Change {
+        tbl: spec.name.clone(),
+        op: mmr_core::decide::Op::Delete,
+        hlc,
+        vv: vv.clone(),
+        new_row: None,
+        old_row: Some(pk.to_string()),
+        writer_applied: Default::default(),
+    }
+    .encode();
     crate::pg::shmem::note_tombstones(spec.relid);
     Spi::run_with_args(
         "INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) VALUES ($1::oid, $2::jsonb, $3, $4, $5) \
