@@ -49,18 +49,19 @@ fn assert_same_schema(c: &Cluster, table: &str) {
     }
 }
 
+/// Whether `t` has column `col` (or, `present` false, has not).
+fn has_column(col: &str, present: bool) -> String {
+    format!(
+        "SELECT {}EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = '{col}' \
+         AND NOT attisdropped)",
+        if present { "" } else { "NOT " }
+    )
+}
+
 /// Waits until every node has column `col` of `t` (or, `present` false, has not).
 fn wait_column(c: &Cluster, col: &str, present: bool) {
     for i in 0..c.len() {
-        c.wait_until(
-            i,
-            &format!(
-                "SELECT {}EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = '{col}' \
-                 AND NOT attisdropped)",
-                if present { "" } else { "NOT " }
-            ),
-            SYNC,
-        );
+        c.wait_until(i, &has_column(col, present), SYNC);
     }
 }
 
@@ -95,14 +96,7 @@ impl Writers {
                         }
                         let shared = k * 7 % 100 + 1;
                         if k % 10 == 0 {
-                            has_c = db
-                                .query_one(
-                                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass \
-                                     AND attname = 'c' AND NOT attisdropped)",
-                                    &[],
-                                )
-                                .map(|r| r.get(0))
-                                .unwrap_or(false);
+                            has_c = db.query_one(&has_column("c", true), &[]).map(|r| r.get(0)).unwrap_or(false);
                         }
                         // Errors (a deadlock with apply, a statement planned before the
                         // column went away) are what applications see too: go on.
@@ -207,11 +201,7 @@ fn typed_ddl_drop_and_rename_while_a_node_lags() {
     c.exec(2, "SELECT mmr.pause_peer('n1')");
     c.exec(0, "ALTER TABLE t DROP COLUMN c");
     c.exec(0, "ALTER TABLE t RENAME COLUMN v TO v2");
-    c.wait_until(
-        1,
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'v')",
-        SYNC,
-    );
+    c.wait_until(1, &has_column("v", false), SYNC);
     // n3 still writes the old columns.
     c.exec(2, "UPDATE t SET c = 5, v = 'from n3' WHERE id = 1");
     c.exec(2, "INSERT INTO t (id, v, c) VALUES (9001, 'new on n3', 9)");
@@ -400,11 +390,7 @@ fn owner_ddl_with_its_settings_and_fill_after_a_rewrite() {
     owner
         .batch_execute("SET DateStyle = 'SQL, DMY'; ALTER TABLE t ADD COLUMN born date NOT NULL DEFAULT '31/12/1999'")
         .unwrap_or_else(|e| panic!("owner's DDL: {}", error_text(&e)));
-    c.wait_until(
-        1,
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'born')",
-        SYNC,
-    );
+    c.wait_until(1, &has_column("born", true), SYNC);
     // n2 rewrites the table (its record of the column's missing value goes).
     c.exec(1, "VACUUM FULL t");
     // n3 has not got the column yet; its rows reach n1 and n2 without it.
