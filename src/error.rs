@@ -105,6 +105,10 @@ pub enum MmrError {
         tbl: String,
         column: String,
     },
+    /// A read-your-writes token that is not one `mmr.commit_token()` returns.
+    BadToken(String),
+    /// A token from a node this node does not pull from.
+    TokenOrigin(i32),
     /// An error another member raised, passed on as it is.
     Remote {
         sqlstate: String,
@@ -156,6 +160,8 @@ impl MmrError {
             DdlLock { .. } => Code::ERRCODE_LOCK_NOT_AVAILABLE,
             DdlRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             UnknownColumn { .. } => Code::ERRCODE_UNDEFINED_COLUMN,
+            BadToken(_) => Code::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            TokenOrigin(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             Remote { sqlstate, .. } => sqlstate_code(sqlstate),
             Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
@@ -220,6 +226,8 @@ impl MmrError {
             UnknownColumn { tbl, column } => {
                 format!("the change names column \"{column}\", which table {tbl} does not have here")
             }
+            BadToken(text) => format!("invalid mmr commit token \"{text}\""),
+            TokenOrigin(node) => format!("the token comes from node id {node}, which is not a peer of this node"),
             Remote { message, .. } => message.clone(),
             Internal(msg) => format!("mmr internal error: {msg}"),
         }
@@ -285,6 +293,10 @@ impl MmrError {
             DdlRole(role) => format!("CREATE ROLE {role} here; the statement is retried from mmr.set_aside."),
             UnknownColumn { .. } => "It comes from a node that already runs a DDL statement this node has not \
                  applied yet; it waits in mmr.set_aside and applies once that statement arrives."
+                .into(),
+            BadToken(_) => "Pass the text mmr.commit_token() returned on the node that wrote (node_id:xid).".into(),
+            TokenOrigin(_) => "Wait on a member that pulls from the node that wrote (SELECT name, node_id FROM mmr.peers), \
+                 or on that node itself."
                 .into(),
             Remote { hint, .. } => return hint.clone(),
             UnknownMember(_) => "SELECT name, state FROM mmr.nodes lists the members.".into(),

@@ -1,6 +1,6 @@
 //! Every `mmr.*` setting: one private static each, with a typed getter.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 use std::time::Duration;
 
@@ -24,14 +24,31 @@ static CONNECT_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// How long rows stay in `mmr.conflicts` before the launcher deletes them (0 = forever).
 static CONFLICT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 
-/// The node whose versions `mmr.prefer_node` keeps. Must be the same on every node.
 /// Whether DDL on replicated tables typed in this session is replicated (src/ddl/).
 static DDL_REPLICATION: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// How long a replicated DDL statement waits for the group's DDL lock.
 static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
+/// The node whose versions `mmr.prefer_node` keeps. Must be the same on every node.
 static PREFERRED_NODE: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// How many peers a COMMIT waits for (src/sync.rs).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SynchronousCommit {
+    #[name = c"off"]
+    Off,
+    #[name = c"any"]
+    Any,
+    #[name = c"majority"]
+    Majority,
+    #[name = c"all"]
+    All,
+}
+static SYNCHRONOUS_COMMIT: GucSetting<SynchronousCommit> = GucSetting::<SynchronousCommit>::new(SynchronousCommit::Off);
+
+/// Longest a synchronous COMMIT waits for peers (0: forever).
+static SYNCHRONOUS_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -111,6 +128,25 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_enum_guc(
+        c"mmr.synchronous_commit",
+        c"How many peers must have applied a transaction before its COMMIT returns.",
+        c"off: none (asynchronous); any: one peer; majority: a majority of the group, this node included; \
+          all: every peer. The wait starts after the local commit.",
+        &SYNCHRONOUS_COMMIT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"mmr.synchronous_timeout",
+        c"Longest a synchronous COMMIT waits for peers (0 waits forever).",
+        c"After it, COMMIT returns with a WARNING naming the peers that do not have the transaction yet.",
+        &SYNCHRONOUS_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"mmr.conflict_retention",
         c"How long rows are kept in mmr.conflicts (0 keeps them forever).",
@@ -155,4 +191,20 @@ pub fn ddl_replication() -> bool {
 
 pub fn ddl_lock_timeout() -> Duration {
     Duration::from_millis(DDL_LOCK_TIMEOUT_MS.get().max(0) as u64)
+}
+
+pub fn synchronous_commit() -> mmr_core::sync::Mode {
+    use mmr_core::sync::Mode;
+    match SYNCHRONOUS_COMMIT.get() {
+        SynchronousCommit::Off => Mode::Off,
+        SynchronousCommit::Any => Mode::Any,
+        SynchronousCommit::Majority => Mode::Majority,
+        SynchronousCommit::All => Mode::All,
+    }
+}
+
+/// `None`: wait forever.
+pub fn synchronous_timeout() -> Option<Duration> {
+    let ms = SYNCHRONOUS_TIMEOUT_MS.get();
+    (ms > 0).then(|| Duration::from_millis(ms as u64))
 }

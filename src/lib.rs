@@ -21,6 +21,7 @@ mod gucs;
 mod peer;
 mod pg;
 mod queue;
+mod sync;
 mod verify;
 mod worker;
 
@@ -42,7 +43,10 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     // SAFETY: plain C call with a static string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"mmr".as_ptr()) };
-    pg::shmem::init(|s| clock::init_shared(&s.clock, &s.reserved));
+    pg::shmem::init(|s| {
+        clock::init_shared(&s.clock, &s.reserved);
+        sync::init_shared(&s.gid, s.clock.load(std::sync::atomic::Ordering::SeqCst));
+    });
     pg::xact::init();
     ddl::hook::init();
     worker::register_launcher();

@@ -9,6 +9,7 @@
 //! * [`conninfo`]: rendering (and masking) libpq connection strings;
 //! * [`schema`]: what a DDL did to a table, and columns a change names that a table lacks;
 //! * [`verify`]: which versions the divergence check compares, and what a repair writes;
+//! * [`sync`]: synchronous commit's quorum, read-your-writes tokens, group-unique ids;
 //! * [`wire`]: the typed, versioned pull protocol (header and encoded changes);
 //! * `model` (tests): an exhaustive model check of the protocol for one key.
 
@@ -21,6 +22,7 @@ mod model;
 pub mod prune;
 pub mod schema;
 pub mod snapshot;
+pub mod sync;
 pub mod verify;
 pub mod vv;
 pub mod wire;

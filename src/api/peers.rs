@@ -51,6 +51,8 @@ fn remove(name: &str) -> Result<()> {
     }
     Spi::run_with_args("DELETE FROM mmr.peer WHERE name = $1", &[name.into()]).map_err(spi)?;
     Spi::run_with_args("DELETE FROM mmr.consumer WHERE name = $1", &[name.into()]).map_err(spi)?;
+    // Its published position describes what it applied as the peer it was.
+    crate::pg::shmem::forget_consumer(name);
     crate::pg::xact::note_peers_changed();
     Ok(())
 }

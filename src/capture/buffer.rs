@@ -113,6 +113,11 @@ unsafe fn insert_queue_row(json: &str, n: i32, applied: Vec<i64>) {
     }
 }
 
+/// Whether the current transaction has written queue rows.
+pub fn queued() -> bool {
+    QUEUED.with(|q| q.get())
+}
+
 /// Whether the transaction now ending wrote queue rows; resets it.
 pub fn take_queued() -> bool {
     QUEUED.with(|q| q.replace(false))

@@ -4,6 +4,7 @@
 //! backend. Plain atomics for the clock and counters; the peer status slots are guarded
 //! by an LWLock because they hold strings.
 
+use mmr_core::snapshot::Snapshot;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr;
@@ -27,8 +28,14 @@ pub enum Lock {
     ClockFile = 0,
     /// Guards `Shared::peers`.
     PeerSlots = 1,
+    /// Guards `Shared::consumers`.
+    Consumers = 2,
 }
-const NUM_LOCKS: i32 = 2;
+const NUM_LOCKS: i32 = 3;
+/// Transactions in progress a published consumer position keeps exactly; a position
+/// with more is published as finished below the first one past them (cautious: a
+/// commit waits a little longer, never less).
+const CONSUMER_XIP: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -46,6 +53,18 @@ pub struct PeerSlot {
     pub watermark: i64,
 }
 
+/// The position a peer last reported when it pulled (see `publish_consumer`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConsumerSlot {
+    in_use: bool,
+    name: [u8; NAME_LEN],
+    xmin: u64,
+    xmax: u64,
+    nxip: usize,
+    xip: [u64; CONSUMER_XIP],
+}
+
 #[repr(C)]
 pub struct Shared {
     /// The hybrid logical clock (see `clock.rs`).
@@ -60,6 +79,17 @@ pub struct Shared {
     pub config_seq: AtomicU64,
     pub config_cv: pg_sys::ConditionVariable,
     pub peers: [PeerSlot; MAX_PEER_SLOTS],
+    /// Bumped when a peer reports a new position; `mmr.synchronous_commit` waits on it.
+    report_seq: AtomicU64,
+    report_cv: pg_sys::ConditionVariable,
+    consumers: [ConsumerSlot; MAX_PEER_SLOTS],
+    /// Bumped when an apply worker commits a batch; `mmr.wait_for_token` waits on it.
+    applied_seq: AtomicU64,
+    applied_cv: pg_sys::ConditionVariable,
+    /// The full xid of the replicated transaction that committed last here.
+    last_commit_xid: AtomicU64,
+    /// The global id generator (`mmr_core::sync::GlobalId` bits).
+    pub gid: AtomicU64,
     /// Tables that may hold tombstones (see `may_have_tombstones`).
     tomb_relids: [AtomicU32; TOMB_SLOTS],
     tomb_overflow: AtomicBool,
@@ -135,6 +165,8 @@ unsafe extern "C-unwind" fn startup_hook() {
             (*shared).n_open_stamps = open_stamp_slots();
             pg_sys::ConditionVariableInit(&mut (*shared).commit_cv);
             pg_sys::ConditionVariableInit(&mut (*shared).config_cv);
+            pg_sys::ConditionVariableInit(&mut (*shared).report_cv);
+            pg_sys::ConditionVariableInit(&mut (*shared).applied_cv);
             if let Some(on_create) = ON_CREATE {
                 on_create(&*shared);
             }
@@ -198,41 +230,62 @@ impl Drop for LockGuard {
 
 /// Wakes everyone waiting for new queued changes (called at commit).
 pub fn signal_commit() {
-    let s = shared_mut();
-    // SAFETY: the CV lives in shared memory for the life of the server.
-    unsafe {
-        (*s).commit_seq.fetch_add(1, Ordering::SeqCst);
-        pg_sys::ConditionVariableBroadcast(&mut (*s).commit_cv);
-    }
+    Wakeup::Commit.signal();
 }
 
 /// Wakes the launcher so it re-reads the peer catalog (called at commit).
 pub fn signal_config() {
-    let s = shared_mut();
-    // SAFETY: as above.
-    unsafe {
-        (*s).config_seq.fetch_add(1, Ordering::SeqCst);
-        pg_sys::ConditionVariableBroadcast(&mut (*s).config_cv);
-    }
+    Wakeup::Config.signal();
 }
 
 /// Which condition variable to sleep on.
 #[derive(Clone, Copy)]
 pub enum Wakeup {
+    /// A transaction that queued changes committed.
     Commit,
+    /// The peer catalog changed.
     Config,
+    /// A peer reported a new position in our queue.
+    Report,
+    /// An apply worker committed a batch.
+    Applied,
+}
+
+impl Wakeup {
+    fn parts(self) -> (*mut pg_sys::ConditionVariable, &'static AtomicU64) {
+        let s = shared_mut();
+        // SAFETY: the fields live in shared memory for the life of the server.
+        unsafe {
+            match self {
+                Wakeup::Commit => (&mut (*s).commit_cv, &(*s).commit_seq),
+                Wakeup::Config => (&mut (*s).config_cv, &(*s).config_seq),
+                Wakeup::Report => (&mut (*s).report_cv, &(*s).report_seq),
+                Wakeup::Applied => (&mut (*s).applied_cv, &(*s).applied_seq),
+            }
+        }
+    }
+
+    /// The current sequence number: read it before looking, then `wait_for` it.
+    pub fn seq(self) -> u64 {
+        self.parts().1.load(Ordering::SeqCst)
+    }
+
+    /// Wakes everyone sleeping on it.
+    pub fn signal(self) {
+        let (cv, seq) = self.parts();
+        seq.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the CV lives in shared memory.
+        unsafe { pg_sys::ConditionVariableBroadcast(cv) };
+    }
 }
 
 /// Sleeps until `seq_before` changes or `timeout_ms` passes. Interruptible: a cancel or
-/// shutdown request is served (CHECK_FOR_INTERRUPTS) while sleeping.
+/// shutdown request is served (CHECK_FOR_INTERRUPTS) while sleeping -- unless
+/// interrupts are held, as during a commit (see sync.rs), where it only wakes up.
 pub fn wait_for(which: Wakeup, seq_before: u64, timeout_ms: i64) {
-    let s = shared_mut();
+    let (cv, seq) = which.parts();
     // SAFETY: CVs live in shared memory; prepare/sleep/cancel is the documented protocol.
     unsafe {
-        let (cv, seq) = match which {
-            Wakeup::Commit => (&mut (*s).commit_cv as *mut _, &(*s).commit_seq),
-            Wakeup::Config => (&mut (*s).config_cv as *mut _, &(*s).config_seq),
-        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
         pg_sys::ConditionVariablePrepareToSleep(cv);
         while seq.load(Ordering::SeqCst) == seq_before {
@@ -246,12 +299,100 @@ pub fn wait_for(which: Wakeup, seq_before: u64, timeout_ms: i64) {
     }
 }
 
+/// Like `wait_for`, but also returns when this backend's latch is set (a signal, such
+/// as a cancel, arrived), and never serves interrupts itself: for waits while
+/// interrupts are held, which check the pending flags between naps.
+pub fn nap(which: Wakeup, seq_before: u64, timeout_ms: i64) {
+    let (cv, seq) = which.parts();
+    // SAFETY: preparing puts us on the CV's wake-up list, so a broadcast sets our
+    // latch; a latch set before WaitLatch makes it return at once.
+    unsafe {
+        pg_sys::ConditionVariablePrepareToSleep(cv);
+        if seq.load(Ordering::SeqCst) == seq_before {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                timeout_ms.max(0),
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::ConditionVariableCancelSleep();
+    }
+}
+
 pub fn commit_seq() -> u64 {
-    shared().commit_seq.load(Ordering::SeqCst)
+    Wakeup::Commit.seq()
 }
 
 pub fn config_seq() -> u64 {
-    shared().config_seq.load(Ordering::SeqCst)
+    Wakeup::Config.seq()
+}
+
+/// Publishes the position `consumer` reported in a pull (it has applied, durably,
+/// every transaction finished in it) and wakes synchronous commits waiting for it.
+/// Positions only move forward, so an older report read late does no harm here.
+pub fn publish_consumer(consumer: &str, pos: &Snapshot) {
+    {
+        let _g = LockGuard::acquire(Lock::Consumers, true);
+        // SAFETY: exclusive lock held; the slots live in shared memory.
+        let slots = unsafe { &mut (*shared_mut()).consumers };
+        let idx = slots
+            .iter()
+            .position(|s| s.in_use && get_str(&s.name) == consumer)
+            .or_else(|| slots.iter().position(|s| !s.in_use));
+        let Some(idx) = idx else { return };
+        let slot = &mut slots[idx];
+        if !slot.in_use {
+            slot.in_use = true;
+            put_str(&mut slot.name, consumer);
+        }
+        let n = pos.xip.len().min(CONSUMER_XIP);
+        slot.xmin = pos.xmin;
+        // Past the kept in-progress ids, nothing counts as finished.
+        slot.xmax = pos.xip.get(CONSUMER_XIP).copied().unwrap_or(pos.xmax);
+        slot.nxip = n;
+        slot.xip[..n].copy_from_slice(&pos.xip[..n]);
+    }
+    Wakeup::Report.signal();
+}
+
+/// The position each named consumer last published, if any (a copy). Safe to call while
+/// committing: it only takes an LWLock.
+pub fn consumer_positions(names: &[String]) -> Vec<Option<Snapshot>> {
+    let _g = LockGuard::acquire(Lock::Consumers, false);
+    let slots = &shared().consumers;
+    names
+        .iter()
+        .map(|n| {
+            slots.iter().find(|s| s.in_use && get_str(&s.name) == *n).map(|s| Snapshot {
+                xmin: s.xmin,
+                xmax: s.xmax,
+                xip: s.xip[..s.nxip].to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// Forgets a removed peer's published position.
+pub fn forget_consumer(consumer: &str) {
+    let _g = LockGuard::acquire(Lock::Consumers, true);
+    // SAFETY: exclusive lock held.
+    let slots = unsafe { &mut (*shared_mut()).consumers };
+    for s in slots.iter_mut().filter(|s| s.in_use && get_str(&s.name) == consumer) {
+        s.in_use = false;
+    }
+}
+
+/// Notes the full xid of a replicated transaction that has just committed.
+pub fn note_commit_xid(xid: u64) {
+    shared().last_commit_xid.store(xid, Ordering::SeqCst);
+}
+
+/// The full xid of the replicated transaction that committed last here (0: none since
+/// the server started).
+pub fn last_commit_xid() -> u64 {
+    shared().last_commit_xid.load(Ordering::SeqCst)
 }
 
 fn put_str(dst: &mut [u8], s: &str) {

@@ -1,6 +1,6 @@
 //! Transaction callbacks: write the transaction's buffered changes to the queue just
-//! before it commits, wake whoever waits for them once it has, and forget them when it
-//! (or a savepoint) rolls back.
+//! before it commits, wake whoever waits for them once it has (and wait for peers, with
+//! `mmr.synchronous_commit`), and forget them when it (or a savepoint) rolls back.
 
 use crate::pg::shmem;
 use pgrx::pg_sys;
@@ -27,7 +27,7 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
         // Still inside the transaction (deferred triggers have fired): the changes go to
         // the queue in this same transaction. An error here aborts the commit.
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
-            if let Err(e) = crate::capture::buffer::flush() {
+            if let Err(e) = crate::capture::buffer::flush().and_then(|()| crate::sync::before_commit()) {
                 e.raise();
             }
         }
@@ -42,6 +42,10 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
             if PEERS_CHANGED.swap(false, Ordering::Relaxed) {
                 shmem::signal_config();
             }
+            // Last: peers' pulls have been woken above.
+            if event == pg_sys::XactEvent::XACT_EVENT_COMMIT {
+                crate::sync::after_commit();
+            }
         }
         // A prepared transaction would keep its stamps open after this backend moves on,
         // where clock::stable() cannot see them; refuse it (before anything is prepared).
@@ -55,6 +59,7 @@ unsafe extern "C-unwind" fn callback(event: pg_sys::XactEvent::Type, _arg: *mut 
             crate::clock::end_of_transaction();
             crate::ddl::end_of_transaction();
             crate::capture::buffer::take_queued();
+            crate::sync::after_abort();
             PEERS_CHANGED.store(false, Ordering::Relaxed);
         }
         _ => {}

@@ -55,6 +55,11 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
     };
     check_consumer(consumer)?;
     record_consumer(consumer, tick, position)?;
+    // The consumer committed everything in its position before it asked: synchronous
+    // commits waiting for it need not wait for this pull's own commit (src/sync.rs).
+    if let Some(pos) = &from {
+        shmem::publish_consumer(consumer, pos);
+    }
     // Before the stable stamp below: so that when nothing is pending, that stamp
     // passes the report's `self`, and the consumer's watermark of us can (prune.rs).
     let report = frontier_report()?;

@@ -21,6 +21,16 @@ LANGUAGE sql AS $$ SELECT mmr._wait_for_peers((extract(epoch FROM timeout) * 100
 COMMENT ON FUNCTION mmr.wait_for_peers(interval) IS
     'True once every peer has applied every change committed here before the call; false on timeout.';
 
+CREATE FUNCTION mmr.wait_for_token(token text, timeout interval DEFAULT '10 s') RETURNS boolean
+LANGUAGE sql AS $$ SELECT mmr._wait_for_token(token, (extract(epoch FROM timeout) * 1000)::bigint) $$;
+COMMENT ON FUNCTION mmr.wait_for_token(text, interval) IS
+    'True once this node has applied everything the token (mmr.commit_token() on another member) covers; false on timeout.';
+COMMENT ON FUNCTION mmr.commit_token() IS
+    'After a commit in this session: a token naming what this node had committed, for mmr.wait_for_token on another member.';
+COMMENT ON FUNCTION mmr.global_id() IS
+    'A bigint unique in the group without coordination (time, node id, sequence), increasing on this node.';
+COMMENT ON FUNCTION mmr.global_id_node(bigint) IS 'The node id inside a mmr.global_id() value.';
+
 CREATE VIEW mmr.peers AS
 SELECT p.name,
        p.node_id,
@@ -426,6 +436,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA mmr FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA mmr FROM PUBLIC;
 GRANT USAGE ON SCHEMA mmr TO PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.hlc_now(), mmr.hlc_to_timestamptz(bigint) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION mmr.commit_token(), mmr.wait_for_token(text, interval), mmr._wait_for_token(text, bigint),
+    mmr.global_id(), mmr.global_id_node(bigint) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.lww(anyelement, anyelement, mmr.conflict_info),
     mmr.prefer_node(anyelement, anyelement, anyelement, mmr.conflict_info),
     mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info),

@@ -298,6 +298,7 @@ impl Worker {
         };
         // Committed (synchronously) with the new position: see applied.rs.
         crate::applied::note(peer_node, watermark);
+        shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
         Ok(applied.max(1))

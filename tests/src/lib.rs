@@ -44,6 +44,18 @@ impl Node {
         self.connect_as("app")
     }
 
+    /// A connection as `user` that collects the server's notices and warnings.
+    pub fn connect_with_notices(&self, user: &str) -> (Client, Notices) {
+        let notices = Notices::default();
+        let sink = notices.0.clone();
+        let mut config: postgres::Config =
+            format!("host=127.0.0.1 port={} user={user} dbname=postgres", self.port).parse().unwrap();
+        config.notice_callback(move |n| {
+            sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message()));
+        });
+        (config.connect(NoTls).unwrap_or_else(|e| panic!("connecting to {}: {e}", self.name)), notices)
+    }
+
     pub fn connect_as(&self, user: &str) -> Client {
         let conninfo = format!("host=127.0.0.1 port={} user={user} dbname=postgres", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -65,6 +77,17 @@ impl Node {
 
     fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+}
+
+/// The notices a connection received (see `Node::connect_with_notices`).
+#[derive(Clone, Default)]
+pub struct Notices(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Notices {
+    /// Everything received so far; forgets it.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
     }
 }
 
