@@ -28,6 +28,9 @@ fn bench_options(extra: &[&str]) -> Options {
 
 struct Report {
     text: String,
+    /// The lag part's mmr p50 (ms): one apply round trip, which synchronous commit's
+    /// added latency is compared with.
+    lag_p50: Option<f64>,
 }
 
 impl Report {
@@ -39,7 +42,7 @@ impl Report {
 }
 
 fn main() {
-    let mut r = Report { text: String::new() };
+    let mut r = Report { text: String::new(), lag_p50: None };
     let machine = machine();
     r.line("# mmr benchmarks");
     r.line("");
@@ -48,9 +51,9 @@ fn main() {
         now_text()
     ));
     r.line("");
-    // MMR_BENCH_ONLY=capture|apply|lag|join|verify runs one part (for profiling; the report is then partial).
+    // MMR_BENCH_ONLY=capture|apply|lag|sync|join|verify (or several, comma-separated) runs one part (for profiling; the report is then partial).
     let only = std::env::var("MMR_BENCH_ONLY").unwrap_or_default();
-    let part = |name: &str| only.is_empty() || only == name;
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     if part("capture") {
         capture(&mut r);
     }
@@ -59,6 +62,9 @@ fn main() {
     }
     if part("lag") {
         lag(&mut r);
+    }
+    if part("sync") {
+        sync(&mut r);
     }
     if part("join") {
         join(&mut r);
@@ -579,6 +585,75 @@ fn lag(r: &mut Report) {
     r.line(format!("| native logical replication | {np50:.1} ms | {np99:.1} ms |"));
     r.line("");
     r.line(format!("Target: p99 under 1 s ({p99:.0} ms)."));
+    r.lag_p50 = Some(p50);
+}
+
+// ---------------------------------------------------------------------------------
+// Synchronous commit: commit latency per mode.
+
+/// Commit latencies (ms) of `n` single-row inserts on `db` with `mode`.
+fn commit_latencies(db: &mut Client, mode: &str, first_id: i64, n: i64) -> Vec<f64> {
+    db.batch_execute(&format!("SET mmr.synchronous_commit = '{mode}'")).unwrap();
+    let stmt = db.prepare("INSERT INTO sync_t VALUES ($1, clock_timestamp())").unwrap();
+    (first_id..first_id + n)
+        .map(|id| {
+            let t = Instant::now();
+            db.execute(&stmt, &[&id]).unwrap();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
+fn sync(r: &mut Report) {
+    println!("== synchronous commit latency");
+    let mut c = Cluster::start_with("bench-sync", 3, bench_options(&[]));
+    c.replicated_table("CREATE TABLE sync_t (id bigint PRIMARY KEY, at timestamptz)", "sync_t");
+    c.mesh();
+    c.exec(0, "INSERT INTO sync_t VALUES (0, now())");
+    c.sync(Duration::from_secs(120));
+    let mut db = c.connect(0);
+    let modes = ["off", "any", "all"];
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let (rounds, per_round) = (5, 200);
+    let mut id = 1;
+    // Alternating rounds, so drift on a noisy machine hits every mode alike.
+    for _ in 0..rounds {
+        for (m, mode) in modes.iter().enumerate() {
+            lat[m].extend(commit_latencies(&mut db, mode, id, per_round));
+            id += per_round;
+        }
+    }
+    drop(c);
+    let pct = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[((v.len() as f64 - 1.0) * q) as usize]
+    };
+    r.line("## Synchronous commit");
+    r.line("");
+    r.line(format!(
+        "Three nodes; one session on n1 commits single-row inserts, {} per mode in {rounds} alternating rounds.",
+        rounds * per_round
+    ));
+    r.line("");
+    r.line("| mmr.synchronous_commit | p50 | p99 |");
+    r.line("|---|---|---|");
+    let mut p50 = Vec::new();
+    for (m, mode) in modes.iter().enumerate() {
+        let (a, b) = (pct(&mut lat[m], 0.5), pct(&mut lat[m], 0.99));
+        println!("   {mode}: p50 {a:.2} ms p99 {b:.2} ms");
+        r.line(format!("| {mode} | {a:.2} ms | {b:.2} ms |"));
+        p50.push(a);
+    }
+    r.line("");
+    let added = p50[2] - p50[0];
+    match r.lag_p50 {
+        Some(rt) => r.line(format!(
+            "`all` adds {added:.2} ms to the p50 commit, {:.1}x the p50 of one apply round trip measured by the lag \
+             benchmark ({rt:.1} ms); target at most 3x.",
+            added / rt
+        )),
+        None => r.line(format!("`all` adds {added:.2} ms to the p50 commit (run the lag part too to compare).")),
+    }
 }
 
 /// What the numbers mean and where the cost goes (measured with perf and pg_waldump
