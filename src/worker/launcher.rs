@@ -3,6 +3,7 @@
 //! and runs housekeeping (pruning, conflict-log retention) every few seconds.
 
 use super::txn;
+use crate::catalog;
 use crate::error::{spi, Result};
 use crate::gucs;
 use crate::pg::shmem;
@@ -93,14 +94,33 @@ fn note_existing_tombstones() -> Result<()> {
     Ok(())
 }
 
-/// Names of the peers to pull from, or `None` when mmr is not installed here.
+thread_local! {
+    /// The catalog version last warned about (see `active_peers`).
+    static WARNED_VERSION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Names of the peers to pull from, or `None` when mmr is not installed here -- or is
+/// installed at another version than this build's (the server was restarted on a new
+/// build and `ALTER EXTENSION mmr UPDATE` has not run yet): the workers would read a
+/// catalog they do not know. Replication resumes once the versions agree.
 fn active_peers() -> Result<Option<Vec<String>>> {
-    let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'mmr')")
-        .map_err(spi)?
-        .unwrap_or(false);
-    if !installed {
+    let Some(version) =
+        catalog::select_opt::<String>("SELECT extversion FROM pg_extension WHERE extname = 'mmr'", &[]).map_err(spi)?
+    else {
+        return Ok(None);
+    };
+    let build = env!("CARGO_PKG_VERSION");
+    if version != build {
+        if WARNED_VERSION.with(|w| w.replace(Some(version.clone()))).as_deref() != Some(version.as_str()) {
+            pgrx::warning!(
+                "mmr: the extension's catalog is version {version} and the installed build is {build}: replication \
+                 is paused on this node until ALTER EXTENSION mmr UPDATE is run in database {}",
+                gucs::database()
+            );
+        }
         return Ok(None);
     }
+    WARNED_VERSION.with(|w| *w.borrow_mut() = None);
     Spi::connect(|c| {
         let rows = c.select("SELECT name FROM mmr.peer WHERE NOT paused ORDER BY name", None, &[])?;
         rows.into_iter().map(|r| r.get::<String>(1).map(|n| n.unwrap_or_default())).collect::<Result<Vec<_>, _>>()

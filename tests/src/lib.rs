@@ -23,6 +23,8 @@ pub struct Node {
     pub node_id: i32,
     pub port: u16,
     pub dir: PathBuf,
+    /// The PostgreSQL binaries it runs with (another tree runs another mmr build).
+    pub bin: std::cell::RefCell<String>,
 }
 
 impl Node {
@@ -101,11 +103,13 @@ pub struct Options {
     /// Give each node a dsn in mmr.init_node (the server's own address), so that nodes
     /// can join each other with mmr.join_group.
     pub dsn: bool,
+    /// The PostgreSQL bin directory the nodes start with (default: the system's).
+    pub bin: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { conf: vec![], init: true, dsn: false }
+        Options { conf: vec![], init: true, dsn: false, bin: None }
     }
 }
 
@@ -129,8 +133,12 @@ fn run(cmd: &mut Command) -> String {
 }
 
 fn as_postgres(program: &str) -> Command {
+    as_postgres_in(PG_BIN, program)
+}
+
+fn as_postgres_in(bin: &str, program: &str) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
+    c.args(["-u", "postgres", "--", &format!("{bin}/{program}")]);
     c
 }
 
@@ -182,8 +190,15 @@ impl Cluster {
             let dir = root.join(format!("n{}", i + 1));
             std::fs::create_dir_all(&dir).unwrap();
             run(Command::new("chown").args(["postgres", dir.to_str().unwrap()]));
-            let node = Node { name: format!("n{}", i + 1), node_id: i as i32 + 1, port: free_port(), dir };
-            run(as_postgres("initdb").args([
+            let bin = opts.bin.clone().unwrap_or_else(|| PG_BIN.to_string());
+            let node = Node {
+                name: format!("n{}", i + 1),
+                node_id: i as i32 + 1,
+                port: free_port(),
+                dir,
+                bin: std::cell::RefCell::new(bin.clone()),
+            };
+            run(as_postgres_in(&bin, "initdb").args([
                 "-D",
                 node.data().to_str().unwrap(),
                 "-U",
@@ -328,7 +343,7 @@ impl Cluster {
     pub fn start_node(&self, i: usize) {
         let node = &self.nodes[i];
         // With backtraces asked for, as a developer's shell may: none may reach a user.
-        run(as_postgres("pg_ctl").env("RUST_BACKTRACE", "1").args([
+        run(as_postgres_in(&node.bin.borrow(), "pg_ctl").env("RUST_BACKTRACE", "1").args([
             "start",
             "-w",
             "-t",
@@ -343,7 +358,7 @@ impl Cluster {
     /// Stops node `i` with a fast shutdown; returns how long it took.
     pub fn stop_node(&self, i: usize) -> Duration {
         let t = Instant::now();
-        run(as_postgres("pg_ctl").args([
+        run(as_postgres_in(&self.nodes[i].bin.borrow(), "pg_ctl").args([
             "stop",
             "-w",
             "-t",
@@ -354,6 +369,19 @@ impl Cluster {
             self.nodes[i].data().to_str().unwrap(),
         ]));
         t.elapsed()
+    }
+
+    /// Stops node `i`, and starts it again on the PostgreSQL binaries in `bin` (the same
+    /// server version: another mmr build), as a DBA installs a new release.
+    pub fn restart_on(&self, i: usize, bin: &str) {
+        self.stop_node(i);
+        *self.nodes[i].bin.borrow_mut() = bin.to_string();
+        self.start_node(i);
+    }
+
+    /// The system PostgreSQL's bin directory (where `make test` installs mmr).
+    pub fn system_bin() -> &'static str {
+        PG_BIN
     }
 
     pub fn restart_node(&self, i: usize) {

@@ -23,7 +23,7 @@ fn bench_options(extra: &[&str]) -> Options {
     let mut conf: Vec<String> =
         vec!["fsync = on".into(), "shared_buffers = '256MB'".into(), "max_wal_size = '2GB'".into()];
     conf.extend(extra.iter().map(|s| s.to_string()));
-    Options { conf, init: true, dsn: false }
+    Options { conf, init: true, dsn: false, bin: None }
 }
 
 struct Report {

@@ -1,0 +1,123 @@
+//! Upgrades: a node created on mmr 0.1.0 (built from its commit by
+//! scripts/old-release.sh, cached) is restarted on this build and updated with
+//! `ALTER EXTENSION mmr UPDATE`; a group is upgraded one node at a time while it writes.
+
+use mmr_tests::{assert_converged, Cluster, Options};
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+const SYNC: Duration = Duration::from_secs(90);
+/// The commit the 0.1.0 release was cut from.
+const V010: (&str, &str) = ("0.1.0", "5718995");
+
+/// The bin directory of a PostgreSQL 15 tree with mmr 0.1.0 installed.
+fn old_bin() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = Command::new(root.join("scripts/old-release.sh")).args([V010.0, V010.1]).output().unwrap();
+    assert!(out.status.success(), "building mmr {}: {}", V010.0, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn on_old() -> Options {
+    Options { bin: Some(old_bin()), ..Options::default() }
+}
+
+/// Everything that makes up the extension's catalog, one line per fact: each member
+/// object, every function's definition, privileges and comment, every column, index,
+/// constraint, trigger, view, event trigger, the dump configuration, mmr's own
+/// replicated tables.
+const CATALOG: &str = r#"
+WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'mmr'),
+rels AS (SELECT c.oid, c.relname, c.relkind, c.relacl FROM pg_class c WHERE c.relnamespace = 'mmr'::regnamespace)
+SELECT line FROM (
+  SELECT 'member ' || pg_describe_object(d.classid, d.objid, 0) AS line
+    FROM pg_depend d, ext WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+  UNION ALL SELECT 'function ' || p.oid::regprocedure || ': ' || pg_get_functiondef(p.oid)
+         || ' acl ' || coalesce(p.proacl::text, '-') || ' comment ' || coalesce(obj_description(p.oid, 'pg_proc'), '-')
+    FROM pg_proc p WHERE p.pronamespace = 'mmr'::regnamespace AND p.prokind <> 'a'
+  UNION ALL SELECT 'relation ' || r.relname || ' ' || r.relkind::text || ' acl ' || coalesce(r.relacl::text, '-')
+         || ' comment ' || coalesce(obj_description(r.oid, 'pg_class'), '-') FROM rels r
+  UNION ALL SELECT 'column ' || r.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+         || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+         || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '') || ' #' || a.attnum
+    FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = r.oid AND ad.adnum = a.attnum
+  UNION ALL SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN rels r ON r.oid = i.indrelid
+  UNION ALL SELECT 'constraint ' || r.relname || ' ' || co.conname || ' ' || pg_get_constraintdef(co.oid)
+    FROM pg_constraint co JOIN rels r ON r.oid = co.conrelid
+  UNION ALL SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
+    FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+  UNION ALL SELECT 'view ' || r.relname || ': ' || pg_get_viewdef(r.oid) FROM rels r WHERE r.relkind = 'v'
+  UNION ALL SELECT 'event trigger ' || e.evtname || ' ' || e.evtevent || ' ' || e.evtfoid::regproc || ' '
+         || e.evtenabled::text || ' ' || coalesce(e.evttags::text, '-')
+    FROM pg_event_trigger e JOIN pg_depend d ON d.objid = e.oid AND d.classid = 'pg_event_trigger'::regclass
+    JOIN ext ON d.refobjid = ext.oid
+  UNION ALL SELECT 'dump ' || c::regclass || ' ' || coalesce(w, '-')
+    FROM pg_extension x, unnest(x.extconfig, x.extcondition) AS u(c, w) WHERE x.extname = 'mmr'
+  UNION ALL SELECT 'schema acl ' || coalesce(nspacl::text, '-') FROM pg_namespace WHERE nspname = 'mmr'
+  UNION ALL SELECT 'replicated ' || relid::regclass FROM mmr.replicated_table WHERE relid::regclass::text LIKE 'mmr.%'
+  UNION ALL SELECT 'version ' || extversion FROM pg_extension WHERE extname = 'mmr'
+) s ORDER BY line
+"#;
+
+/// Runs `sql` as the superuser: on 0.1.0, ordinary roles could not write replicated
+/// tables (fixed in 0.2.0).
+fn su(c: &Cluster, i: usize, sql: &str) {
+    c.connect(i).batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", mmr_tests::error_text(&e)));
+}
+
+/// Waits until some node's server log says `text`.
+fn wait_for_log(c: &Cluster, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !c.logs().contains(text) {
+        assert!(std::time::Instant::now() < deadline, "no {text:?} in the server logs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn catalog(c: &Cluster, i: usize) -> BTreeSet<String> {
+    c.connect(i).query(CATALOG, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+/// Scenario: a node created on 0.1.0 is restarted on this build. Until the DBA runs
+/// ALTER EXTENSION mmr UPDATE, replication waits (the server log says why); after it,
+/// the catalog is exactly that of a fresh 0.2.0 install, and the node's rows, queue and
+/// tombstones are still there.
+#[test]
+fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
+    let old = Cluster::start_with("upgrade_catalog", 1, on_old());
+    assert_eq!(old.text(0, "SELECT extversion FROM pg_extension WHERE extname = 'mmr'"), "0.1.0");
+    old.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    old.exec(0, "SELECT mmr.add_peer('nowhere', 'host=127.0.0.1 port=1 dbname=postgres connect_timeout=1')");
+    su(&old, 0, "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g; DELETE FROM t WHERE id = 3");
+    let queued = old.int(0, "SELECT count(*) FROM mmr.queue");
+    assert!(queued > 0);
+    old.restart_on(0, Cluster::system_bin());
+    wait_for_log(&old, "ALTER EXTENSION mmr UPDATE");
+    old.exec(0, "ALTER EXTENSION mmr UPDATE");
+    assert_eq!(old.int(0, "SELECT count(*) FROM t"), 9);
+    assert_eq!(old.int(0, "SELECT count(*) FROM mmr.queue"), queued);
+    assert_eq!(old.int(0, "SELECT count(*) FROM mmr.tombstone"), 1);
+
+    let fresh = Cluster::start("upgrade_fresh", 1);
+    fresh.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    let (upgraded, fresh) = (catalog(&old, 0), catalog(&fresh, 0));
+    // The comparison sees the whole catalog: 0.2.0's own objects included.
+    assert!(fresh.len() > 400, "{} catalog lines", fresh.len());
+    for needle in [
+        "function mmr.global_id()",
+        "relation ddl r",
+        "trigger CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.member",
+    ] {
+        assert!(fresh.iter().any(|l| l.starts_with(needle)), "no {needle:?} in the catalog");
+    }
+    let missing: Vec<_> = fresh.difference(&upgraded).collect();
+    let extra: Vec<_> = upgraded.difference(&fresh).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the upgraded catalog differs from a fresh one.\nonly in the fresh one:\n{}\nonly in the upgraded one:\n{}",
+        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+        extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+}
