@@ -45,7 +45,7 @@ fn stored() -> Result<Vec<(i64, i64)>> {
         let rows = c.select(
             "SELECT p.node_id::bigint, pp.watermark FROM mmr.peer p JOIN mmr.peer_progress pp ON pp.peer = p.name \
              WHERE p.node_id IS NOT NULL AND pp.watermark > 0 \
-             UNION ALL SELECT node_id, $1 FROM mmr.member WHERE state = 'parted'",
+             UNION ALL SELECT node_id, $1 FROM mmr.member WHERE state = 'parted' ORDER BY 1",
             None,
             &[PARTED.into()],
         )?;

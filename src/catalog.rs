@@ -59,6 +59,31 @@ pub fn node_id() -> Result<i32> {
     Ok(id)
 }
 
+thread_local! {
+    /// Whether the extension's catalog is at this build's version (checked until it is).
+    static VERSION_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Fails while the server runs a new build on a catalog not yet updated with
+/// `ALTER EXTENSION mmr UPDATE` (the window of a rolling upgrade): mmr's code would meet
+/// a catalog it does not know. Once the versions agree, a backend checks no more (the
+/// build only changes with a restart).
+pub fn require_current_version() -> Result<()> {
+    if VERSION_OK.with(|v| v.get()) {
+        return Ok(());
+    }
+    let catalog = Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'mmr'")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let build = env!("CARGO_PKG_VERSION");
+    if catalog != build {
+        return Err(MmrError::CatalogVersion { catalog, build: build.into() });
+    }
+    VERSION_OK.with(|v| v.set(true));
+    Ok(())
+}
+
 /// This node's identity, or the error telling the user to run `mmr.init_node`.
 pub fn require_node() -> Result<NodeIdentity> {
     node_identity().ok_or(MmrError::NodeNotInitialized)

@@ -9,6 +9,11 @@ use pgrx::PgSqlErrorCode as Code;
 pub enum MmrError {
     NotPreloaded,
     NodeNotInitialized,
+    /// The server runs a build of another version than the extension's catalog.
+    CatalogVersion {
+        catalog: String,
+        build: String,
+    },
     NodeAlreadyInitialized {
         name: String,
         node_id: i32,
@@ -128,7 +133,7 @@ impl MmrError {
 
     fn code(&self) -> Code {
         match self {
-            NotPreloaded | NodeNotInitialized => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            NotPreloaded | NodeNotInitialized | CatalogVersion { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             NodeAlreadyInitialized { .. } | PeerExists(_) | AlreadyReplicated(_) => Code::ERRCODE_DUPLICATE_OBJECT,
             InvalidNodeId(_) | InvalidName { .. } | PeerIsSelf(_) | BadConninfo(_) => {
                 Code::ERRCODE_INVALID_PARAMETER_VALUE
@@ -171,6 +176,9 @@ impl MmrError {
         match self {
             NotPreloaded => "mmr must be loaded via shared_preload_libraries".into(),
             NodeNotInitialized => "this node has no mmr identity yet".into(),
+            CatalogVersion { catalog, build } => {
+                format!("the server runs mmr {build}, but the extension in this database is still at version {catalog}")
+            }
             NodeAlreadyInitialized { name, node_id } => {
                 format!("this node is already initialized as \"{name}\" (node_id {node_id})")
             }
@@ -250,6 +258,7 @@ impl MmrError {
         Some(match self {
             NotPreloaded => "Add mmr to shared_preload_libraries in postgresql.conf and restart the server.".into(),
             NodeNotInitialized => "Run SELECT mmr.init_node('<name>', <node_id>) on this server first.".into(),
+            CatalogVersion { .. } => "Run ALTER EXTENSION mmr UPDATE (as a superuser) to finish the upgrade.".into(),
             NodeAlreadyInitialized { .. } => "To start over, DROP EXTENSION mmr CASCADE and create it again.".into(),
             InvalidNodeId(_) => "Pick an unused id between 1 and 1023.".into(),
             InvalidName { what, .. } => format!("Pick a {what} name such as 'db1' or 'paris-2'."),

@@ -250,6 +250,7 @@ fn with_spi<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     let ev = td.tg_event;
     let rel = td.tg_relation;
+    catalog::require_current_version()?;
     let node = catalog::node_id()?;
     let meta = meta::lookup(rel)?;
     let _fixed = settings::Fixed::enter(meta.needs);

@@ -24,7 +24,7 @@ pub struct Node {
     pub port: u16,
     pub dir: PathBuf,
     /// The PostgreSQL binaries it runs with (another tree runs another mmr build).
-    pub bin: std::cell::RefCell<String>,
+    pub bin: std::sync::Mutex<String>,
 }
 
 impl Node {
@@ -196,7 +196,7 @@ impl Cluster {
                 node_id: i as i32 + 1,
                 port: free_port(),
                 dir,
-                bin: std::cell::RefCell::new(bin.clone()),
+                bin: std::sync::Mutex::new(bin.clone()),
             };
             run(as_postgres_in(&bin, "initdb").args([
                 "-D",
@@ -343,7 +343,7 @@ impl Cluster {
     pub fn start_node(&self, i: usize) {
         let node = &self.nodes[i];
         // With backtraces asked for, as a developer's shell may: none may reach a user.
-        run(as_postgres_in(&node.bin.borrow(), "pg_ctl").env("RUST_BACKTRACE", "1").args([
+        run(as_postgres_in(&node.bin.lock().unwrap(), "pg_ctl").env("RUST_BACKTRACE", "1").args([
             "start",
             "-w",
             "-t",
@@ -358,7 +358,7 @@ impl Cluster {
     /// Stops node `i` with a fast shutdown; returns how long it took.
     pub fn stop_node(&self, i: usize) -> Duration {
         let t = Instant::now();
-        run(as_postgres_in(&self.nodes[i].bin.borrow(), "pg_ctl").args([
+        run(as_postgres_in(&self.nodes[i].bin.lock().unwrap(), "pg_ctl").args([
             "stop",
             "-w",
             "-t",
@@ -375,7 +375,7 @@ impl Cluster {
     /// server version: another mmr build), as a DBA installs a new release.
     pub fn restart_on(&self, i: usize, bin: &str) {
         self.stop_node(i);
-        *self.nodes[i].bin.borrow_mut() = bin.to_string();
+        *self.nodes[i].bin.lock().unwrap() = bin.to_string();
         self.start_node(i);
     }
 
