@@ -1,5 +1,5 @@
 # The two commands of mmr. Both install what they need first (scripts/setup.sh).
-.PHONY: setup test demo bench
+.PHONY: setup test demo bench package
 
 setup:
 	scripts/setup.sh
@@ -12,3 +12,7 @@ demo: setup
 
 bench: setup
 	scripts/bench.sh
+
+# A Debian package for PostgreSQL 15: target/package/mmr_<version>_amd64.deb
+package: setup
+	scripts/package.sh

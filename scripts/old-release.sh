@@ -19,16 +19,13 @@ if [[ -f $tree/.done ]]; then
 fi
 mkdir -p "$cache"
 rm -rf "$tree" "$cache/src-$version"
-mkdir -p "$cache/src-$version" "$tree/usr/lib/postgresql" "$tree/usr/share/postgresql"
+mkdir -p "$cache/src-$version"
 git archive "$commit" | tar -x -C "$cache/src-$version"
 # Its own target directory: the release's build must not churn the working one.
 (cd "$cache/src-$version" &&
     CARGO_TARGET_DIR=$cache/target-$version cargo pgrx package \
         --pg-config /usr/lib/postgresql/15/bin/pg_config --out-dir "$cache/pkg-$version") >&2
-cp -a /usr/lib/postgresql/15 "$tree/usr/lib/postgresql/"
-cp -a /usr/share/postgresql/15 "$tree/usr/share/postgresql/"
-# Only this release's mmr in the tree.
-rm -f "$tree"/usr/share/postgresql/15/extension/mmr* "$tree"/usr/lib/postgresql/15/lib/mmr.so
+scripts/pg-tree.sh "$tree"
 cp -a "$cache/pkg-$version"/usr/. "$tree/usr/"
 touch "$tree/.done"
 echo "$bin"
