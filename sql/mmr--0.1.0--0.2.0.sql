@@ -188,13 +188,22 @@ CREATE TABLE mmr.repair_log (
 );
 COMMENT ON TABLE mmr.repair_log IS 'Keys mmr.repair rewrote, with the versions it found on this node and on each peer.';
 
+-- Settings conflict decisions read, the same on every member: changed with a function
+-- that runs on every member in DDL order (like mmr.set_resolver), never per node.
+CREATE TABLE mmr.setting (
+    name text PRIMARY KEY,
+    value text NOT NULL
+);
+COMMENT ON TABLE mmr.setting IS 'Group-wide settings of conflict resolution (mmr.set_preferred_node).';
+SELECT pg_catalog.pg_extension_config_dump('mmr.setting', '');
+
 SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table',
     'WHERE relid NOT IN (''mmr.resolution_log''::regclass, ''mmr.member''::regclass, ''mmr.ddl''::regclass)');
 
 ---------------------------------------------------------------------------------------
 -- Every function, view, trigger and privilege as 0.2.0 defines them.
 
--- src/capture/mod.rs:455
+-- src/capture/mod.rs:456
 -- requires:
 --   schema
 
@@ -399,6 +408,14 @@ CREATE OR REPLACE FUNCTION "_retry_set_aside"(
 VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_retry_set_aside_wrapper';
+
+-- src/api/tables.rs:43
+-- mmr::api::tables::_set_preferred_node
+CREATE OR REPLACE FUNCTION "_set_preferred_node"(
+	"node_id" INT /* Option < i32 > */
+) RETURNS void
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_set_preferred_node_wrapper';
 
 -- src/api/tables.rs:36
 -- mmr::api::tables::_set_resolver
@@ -638,6 +655,12 @@ LANGUAGE sql AS $$ SELECT mmr._wait_for_peers((extract(epoch FROM timeout) * 100
 
 COMMENT ON FUNCTION mmr.wait_for_peers(interval) IS
     'True once every peer has applied every change committed here before the call; false on timeout.';
+
+CREATE OR REPLACE FUNCTION mmr.set_preferred_node(node_id integer) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._set_preferred_node(node_id) $$;
+
+COMMENT ON FUNCTION mmr.set_preferred_node(integer) IS
+    'The node whose versions mmr.prefer_node keeps (NULL: none), on every member.';
 
 CREATE OR REPLACE FUNCTION mmr.wait_for_token(token text, timeout interval DEFAULT '10 s') RETURNS boolean
 LANGUAGE sql AS $$ SELECT mmr._wait_for_token(token, (extract(epoch FROM timeout) * 1000)::bigint) $$;
@@ -977,12 +1000,12 @@ LANGUAGE sql IMMUTABLE AS $$
                 THEN remote ELSE local END
 $$;
 
--- Keep the version written by node mmr.preferred_node (same setting on every node);
--- when neither or both sides come from it, last-write-wins.
+-- Keep the version written by the group's preferred node (mmr.set_preferred_node: the
+-- same on every member); when neither or both sides come from it, last-write-wins.
 CREATE OR REPLACE FUNCTION mmr.prefer_node(local anyelement, remote anyelement, remote_old anyelement, info mmr.conflict_info)
 RETURNS anyelement LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    preferred int := current_setting('mmr.preferred_node')::int;
+    preferred int := (SELECT value::int FROM mmr.setting WHERE name = 'preferred_node');
 BEGIN
     IF info.remote_node = preferred AND info.local_node IS DISTINCT FROM preferred THEN
         RETURN remote;
@@ -1091,6 +1114,9 @@ GRANT USAGE ON SCHEMA mmr TO PUBLIC;
 
 GRANT EXECUTE ON FUNCTION mmr.hlc_now(), mmr.hlc_to_timestamptz(bigint) TO PUBLIC;
 
+-- What mmr.prefer_node reads, in any session.
+GRANT SELECT ON mmr.setting TO PUBLIC;
+
 GRANT EXECUTE ON FUNCTION mmr.commit_token(), mmr.wait_for_token(text, interval), mmr._wait_for_token(text, bigint),
     mmr.global_id(), mmr.global_id_node(bigint) TO PUBLIC;
 
@@ -1098,3 +1124,11 @@ GRANT EXECUTE ON FUNCTION mmr.lww(anyelement, anyelement, mmr.conflict_info),
     mmr.prefer_node(anyelement, anyelement, anyelement, mmr.conflict_info),
     mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info),
     mmr.resolve_later(anyelement, anyelement, anyelement, mmr.conflict_info) TO PUBLIC;
+
+
+---------------------------------------------------------------------------------------
+-- 0.1.0 kept the preferred node of mmr.prefer_node in the setting mmr.preferred_node
+-- (the same on every node, by hand); 0.2.0 keeps it in mmr.setting.
+INSERT INTO mmr.setting (name, value)
+SELECT 'preferred_node', s FROM (SELECT current_setting('mmr.preferred_node', true) AS s) x
+WHERE coalesce(s, '0') NOT IN ('', '0');

@@ -30,7 +30,8 @@ static DDL_REPLICATION: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// How long a replicated DDL statement waits for the group's DDL lock.
 static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
-/// The node whose versions `mmr.prefer_node` keeps. Must be the same on every node.
+/// mmr 0.1.0's setting of the preferred node, read once by the upgrade to 0.2.0 (which
+/// keeps it in `mmr.setting`, the same on every member); nothing else reads it.
 static PREFERRED_NODE: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// How many peers a COMMIT waits for (src/sync.rs).
@@ -101,8 +102,8 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"mmr.preferred_node",
-        c"Node id whose versions the mmr.prefer_node resolver keeps (0: none, last-write-wins).",
-        c"Set it to the same value on every node, or nodes will resolve differently.",
+        c"Deprecated: read once by ALTER EXTENSION mmr UPDATE from 0.1.0.",
+        c"The preferred node is group state since 0.2.0: SELECT mmr.set_preferred_node(id) on any member.",
         &PREFERRED_NODE,
         0,
         1023,

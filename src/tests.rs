@@ -76,6 +76,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn global_ids_tokens_and_the_preferred_node() {
+        run("SELECT mmr.init_node('n1', 1023)");
+        // Increasing, unique, and they name the node (1023: every node bit set).
+        assert!(one::<bool>(
+            "SELECT bool_and(d > 0) FROM (SELECT g - lag(g) OVER (ORDER BY n) AS d \
+             FROM (SELECT n, mmr.global_id() AS g FROM generate_series(1, 20000) n) x) y"
+        )
+        .unwrap());
+        assert_eq!(one::<i32>("SELECT mmr.global_id_node(mmr.global_id())"), Some(1023));
+        assert!(one::<bool>("SELECT mmr.global_id() > 0").unwrap());
+        // A token of this node is satisfied here at once; bad ones are refused.
+        assert!(text("SELECT mmr.commit_token()").starts_with("1023:"));
+        assert!(one::<bool>("SELECT mmr.wait_for_token(mmr.commit_token(), '0 s')").unwrap());
+        assert_rejected("SELECT mmr.wait_for_token('1023')", "22P02", "invalid mmr commit token");
+        assert_rejected("SELECT mmr.wait_for_token('5:77')", "42704", "node id 5");
+        // The preferred node: checked, and kept in the group's settings.
+        assert_rejected("SELECT mmr.set_preferred_node(4000)", "22023", "out of range");
+        run("SELECT mmr.set_preferred_node(3)");
+        assert_eq!(text("SELECT value FROM mmr.setting WHERE name = 'preferred_node'"), "3");
+        run("SELECT mmr.set_preferred_node(NULL)");
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.setting"), Some(0));
+        // Synchronous commit is an ordinary setting, per transaction too.
+        run("SET LOCAL mmr.synchronous_commit = 'majority'");
+        assert_eq!(text("SHOW mmr.synchronous_commit"), "majority");
+        assert!(error_of("SET mmr.synchronous_commit = 'sometimes'").is_some_and(|e| e.starts_with("22023")));
+    }
+
+    #[pg_test]
     fn capture_writes_queue_rows_and_tombstones() {
         run("SELECT mmr.init_node('n1', 7)");
         run("CREATE TABLE cap (id int PRIMARY KEY, v text)");

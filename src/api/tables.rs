@@ -39,6 +39,26 @@ fn _set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
     group_wide(call, || set_resolver(tbl, resolver), || set_resolver(tbl, resolver)).or_raise()
 }
 
+/// Sets the group's preferred node (`mmr.prefer_node`), here and on every member.
+#[pg_extern]
+fn _set_preferred_node(node_id: Option<i32>) {
+    let node_id = node_id.filter(|&n| n != 0);
+    let call = || Ok(format!("SELECT mmr.set_preferred_node({})", node_id.map_or("NULL".into(), |n| n.to_string())));
+    group_wide(call, || set_preferred_node(node_id), || set_preferred_node(node_id)).or_raise()
+}
+
+fn set_preferred_node(node_id: Option<i32>) -> Result<()> {
+    match node_id {
+        Some(n) if !(1..=1023).contains(&n) => Err(MmrError::InvalidNodeId(n)),
+        Some(n) => Spi::run_with_args(
+            "INSERT INTO mmr.setting VALUES ('preferred_node', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[n.to_string().into()],
+        )
+        .map_err(spi),
+        None => Spi::run("DELETE FROM mmr.setting WHERE name = 'preferred_node'").map_err(spi),
+    }
+}
+
 /// Runs `here` and queues `call` for every member (or, when this runs because a member
 /// sent it, `applied`). mmr's own ALTER TABLEs inside are not replicated themselves.
 fn group_wide(

@@ -21,6 +21,11 @@ LANGUAGE sql AS $$ SELECT mmr._wait_for_peers((extract(epoch FROM timeout) * 100
 COMMENT ON FUNCTION mmr.wait_for_peers(interval) IS
     'True once every peer has applied every change committed here before the call; false on timeout.';
 
+CREATE FUNCTION mmr.set_preferred_node(node_id integer) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._set_preferred_node(node_id) $$;
+COMMENT ON FUNCTION mmr.set_preferred_node(integer) IS
+    'The node whose versions mmr.prefer_node keeps (NULL: none), on every member.';
+
 CREATE FUNCTION mmr.wait_for_token(token text, timeout interval DEFAULT '10 s') RETURNS boolean
 LANGUAGE sql AS $$ SELECT mmr._wait_for_token(token, (extract(epoch FROM timeout) * 1000)::bigint) $$;
 COMMENT ON FUNCTION mmr.wait_for_token(text, interval) IS
@@ -332,12 +337,12 @@ LANGUAGE sql IMMUTABLE AS $$
                 THEN remote ELSE local END
 $$;
 
--- Keep the version written by node mmr.preferred_node (same setting on every node);
--- when neither or both sides come from it, last-write-wins.
+-- Keep the version written by the group's preferred node (mmr.set_preferred_node: the
+-- same on every member); when neither or both sides come from it, last-write-wins.
 CREATE FUNCTION mmr.prefer_node(local anyelement, remote anyelement, remote_old anyelement, info mmr.conflict_info)
 RETURNS anyelement LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    preferred int := current_setting('mmr.preferred_node')::int;
+    preferred int := (SELECT value::int FROM mmr.setting WHERE name = 'preferred_node');
 BEGIN
     IF info.remote_node = preferred AND info.local_node IS DISTINCT FROM preferred THEN
         RETURN remote;
@@ -436,6 +441,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA mmr FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA mmr FROM PUBLIC;
 GRANT USAGE ON SCHEMA mmr TO PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.hlc_now(), mmr.hlc_to_timestamptz(bigint) TO PUBLIC;
+-- What mmr.prefer_node reads, in any session.
+GRANT SELECT ON mmr.setting TO PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.commit_token(), mmr.wait_for_token(text, interval), mmr._wait_for_token(text, bigint),
     mmr.global_id(), mmr.global_id_node(bigint) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.lww(anyelement, anyelement, mmr.conflict_info),

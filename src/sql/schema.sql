@@ -316,5 +316,14 @@ CREATE TABLE mmr.repair_log (
 );
 COMMENT ON TABLE mmr.repair_log IS 'Keys mmr.repair rewrote, with the versions it found on this node and on each peer.';
 
+-- Settings conflict decisions read, the same on every member: changed with a function
+-- that runs on every member in DDL order (like mmr.set_resolver), never per node.
+CREATE TABLE mmr.setting (
+    name text PRIMARY KEY,
+    value text NOT NULL
+);
+COMMENT ON TABLE mmr.setting IS 'Group-wide settings of conflict resolution (mmr.set_preferred_node).';
+SELECT pg_catalog.pg_extension_config_dump('mmr.setting', '');
+
 SELECT pg_catalog.pg_extension_config_dump('mmr.replicated_table',
     'WHERE relid NOT IN (''mmr.resolution_log''::regclass, ''mmr.member''::regclass, ''mmr.ddl''::regclass)');

@@ -270,17 +270,16 @@ fn resolver_is_not_called_for_causally_ordered_changes() {
     assert_converged(&c, "t");
 }
 
-/// mmr.prefer_node keeps the preferred node's version even when it is older.
+/// mmr.prefer_node keeps the preferred node's version even when it is older; the
+/// preferred node is set once, on one member, and every member decides with it.
 #[test]
 fn prefer_node_keeps_the_preferred_version() {
-    let mut c = Cluster::start_with(
-        "prefer",
-        2,
-        mmr_tests::Options { conf: vec!["mmr.preferred_node = 1".into()], ..Default::default() },
-    );
+    let mut c = Cluster::start("prefer", 2);
     c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
     set_resolver_everywhere(&c, "t", "mmr.prefer_node(anyelement, anyelement, anyelement, mmr.conflict_info)");
     c.mesh();
+    c.exec(1, "SELECT mmr.set_preferred_node(1)");
+    c.wait_until(0, "SELECT EXISTS (SELECT 1 FROM mmr.setting WHERE name = 'preferred_node' AND value = '1')", SYNC);
     partitioned_writes(
         &mut c,
         "INSERT INTO t VALUES (1, 'start')",

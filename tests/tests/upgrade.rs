@@ -86,7 +86,9 @@ fn catalog(c: &Cluster, i: usize) -> BTreeSet<String> {
 /// tombstones are still there.
 #[test]
 fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
-    let old = Cluster::start_with("upgrade_catalog", 1, on_old());
+    // 0.1.0 kept the preferred node in a setting; the upgrade moves it to mmr.setting.
+    let old =
+        Cluster::start_with("upgrade_catalog", 1, Options { conf: vec!["mmr.preferred_node = 2".into()], ..on_old() });
     assert_eq!(old.text(0, "SELECT extversion FROM pg_extension WHERE extname = 'mmr'"), "0.1.0");
     old.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
     old.exec(0, "SELECT mmr.add_peer('nowhere', 'host=127.0.0.1 port=1 dbname=postgres connect_timeout=1')");
@@ -99,6 +101,7 @@ fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
     assert_eq!(old.int(0, "SELECT count(*) FROM t"), 9);
     assert_eq!(old.int(0, "SELECT count(*) FROM mmr.queue"), queued);
     assert_eq!(old.int(0, "SELECT count(*) FROM mmr.tombstone"), 1);
+    assert_eq!(old.text(0, "SELECT value FROM mmr.setting WHERE name = 'preferred_node'"), "2");
 
     let fresh = Cluster::start("upgrade_fresh", 1);
     fresh.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
