@@ -382,7 +382,8 @@ mod tests {
     }
 
     /// The catalog is not readable by PUBLIC, and the configuration tables are marked
-    /// for pg_dump (the node's identity, its peers, its replicated tables).
+    /// for pg_dump (the node's identity, its peers, its replicated tables, the group's
+    /// resolution settings).
     #[pg_test]
     fn catalog_is_private_and_configuration_is_dumped() {
         run("CREATE ROLE mmr_test_reader");
@@ -415,7 +416,7 @@ mod tests {
         );
         assert_eq!(
             text("SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text) FROM pg_extension, unnest(extconfig) c WHERE extname = 'mmr'"),
-            "mmr.node,mmr.peer,mmr.pull_binding,mmr.replicated_table"
+            "mmr.node,mmr.peer,mmr.pull_binding,mmr.replicated_table,mmr.setting"
         );
     }
 
