@@ -160,6 +160,9 @@ pub struct Applier {
     pub blocked: set_aside::Blocked,
     /// Keys this applier shadowed (see `set_aside::put_shadow`).
     shadowed: Vec<(String, String)>,
+    /// Retrying a shadow: holding it aside again where it is records no new conflict
+    /// (it was recorded when the version was first held aside).
+    pub retrying_shadow: bool,
     /// This node's id and applied record (see `applied_here`).
     applied: std::cell::OnceCell<(i64, VersionVector)>,
     /// A shadow the change being applied supersedes: (table, key, entry id).
@@ -198,6 +201,7 @@ impl Applier {
             careful: false,
             blocked: set_aside::Blocked::default(),
             shadowed: Vec::new(),
+            retrying_shadow: false,
             applied: std::cell::OnceCell::new(),
             superseded: None,
         }
@@ -316,12 +320,13 @@ impl Applier {
                 }
             }
         }
+        let mark = self.shadowed.len();
         if !self.careful {
             self.apply(&ch)?;
-            return self.drop_superseded();
+            return self.drop_superseded(mark);
         }
         match self.try_apply(&ch) {
-            Ok(()) => self.drop_superseded(),
+            Ok(()) => self.drop_superseded(mark),
             Err(f) if set_aside::transient(&f.sqlstate) => {
                 Err(MmrError::ApplyFailed { tbl: ch.tbl.clone(), key, sqlstate: f.sqlstate, message: f.message })
             }
@@ -338,8 +343,13 @@ impl Applier {
     /// Removes the shadow the change just applied superseded (see `over_shadow`) --
     /// after the change's write, which took the key's index entry first: the order in
     /// which a local insert takes them too (key-claim protocol, module documentation).
-    fn drop_superseded(&mut self) -> Result<()> {
+    /// Unless applying it shadowed the key again (since `mark` in `shadowed`): the entry
+    /// now holds the change's own version.
+    fn drop_superseded(&mut self, mark: usize) -> Result<()> {
         if let Some((tbl, key, id)) = self.superseded.take() {
+            if self.shadowed[mark..].iter().any(|(t, k)| *t == tbl && *k == key) {
+                return Ok(());
+            }
             set_aside::remove(id)?;
             if self.blocked.shadow(&tbl, &key) == Some(id) {
                 self.blocked.drop_shadow(&tbl, &key);
@@ -496,6 +506,9 @@ impl Applier {
             let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
             let wins = others.iter().all(|(_, v)| mmr_core::decide::lww_winner(&remote, v) == Side::Remote);
             for (img, v) in &others {
+                if !wins && self.retrying_shadow {
+                    continue;
+                }
                 let resolution = if wins { "remote_wins" } else { "local_wins" };
                 if wins {
                     // The other row's version steps aside, still held (a shadow).

@@ -99,7 +99,12 @@ impl Blocked {
 /// soon as the value is free or it is the later one (`retry`). Kept as a set-aside
 /// entry of kind `unique`: a change of the key as its origin would send it, an upsert
 /// of the full row. Not a failure: this node holds the version, so it does not hold
-/// back the origin's watermark. Replaces an earlier shadow of the same key.
+/// back the origin's watermark. Replaces an earlier shadow of the same key *in place*:
+/// a local insert of the key that read the earlier one in its BEFORE trigger and waits
+/// to take it in its AFTER trigger (capture.rs) then takes this one -- PostgreSQL
+/// re-reads an updated row for a waiting DELETE, but would not see a new row -- and
+/// continues its history; a replaced entry would stay behind, a stale version of the
+/// key on this node only.
 pub fn put_shadow(tbl: &str, pk: &str, image: &str, v: &mmr_core::decide::Version) -> Result<i64> {
     let ch = Change {
         tbl: tbl.to_string(),
@@ -118,14 +123,15 @@ pub fn put_shadow(tbl: &str, pk: &str, image: &str, v: &mmr_core::decide::Versio
         ch.encode().into(),
         format!("shadowed: another key holds a value of a unique index of {tbl} with a later version").into(),
     ];
-    Spi::run_with_args(
-        "DELETE FROM mmr.set_aside WHERE kind = 'unique' AND tbl = $1 AND pk = $2::jsonb",
-        &[tbl.into(), pk.into()],
-    )
-    .map_err(spi)?;
     Spi::get_one_with_args::<i64>(
-        "INSERT INTO mmr.set_aside (origin, tbl, pk, op, hlc, change, applied, sqlstate, error, kind, next_try_at) \
-         VALUES ($1, $2, $3::jsonb, 'U', $4, $5, '{}', '23505', $6, 'unique', now()) RETURNING id",
+        "WITH replaced AS ( \
+           UPDATE mmr.set_aside SET origin = $1, hlc = $4, change = $5, error = $6, last_tried_at = now() \
+           WHERE kind = 'unique' AND tbl = $2 AND pk = $3::jsonb RETURNING id), \
+         added AS ( \
+           INSERT INTO mmr.set_aside (origin, tbl, pk, op, hlc, change, applied, sqlstate, error, kind, next_try_at) \
+           SELECT $1, $2, $3::jsonb, 'U', $4, $5, '{}', '23505', $6, 'unique', now() \
+           WHERE NOT EXISTS (SELECT 1 FROM replaced) RETURNING id) \
+         SELECT id FROM replaced UNION ALL SELECT id FROM added",
         &args,
     )
     .map_err(spi)?
@@ -253,6 +259,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
             if still.blocker(&e.tbl, e.pk.as_deref()).is_none() {
                 let pk = e.pk.unwrap_or_default();
                 let mut a = Applier::new(e.origin);
+                a.retrying_shadow = true;
                 let ch = Change::parse_one(&e.change, "{}")?;
                 // The entry goes after the write (which takes the key's index entry
                 // first, as local inserts do), unless the write held it aside again

@@ -337,11 +337,7 @@ pub fn publish_consumer(consumer: &str, pos: &Snapshot) {
         let _g = LockGuard::acquire(Lock::Consumers, true);
         // SAFETY: exclusive lock held; the slots live in shared memory.
         let slots = unsafe { &mut (*shared_mut()).consumers };
-        let idx = slots
-            .iter()
-            .position(|s| s.in_use && get_str(&s.name) == consumer)
-            .or_else(|| slots.iter().position(|s| !s.in_use));
-        let Some(idx) = idx else { return };
+        let Some(idx) = named_or_free(slots, consumer, |s| s.in_use.then_some(&s.name[..])) else { return };
         let slot = &mut slots[idx];
         if !slot.in_use {
             slot.in_use = true;
@@ -405,6 +401,14 @@ fn put_str(dst: &mut [u8], s: &str) {
     dst[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
+/// The slot in use under `name`, or else a free one (`name_of`: a slot's name if in use).
+fn named_or_free<T>(slots: &[T], name: &str, name_of: impl Fn(&T) -> Option<&[u8]>) -> Option<usize> {
+    slots
+        .iter()
+        .position(|s| name_of(s).is_some_and(|n| get_str(n) == name))
+        .or_else(|| slots.iter().position(|s| name_of(s).is_none()))
+}
+
 fn get_str(src: &[u8]) -> String {
     let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
     String::from_utf8_lossy(&src[..end]).into_owned()
@@ -449,11 +453,7 @@ pub fn update_peer_status(name: &str, f: impl FnOnce(&mut PeerStatusWriter)) -> 
     let _g = LockGuard::acquire(Lock::PeerSlots, true);
     // SAFETY: exclusive lock held; the slots array lives in shared memory.
     let peers = unsafe { &mut (*shared_mut()).peers };
-    let idx = peers
-        .iter()
-        .position(|s| s.in_use && get_str(&s.name) == name)
-        .or_else(|| peers.iter().position(|s| !s.in_use));
-    let Some(idx) = idx else { return false };
+    let Some(idx) = named_or_free(peers, name, |s| s.in_use.then_some(&s.name[..])) else { return false };
     let slot = &mut peers[idx];
     if !slot.in_use {
         *slot = PeerSlot {

@@ -51,7 +51,11 @@ fn prune_tombstones(view: Option<&FrontierView>) -> Result<()> {
         return Ok(());
     };
     // Keyset pages over the table; each page's prunable tombstones are deleted only if
-    // unchanged since read (an apply may have merged a write into one meanwhile).
+    // unchanged since read (an apply may have merged a write into one meanwhile), and
+    // not while the key has a version held aside for a unique value: a shadow written
+    // concurrently with a local insert of its key can outlive the row that superseded
+    // it (set_aside.rs); against the tombstone its next retry finds it stale and drops
+    // it, without the tombstone it would come back.
     let mut after: Option<(u32, String)> = None;
     loop {
         let page = tombstone_page(after.as_ref())?;
@@ -69,7 +73,9 @@ fn prune_tombstones(view: Option<&FrontierView>) -> Result<()> {
         if !relids.is_empty() {
             Spi::run_with_args(
                 "DELETE FROM mmr.tombstone t USING unnest($1::oid[], $2::text[], $3::text[]) AS d(relid, pk, vv) \
-                 WHERE t.relid::oid = d.relid AND t.pk = d.pk::jsonb AND t.vv = d.vv::bigint[]",
+                 WHERE t.relid::oid = d.relid AND t.pk = d.pk::jsonb AND t.vv = d.vv::bigint[] \
+                   AND NOT EXISTS (SELECT 1 FROM mmr.set_aside a WHERE a.kind = 'unique' AND a.pk = t.pk \
+                                   AND pg_catalog.to_regclass(a.tbl) = t.relid)",
                 &[relids.into(), pks.into(), vvs.into()],
             )
             .map_err(spi)?;
