@@ -60,7 +60,13 @@ pub fn setup_signals() {
 /// and printed in fixed styles whatever the database's defaults (see settings.rs); XML
 /// read as content, which accepts documents too.
 pub fn session_settings() {
-    crate::pg::settings::Fixed::for_session(&[(c"jit", c"off"), (c"xmloption", c"content")]);
+    // mmr's own writes to replicated catalog tables (membership, parts) never wait for
+    // peers, whatever postgresql.conf sets for applications.
+    crate::pg::settings::Fixed::for_session(&[
+        (c"jit", c"off"),
+        (c"xmloption", c"content"),
+        (c"mmr.synchronous_commit", c"off"),
+    ]);
 }
 
 /// Serves interrupts and reloads the configuration after SIGHUP.

@@ -42,6 +42,13 @@ fn the_package_installs_into_a_clean_postgresql_15() {
         assert!(files.contains(f), "the package lacks {f}:\n{files}");
     }
 
+    // What `apt install ./mmr_<version>_amd64.deb` would do on this host: its
+    // dependencies resolve against the installed PostgreSQL 15 (simulated: the host
+    // keeps the build `make test` installed).
+    let apt = run(Command::new("apt-get").args(["install", "-s", "-y"]).arg(&deb));
+    assert!(apt.contains(&format!("Inst postgresql-15-mmr ({version}")), "{apt}");
+    assert!(!apt.contains("unmet dependencies"), "{apt}");
+
     // A scratch root with PostgreSQL 15 (no mmr) and an empty dpkg database.
     let root = repo().join("target/mmr-clusters/package-root");
     let _ = std::fs::remove_dir_all(&root);
