@@ -546,8 +546,20 @@ impl Applier {
                     Decision::Conflict(c) => Some(Version { hlc: c.hlc, node: c.node, vv: c.vv }),
                 };
                 if let Some(v) = version {
-                    if let Local::Row(_) = held {
-                        client.update(&t.delete_row, None, &[image.arg()]).map_err(spi)?;
+                    // The shadow becomes the key's one version here, as a written row
+                    // would: the row it replaces goes, and so does a tombstone (the new
+                    // version follows it, merged with it, or outlived it as a new life
+                    // of the key). A tombstone left beside the shadow would be decided
+                    // against again by the key's next change, which the shadow had
+                    // already settled -- and could keep it from applying.
+                    match held {
+                        Local::Row(_) => {
+                            client.update(&t.delete_row, None, &[image.arg()]).map_err(spi)?;
+                        }
+                        Local::Tombstone(_) => {
+                            client.update(&t.delete_tombstone, None, &[image.arg()]).map_err(spi)?;
+                        }
+                        Local::Absent => {}
                     }
                     let key = key_text(client, &t, image)?;
                     self.shadow(&ch.tbl, key, ch.new_row.as_deref().unwrap_or("{}"), &v)?;
