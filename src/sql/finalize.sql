@@ -46,8 +46,15 @@ SELECT p.name,
        s.last_contact,
        nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0) AS applied_hlc,
        s.lag_changes,
-       extract(epoch FROM clock_timestamp() - mmr.hlc_to_timestamptz(
-           nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0)))::double precision AS lag_seconds,
+       -- Caught up: the peer said, within the last poll, that it had nothing more for
+       -- us. Otherwise the age of what we have applied of it.
+       CASE WHEN s.lag_changes = 0 AND s.state = 'streaming'
+                 AND s.last_contact > clock_timestamp() - 2 * current_setting('mmr.poll_wait')::interval
+                                      - interval '1 s'
+            THEN 0::double precision
+            ELSE extract(epoch FROM clock_timestamp() - mmr.hlc_to_timestamptz(
+                     nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0)))::double precision
+       END AS lag_seconds,
        (SELECT count(*) FROM mmr.set_aside a WHERE a.origin = p.node_id) AS set_aside
 FROM mmr.peer p
 LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name
@@ -56,7 +63,7 @@ LEFT JOIN mmr.member m ON m.name = p.name;
 COMMENT ON VIEW mmr.peers IS
     'Peers of this node: connection, state, last error, and how far behind this node is in applying their changes. '
     'applied_hlc: every change of the peer stamped below it has been applied here; '
-    'lag_seconds: age of that stamp; lag_changes: changes the peer still had queued at the last contact.';
+    'lag_seconds: 0 when the peer said within the last poll that it has nothing more, else the age of that stamp; lag_changes: changes the peer still had queued at the last contact.';
 
 -- The function peers call to read this node's queue (see src/queue.rs). The first row
 -- (kind 'H') is the batch header; the others (kind 'C') are the changes, grouped by

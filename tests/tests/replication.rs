@@ -353,3 +353,27 @@ fn reinsert_after_replicated_delete_continues_the_history() {
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts"), 0, "conflict on n{}", i + 1);
     }
 }
+
+/// Scenario: monitoring a quiet group. A caught-up, idle peer shows `lag_seconds` 0 --
+/// not the time since it last wrote -- for as long as it stays idle; once the link to
+/// it is a black hole and it writes, the lag shows and grows; healed, it is 0 again.
+#[test]
+fn lag_is_zero_when_caught_up_and_shows_when_cut_off() {
+    let mut c = Cluster::meshed_with_t("lag_idle", 2);
+    c.exec(0, "INSERT INTO t VALUES (1, 'a')");
+    c.sync(SYNC);
+    let caught_up = "SELECT lag_seconds = 0 FROM mmr.peers WHERE name = 'n1'";
+    c.wait_until(1, caught_up, SYNC);
+    let mut db = c.connect(1);
+    for _ in 0..15 {
+        let lag: f64 = db.query_one("SELECT lag_seconds FROM mmr.peers WHERE name = 'n1'", &[]).unwrap().get(0);
+        assert_eq!(lag, 0.0, "an idle, caught-up peer reports lag");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.blackhole(1, 0);
+    c.exec(0, "INSERT INTO t VALUES (2, 'b')");
+    c.wait_until(1, "SELECT lag_seconds > 1 FROM mmr.peers WHERE name = 'n1'", SYNC);
+    c.heal(1, 0);
+    c.wait_until(1, "SELECT EXISTS (SELECT 1 FROM t WHERE id = 2)", SYNC);
+    c.wait_until(1, caught_up, SYNC);
+}

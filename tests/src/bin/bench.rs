@@ -31,9 +31,15 @@ struct Report {
     /// The lag part's mmr p50 (ms): one apply round trip, which synchronous commit's
     /// added latency is compared with.
     lag_p50: Option<f64>,
+    /// Every ratio measured, for the final line.
+    ratios: Vec<(&'static str, f64)>,
 }
 
 impl Report {
+    fn ratio(&mut self, name: &'static str, value: f64) {
+        self.ratios.push((name, value));
+    }
+
     fn line(&mut self, s: impl AsRef<str>) {
         println!("{}", s.as_ref());
         self.text.push_str(s.as_ref());
@@ -42,7 +48,7 @@ impl Report {
 }
 
 fn main() {
-    let mut r = Report { text: String::new(), lag_p50: None };
+    let mut r = Report { text: String::new(), lag_p50: None, ratios: Vec::new() };
     let machine = machine();
     r.line("# mmr benchmarks");
     r.line("");
@@ -80,6 +86,8 @@ fn main() {
     });
     std::fs::write(&out, &r.text).unwrap();
     println!("\nreport written to {out}");
+    let all: Vec<String> = r.ratios.iter().map(|(n, v)| format!("{n}={v:.2}")).collect();
+    println!("ratios: {}", all.join(" "));
 }
 
 fn now_text() -> String {
@@ -234,6 +242,8 @@ fn capture(r: &mut Report) {
         "Targets: ratio >= 0.85 with synchronous_commit on ({:.2}), >= 0.75 with it off ({:.2}).",
         ratios[0], ratios[1]
     ));
+    r.ratio("capture_tps_sync_on", ratios[0]);
+    r.ratio("capture_tps_sync_off", ratios[1]);
     r.line("");
 }
 
@@ -323,6 +333,8 @@ fn apply(r: &mut Report) {
     r.line(table.trim_end());
     r.line("");
     r.line(format!("Target: at least 1.0x native for 1-row transactions ({:.2}).", ratios[0]));
+    r.ratio("catch_up_1row_vs_native", ratios[0]);
+    r.ratio("catch_up_1000row_vs_native", ratios[1]);
     r.line("");
 }
 
@@ -401,6 +413,7 @@ fn join(r: &mut Report) {
     r.line("| pg_dump \\| psql (rows/s) | join_group (rows/s) | ratio join/dump |");
     r.line("|---|---|---|");
     r.line(format!("| {dump:.0} | {join:.0} | **{:.2}** |", join / dump));
+    r.ratio("join_vs_dump", join / dump);
     r.line("");
     r.line(format!("Target: at least 0.5 of pg_dump | psql ({:.2}).", join / dump));
     r.line("");
@@ -455,6 +468,7 @@ fn verify(r: &mut Report) {
     r.line("| md5(string_agg) (s) | mmr.verify, 2 peers (s) | ratio | bytes received from the peers |");
     r.line("|---|---|---|---|");
     r.line(format!("| {m:.2} | {v:.2} | **{:.2}** | {bytes} |", v / m));
+    r.ratio("verify_vs_md5", v / m);
     r.line("");
     r.line(format!("Target: at most 3x ({:.2}), under 1 MB received when nothing differs ({bytes} bytes).", v / m));
     r.line("");
@@ -586,6 +600,8 @@ fn lag(r: &mut Report) {
     r.line("");
     r.line(format!("Target: p99 under 1 s ({p99:.0} ms)."));
     r.lag_p50 = Some(p50);
+    r.ratio("lag_p50_vs_native", p50 / np50);
+    r.ratio("lag_p99_vs_native", p99 / np99);
 }
 
 // ---------------------------------------------------------------------------------
@@ -646,6 +662,9 @@ fn sync(r: &mut Report) {
     }
     r.line("");
     let added = p50[2] - p50[0];
+    if let Some(rt) = r.lag_p50 {
+        r.ratio("sync_all_added_vs_round_trip", added / rt);
+    }
     match r.lag_p50 {
         Some(rt) => r.line(format!(
             "`all` adds {added:.2} ms to the p50 commit, {:.1}x the p50 of one apply round trip measured by the lag \
