@@ -57,7 +57,7 @@ fn main() {
         now_text()
     ));
     r.line("");
-    // MMR_BENCH_ONLY=capture|apply|lag|sync|join|verify (or several, comma-separated) runs one part (for profiling; the report is then partial).
+    // MMR_BENCH_ONLY=capture|apply|lag|sync|join|verify|memory (or several, comma-separated) runs one part (for profiling; the report is then partial).
     let only = std::env::var("MMR_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     if part("capture") {
@@ -77,6 +77,9 @@ fn main() {
     }
     if part("verify") {
         verify(&mut r);
+    }
+    if part("memory") {
+        memory(&mut r);
     }
     if only.is_empty() {
         notes(&mut r);
@@ -417,6 +420,69 @@ fn join(r: &mut Report) {
     r.line("");
     r.line(format!("Target: at least 0.5 of pg_dump | psql ({:.2}).", join / dump));
     r.line("");
+}
+
+// ---------------------------------------------------------------------------------
+// Memory of a backend writing one large transaction.
+
+/// The largest private (anonymous) resident memory of backend `pid`, in MB, sampled
+/// while `done` is false.
+fn peak_anon_mb(pid: i32, done: Arc<AtomicBool>) -> thread::JoinHandle<f64> {
+    thread::spawn(move || {
+        let mut peak = 0f64;
+        while !done.load(Ordering::Relaxed) {
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kb) = status
+                    .lines()
+                    .find(|l| l.starts_with("RssAnon:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+                {
+                    peak = peak.max(kb / 1024.0);
+                }
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    })
+}
+
+/// Peak private memory (MB) of a fresh backend inserting `rows` rows into `table` in
+/// one transaction.
+fn insert_peak(c: &Cluster, table: &str, rows: i64) -> f64 {
+    let mut db = c.connect(0);
+    let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = peak_anon_mb(pid, done.clone());
+    db.execute(&format!("INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, $1) g"), &[&rows]).unwrap();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap()
+}
+
+fn memory(r: &mut Report) {
+    println!("== memory of a backend writing a large transaction");
+    let rows = env_u64("MMR_BENCH_BIG_ROWS", 1_000_000) as i64;
+    let mut c = Cluster::start_with("bench-memory", 2, bench_options(&[]));
+    c.replicated_table("CREATE TABLE big_r (id bigint PRIMARY KEY, v text)", "big_r");
+    for i in 0..2 {
+        c.exec(i, "CREATE TABLE big_u (id bigint PRIMARY KEY, v text)");
+    }
+    c.mesh();
+    let unreplicated = insert_peak(&c, "big_u", rows);
+    let replicated = insert_peak(&c, "big_r", rows);
+    c.wait_until(1, &format!("SELECT count(*) = {rows} FROM big_r"), Duration::from_secs(900));
+    drop(c);
+    println!("   {rows} rows in one transaction: unreplicated {unreplicated:.1} MB, replicated {replicated:.1} MB");
+    r.line("## Memory of a large transaction");
+    r.line("");
+    r.line(format!(
+        "Peak private memory (RssAnon, sampled every 5 ms) of a fresh backend inserting {rows} rows in one \
+         transaction; the replicated table's changes are queued in chunks of 1000 as the transaction runs."
+    ));
+    r.line("");
+    r.line("| unreplicated | replicated |");
+    r.line("|---|---|");
+    r.line(format!("| {unreplicated:.1} MB | {replicated:.1} MB |"));
+    r.ratio("memory_1m_row_txn_vs_unreplicated", replicated / unreplicated.max(0.1));
 }
 
 /// `mmr.verify` of a table that is the same on three nodes, next to one
