@@ -453,7 +453,8 @@ fn insert_peak(c: &Cluster, table: &str, rows: i64) -> f64 {
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let done = Arc::new(AtomicBool::new(false));
     let sampler = peak_anon_mb(pid, done.clone());
-    db.execute(&format!("INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, $1::bigint) g"), &[&rows]).unwrap();
+    db.execute(&format!("INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, $1::bigint) g"), &[&rows])
+        .unwrap();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap()
 }
