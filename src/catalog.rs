@@ -64,22 +64,30 @@ thread_local! {
     static VERSION_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Fails while the server runs a new build on a catalog not yet updated with
-/// `ALTER EXTENSION mmr UPDATE` (the window of a rolling upgrade): mmr's code would meet
-/// a catalog it does not know. Once the versions agree, a backend checks no more (the
-/// build only changes with a restart).
+/// The version of the extension installed in this database, if it is.
+pub fn installed_version() -> Result<Option<String>> {
+    select_opt::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'mmr'", &[])
+        .map_err(crate::error::spi)
+}
+
+/// The error for a catalog at another version than this build's: the server was
+/// restarted on a new build and `ALTER EXTENSION mmr UPDATE` has not run yet (the window
+/// of a rolling upgrade), so mmr's code would meet a catalog it does not know.
+pub fn check_version(installed: &str) -> Result<()> {
+    let build = env!("CARGO_PKG_VERSION");
+    if installed != build {
+        return Err(MmrError::CatalogVersion { catalog: installed.into(), build: build.into() });
+    }
+    Ok(())
+}
+
+/// `check_version` for this backend's writes. Once the versions agree, a backend checks
+/// no more (the build only changes with a restart).
 pub fn require_current_version() -> Result<()> {
     if VERSION_OK.with(|v| v.get()) {
         return Ok(());
     }
-    let catalog = Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'mmr'")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let build = env!("CARGO_PKG_VERSION");
-    if catalog != build {
-        return Err(MmrError::CatalogVersion { catalog, build: build.into() });
-    }
+    check_version(&installed_version()?.unwrap_or_default())?;
     VERSION_OK.with(|v| v.set(true));
     Ok(())
 }

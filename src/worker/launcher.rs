@@ -104,17 +104,14 @@ thread_local! {
 /// build and `ALTER EXTENSION mmr UPDATE` has not run yet): the workers would read a
 /// catalog they do not know. Replication resumes once the versions agree.
 fn active_peers() -> Result<Option<Vec<String>>> {
-    let Some(version) =
-        catalog::select_opt::<String>("SELECT extversion FROM pg_extension WHERE extname = 'mmr'", &[]).map_err(spi)?
-    else {
+    let Some(version) = catalog::installed_version()? else {
         return Ok(None);
     };
-    let build = env!("CARGO_PKG_VERSION");
-    if version != build {
+    if let Err(e) = catalog::check_version(&version) {
         if WARNED_VERSION.with(|w| w.replace(Some(version.clone()))).as_deref() != Some(version.as_str()) {
             pgrx::warning!(
-                "mmr: the extension's catalog is version {version} and the installed build is {build}: replication \
-                 is paused on this node until ALTER EXTENSION mmr UPDATE is run in database {}",
+                "mmr: {}: replication is paused on this node until ALTER EXTENSION mmr UPDATE is run in database {}",
+                e.message(),
                 gucs::database()
             );
         }
