@@ -132,6 +132,15 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// Runs `cmd` (a script, a tool) and returns what it printed on stdout; panics with
+/// its output if it fails.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 fn as_postgres(program: &str) -> Command {
     as_postgres_in(PG_BIN, program)
 }
@@ -159,9 +168,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The workspace root (tests/ lives one level below it): where scripts/ is.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
 fn workspace_target() -> PathBuf {
-    // tests/ lives one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target")
+    repo_root().join("target")
 }
 
 impl Cluster {

@@ -3,36 +3,24 @@
 //! PostgreSQL installation in a scratch root, with its own dpkg database -- where
 //! `CREATE EXTENSION mmr` then works, and a table replicates between two such servers.
 
-use mmr_tests::{Cluster, Options};
-use std::path::{Path, PathBuf};
+use mmr_tests::{repo_root, stdout_of, Cluster, Options};
 use std::process::Command;
 use std::time::Duration;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
-    text
-}
 
 /// Scenario: a DBA installs the package on a host that has PostgreSQL 15 and no Rust,
 /// adds mmr to shared_preload_libraries, and creates the extension.
 #[test]
 fn the_package_installs_into_a_clean_postgresql_15() {
     // A debug build: the same packaging as `make package`, without a release build.
-    let deb = run(Command::new(repo().join("scripts/package.sh")).arg("--debug").current_dir(repo()));
-    let deb = repo().join(deb.trim());
+    let deb = stdout_of(Command::new(repo_root().join("scripts/package.sh")).arg("--debug").current_dir(repo_root()));
+    let deb = repo_root().join(deb.trim());
     let version = env!("CARGO_PKG_VERSION");
     assert!(deb.ends_with(format!("mmr_{version}_amd64.deb")), "{}", deb.display());
-    let info = run(Command::new("dpkg-deb").arg("-I").arg(&deb));
+    let info = stdout_of(Command::new("dpkg-deb").arg("-I").arg(&deb));
     for field in ["Package: postgresql-15-mmr", &format!("Version: {version}"), "Depends: postgresql-15"] {
         assert!(info.contains(field), "no {field:?} in:\n{info}");
     }
-    let files = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    let files = stdout_of(Command::new("dpkg-deb").arg("-c").arg(&deb));
     for f in [
         "./usr/lib/postgresql/15/lib/mmr.so",
         "./usr/share/postgresql/15/extension/mmr.control",
@@ -45,14 +33,14 @@ fn the_package_installs_into_a_clean_postgresql_15() {
     // What `apt install ./mmr_<version>_amd64.deb` would do on this host: its
     // dependencies resolve against the installed PostgreSQL 15 (simulated: the host
     // keeps the build `make test` installed).
-    let apt = run(Command::new("apt-get").args(["install", "-s", "-y"]).arg(&deb));
+    let apt = stdout_of(Command::new("apt-get").args(["install", "-s", "-y"]).arg(&deb));
     assert!(apt.contains(&format!("Inst postgresql-15-mmr ({version}")), "{apt}");
     assert!(!apt.contains("unmet dependencies"), "{apt}");
 
     // A scratch root with PostgreSQL 15 (no mmr) and an empty dpkg database.
-    let root = repo().join("target/mmr-clusters/package-root");
+    let root = repo_root().join("target/mmr-clusters/package-root");
     let _ = std::fs::remove_dir_all(&root);
-    run(Command::new(repo().join("scripts/pg-tree.sh")).arg(&root));
+    stdout_of(Command::new(repo_root().join("scripts/pg-tree.sh")).arg(&root));
     for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -60,10 +48,11 @@ fn the_package_installs_into_a_clean_postgresql_15() {
     let mut dpkg = Command::new("dpkg");
     // postgresql-15 is installed on the host, not in the scratch root's database.
     dpkg.arg(format!("--root={}", root.display())).args(["--force-depends", "--force-not-root", "-i"]).arg(&deb);
-    run(&mut dpkg);
-    let status = run(Command::new("dpkg").arg(format!("--root={}", root.display())).args(["-s", "postgresql-15-mmr"]));
+    stdout_of(&mut dpkg);
+    let status =
+        stdout_of(Command::new("dpkg").arg(format!("--root={}", root.display())).args(["-s", "postgresql-15-mmr"]));
     assert!(status.contains("Status: install ok installed"), "{status}");
-    run(Command::new("chmod").args(["-R", "a+rX"]).arg(&root));
+    stdout_of(Command::new("chmod").args(["-R", "a+rX"]).arg(&root));
 
     let bin = root.join("usr/lib/postgresql/15/bin").display().to_string();
     let mut c = Cluster::start_with("package", 2, Options { bin: Some(bin), ..Options::default() });

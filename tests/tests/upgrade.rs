@@ -13,10 +13,9 @@ const V010: (&str, &str) = ("0.1.0", "5718995");
 
 /// The bin directory of a PostgreSQL 15 tree with mmr 0.1.0 installed.
 fn old_bin() -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new(root.join("scripts/old-release.sh")).args([V010.0, V010.1]).output().unwrap();
-    assert!(out.status.success(), "building mmr {}: {}", V010.0, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    mmr_tests::stdout_of(Command::new(mmr_tests::repo_root().join("scripts/old-release.sh")).args([V010.0, V010.1]))
+        .trim()
+        .to_string()
 }
 
 fn on_old() -> Options {
