@@ -36,6 +36,7 @@
 //! 6. Apply writes the tombstone (or removes it) and commits; a local insert waiting at
 //!    step 2 then goes on to step 3 and finds apply's tombstone.
 
+mod bulk;
 pub mod rowsql;
 pub mod set_aside;
 pub mod table;
@@ -208,40 +209,39 @@ impl Applier {
     }
 
     /// Applies changes in the order given (the caller's transaction). Consecutive
-    /// inserts into the same table -- across remote transactions, all applied in this
-    /// one local transaction -- are gathered and written in one statement when the
-    /// table has never had a tombstone: for an absent key an insert always applies, and
-    /// the entries whose key turns out to exist (or repeat) are then applied one by one,
-    /// in order. Call `finish` after the last change.
+    /// changes of the same table -- across remote transactions, all applied in this one
+    /// local transaction -- are gathered into runs and applied set-wise: inserts in one
+    /// statement when the table has never had a tombstone (for an absent key an insert
+    /// always applies; the entries whose key turns out to exist, or repeat, are then
+    /// applied one by one, in order), updates and deletes as bulk.rs describes. Call
+    /// `finish` after the last change.
     pub fn push(&mut self, ch: Change) -> Result<()> {
         if self.careful || !self.blocked.is_empty() {
             return self.guarded(ch);
         }
         // A replicated DDL statement runs when its row is applied (see `apply`): never
-        // in a bulk insert.
-        let ddl = ch.tbl == crate::ddl::TABLE;
-        let joins = ch.op == Op::Insert
-            && !ddl
-            && self.run.len() < BULK
-            && self.run.first().is_none_or(|first| first.tbl == ch.tbl);
-        if joins {
-            self.run.push(ch);
-            return Ok(());
+        // in a run.
+        if ch.tbl == crate::ddl::TABLE {
+            self.finish()?;
+            return self.apply(&ch);
         }
-        self.finish()?;
-        if ch.op == Op::Insert && !ddl {
-            self.run.push(ch);
-            Ok(())
-        } else {
-            self.apply(&ch)
+        let joins = self.run.len() < BULK
+            && self.run.first().is_none_or(|first| first.tbl == ch.tbl && run_kind(first.op) == run_kind(ch.op));
+        if !joins {
+            self.finish()?;
         }
+        self.run.push(ch);
+        Ok(())
     }
 
-    /// Applies the gathered inserts.
+    /// Applies the gathered run.
     pub fn finish(&mut self) -> Result<()> {
         let run = std::mem::take(&mut self.run);
         if run.is_empty() {
             return Ok(());
+        }
+        if run_kind(run[0].op) == RunKind::Keyed {
+            return self.bulk_keyed(&run);
         }
         match self.bulk_insert(&run)? {
             Some(rest) => rest.into_iter().try_for_each(|k| self.apply(&run[k])),
@@ -858,8 +858,24 @@ enum Written {
     Raced,
 }
 
-/// Most inserts applied by one statement.
+/// Most changes applied by one set-wise statement.
 const BULK: usize = 1000;
+
+/// Which changes are gathered into one run: inserts (of keys expected to be absent)
+/// apart from updates and deletes (of keys expected to have a row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunKind {
+    Inserts,
+    Keyed,
+}
+
+fn run_kind(op: Op) -> RunKind {
+    if op == Op::Insert {
+        RunKind::Inserts
+    } else {
+        RunKind::Keyed
+    }
+}
 
 /// How often one change is decided again because local inserts kept taking its key.
 const MAX_RACES: usize = 10;

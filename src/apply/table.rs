@@ -53,6 +53,18 @@ pub struct ApplyTable {
     /// The (1-based) positions of the entries of such an array whose key has a
     /// tombstone.
     pub bulk_tombstoned: OwnedPreparedStatement,
+    /// Locks the rows of many keys in one statement: $1 a jsonb array of
+    /// {"r": image, "h": stamp, "v": vector}. Returns (position, ctid, hlc, node, vv)
+    /// of each entry whose key has a row, in entry order (see apply/bulk.rs).
+    pub lock_rows: OwnedPreparedStatement,
+    /// Overwrites locked rows from the entries of such an array: $2 the origin node,
+    /// $3 the (1-based) positions of the entries to write, $4 the ctids their rows
+    /// were locked at. Returns the positions written: an entry whose row is no longer
+    /// at that ctid is left out.
+    pub bulk_update: OwnedPreparedStatement,
+    /// Deletes many locked rows and writes their tombstones: arguments and result as
+    /// `bulk_update`.
+    pub bulk_delete: OwnedPreparedStatement,
     /// The image's key as jsonb text, in the form tombstones are stored under.
     pub key_of: OwnedPreparedStatement,
     /// Local rows of other keys that hold the image's values of a secondary unique
@@ -115,6 +127,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let int4 = PgOid::from(pg_sys::INT4OID);
     let int8s = PgOid::from(pg_sys::INT8ARRAYOID);
     let text = PgOid::from(pg_sys::TEXTOID);
+    let texts = PgOid::from(pg_sys::TEXTARRAYOID);
     let prepare = |q: String, types: &[PgOid]| -> Result<OwnedPreparedStatement> {
         client
             .prepare_mut(q.as_str(), types)
@@ -199,6 +212,9 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb, text, text, text, int8, int8, int4, int4, text, text, text],
         )?,
         bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
+        lock_rows: prepare(lock_rows_sql(&shape), &[jsonb])?,
+        bulk_update: prepare(bulk_update_sql(&shape), &[jsonb, int4, int8s, texts])?,
+        bulk_delete: prepare(bulk_delete_sql(&shape, relid), &[jsonb, int4, int8s, texts])?,
         key_of: prepare(format!("SELECT {}::text", shape.key_json("$1")), &[jsonb])?,
         unique_collisions: match unique_indexes(client, relid)? {
             idx if idx.is_empty() => None,
@@ -288,6 +304,57 @@ fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> Strin
         key_list = keys.join(", "),
         ins_keys = ins_keys.join(", "),
         aliases = key_aliases.iter().map(|a| format!("keyed.{a}")).collect::<Vec<_>>().join(", "),
+    )
+}
+
+/// The entries of the jsonb array $1, numbered from 1.
+const ENTRIES: &str = "(SELECT v, n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n)) e";
+
+/// The entries of $1 to write, each with the ctid its row was locked at: $3 their
+/// positions, $4 the ctids. By ctid alone: a locked row can be changed only by this
+/// transaction, and a row it changed or moved is at another ctid.
+const TO_WRITE: &str = "(SELECT e.v, e.n, w.c FROM ROWS FROM (pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::text[]::tid[])) AS w(n, c) \
+     JOIN (SELECT v, n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n)) e ON e.n = w.n) e";
+
+fn lock_rows_sql(shape: &rowsql::Shape) -> String {
+    let left: Vec<String> = shape.pk.iter().map(|k| format!("x.{k}")).collect();
+    format!(
+        "SELECT e.n, x.ctid::text, x.mmr_hlc, x.mmr_node, x.mmr_vv FROM {ENTRIES} JOIN {name} x ON ({left}) = ({right}) \
+         ORDER BY e.n FOR UPDATE OF x",
+        name = shape.name,
+        left = left.join(", "),
+        right = shape.key_values("e.v -> 'r'").join(", "),
+    )
+}
+
+fn bulk_update_sql(shape: &rowsql::Shape) -> String {
+    // GENERATED ALWAYS identity columns cannot be assigned (see `update_row`).
+    let sets: Vec<String> = shape
+        .image_cols()
+        .zip(shape.values("e.v -> 'r'"))
+        .filter(|(c, _)| !c.identity_always)
+        .map(|(c, v)| format!("{} = {v}", c.ident))
+        .collect();
+    format!(
+        "UPDATE {name} AS x SET {sets}{comma} mmr_hlc = (e.v ->> 'h')::int8, mmr_node = $2, \
+         mmr_vv = (e.v ->> 'v')::int8[] FROM {TO_WRITE} WHERE x.ctid = e.c RETURNING e.n",
+        name = shape.name,
+        sets = sets.join(", "),
+        comma = if sets.is_empty() { "" } else { "," },
+    )
+}
+
+fn bulk_delete_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
+    format!(
+        "WITH d AS (DELETE FROM {name} AS x USING {TO_WRITE} WHERE x.ctid = e.c RETURNING e.n, e.v), \
+         t AS (INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) \
+               SELECT {relid}::oid, {key}, (d.v ->> 'h')::int8, $2, (d.v ->> 'v')::int8[] FROM d \
+               ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
+               deleted_at = now()) \
+         SELECT n FROM d",
+        name = shape.name,
+        relid = u32::from(relid),
+        key = shape.key_json("(d.v -> 'r')"),
     )
 }
 
