@@ -23,6 +23,14 @@ fn bench_options(extra: &[&str]) -> Options {
     let mut conf: Vec<String> =
         vec!["fsync = on".into(), "shared_buffers = '256MB'".into(), "max_wal_size = '2GB'".into()];
     conf.extend(extra.iter().map(|s| s.to_string()));
+    // MMR_BENCH_CONF="a = 1; b = 2" adds settings (for experiments).
+    conf.extend(
+        std::env::var("MMR_BENCH_CONF")
+            .unwrap_or_default()
+            .split(';')
+            .filter(|s| !s.trim().is_empty())
+            .map(String::from),
+    );
     Options { conf, init: true, dsn: false, bin: None }
 }
 
@@ -33,7 +41,29 @@ struct Report {
     lag_p50: Option<f64>,
     /// Every ratio measured, for the final line.
     ratios: Vec<(&'static str, f64)>,
+    /// Lag samples (ms, sorted) per system, for the chart.
+    lags: Vec<(&'static str, Vec<f64>)>,
 }
+
+/// The target of each ratio the benchmark prints: (name, bound, whether the ratio must
+/// be at least the bound -- else at most). The chart draws them.
+const TARGETS: &[(&str, f64, bool)] = &[
+    ("capture_tps_sync_on", 0.95, true),
+    ("capture_tps_sync_off", 0.85, true),
+    ("capture_wal_per_txn", 1.3, false),
+    ("catch_up_1row_inserts", 1.5, true),
+    ("catch_up_1row_updates", 1.5, true),
+    ("catch_up_1row_deletes", 1.5, true),
+    ("catch_up_1000row_txns", 1.0, true),
+    ("catch_up_big_txn", 1.0, true),
+    ("lag_p99_vs_native", 2.0, false),
+    ("local_writes_during_catch_up", 0.5, true),
+    ("capacity_3_updates", 2.2, true),
+    ("capacity_3_pgbench", 2.2, true),
+    ("sync_all_added_vs_round_trip", 3.0, false),
+    ("join_vs_dump", 0.5, true),
+    ("verify_vs_md5", 3.0, false),
+];
 
 impl Report {
     fn ratio(&mut self, name: &'static str, value: f64) {
@@ -48,7 +78,7 @@ impl Report {
 }
 
 fn main() {
-    let mut r = Report { text: String::new(), lag_p50: None, ratios: Vec::new() };
+    let mut r = Report { text: String::new(), lag_p50: None, ratios: Vec::new(), lags: Vec::new() };
     let machine = machine();
     r.line("# mmr benchmarks");
     r.line("");
@@ -57,7 +87,7 @@ fn main() {
         now_text()
     ));
     r.line("");
-    // MMR_BENCH_ONLY=capture|apply|lag|sync|join|verify|memory (or several, comma-separated) runs one part (for profiling; the report is then partial).
+    // MMR_BENCH_ONLY=capture|apply|lag|partition|sync|join|verify|memory|capacity (or several, comma-separated) runs one part (for profiling; the report is then partial).
     let only = std::env::var("MMR_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     if part("capture") {
@@ -68,6 +98,9 @@ fn main() {
     }
     if part("lag") {
         lag(&mut r);
+    }
+    if part("partition") {
+        during_catch_up(&mut r);
     }
     if part("sync") {
         sync(&mut r);
@@ -81,6 +114,9 @@ fn main() {
     if part("memory") {
         memory(&mut r);
     }
+    if part("capacity") {
+        capacity(&mut r);
+    }
     if only.is_empty() {
         notes(&mut r);
     }
@@ -89,8 +125,31 @@ fn main() {
     });
     std::fs::write(&out, &r.text).unwrap();
     println!("\nreport written to {out}");
+    write_chart_data(&r, &out);
     let all: Vec<String> = r.ratios.iter().map(|(n, v)| format!("{n}={v:.2}")).collect();
     println!("ratios: {}", all.join(" "));
+}
+
+/// The figures the chart is drawn from (scripts/chart.py), next to the report:
+/// `<report>.json`.
+fn write_chart_data(r: &Report, report: &str) {
+    let ratios: Vec<serde_json::Value> = r
+        .ratios
+        .iter()
+        .map(|(name, value)| {
+            let target = TARGETS.iter().find(|t| t.0 == *name);
+            serde_json::json!({
+                "name": name,
+                "value": value,
+                "target": target.map(|t| t.1),
+                "at_least": target.map(|t| t.2),
+            })
+        })
+        .collect();
+    let lags: Vec<serde_json::Value> =
+        r.lags.iter().map(|(system, ms)| serde_json::json!({"system": system, "ms": ms})).collect();
+    let data = serde_json::json!({"ratios": ratios, "lags": lags});
+    std::fs::write(format!("{}.json", report.trim_end_matches(".md")), data.to_string()).unwrap();
 }
 
 fn now_text() -> String {
@@ -198,7 +257,7 @@ fn capture(r: &mut Report) {
     let mut table = String::new();
     let _ = writeln!(table, "| synchronous_commit | unreplicated TPS | replicated TPS | ratio | WAL bytes/txn unreplicated | WAL bytes/txn replicated |");
     let _ = writeln!(table, "|---|---|---|---|---|---|");
-    let mut ratios = Vec::new();
+    let (mut ratios, mut wal_ratios) = (Vec::new(), Vec::new());
     for sync in [true, false] {
         // Alternate the two configurations, three rounds, so warm-up and drift hit both;
         // report medians.
@@ -224,6 +283,7 @@ fn capture(r: &mut Report) {
         let (tp, tr) = (median(&plain, |m| m.0), median(&repl, |m| m.0));
         let (wp, wr) = (median(&plain, |m| m.1), median(&repl, |m| m.1));
         ratios.push(tr / tp);
+        wal_ratios.push(wr / wp);
         let _ = writeln!(
             table,
             "| {} | {tp:.0} | {tr:.0} | **{:.2}** | {wp:.0} | {wr:.0} |",
@@ -242,108 +302,192 @@ fn capture(r: &mut Report) {
     r.line(table.trim_end());
     r.line("");
     r.line(format!(
-        "Targets: ratio >= 0.85 with synchronous_commit on ({:.2}), >= 0.75 with it off ({:.2}).",
-        ratios[0], ratios[1]
+        "Targets: TPS ratio >= 0.95 with synchronous_commit on ({:.2}), >= 0.85 with it off ({:.2}); WAL per \
+         transaction at most 1.3x ({:.2}).",
+        ratios[0],
+        ratios[1],
+        wal_ratios[0].max(wal_ratios[1])
     ));
     r.ratio("capture_tps_sync_on", ratios[0]);
     r.ratio("capture_tps_sync_off", ratios[1]);
+    r.ratio("capture_wal_per_txn", wal_ratios[0].max(wal_ratios[1]));
     r.line("");
 }
 
 // ---------------------------------------------------------------------------------
 // Apply: catch-up rate of a backlog, mmr vs native logical replication.
 
-/// Waits until `table` holds `n` rows; returns rows per second since `start`.
-fn wait_rows(db: &mut Client, table: &str, n: i64, start: Instant) -> f64 {
-    loop {
-        let have: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0);
-        if have >= n {
-            return n as f64 / start.elapsed().as_secs_f64();
+/// A backlog the applying side catches up on.
+#[derive(Clone, Copy)]
+enum Backlog {
+    /// `txns` transactions inserting `rows` new rows each.
+    Inserts { txns: i64, rows: i64 },
+    /// `n` single-row transactions, each updating one existing row.
+    Updates(i64),
+    /// `n` single-row transactions, each deleting one existing row.
+    Deletes(i64),
+}
+
+impl Backlog {
+    fn label(self) -> String {
+        match self {
+            Backlog::Inserts { txns: 1, rows } => format!("one transaction of {rows} rows"),
+            Backlog::Inserts { txns, rows: 1 } => format!("{txns} transactions of 1 inserted row"),
+            Backlog::Inserts { txns, rows } => format!("{txns} transactions of {rows} rows"),
+            Backlog::Updates(n) => format!("{n} transactions of 1 updated row"),
+            Backlog::Deletes(n) => format!("{n} transactions of 1 deleted row"),
         }
-        assert!(start.elapsed() < Duration::from_secs(900), "catch-up timed out at {have}/{n} rows");
+    }
+
+    fn changes(self) -> i64 {
+        match self {
+            Backlog::Inserts { txns, rows } => txns * rows,
+            Backlog::Updates(n) | Backlog::Deletes(n) => n,
+        }
+    }
+
+    /// Rows both sides hold before the backlog (besides the warm-up row, id -1).
+    fn existing(self) -> i64 {
+        match self {
+            Backlog::Inserts { .. } => 0,
+            Backlog::Updates(n) | Backlog::Deletes(n) => n,
+        }
+    }
+
+    /// True on the applying side once the whole backlog is there: its last change is
+    /// (both systems apply in commit order, mmr a batch at once). An index lookup, so
+    /// that polling costs the applying server next to nothing (a count(*) every 5 ms
+    /// took a core).
+    fn done_query(self) -> String {
+        match self {
+            Backlog::Inserts { txns, rows } => {
+                format!("SELECT EXISTS (SELECT 1 FROM t WHERE id = {})", txns * rows - 1)
+            }
+            Backlog::Updates(n) => format!("SELECT EXISTS (SELECT 1 FROM t WHERE id = {} AND n = 2)", n - 1),
+            Backlog::Deletes(n) => format!("SELECT NOT EXISTS (SELECT 1 FROM t WHERE id = {})", n - 1),
+        }
+    }
+
+    /// Writes the backlog on `db`.
+    fn write(self, db: &mut Client) {
+        db.batch_execute("SET synchronous_commit = off").unwrap();
+        let stmt = db
+            .prepare(match self {
+                Backlog::Inserts { .. } => {
+                    "INSERT INTO t SELECT g, 'payload ' || g, 1 FROM generate_series($1::bigint, $1 + $2 - 1) g"
+                }
+                Backlog::Updates(_) => "UPDATE t SET n = n + 1 WHERE id = $1 AND $2::bigint = 1",
+                Backlog::Deletes(_) => "DELETE FROM t WHERE id = $1 AND $2::bigint = 1",
+            })
+            .unwrap();
+        let (txns, rows) = match self {
+            Backlog::Inserts { txns, rows } => (txns, rows),
+            Backlog::Updates(n) | Backlog::Deletes(n) => (n, 1),
+        };
+        for i in 0..txns {
+            db.execute(&stmt, &[&(i * rows), &rows]).unwrap();
+        }
+    }
+}
+
+/// Waits until `done` holds on `db`; returns the seconds since `start`.
+fn wait_done(db: &mut Client, done: &str, start: Instant) -> f64 {
+    let stmt = db.prepare(done).unwrap();
+    loop {
+        if db.query_one(&stmt, &[]).unwrap().get::<_, bool>(0) {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(start.elapsed() < Duration::from_secs(900), "catch-up timed out: {done}");
         thread::sleep(Duration::from_millis(5));
     }
 }
 
 /// Writes the backlog on node 0 while the applying side on node 1 is running but
 /// stuck: a session holds an exclusive lock on the table there. Then releases the lock
-/// and measures how fast the backlog is applied. The same method for both systems, so
-/// worker start-up and connection time count for neither.
-fn timed_catch_up(c: &Cluster, txns: i64, rows: i64) -> f64 {
+/// and measures how fast the backlog is applied (changes per second). The same method
+/// for both systems, so worker start-up and connection time count for neither.
+fn timed_catch_up(c: &Cluster, backlog: Backlog, synced: impl Fn(&Cluster)) -> f64 {
+    c.exec(0, "INSERT INTO t VALUES (-1, 'warm-up', 0)");
+    let existing = backlog.existing();
+    if existing > 0 {
+        c.exec(0, &format!("INSERT INTO t SELECT g, 'payload ' || g, 1 FROM generate_series(0, {existing} - 1) g"));
+    }
+    synced(c);
+    c.exec(1, "VACUUM ANALYZE t");
     let mut blocker = c.connect(1);
     let mut tx = blocker.transaction().unwrap();
     tx.batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
-    write_backlog(&mut c.connect(0), "t", txns, rows);
+    backlog.write(&mut c.connect(0));
     let start = Instant::now();
     tx.commit().unwrap();
-    // The backlog plus the warm-up row.
-    wait_rows(&mut c.connect(1), "t", txns * rows + 1, start) * (txns * rows) as f64 / (txns * rows + 1) as f64
+    backlog.changes() as f64 / wait_done(&mut c.connect(1), &backlog.done_query(), start)
 }
 
-/// Writes the backlog on `db`: `txns` transactions of `rows` rows each.
-fn write_backlog(db: &mut Client, table: &str, txns: i64, rows: i64) {
-    db.batch_execute("SET synchronous_commit = off").unwrap();
-    let stmt = db
-        .prepare(&format!(
-            "INSERT INTO {table} SELECT g, 'payload ' || g, 1 FROM generate_series($1::bigint, $1 + $2 - 1) g"
-        ))
-        .unwrap();
-    for i in 0..txns {
-        db.execute(&stmt, &[&(i * rows), &rows]).unwrap();
-    }
-}
+const APPLY_TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text, n int)";
 
-fn mmr_catch_up(txns: i64, rows: i64) -> f64 {
+fn mmr_catch_up(backlog: Backlog) -> f64 {
     let mut c = Cluster::start_with("bench-apply", 2, bench_options(&[]));
-    c.replicated_table("CREATE TABLE t (id bigint PRIMARY KEY, v text, n int)", "t");
+    c.replicated_table(APPLY_TABLE, "t");
     c.mesh();
-    c.exec(0, "INSERT INTO t VALUES (-1, 'warm-up', 0)");
-    c.sync(Duration::from_secs(60));
-    timed_catch_up(&c, txns, rows)
+    timed_catch_up(&c, backlog, |c| c.sync(Duration::from_secs(300)))
 }
 
-fn native_catch_up(txns: i64, rows: i64) -> f64 {
-    let c = native_pair("bench-native", "CREATE TABLE t (id bigint PRIMARY KEY, v text, n int)", "t");
-    c.exec(0, "INSERT INTO t VALUES (-1, 'warm-up', 0)");
-    c.wait_until(1, "SELECT count(*) = 1 FROM t", Duration::from_secs(60));
-    timed_catch_up(&c, txns, rows)
+fn native_catch_up(backlog: Backlog) -> f64 {
+    let c = native_pair("bench-native", APPLY_TABLE, "t");
+    let rows = backlog.existing() + 1;
+    timed_catch_up(&c, backlog, |c| {
+        c.wait_until(1, &format!("SELECT count(*) = {rows} FROM t"), Duration::from_secs(300))
+    })
+}
+
+/// The catch-up workloads and the ratio each must reach (mmr / native).
+fn backlogs(single: i64) -> Vec<(Backlog, &'static str, f64)> {
+    vec![
+        (Backlog::Inserts { txns: single, rows: 1 }, "catch_up_1row_inserts", 1.5),
+        (Backlog::Updates(single), "catch_up_1row_updates", 1.5),
+        (Backlog::Deletes(single), "catch_up_1row_deletes", 1.5),
+        (Backlog::Inserts { txns: 50, rows: 1000 }, "catch_up_1000row_txns", 1.0),
+        (Backlog::Inserts { txns: 1, rows: env_u64("MMR_BENCH_BIG_TXN", 200_000) as i64 }, "catch_up_big_txn", 1.0),
+    ]
 }
 
 fn apply(r: &mut Report) {
     let single = env_u64("MMR_BENCH_ROWS", 20_000) as i64;
     println!("== apply catch-up");
     let mut table = String::new();
-    let _ = writeln!(table, "| backlog | native logical replication (rows/s) | mmr (rows/s) | ratio mmr/native |");
-    let _ = writeln!(table, "|---|---|---|---|");
-    let mut ratios = Vec::new();
-    for (txns, rows, label) in
-        [(single, 1, format!("{single} transactions of 1 row")), (50, 1000, "50 transactions of 1000 rows".into())]
-    {
+    let _ = writeln!(
+        table,
+        "| backlog | native logical replication (changes/s) | mmr (changes/s) | ratio mmr/native | target |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|");
+    // MMR_BENCH_BACKLOG=updates,big (parts of the names) runs only those (for profiling).
+    let only = std::env::var("MMR_BENCH_BACKLOG").unwrap_or_default();
+    let chosen = |name: &str| only.is_empty() || only.split(',').any(|p| name.contains(p));
+    for (backlog, name, target) in backlogs(single).into_iter().filter(|b| chosen(b.1)) {
+        let label = backlog.label();
         // Three alternating rounds, medians: one run each varies by a quarter here.
         let (mut natives, mut mmrs) = (Vec::new(), Vec::new());
         for round in 0..3 {
-            natives.push(native_catch_up(txns, rows));
-            mmrs.push(mmr_catch_up(txns, rows));
-            println!("   {label}, round {round}: native {:.0} rows/s, mmr {:.0} rows/s", natives[round], mmrs[round]);
+            // MMR_BENCH_NATIVE=0 leaves native out (when profiling mmr alone).
+            natives.push(if env_u64("MMR_BENCH_NATIVE", 1) == 0 { f64::NAN } else { native_catch_up(backlog) });
+            mmrs.push(mmr_catch_up(backlog));
+            println!("   {label}, round {round}: native {:.0}/s, mmr {:.0}/s", natives[round], mmrs[round]);
         }
         let (native, mmr) = (median(&mut natives), median(&mut mmrs));
-        println!("   {label}: median native {native:.0} rows/s, mmr {mmr:.0} rows/s");
-        ratios.push(mmr / native);
-        let _ = writeln!(table, "| {label} | {native:.0} | {mmr:.0} | **{:.2}** |", mmr / native);
+        println!("   {label}: median native {native:.0}/s, mmr {mmr:.0}/s, ratio {:.2}", mmr / native);
+        let _ = writeln!(table, "| {label} | {native:.0} | {mmr:.0} | **{:.2}** | >= {target:.1} |", mmr / native);
+        r.ratio(name, mmr / native);
     }
     r.line("## Apply: catch-up after a backlog");
     r.line("");
     r.line(
         "A backlog is written on one node while the other node's apply worker is running but stuck behind a lock on \
-         the table; then the lock is released and we time until every row is there. Same table, same rows, same \
-         durability settings, same method for both; medians of three alternating rounds.",
+         the table; then the lock is released and we time until every change is there. Same table (bigint key, text, \
+         int), same rows, same durability settings, same method for both; updates and deletes touch rows both sides \
+         already hold. Medians of three alternating rounds.",
     );
     r.line("");
     r.line(table.trim_end());
-    r.line("");
-    r.line(format!("Target: at least 1.0x native for 1-row transactions ({:.2}).", ratios[0]));
-    r.ratio("catch_up_1row_vs_native", ratios[0]);
-    r.ratio("catch_up_1000row_vs_native", ratios[1]);
     r.line("");
 }
 
@@ -548,7 +692,7 @@ fn verify(r: &mut Report) {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
@@ -596,7 +740,7 @@ fn watch(
 }
 
 /// p50 and p99 lag in milliseconds, and the number of rows measured.
-fn percentiles(commits: &[Instant], seen: &[(i64, Instant)]) -> (f64, f64, usize) {
+fn percentiles(commits: &[Instant], seen: &[(i64, Instant)]) -> (f64, f64, Vec<f64>) {
     let mut lags = Vec::new();
     let mut k = 0;
     for (i, committed) in commits.iter().enumerate() {
@@ -611,11 +755,11 @@ fn percentiles(commits: &[Instant], seen: &[(i64, Instant)]) -> (f64, f64, usize
     }
     lags.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p = |q: f64| lags.get(((lags.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
-    (p(0.5), p(0.99), lags.len())
+    (p(0.5), p(0.99), lags)
 }
 
 /// Writes to node 0 of `c` at `rate` for `secs` while watching node 1.
-fn measure_lag(c: &Cluster, table: &str, rate: f64, secs: f64) -> (f64, f64, usize) {
+fn measure_lag(c: &Cluster, table: &str, rate: f64, secs: f64) -> (f64, f64, Vec<f64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let w = watch(c.nodes[1].conninfo(), table.to_string(), stop.clone(), seen.clone());
@@ -652,10 +796,11 @@ fn lag(r: &mut Report) {
     let max_rate = paced_writes(&c.nodes[0].conninfo(), "lag_max", 0.0, 3.0).len() as f64 / 3.0;
     c.sync(Duration::from_secs(120));
     let rate = max_rate / 2.0;
-    let (p50, p99, n) = measure_lag(&c, "lag_t", rate, 10.0);
+    let (p50, p99, lags) = measure_lag(&c, "lag_t", rate, 10.0);
+    let n = lags.len();
     drop(c);
     let native = native_pair("bench-native-lag", &ddl("lag_t"), "lag_t");
-    let (np50, np99, _) = measure_lag(&native, "lag_t", rate, 10.0);
+    let (np50, np99, native_lags) = measure_lag(&native, "lag_t", rate, 10.0);
     drop(native);
 
     println!("   {rate:.0} rows/s (half of {max_rate:.0}): mmr p50 {p50:.1} ms p99 {p99:.1} ms; native p50 {np50:.1} ms p99 {np99:.1} ms");
@@ -673,6 +818,7 @@ fn lag(r: &mut Report) {
     r.line("");
     r.line(format!("Target: p99 under 1 s ({p99:.0} ms)."));
     r.lag_p50 = Some(p50);
+    r.lags = vec![("mmr", lags), ("native logical replication", native_lags)];
     r.ratio("lag_p50_vs_native", p50 / np50);
     r.ratio("lag_p99_vs_native", p99 / np99);
 }
@@ -773,4 +919,385 @@ fn notes(r: &mut Report) {
     ] {
         r.line(l);
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Write capacity from CPU time: how many masters' worth of writes a group can take.
+
+/// CPU seconds of a process from /proc/<pid>/stat: its own user + system time, plus
+/// that of its reaped children when `reaped` (a postmaster's exited backends).
+fn proc_cpu(pid: u32, reaped: bool) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    // utime, stime, cutime, cstime are fields 14-17: 11-14 counted from the state (3).
+    let ticks = f[11] + f[12] + if reaped { f[13] + f[14] } else { 0.0 };
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    stdout_text(Command::new("getconf").arg("CLK_TCK")).trim().parse().unwrap_or(100.0)
+}
+
+fn stdout_text(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&cmd.output().map(|o| o.stdout).unwrap_or_default()).to_string()
+}
+
+/// The postmaster's pid of node `i`.
+fn postmaster(c: &Cluster, i: usize) -> u32 {
+    let pidfile = std::fs::read_to_string(c.nodes[i].dir.join("data/postmaster.pid")).unwrap();
+    pidfile.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// CPU seconds used so far by node `i`: the postmaster, its exited children and its
+/// live ones -- every process of the server.
+fn server_cpu(c: &Cluster, i: usize) -> f64 {
+    let pm = postmaster(c, i);
+    let children = stdout_text(Command::new("pgrep").args(["-P", &pm.to_string()]));
+    proc_cpu(pm, true)
+        + children.split_whitespace().filter_map(|p| p.parse().ok()).map(|p| proc_cpu(p, false)).sum::<f64>()
+}
+
+/// CPU seconds of the backends of node `i` that serve changes to other servers
+/// (walsenders, mmr pulls): the "serving" half of replication, counted with apply.
+fn serving_cpu(c: &Cluster, i: usize, pids: &[u32]) -> f64 {
+    let _ = (c, i);
+    pids.iter().map(|&p| proc_cpu(p, false)).sum()
+}
+
+fn serving_pids(c: &Cluster, i: usize) -> Vec<u32> {
+    let mut db = c.connect(i);
+    db.query(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' OR (backend_type = 'client backend' AND application_name LIKE 'mmr % from %')",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<_, i32>(0) as u32)
+    .collect()
+}
+
+/// A write workload of the capacity measurement.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// `n` single-row updates of existing rows of `t`.
+    Updates(i64),
+    /// `n` pgbench TPC-B-like transactions.
+    Pgbench(i64),
+}
+
+impl Load {
+    fn tables(self) -> Vec<&'static str> {
+        match self {
+            Load::Updates(_) => vec!["t"],
+            Load::Pgbench(_) => PGBENCH_TABLES.to_vec(),
+        }
+    }
+
+    /// Creates the tables with their rows on node `i` (the same everywhere).
+    fn create(self, c: &Cluster, i: usize) {
+        match self {
+            Load::Updates(n) => c.exec(
+                i,
+                &format!(
+                    "CREATE TABLE t (id bigint PRIMARY KEY, v text, n int); \
+                     INSERT INTO t SELECT g, 'payload ' || g, 1 FROM generate_series(0, {n} - 1) g; \
+                     CREATE TABLE sentinel (id int PRIMARY KEY)"
+                ),
+            ),
+            Load::Pgbench(_) => {
+                let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
+                    .args(["-i", "-q", "-s", "2", "-h", "127.0.0.1", "-p", &c.nodes[i].port.to_string()])
+                    .args(["-U", "postgres", "postgres"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                c.exec(
+                    i,
+                    "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY; \
+                     CREATE TABLE sentinel (id int PRIMARY KEY)",
+                );
+            }
+        }
+        c.exec(i, "VACUUM ANALYZE");
+    }
+
+    /// Runs the workload on node 0 (one client, as a stream of transactions).
+    fn run(self, c: &Cluster) {
+        match self {
+            Load::Updates(n) => {
+                let mut db = c.connect(0);
+                db.batch_execute("SET synchronous_commit = off").unwrap();
+                let stmt = db.prepare("UPDATE t SET n = n + 1 WHERE id = $1").unwrap();
+                for id in 0..n {
+                    db.execute(&stmt, &[&id]).unwrap();
+                }
+            }
+            Load::Pgbench(n) => {
+                let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
+                    .args(["-n", "-c", "1", "-M", "prepared", "-t", &n.to_string()])
+                    .args(["-h", "127.0.0.1", "-p", &c.nodes[0].port.to_string(), "-U", "postgres", "postgres"])
+                    .env("PGOPTIONS", "-c synchronous_commit=off")
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Load::Updates(n) => format!("{n} single-row updates"),
+            Load::Pgbench(n) => format!("{n} pgbench TPC-B transactions"),
+        }
+    }
+}
+
+/// CPU seconds (w0, w, a) for `load` in a group of `n` servers: w0 writing it on node 0
+/// to unreplicated tables, w writing it to replicated ones (while every peer's apply is
+/// held back by a lock), a serving and applying it, per peer.
+fn capacity_cpu(load: Load, n: usize, native: bool) -> (f64, f64, f64) {
+    let c = if native {
+        Cluster::start_with(
+            "bench-cap-native",
+            n,
+            Options {
+                init: false,
+                ..bench_options(&["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"])
+            },
+        )
+    } else {
+        Cluster::start_with("bench-cap", n, bench_options(&[]))
+    };
+    for i in 0..n {
+        load.create(&c, i);
+    }
+    // w0: the same tables before they are replicated.
+    let before = server_cpu(&c, 0);
+    load.run(&c);
+    let w0 = server_cpu(&c, 0) - before;
+    for i in 0..n {
+        // Back to the same rows everywhere, then replicated.
+        c.exec(i, &format!("DROP TABLE {} CASCADE", load.tables().join(", ")));
+        load.create(&c, i);
+    }
+    let mut tables = load.tables();
+    tables.push("sentinel");
+    if native {
+        c.exec(0, &format!("CREATE PUBLICATION p FOR TABLE {}", tables.join(", ")));
+        for i in 1..n {
+            c.exec(
+                i,
+                &format!(
+                    "CREATE SUBSCRIPTION s{i} CONNECTION '{}' PUBLICATION p WITH (copy_data = false)",
+                    c.nodes[0].conninfo()
+                ),
+            );
+        }
+        c.wait_until(
+            0,
+            &format!("SELECT count(*) = {} FROM pg_stat_replication WHERE state = 'streaming'", n - 1),
+            Duration::from_secs(60),
+        );
+    } else {
+        for i in 0..n {
+            for t in &tables {
+                c.exec(i, &format!("SELECT mmr.replicate('{t}')"));
+            }
+        }
+        let mut c2 = c;
+        c2.mesh();
+        return capacity_measure(c2, load, n, w0, native);
+    }
+    capacity_measure(c, load, n, w0, native)
+}
+
+fn capacity_measure(c: Cluster, load: Load, n: usize, w0: f64, native: bool) -> (f64, f64, f64) {
+    c.exec(0, "INSERT INTO sentinel VALUES (0)");
+    for i in 1..n {
+        c.wait_until(i, "SELECT count(*) = 1 FROM sentinel", Duration::from_secs(120));
+    }
+    let _ = native;
+    // Hold every peer's apply back while node 0 writes, so w is the writing alone.
+    let mut blockers: Vec<Client> = (1..n).map(|i| c.connect(i)).collect();
+    for b in &mut blockers {
+        b.batch_execute(&format!("BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", load.tables().join(", "))).unwrap();
+    }
+    let serving = serving_pids(&c, 0);
+    let peers0: Vec<f64> = (1..n).map(|i| server_cpu(&c, i)).collect();
+    let (w_start, s_start) = (server_cpu(&c, 0), serving_cpu(&c, 0, &serving));
+    load.run(&c);
+    c.exec(0, "INSERT INTO sentinel VALUES (1)");
+    let (w_end, s_mid) = (server_cpu(&c, 0), serving_cpu(&c, 0, &serving));
+    // What serving did while the writes ran counts as serving, not writing.
+    let w = (w_end - w_start) - (s_mid - s_start);
+    for b in &mut blockers {
+        b.batch_execute("COMMIT").unwrap();
+    }
+    for i in 1..n {
+        c.wait_until(i, "SELECT count(*) = 2 FROM sentinel", Duration::from_secs(600));
+    }
+    let s_end = serving_cpu(&c, 0, &serving);
+    let applied: f64 = (1..n).map(|i| server_cpu(&c, i) - peers0[i - 1]).sum();
+    let a = ((s_end - s_start) + applied) / (n - 1) as f64;
+    (w0, w, a)
+}
+
+fn capacity(r: &mut Report) {
+    println!("== write capacity from CPU time");
+    let updates = env_u64("MMR_BENCH_CAP_ROWS", 20_000) as i64;
+    let txns = env_u64("MMR_BENCH_CAP_TXNS", 5_000) as i64;
+    r.line("## Write capacity of a group, from CPU time");
+    r.line("");
+    r.line(
+        "With w0 the CPU time one server spends writing a set of changes to unreplicated tables, w the same with the \
+         tables replicated (capture), and a the CPU time, per peer, of serving those changes and applying them there, \
+         n masters that each write and apply everyone else's changes have `n * w0 / (w + (n - 1) * a)` times the write \
+         capacity of one unreplicated server. Measured from the servers' CPU accounting (/proc: each postmaster with \
+         its live and exited children) in a group of n servers where one writes; for native logical replication the \
+         writer publishes to n - 1 subscribers (what a mesh with its costs would pay). Medians of 3 alternating runs.",
+    );
+    r.line("");
+    r.line("| workload | n | system | w0 (s) | w (s) | a per peer (s) | capacity vs one server |");
+    r.line("|---|---|---|---|---|---|---|");
+    for load in [Load::Updates(updates), Load::Pgbench(txns)] {
+        for n in [3usize, 5] {
+            let mut caps = [Vec::new(), Vec::new()];
+            let mut parts = [Vec::new(), Vec::new()];
+            for round in 0..3 {
+                for (s, native) in [(0, false), (1, true)] {
+                    let (w0, w, a) = capacity_cpu(load, n, native);
+                    let cap = n as f64 * w0 / (w + (n - 1) as f64 * a);
+                    println!(
+                        "   {}, n={n}, {} round {round}: w0 {w0:.2} s, w {w:.2} s, a {a:.2} s -> {cap:.2}x",
+                        load.label(),
+                        if native { "native" } else { "mmr" }
+                    );
+                    caps[s].push(cap);
+                    parts[s].push((w0, w, a));
+                }
+            }
+            for (s, system) in [(0, "mmr"), (1, "native logical replication")] {
+                let cap = median(&mut caps[s]);
+                let mid = |f: fn(&(f64, f64, f64)) -> f64| median(&mut parts[s].iter().map(f).collect::<Vec<_>>());
+                r.line(format!(
+                    "| {} | {n} | {system} | {:.2} | {:.2} | {:.2} | **{cap:.2}x** |",
+                    load.label(),
+                    mid(|p| p.0),
+                    mid(|p| p.1),
+                    mid(|p| p.2)
+                ));
+                if s == 0 {
+                    let name = match (load, n) {
+                        (Load::Updates(_), 3) => "capacity_3_updates",
+                        (Load::Updates(_), _) => "capacity_5_updates",
+                        (Load::Pgbench(_), 3) => "capacity_3_pgbench",
+                        (Load::Pgbench(_), _) => "capacity_5_pgbench",
+                    };
+                    r.ratio(name, cap);
+                }
+            }
+        }
+    }
+    r.line("");
+    r.line("Target: 3 masters >= 2.2x one unreplicated server.");
+    r.line("");
+}
+
+// ---------------------------------------------------------------------------------
+// Local writes on a node while it catches up after a partition.
+
+/// Commits of single-row updates of ids [from, from + n) of `t` on `conninfo`, round
+/// robin as fast as one client can, until `stop`; returns the commit times.
+fn local_writer(conninfo: String, from: i64, n: i64, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<Instant>> {
+    thread::spawn(move || {
+        let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+        let stmt = db.prepare("UPDATE t SET n = n + 1 WHERE id = $1").unwrap();
+        let mut commits = Vec::new();
+        let mut k = 0;
+        while !stop.load(Ordering::Relaxed) {
+            db.execute(&stmt, &[&(from + k % n)]).unwrap();
+            commits.push(Instant::now());
+            k += 1;
+        }
+        commits
+    })
+}
+
+/// Commits per second in `[from, to)`.
+fn rate_between(commits: &[Instant], from: Instant, to: Instant) -> f64 {
+    let n = commits.iter().filter(|&&t| t >= from && t < to).count();
+    n as f64 / to.saturating_duration_since(from).as_secs_f64().max(1e-9)
+}
+
+fn during_catch_up(r: &mut Report) {
+    println!("== local writes while catching up after a partition");
+    let backlog = env_u64("MMR_BENCH_ROWS", 20_000) as i64;
+    let mut c = Cluster::start_with("bench-partition", 2, bench_options(&[]));
+    c.replicated_table(APPLY_TABLE, "t");
+    c.mesh();
+    // Rows 0..backlog are written by n1 during the partition; n2's writer has its own.
+    c.exec(0, &format!("INSERT INTO t SELECT g, 'payload', 1 FROM generate_series(0, {backlog} + 999) g"));
+    c.sync(Duration::from_secs(120));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = local_writer(c.nodes[1].conninfo(), backlog, 1000, stop.clone());
+    let settle = Instant::now();
+    thread::sleep(Duration::from_secs(1));
+    let before_from = Instant::now();
+    thread::sleep(Duration::from_secs(3));
+    let before_to = Instant::now();
+    // n2 cannot pull from n1 while n1 writes the backlog.
+    c.cut(1, 0);
+    Backlog::Updates(backlog).write(&mut c.connect(0));
+    c.heal(1, 0);
+    let healed = Instant::now();
+    let done = Backlog::Updates(backlog).done_query();
+    let mut db = c.connect(1);
+    let stmt = db.prepare(&done).unwrap();
+    while !db.query_one(&stmt, &[]).unwrap().get::<_, bool>(0) {
+        assert!(healed.elapsed() < Duration::from_secs(600), "no catch-up");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let caught_up = Instant::now();
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let commits = writer.join().unwrap();
+    let _ = settle;
+    let before = rate_between(&commits, before_from, before_to);
+    // The catch-up is the time from the first applied change to the last: find when
+    // the worker reconnected as the first window after the heal in which apply ran.
+    let window = Duration::from_millis(250);
+    let mut t = healed;
+    let mut windows = Vec::new();
+    while t + window <= caught_up {
+        windows.push(rate_between(&commits, t, t + window));
+        t += window;
+    }
+    if windows.is_empty() {
+        windows.push(rate_between(&commits, healed, caught_up));
+    }
+    let worst = windows.iter().cloned().fold(f64::INFINITY, f64::min);
+    let during = rate_between(&commits, healed, caught_up);
+    let secs = caught_up.duration_since(healed).as_secs_f64();
+    println!(
+        "   before {before:.0}/s; from heal to caught up ({secs:.1} s, {backlog} changes): mean {during:.0}/s, worst 250 ms window {worst:.0}/s"
+    );
+    r.line("## Local writes while catching up after a partition");
+    r.line("");
+    r.line(format!(
+        "Two nodes. On n2 one client updates its own 1000 rows of a replicated table as fast as it can. n2 is cut off \
+         from n1 while n1 writes {backlog} single-row updates of other rows; then the link heals and n2 catches up \
+         ({secs:.1} s from the heal, reconnect back-off included). The client's commit rate on n2:"
+    ));
+    r.line("");
+    r.line(
+        "| before the partition | mean while catching up | worst 250 ms window while catching up | worst / before |",
+    );
+    r.line("|---|---|---|---|");
+    r.line(format!("| {before:.0}/s | {during:.0}/s | {worst:.0}/s | **{:.2}** |", worst / before));
+    r.line("");
+    r.line("Target: never below 0.5 of the rate before.");
+    r.line("");
+    r.ratio("local_writes_during_catch_up", worst / before);
 }
