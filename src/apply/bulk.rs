@@ -1,5 +1,11 @@
-//! Set-wise apply of a run of updates and deletes of one table (consecutive in the
-//! stream, across remote transactions): one statement locks every key's row, the pure
+//! Set-wise apply of a run of changes of one table (consecutive in the stream, across
+//! remote transactions).
+//!
+//! Inserts: one statement inserts the run where the table has never had a tombstone
+//! (for an absent key an insert always applies); the entries whose key turns out to
+//! exist, or repeat, are then applied one by one, in order.
+//!
+//! Updates and deletes: one statement locks every key's row, the pure
 //! `decide` runs per change in memory, and one statement writes each stretch of
 //! changes that simply apply over the row they found -- instead of two or three
 //! statements per change. Everything else in the run (a key that has no row here, a
@@ -15,7 +21,7 @@
 use super::table::ApplyTable;
 use super::{jsonb_arg, Applier, Change, Image};
 use crate::clock;
-use crate::error::{damaged, spi, Result};
+use crate::error::{damaged, internal, spi, Result};
 use mmr_core::decide::{decide, Decision, Local, Op, Version};
 use mmr_core::vv::VersionVector;
 use pgrx::prelude::*;
@@ -29,6 +35,56 @@ struct Found {
 }
 
 impl Applier {
+    /// Applies a run of inserts (see the module documentation).
+    pub(super) fn bulk_insert(&mut self, run: &[Change]) -> Result<()> {
+        for ch in run {
+            clock::observe(ch.hlc);
+        }
+        let t = Spi::connect(|client| super::table::lookup(client, &run[0].tbl))?;
+        if crate::pg::shmem::may_have_tombstones(t.relid) {
+            return run.iter().try_for_each(|ch| self.apply(ch));
+        }
+        for ch in run {
+            t.check_columns(ch.op, ch.new_row.as_deref())?;
+        }
+        let rest = Spi::connect_mut(|client| -> Result<Vec<usize>> {
+            let entries = entries(run)?;
+            let args = [entries.arg(), self.peer_node.into()];
+            let fail = |e: pgrx::spi::SpiError| internal(format!("applying inserts to {}: {e}", t.name));
+            // Usually every key is new: one plain insert, in a subtransaction so that
+            // when some key was not (fewer rows inserted) it can be undone and the run
+            // inserted by the statement that tells which entries were left out.
+            let all = crate::pg::subxact::run_coded(|| {
+                client.update(&t.insert_all, None, &args).map_err(fail)?;
+                // SAFETY: reading the SPI global set by the statement just executed.
+                let inserted = unsafe { pg_sys::SPI_processed } as usize;
+                if inserted == run.len() {
+                    Ok(())
+                } else {
+                    Err(internal("some keys exist"))
+                }
+            });
+            let mut rest = match all {
+                Ok(()) => Vec::new(),
+                Err(_) => positions(client.update(&t.bulk_insert, None, &args).map_err(fail)?)?,
+            };
+            if crate::pg::shmem::may_have_tombstones(t.relid) {
+                // A local transaction wrote the table's first tombstone while we
+                // inserted: see insert_where_absent.
+                for k in positions(client.update(&t.bulk_tombstoned, None, &[entries.arg()]).map_err(spi)?)? {
+                    if !rest.contains(&k) {
+                        client.update(&t.delete_row, None, &[jsonb_arg(run[k].image()?)?.arg()]).map_err(spi)?;
+                        rest.push(k);
+                    }
+                }
+                rest.sort_unstable();
+            }
+            Ok(rest)
+        })?;
+        self.stats.applied += (run.len() - rest.len()) as i64;
+        rest.into_iter().try_for_each(|k| self.apply(&run[k]))
+    }
+
     /// Applies a run of updates and deletes of one table (see the module documentation).
     pub(super) fn bulk_keyed(&mut self, run: &[Change]) -> Result<()> {
         for ch in run {
@@ -131,24 +187,29 @@ impl Applier {
         Spi::connect_mut(|client| {
             let rows = client
                 .update(stmt, None, &[entries.arg(), self.peer_node.into(), positions.into(), ctids.into()])
-                .map_err(|e| crate::error::internal(format!("applying changes to {}: {e}", t.name)))?;
-            let mut written = Vec::new();
-            for r in rows {
-                written.push(r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1);
-            }
-            Ok(written)
+                .map_err(|e| internal(format!("applying changes to {}: {e}", t.name)))?;
+            self::positions(rows)
         })
     }
 }
 
-/// The run's changes as one jsonb array of {"r": image, "h": stamp, "v": vector},
-/// parsed once for both statements.
+/// Positions (1-based, in the first column) of a statement's result, as run indexes.
+fn positions(rows: pgrx::spi::SpiTupleTable) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1);
+    }
+    Ok(out)
+}
+
+/// The run's changes as the set-wise statements read them (see
+/// `ApplyTable::insert_all`), parsed once for all of them.
 fn entries(run: &[Change]) -> Result<Image> {
     let mut arr = String::from("[");
     for (i, ch) in run.iter().enumerate() {
         let _ = write!(
             arr,
-            "{}{{\"r\":{},\"h\":{},\"v\":\"{}\"}}",
+            "{}{{\"r\":{},\"h\":\"{}\",\"v\":\"{}\"}}",
             if i > 0 { "," } else { "" },
             ch.image()?,
             ch.hlc,

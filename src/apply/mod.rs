@@ -152,8 +152,8 @@ pub struct Stats {
 pub struct Applier {
     pub peer_node: i32,
     pub stats: Stats,
-    /// Inserts gathered for one statement (see `push`).
-    run: Vec<Change>,
+    /// Changes gathered into runs, one per table at a time (see `push`).
+    runs: Vec<Vec<Change>>,
     /// Apply each change in a subtransaction and set aside those that fail (after a
     /// batch failed as a whole; see set_aside.rs).
     pub careful: bool,
@@ -198,7 +198,7 @@ impl Applier {
         Applier {
             peer_node,
             stats: Stats::default(),
-            run: Vec::new(),
+            runs: Vec::new(),
             careful: false,
             blocked: set_aside::Blocked::default(),
             shadowed: Vec::new(),
@@ -208,100 +208,51 @@ impl Applier {
         }
     }
 
-    /// Applies changes in the order given (the caller's transaction). Consecutive
-    /// changes of the same table -- across remote transactions, all applied in this one
-    /// local transaction -- are gathered into runs and applied set-wise: inserts in one
-    /// statement when the table has never had a tombstone (for an absent key an insert
-    /// always applies; the entries whose key turns out to exist, or repeat, are then
-    /// applied one by one, in order), updates and deletes as bulk.rs describes. Call
-    /// `finish` after the last change.
+    /// Applies changes in the order given (the caller's transaction). Changes of the
+    /// same table -- across remote transactions, all applied in this one local
+    /// transaction -- are gathered into runs and applied set-wise (bulk.rs): inserts,
+    /// or updates and deletes, each run in stream order. Runs of different tables are
+    /// gathered side by side, so a stream that interleaves tables (a transaction that
+    /// writes several) still forms runs: changes of different tables commute, as each
+    /// key belongs to one table and apply fires no triggers (session_replication_role
+    /// = replica). mmr's own tables (replicated DDL, group state) are applied in
+    /// place, after everything before them. Call `finish` after the last change.
     pub fn push(&mut self, ch: Change) -> Result<()> {
         if self.careful || !self.blocked.is_empty() {
             return self.guarded(ch);
         }
-        // A replicated DDL statement runs when its row is applied (see `apply`): never
-        // in a run.
-        if ch.tbl == crate::ddl::TABLE {
+        if ch.tbl.starts_with("mmr.") {
             self.finish()?;
             return self.apply(&ch);
         }
-        let joins = self.run.len() < BULK
-            && self.run.first().is_none_or(|first| first.tbl == ch.tbl && run_kind(first.op) == run_kind(ch.op));
-        if !joins {
-            self.finish()?;
+        match self.runs.iter().position(|r| r[0].tbl == ch.tbl) {
+            Some(i) if run_kind(self.runs[i][0].op) == run_kind(ch.op) && self.runs[i].len() < BULK => {
+                self.runs[i].push(ch)
+            }
+            Some(i) => {
+                let run = self.runs.remove(i);
+                self.apply_run(run)?;
+                self.runs.push(vec![ch]);
+            }
+            None => self.runs.push(vec![ch]),
         }
-        self.run.push(ch);
         Ok(())
     }
 
-    /// Applies the gathered run.
+    /// Applies the gathered runs.
     pub fn finish(&mut self) -> Result<()> {
-        let run = std::mem::take(&mut self.run);
-        if run.is_empty() {
-            return Ok(());
-        }
-        if run_kind(run[0].op) == RunKind::Keyed {
-            return self.bulk_keyed(&run);
-        }
-        match self.bulk_insert(&run)? {
-            Some(rest) => rest.into_iter().try_for_each(|k| self.apply(&run[k])),
-            None => run.iter().try_for_each(|ch| self.apply(ch)),
-        }
+        std::mem::take(&mut self.runs).into_iter().try_for_each(|run| self.apply_run(run))
     }
 
-    /// Inserts a run of changes in one statement; returns the indexes of those left for
-    /// `apply`, or `None` when the table may hold tombstones (no fast path then).
-    fn bulk_insert(&mut self, run: &[Change]) -> Result<Option<Vec<usize>>> {
-        use std::fmt::Write;
-        for ch in run {
-            clock::observe(ch.hlc);
+    fn apply_run(&mut self, run: Vec<Change>) -> Result<()> {
+        // One change costs less alone than with the set-wise statements.
+        if run.len() == 1 {
+            return self.apply(&run[0]);
         }
-        let rest = Spi::connect_mut(|client| -> Result<Option<Vec<usize>>> {
-            let t = table::lookup(client, &run[0].tbl)?;
-            if crate::pg::shmem::may_have_tombstones(t.relid) {
-                return Ok(None);
-            }
-            for ch in run {
-                t.check_columns(ch.op, ch.new_row.as_deref())?;
-            }
-            let mut arr = String::from("[");
-            for (k, ch) in run.iter().enumerate() {
-                let vv: Vec<String> = ch.vv.to_flat().iter().map(|v| v.to_string()).collect();
-                let _ = write!(
-                    arr,
-                    "{}{{\"r\":{},\"h\":{},\"v\":[{}]}}",
-                    if k > 0 { "," } else { "" },
-                    ch.image()?,
-                    ch.hlc,
-                    vv.join(",")
-                );
-            }
-            arr.push(']');
-            let rows = client
-                .update(&t.bulk_insert, None, &[jsonb_arg(&arr)?.arg(), self.peer_node.into()])
-                .map_err(|e| internal(format!("applying inserts to {}: {e}", t.name)))?;
-            let mut rest = Vec::new();
-            for r in rows {
-                rest.push(r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1);
-            }
-            if crate::pg::shmem::may_have_tombstones(t.relid) {
-                // A local transaction wrote the table's first tombstone while we
-                // inserted: see insert_where_absent.
-                for r in client.update(&t.bulk_tombstoned, None, &[jsonb_arg(&arr)?.arg()]).map_err(spi)? {
-                    let k = r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1;
-                    if !rest.contains(&k) {
-                        client.update(&t.delete_row, None, &[jsonb_arg(run[k].image()?)?.arg()]).map_err(spi)?;
-                        rest.push(k);
-                    }
-                }
-                rest.sort_unstable();
-            }
-            Ok(Some(rest))
-        })?;
-        if let Some(rest) = &rest {
-            self.stats.applied += (run.len() - rest.len()) as i64;
+        match run_kind(run[0].op) {
+            RunKind::Keyed => self.bulk_keyed(&run),
+            RunKind::Inserts => self.bulk_insert(&run),
         }
-        Ok(rest)
     }
 
     /// Applies one change unless its key waits behind a set-aside change; when careful,

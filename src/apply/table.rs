@@ -45,9 +45,13 @@ pub struct ApplyTable {
     /// Records a conflict of the image's key: $2 kind, $3 local row, $4 remote row,
     /// $5/$6 local/remote stamp, $7/$8 local/remote node, $9 resolution, $10 resolver, $11 note.
     pub log_conflict: OwnedPreparedStatement,
-    /// Inserts many rows whose keys are expected to be absent, in one statement: $1 a
-    /// jsonb array of {"r": image, "h": stamp, "v": vector}, $2 the origin node.
-    /// Returns the (1-based) positions of the entries it did not insert: their key
+    /// The set-wise statements (apply/bulk.rs) read a run of changes as entries: $1 a
+    /// jsonb array of {"r": image, "h": stamp, "v": vector} (stamp and vector as
+    /// strings: `bigint` and `bigint[]` literals), numbered from 1; $2 the origin node.
+    ///
+    /// Inserts every entry, unless its key exists (ON CONFLICT DO NOTHING).
+    pub insert_all: OwnedPreparedStatement,
+    /// The same, returning the positions of the entries it did not insert: their key
     /// exists, or repeats an earlier entry's. Those are applied one by one.
     pub bulk_insert: OwnedPreparedStatement,
     /// The (1-based) positions of the entries of such an array whose key has a
@@ -211,6 +215,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             ),
             &[jsonb, text, text, text, int8, int8, int4, int4, text, text, text],
         )?,
+        insert_all: prepare(insert_all_sql(&shape, &cols, overriding), &[jsonb, int4])?,
         bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
         lock_rows: prepare(lock_rows_sql(&shape), &[jsonb])?,
         bulk_update: prepare(bulk_update_sql(&shape), &[jsonb, int4, int8s, texts])?,
@@ -284,15 +289,25 @@ fn unique_indexes(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<Vec<Vec<
     Ok(out)
 }
 
+fn insert_all_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> String {
+    format!(
+        "INSERT INTO {name} AS x ({cols}, mmr_hlc, mmr_node, mmr_vv) {overriding} \
+         SELECT {vals}, (e.v ->> 'h')::int8, $2, (e.v ->> 'v')::int8[] FROM {ENTRIES} \
+         ORDER BY e.n ON CONFLICT ({pk}) DO NOTHING",
+        name = shape.name,
+        vals = shape.values("e.v -> 'r'").join(", "),
+        pk = shape.pk.join(", "),
+    )
+}
+
 fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> String {
     let keys = shape.key_values("e.v -> 'r'");
     let ins_keys: Vec<String> = shape.pk.iter().map(|k| format!("ins.{k}")).collect();
     let key_aliases: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
     format!(
-        "WITH e AS (SELECT v, n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n)), \
+        "WITH e AS (SELECT e.v, e.n FROM {ENTRIES}), \
          ins AS (INSERT INTO {name} AS x ({cols}, mmr_hlc, mmr_node, mmr_vv) {overriding} \
-                 SELECT {vals}, (e.v ->> 'h')::int8, $2, \
-                        ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e.v -> 'v')::int8) \
+                 SELECT {vals}, (e.v ->> 'h')::int8, $2, (e.v ->> 'v')::int8[] \
                  FROM e ORDER BY e.n ON CONFLICT ({pk}) DO NOTHING RETURNING {pk}), \
          keyed AS (SELECT e.n, {keyed}, row_number() OVER (PARTITION BY {key_list} ORDER BY e.n) AS seen FROM e) \
          SELECT keyed.n FROM keyed \
