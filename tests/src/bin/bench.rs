@@ -910,10 +910,26 @@ fn notes(r: &mut Report) {
         "  replication decodes WAL instead and writes nothing extra; its capture cost is in the walsender.",
         "* **Apply.** A batch of many remote transactions is applied in one local transaction with the new position,",
         "  so 1-row transactions are much cheaper than with native replication (one commit per remote transaction).",
-        "  Runs of inserts are applied with one `INSERT ... SELECT` per up to 1000 rows; each value is read from the",
-        "  JSON change and cast to the column type, which is what limits large transactions compared with native",
-        "  replication's binary tuples. Updates and deletes take two statements per row (lock and read the version,",
-        "  then write) because each needs a version-vector decision.",
+        "  Changes of one table are gathered into runs of up to 1000 (tables interleaved in the stream each get",
+        "  their own run) and applied set-wise: inserts with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING`;",
+        "  updates and deletes with one statement that locks the run's rows and reads their versions, the",
+        "  version-vector decision per change in Rust, and one statement (by ctid) for everything that simply",
+        "  applies. Profiles (perf, `MMR_BENCH_NATIVE=0 MMR_BENCH_ONLY=apply`) taught four things: (1) the",
+        "  benchmark's own `count(*)` poll took a core of the two -- the done-check is now an index lookup; (2) two",
+        "  statements per update made apply 0.5x native -- set-wise it is above 1x; (3) in large transactions a",
+        "  per-row `ARRAY(SELECT jsonb_array_elements_text(...))` sub-plan, JSON numbers parsed as `numeric` (13%),",
+        "  and a window sort to find the entries not inserted dominated -- stamps and vectors now travel as strings",
+        "  cast once, and the sort runs only when a plain insert did not take every row; (4) pgbench-like",
+        "  transactions that write four tables made runs of one change, each paying set-wise statements and a",
+        "  subtransaction -- runs are now kept per table, and a run of one is applied directly. What is left is",
+        "  PostgreSQL's work on the JSON image: `jsonb_in` of each run (~17% of the apply worker) and a cast per",
+        "  value; native replication decodes binary tuples in C. A delete also writes a tombstone (a second index",
+        "  insert, on a jsonb key), which native replication does not have: deletes stay below native.",
+        "* **Local writes during a catch-up.** On this two-core machine a catch-up runs four busy processes (the",
+        "  client, its backend, the apply worker, the peer's serving backend). Sampling the writer's backend showed no",
+        "  lock waits (CPU or waiting for its client); its rate falls with its CPU share. Lowering the apply",
+        "  worker's and serving backend's priority (nice 5) did not change it measurably -- a one-client",
+        "  request/response loop is latency-bound -- so it was not kept.",
         "* **Lag.** A peer's pull waits on the serving node until a transaction that queued changes commits (no",
         "  polling interval), so lag is one round trip plus one apply transaction: a few milliseconds here.",
     ] {
@@ -1079,7 +1095,7 @@ fn capacity_cpu(load: Load, n: usize, native: bool) -> (f64, f64, f64) {
     let w0 = server_cpu(&c, 0) - before;
     for i in 0..n {
         // Back to the same rows everywhere, then replicated.
-        c.exec(i, &format!("DROP TABLE {} CASCADE", load.tables().join(", ")));
+        c.exec(i, &format!("DROP TABLE {}, sentinel CASCADE", load.tables().join(", ")));
         load.create(&c, i);
     }
     let mut tables = load.tables();
@@ -1146,8 +1162,8 @@ fn capacity_measure(c: Cluster, load: Load, n: usize, w0: f64, native: bool) -> 
 
 fn capacity(r: &mut Report) {
     println!("== write capacity from CPU time");
-    let updates = env_u64("MMR_BENCH_CAP_ROWS", 20_000) as i64;
-    let txns = env_u64("MMR_BENCH_CAP_TXNS", 5_000) as i64;
+    let updates = env_u64("MMR_BENCH_CAP_ROWS", 10_000) as i64;
+    let txns = env_u64("MMR_BENCH_CAP_TXNS", 3_000) as i64;
     r.line("## Write capacity of a group, from CPU time");
     r.line("");
     r.line(
@@ -1213,6 +1229,9 @@ fn capacity(r: &mut Report) {
 fn local_writer(conninfo: String, from: i64, n: i64, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<Instant>> {
     thread::spawn(move || {
         let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+        // Not waiting for WAL flushes, whose latency on this machine's disk varies
+        // more than anything measured here: the rate is then what CPU and locks allow.
+        db.batch_execute("SET synchronous_commit = off").unwrap();
         let stmt = db.prepare("UPDATE t SET n = n + 1 WHERE id = $1").unwrap();
         let mut commits = Vec::new();
         let mut k = 0;
@@ -1231,18 +1250,18 @@ fn rate_between(commits: &[Instant], from: Instant, to: Instant) -> f64 {
     n as f64 / to.saturating_duration_since(from).as_secs_f64().max(1e-9)
 }
 
-fn during_catch_up(r: &mut Report) {
-    println!("== local writes while catching up after a partition");
-    let backlog = env_u64("MMR_BENCH_ROWS", 20_000) as i64;
+/// One partition and catch-up: (writer's rate before, mean while catching up, worst
+/// 250 ms window while catching up, seconds from the heal to caught up).
+fn partition_round(backlog: i64) -> (f64, f64, f64, f64) {
     let mut c = Cluster::start_with("bench-partition", 2, bench_options(&[]));
     c.replicated_table(APPLY_TABLE, "t");
     c.mesh();
     // Rows 0..backlog are written by n1 during the partition; n2's writer has its own.
     c.exec(0, &format!("INSERT INTO t SELECT g, 'payload', 1 FROM generate_series(0, {backlog} + 999) g"));
     c.sync(Duration::from_secs(120));
+    c.exec(1, "VACUUM ANALYZE t");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = local_writer(c.nodes[1].conninfo(), backlog, 1000, stop.clone());
-    let settle = Instant::now();
     thread::sleep(Duration::from_secs(1));
     let before_from = Instant::now();
     thread::sleep(Duration::from_secs(3));
@@ -1252,24 +1271,19 @@ fn during_catch_up(r: &mut Report) {
     Backlog::Updates(backlog).write(&mut c.connect(0));
     c.heal(1, 0);
     let healed = Instant::now();
-    let done = Backlog::Updates(backlog).done_query();
     let mut db = c.connect(1);
-    let stmt = db.prepare(&done).unwrap();
+    let stmt = db.prepare(&Backlog::Updates(backlog).done_query()).unwrap();
     while !db.query_one(&stmt, &[]).unwrap().get::<_, bool>(0) {
         assert!(healed.elapsed() < Duration::from_secs(600), "no catch-up");
         thread::sleep(Duration::from_millis(5));
     }
     let caught_up = Instant::now();
-    thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let commits = writer.join().unwrap();
-    let _ = settle;
     let before = rate_between(&commits, before_from, before_to);
-    // The catch-up is the time from the first applied change to the last: find when
-    // the worker reconnected as the first window after the heal in which apply ran.
     let window = Duration::from_millis(250);
-    let mut t = healed;
     let mut windows = Vec::new();
+    let mut t = healed;
     while t + window <= caught_up {
         windows.push(rate_between(&commits, t, t + window));
         t += window;
@@ -1277,18 +1291,36 @@ fn during_catch_up(r: &mut Report) {
     if windows.is_empty() {
         windows.push(rate_between(&commits, healed, caught_up));
     }
-    let worst = windows.iter().cloned().fold(f64::INFINITY, f64::min);
-    let during = rate_between(&commits, healed, caught_up);
-    let secs = caught_up.duration_since(healed).as_secs_f64();
     println!(
-        "   before {before:.0}/s; from heal to caught up ({secs:.1} s, {backlog} changes): mean {during:.0}/s, worst 250 ms window {worst:.0}/s"
+        "   writer commits/s per 250 ms after the heal: {:?}",
+        windows.iter().map(|w| *w as i64).collect::<Vec<_>>()
     );
+    let worst = windows.iter().cloned().fold(f64::INFINITY, f64::min);
+    (before, rate_between(&commits, healed, caught_up), worst, caught_up.duration_since(healed).as_secs_f64())
+}
+
+fn during_catch_up(r: &mut Report) {
+    println!("== local writes while catching up after a partition");
+    let backlog = env_u64("MMR_BENCH_ROWS", 20_000) as i64;
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        let (before, during, worst, secs) = partition_round(backlog);
+        println!(
+            "   round {round}: before {before:.0}/s; heal to caught up {secs:.1} s: mean {during:.0}/s, worst window {worst:.0}/s"
+        );
+        rounds.push((before, during, worst, secs));
+    }
+    // The round with the median worst/before ratio.
+    rounds.sort_by(|a, b| (a.2 / a.0).total_cmp(&(b.2 / b.0)));
+    let (before, during, worst, secs) = rounds[1];
     r.line("## Local writes while catching up after a partition");
     r.line("");
     r.line(format!(
-        "Two nodes. On n2 one client updates its own 1000 rows of a replicated table as fast as it can. n2 is cut off \
-         from n1 while n1 writes {backlog} single-row updates of other rows; then the link heals and n2 catches up \
-         ({secs:.1} s from the heal, reconnect back-off included). The client's commit rate on n2:"
+        "Two nodes. On n2 one client updates its own 1000 rows of a replicated table as fast as it can \
+         (synchronous_commit off: the disk's flush latency varies more than what is measured). n2 is cut off from n1 \
+         while n1 writes {backlog} single-row updates of other rows; then the link heals and n2 catches up ({secs:.1} s \
+         from the heal, reconnect back-off included). The client's commit rate on n2, the median of 3 rounds by the \
+         worst / before ratio:"
     ));
     r.line("");
     r.line(
