@@ -87,6 +87,8 @@ fn main() {
         now_text()
     ));
     r.line("");
+    r.line("![Every ratio against its target, and the lag distribution of both systems](benchmarks.png)");
+    r.line("");
     // MMR_BENCH_ONLY=capture|apply|lag|partition|sync|join|verify|memory|capacity (or several, comma-separated) runs one part (for profiling; the report is then partial).
     let only = std::env::var("MMR_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
