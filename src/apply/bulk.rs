@@ -21,9 +21,8 @@
 use super::table::ApplyTable;
 use super::{jsonb_arg, Applier, Change, Image};
 use crate::clock;
-use crate::error::{damaged, internal, spi, Result};
+use crate::error::{internal, spi, Result};
 use mmr_core::decide::{decide, Decision, Local, Op, Version};
-use mmr_core::vv::VersionVector;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -37,15 +36,9 @@ struct Found {
 impl Applier {
     /// Applies a run of inserts (see the module documentation).
     pub(super) fn bulk_insert(&mut self, run: &[Change]) -> Result<()> {
-        for ch in run {
-            clock::observe(ch.hlc);
-        }
-        let t = Spi::connect(|client| super::table::lookup(client, &run[0].tbl))?;
+        let t = table_of(run)?;
         if crate::pg::shmem::may_have_tombstones(t.relid) {
             return run.iter().try_for_each(|ch| self.apply(ch));
-        }
-        for ch in run {
-            t.check_columns(ch.op, ch.new_row.as_deref())?;
         }
         let rest = Spi::connect_mut(|client| -> Result<Vec<usize>> {
             let entries = entries(run)?;
@@ -87,13 +80,7 @@ impl Applier {
 
     /// Applies a run of updates and deletes of one table (see the module documentation).
     pub(super) fn bulk_keyed(&mut self, run: &[Change]) -> Result<()> {
-        for ch in run {
-            clock::observe(ch.hlc);
-        }
-        let t = Spi::connect(|client| super::table::lookup(client, &run[0].tbl))?;
-        for ch in run {
-            t.check_columns(ch.op, ch.new_row.as_deref())?;
-        }
+        let t = table_of(run)?;
         // In an SPI connection of its own: the entries' jsonb lives in its memory,
         // freed when the run is done.
         Spi::connect(|_| {
@@ -148,6 +135,9 @@ impl Applier {
         }
         let ks = std::mem::take(stretch);
         let (deletes, updates): (Vec<usize>, Vec<usize>) = ks.iter().partition(|&&k| run[k].op == Op::Delete);
+        if !deletes.is_empty() {
+            crate::pg::shmem::note_tombstones(t.relid);
+        }
         let written = crate::pg::subxact::run_coded(|| {
             let mut written = self.write_set(t, &t.bulk_delete, entries, found, &deletes)?;
             written.extend(self.write_set(t, &t.bulk_update, entries, found, &updates)?);
@@ -157,12 +147,9 @@ impl Applier {
         // all) is met again one by one, where it is settled or set aside as usual.
         let written = written.unwrap_or_default();
         self.stats.applied += written.len() as i64;
-        for k in ks {
-            if !written.contains(&k) {
-                self.apply(&run[k])?;
-            }
-        }
-        Ok(())
+        let mut done = vec![false; run.len()];
+        written.into_iter().for_each(|k| done[k] = true);
+        ks.into_iter().filter(|&k| !done[k]).try_for_each(|k| self.apply(&run[k]))
     }
 
     /// Runs `stmt` (bulk_update or bulk_delete) over the entries at positions `ks`;
@@ -178,9 +165,6 @@ impl Applier {
         if ks.is_empty() {
             return Ok(Vec::new());
         }
-        if std::ptr::eq(stmt, &t.bulk_delete) {
-            crate::pg::shmem::note_tombstones(t.relid);
-        }
         let positions: Vec<i64> = ks.iter().map(|&k| k as i64 + 1).collect();
         let ctids: Vec<String> =
             ks.iter().map(|&k| found[k].as_ref().map(|f| f.ctid.clone()).unwrap_or_default()).collect();
@@ -191,6 +175,19 @@ impl Applier {
             self::positions(rows)
         })
     }
+}
+
+/// The table of a run, once its stamps have moved the clock and its changes are known
+/// to carry only columns the table has (else the batch fails, as one change would).
+fn table_of(run: &[Change]) -> Result<std::rc::Rc<ApplyTable>> {
+    for ch in run {
+        clock::observe(ch.hlc);
+    }
+    let t = Spi::connect(|client| super::table::lookup(client, &run[0].tbl))?;
+    for ch in run {
+        t.check_columns(ch.op, ch.new_row.as_deref())?;
+    }
+    Ok(t)
 }
 
 /// Positions (1-based, in the first column) of a statement's result, as run indexes.
@@ -228,15 +225,9 @@ fn lock_rows(t: &ApplyTable, entries: Image, n: usize) -> Result<Vec<Option<Foun
         let mut found: Vec<Option<Found>> = (0..n).map(|_| None).collect();
         for r in rows {
             let k = r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1;
-            let vv =
-                VersionVector::from_flat(&r.get::<Vec<i64>>(5).map_err(spi)?.unwrap_or_default()).map_err(damaged)?;
             found[k] = Some(Found {
                 ctid: r.get::<String>(2).map_err(spi)?.unwrap_or_default(),
-                version: Version {
-                    hlc: r.get(3).map_err(spi)?.unwrap_or(0),
-                    node: r.get(4).map_err(spi)?.unwrap_or(0),
-                    vv,
-                },
+                version: super::version_at(&r, 3, &t.name)?,
             });
         }
         Ok(found)

@@ -445,11 +445,7 @@ impl Applier {
             let mut others = Vec::new();
             for r in client.update(stmt, None, &[image.arg()]).map_err(spi)? {
                 let img = r.get::<pgrx::JsonB>(1).map_err(spi)?.map(|j| j.0.to_string()).unwrap_or_default();
-                let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(4).map_err(spi)?.unwrap_or_default())
-                    .map_err(damaged)?;
-                let v =
-                    Version { hlc: r.get(2).map_err(spi)?.unwrap_or(0), node: r.get(3).map_err(spi)?.unwrap_or(0), vv };
-                others.push((img, v));
+                others.push((img, version_at(&r, 2, &t.name)?));
             }
             if others.is_empty() {
                 return Ok(None);
@@ -603,25 +599,20 @@ impl Applier {
 
     /// Locks and reads the local row, or else the key's tombstone.
     fn held(&self, client: &mut SpiClient<'_>, t: &ApplyTable, image: Image) -> Result<Local> {
-        let version = |r: pgrx::spi::SpiTupleTable| -> Result<Version> {
-            let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(3).map_err(spi)?.unwrap_or_default())
-                .map_err(|e| internal(format!("{}: damaged version vector: {e}", t.name)))?;
-            Ok(Version { hlc: r.get(1).map_err(spi)?.unwrap_or(0), node: r.get(2).map_err(spi)?.unwrap_or(0), vv })
-        };
-        let rows = client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(spi)?;
-        if !rows.is_empty() {
-            return Ok(Local::Row(version(rows.first())?));
+        let mut rows = client.update(&t.lock_row, Some(1), &[image.arg()]).map_err(spi)?;
+        if let Some(r) = rows.next() {
+            return Ok(Local::Row(version_at(&r, 1, &t.name)?));
         }
         // A table no tombstone was ever written for has none to look up.
         if !crate::pg::shmem::may_have_tombstones(t.relid) {
             return Ok(Local::Absent);
         }
         // Read, not locked: see write_delete for the order in which keys are claimed.
-        let rows = client.update(&t.read_tombstone, Some(1), &[image.arg()]).map_err(spi)?;
-        if rows.is_empty() {
-            return Ok(Local::Absent);
+        let mut rows = client.update(&t.read_tombstone, Some(1), &[image.arg()]).map_err(spi)?;
+        match rows.next() {
+            Some(r) => Ok(Local::Tombstone(version_at(&r, 1, &t.name)?)),
+            None => Ok(Local::Absent),
         }
-        Ok(Local::Tombstone(version(rows.first())?))
     }
 
     /// Writes the remote version as it is: it causally follows whatever is here.
@@ -807,6 +798,14 @@ type Stamp<'a> = (i64, i32, &'a VersionVector);
 enum Written {
     Done,
     Raced,
+}
+
+/// The version in columns `at` (stamp), `at + 1` (node) and `at + 2` (vector) of a
+/// statement's row reading table `tbl`.
+fn version_at(r: &pgrx::spi::SpiHeapTupleData, at: usize, tbl: &str) -> Result<Version> {
+    let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(at + 2).map_err(spi)?.unwrap_or_default())
+        .map_err(|e| damaged(format!("{tbl}: version vector: {e}")))?;
+    Ok(Version { hlc: r.get(at).map_err(spi)?.unwrap_or(0), node: r.get(at + 1).map_err(spi)?.unwrap_or(0), vv })
 }
 
 /// Most changes applied by one set-wise statement.

@@ -245,7 +245,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
         },
         bulk_tombstoned: prepare(
             format!(
-                "SELECT e.n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n) \
+                "SELECT e.n FROM {ENTRIES} \
                  WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND tb.pk = {})",
                 u32::from(relid),
                 shape.key_json("(e.v -> 'r')")
@@ -328,8 +328,12 @@ const ENTRIES: &str = "(SELECT v, n FROM pg_catalog.jsonb_array_elements($1) WIT
 /// The entries of $1 to write, each with the ctid its row was locked at: $3 their
 /// positions, $4 the ctids. By ctid alone: a locked row can be changed only by this
 /// transaction, and a row it changed or moved is at another ctid.
-const TO_WRITE: &str = "(SELECT e.v, e.n, w.c FROM ROWS FROM (pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::text[]::tid[])) AS w(n, c) \
-     JOIN (SELECT v, n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n)) e ON e.n = w.n) e";
+fn to_write() -> String {
+    format!(
+        "(SELECT e.v, e.n, w.c FROM ROWS FROM (pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::text[]::tid[])) \
+         AS w(n, c) JOIN {ENTRIES} ON e.n = w.n) e"
+    )
+}
 
 fn lock_rows_sql(shape: &rowsql::Shape) -> String {
     let left: Vec<String> = shape.pk.iter().map(|k| format!("x.{k}")).collect();
@@ -352,8 +356,9 @@ fn bulk_update_sql(shape: &rowsql::Shape) -> String {
         .collect();
     format!(
         "UPDATE {name} AS x SET {sets}{comma} mmr_hlc = (e.v ->> 'h')::int8, mmr_node = $2, \
-         mmr_vv = (e.v ->> 'v')::int8[] FROM {TO_WRITE} WHERE x.ctid = e.c RETURNING e.n",
+         mmr_vv = (e.v ->> 'v')::int8[] FROM {to_write} WHERE x.ctid = e.c RETURNING e.n",
         name = shape.name,
+        to_write = to_write(),
         sets = sets.join(", "),
         comma = if sets.is_empty() { "" } else { "," },
     )
@@ -361,13 +366,14 @@ fn bulk_update_sql(shape: &rowsql::Shape) -> String {
 
 fn bulk_delete_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
     format!(
-        "WITH d AS (DELETE FROM {name} AS x USING {TO_WRITE} WHERE x.ctid = e.c RETURNING e.n, e.v), \
+        "WITH d AS (DELETE FROM {name} AS x USING {to_write} WHERE x.ctid = e.c RETURNING e.n, e.v), \
          t AS (INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) \
                SELECT {relid}::oid, {key}, (d.v ->> 'h')::int8, $2, (d.v ->> 'v')::int8[] FROM d \
                ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
                deleted_at = now()) \
          SELECT n FROM d",
         name = shape.name,
+        to_write = to_write(),
         relid = u32::from(relid),
         key = shape.key_json("(d.v -> 'r')"),
     )
