@@ -10,6 +10,7 @@ use postgres::Client;
 use std::fmt::Write as _;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -186,31 +187,37 @@ fn machine() -> String {
 
 const PGBENCH_TABLES: [&str; 4] = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
 
-/// One pgbench run: (transactions per second, WAL bytes per transaction).
-fn pgbench_run(c: &Cluster, secs: u64, sync_commit: bool) -> (f64, f64) {
-    let node = &c.nodes[0];
-    let lsn0 = c.text(0, "SELECT pg_current_wal_lsn()::text");
+/// Runs pgbench against node `i` with `args` (the connection options are added) and
+/// session `options` (PGOPTIONS); returns its output.
+fn pgbench(c: &Cluster, i: usize, args: &[&str], options: &str) -> String {
     let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.port.to_string(),
-            "-U",
-            "postgres",
-            "-c",
-            "4",
-            "-j",
-            "2",
-            "-M",
-            "prepared",
-        ])
-        .args(["-T", &secs.to_string(), "postgres"])
-        .env("PGOPTIONS", format!("-c synchronous_commit={}", if sync_commit { "on" } else { "off" }))
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &c.nodes[i].port.to_string(), "-U", "postgres", "postgres"])
+        .env("PGOPTIONS", options)
         .output()
         .expect("pgbench");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// pgbench's tables at `scale` on node `i`, with the primary key mmr needs on every
+/// replicated table given to pgbench_history (replicated or not, so that the
+/// configurations compared differ only in replication).
+fn pgbench_init(c: &Cluster, i: usize, scale: u32) {
+    pgbench(c, i, &["-i", "-q", "-s", &scale.to_string()], "");
+    c.exec(i, "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY");
+}
+
+/// One pgbench run: (transactions per second, WAL bytes per transaction).
+fn pgbench_run(c: &Cluster, secs: u64, sync_commit: bool) -> (f64, f64) {
+    let lsn0 = c.text(0, "SELECT pg_current_wal_lsn()::text");
+    let text = pgbench(
+        c,
+        0,
+        &["-c", "4", "-j", "2", "-M", "prepared", "-T", &secs.to_string()],
+        &format!("-c synchronous_commit={}", if sync_commit { "on" } else { "off" }),
+    );
     let tps = text
         .lines()
         .find(|l| l.starts_with("tps"))
@@ -247,15 +254,7 @@ fn capture(r: &mut Report) {
     let secs = env_u64("MMR_BENCH_SECS", 10);
     println!("== capture overhead (pgbench, {secs} s per run)");
     let c = Cluster::start_with("bench-capture", 1, bench_options(&[]));
-    let node = &c.nodes[0];
-    let init = Command::new("/usr/lib/postgresql/15/bin/pgbench")
-        .args(["-i", "-q", "-s", "10", "-h", "127.0.0.1", "-p", &node.port.to_string(), "-U", "postgres", "postgres"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    // mmr needs a primary key on every replicated table; give pgbench_history one in
-    // both configurations so they differ only in replication.
-    c.exec(0, "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY");
+    pgbench_init(&c, 0, 10);
     let mut table = String::new();
     let _ = writeln!(table, "| synchronous_commit | unreplicated TPS | replicated TPS | ratio | WAL bytes/txn unreplicated | WAL bytes/txn replicated |");
     let _ = writeln!(table, "|---|---|---|---|---|---|");
@@ -954,8 +953,10 @@ fn proc_cpu(pid: u32, reaped: bool) -> f64 {
     ticks / clock_ticks()
 }
 
+/// The kernel's clock ticks per second (asked once: measurements read /proc often).
 fn clock_ticks() -> f64 {
-    stdout_text(Command::new("getconf").arg("CLK_TCK")).trim().parse().unwrap_or(100.0)
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| stdout_text(Command::new("getconf").arg("CLK_TCK")).trim().parse().unwrap_or(100.0))
 }
 
 fn stdout_text(cmd: &mut Command) -> String {
@@ -977,13 +978,13 @@ fn server_cpu(c: &Cluster, i: usize) -> f64 {
         + children.split_whitespace().filter_map(|p| p.parse().ok()).map(|p| proc_cpu(p, false)).sum::<f64>()
 }
 
-/// CPU seconds of the backends of node `i` that serve changes to other servers
-/// (walsenders, mmr pulls): the "serving" half of replication, counted with apply.
-fn serving_cpu(c: &Cluster, i: usize, pids: &[u32]) -> f64 {
-    let _ = (c, i);
+/// CPU seconds of the processes `pids` (see `serving_pids`).
+fn serving_cpu(pids: &[u32]) -> f64 {
     pids.iter().map(|&p| proc_cpu(p, false)).sum()
 }
 
+/// The backends of node `i` that serve changes to other servers (walsenders, mmr
+/// pulls): the "serving" half of replication, counted with apply.
 fn serving_pids(c: &Cluster, i: usize) -> Vec<u32> {
     let mut db = c.connect(i);
     db.query(
@@ -1025,17 +1026,8 @@ impl Load {
                 ),
             ),
             Load::Pgbench(_) => {
-                let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
-                    .args(["-i", "-q", "-s", "2", "-h", "127.0.0.1", "-p", &c.nodes[i].port.to_string()])
-                    .args(["-U", "postgres", "postgres"])
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                c.exec(
-                    i,
-                    "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY; \
-                     CREATE TABLE sentinel (id int PRIMARY KEY)",
-                );
+                pgbench_init(c, i, 2);
+                c.exec(i, "CREATE TABLE sentinel (id int PRIMARY KEY)");
             }
         }
         c.exec(i, "VACUUM ANALYZE");
@@ -1044,22 +1036,9 @@ impl Load {
     /// Runs the workload on node 0 (one client, as a stream of transactions).
     fn run(self, c: &Cluster) {
         match self {
-            Load::Updates(n) => {
-                let mut db = c.connect(0);
-                db.batch_execute("SET synchronous_commit = off").unwrap();
-                let stmt = db.prepare("UPDATE t SET n = n + 1 WHERE id = $1").unwrap();
-                for id in 0..n {
-                    db.execute(&stmt, &[&id]).unwrap();
-                }
-            }
+            Load::Updates(n) => Backlog::Updates(n).write(&mut c.connect(0)),
             Load::Pgbench(n) => {
-                let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
-                    .args(["-n", "-c", "1", "-M", "prepared", "-t", &n.to_string()])
-                    .args(["-h", "127.0.0.1", "-p", &c.nodes[0].port.to_string(), "-U", "postgres", "postgres"])
-                    .env("PGOPTIONS", "-c synchronous_commit=off")
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                pgbench(c, 0, &["-n", "-c", "1", "-M", "prepared", "-t", &n.to_string()], "-c synchronous_commit=off");
             }
         }
     }
@@ -1076,17 +1055,17 @@ impl Load {
 /// to unreplicated tables, w writing it to replicated ones (while every peer's apply is
 /// held back by a lock), a serving and applying it, per peer.
 fn capacity_cpu(load: Load, n: usize, native: bool) -> (f64, f64, f64) {
-    let c = if native {
-        Cluster::start_with(
-            "bench-cap-native",
-            n,
-            Options {
-                init: false,
-                ..bench_options(&["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"])
-            },
-        )
+    // No autovacuum: a run it happens to fall into would count its CPU.
+    let mut c = if native {
+        let opts = bench_options(&[
+            "autovacuum = off",
+            "wal_level = logical",
+            "max_wal_senders = 10",
+            "max_replication_slots = 10",
+        ]);
+        Cluster::start_with("bench-cap-native", n, Options { init: false, ..opts })
     } else {
-        Cluster::start_with("bench-cap", n, bench_options(&[]))
+        Cluster::start_with("bench-cap", n, bench_options(&["autovacuum = off"]))
     };
     for i in 0..n {
         load.create(&c, i);
@@ -1124,30 +1103,29 @@ fn capacity_cpu(load: Load, n: usize, native: bool) -> (f64, f64, f64) {
                 c.exec(i, &format!("SELECT mmr.replicate('{t}')"));
             }
         }
-        let mut c2 = c;
-        c2.mesh();
-        return capacity_measure(c2, load, n, w0, native);
+        c.mesh();
     }
-    capacity_measure(c, load, n, w0, native)
-}
-
-fn capacity_measure(c: Cluster, load: Load, n: usize, w0: f64, native: bool) -> (f64, f64, f64) {
     c.exec(0, "INSERT INTO sentinel VALUES (0)");
     for i in 1..n {
         c.wait_until(i, "SELECT count(*) = 1 FROM sentinel", Duration::from_secs(120));
     }
-    let _ = native;
+    let (w, a) = capacity_measure(&c, load, n);
+    (w0, w, a)
+}
+
+/// (w, a) of `load` in a group `c` that replicates its tables (see `capacity_cpu`).
+fn capacity_measure(c: &Cluster, load: Load, n: usize) -> (f64, f64) {
     // Hold every peer's apply back while node 0 writes, so w is the writing alone.
     let mut blockers: Vec<Client> = (1..n).map(|i| c.connect(i)).collect();
     for b in &mut blockers {
         b.batch_execute(&format!("BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", load.tables().join(", "))).unwrap();
     }
-    let serving = serving_pids(&c, 0);
-    let peers0: Vec<f64> = (1..n).map(|i| server_cpu(&c, i)).collect();
-    let (w_start, s_start) = (server_cpu(&c, 0), serving_cpu(&c, 0, &serving));
-    load.run(&c);
+    let serving = serving_pids(c, 0);
+    let peers0: Vec<f64> = (1..n).map(|i| server_cpu(c, i)).collect();
+    let (w_start, s_start) = (server_cpu(c, 0), serving_cpu(&serving));
+    load.run(c);
     c.exec(0, "INSERT INTO sentinel VALUES (1)");
-    let (w_end, s_mid) = (server_cpu(&c, 0), serving_cpu(&c, 0, &serving));
+    let (w_end, s_mid) = (server_cpu(c, 0), serving_cpu(&serving));
     // What serving did while the writes ran counts as serving, not writing.
     let w = (w_end - w_start) - (s_mid - s_start);
     for b in &mut blockers {
@@ -1156,10 +1134,10 @@ fn capacity_measure(c: Cluster, load: Load, n: usize, w0: f64, native: bool) -> 
     for i in 1..n {
         c.wait_until(i, "SELECT count(*) = 2 FROM sentinel", Duration::from_secs(600));
     }
-    let s_end = serving_cpu(&c, 0, &serving);
-    let applied: f64 = (1..n).map(|i| server_cpu(&c, i) - peers0[i - 1]).sum();
+    let s_end = serving_cpu(&serving);
+    let applied: f64 = (1..n).map(|i| server_cpu(c, i) - peers0[i - 1]).sum();
     let a = ((s_end - s_start) + applied) / (n - 1) as f64;
-    (w0, w, a)
+    (w, a)
 }
 
 fn capacity(r: &mut Report) {
@@ -1273,12 +1251,7 @@ fn partition_round(backlog: i64) -> (f64, f64, f64, f64) {
     Backlog::Updates(backlog).write(&mut c.connect(0));
     c.heal(1, 0);
     let healed = Instant::now();
-    let mut db = c.connect(1);
-    let stmt = db.prepare(&Backlog::Updates(backlog).done_query()).unwrap();
-    while !db.query_one(&stmt, &[]).unwrap().get::<_, bool>(0) {
-        assert!(healed.elapsed() < Duration::from_secs(600), "no catch-up");
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_done(&mut c.connect(1), &Backlog::Updates(backlog).done_query(), healed);
     let caught_up = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let commits = writer.join().unwrap();
