@@ -579,6 +579,44 @@ mod tests {
         );
     }
 
+    /// The flush that makes a tick's commits durable works when WAL ends exactly at a
+    /// page boundary, where the insert position is past the next page's header (asking
+    /// to flush up to it is an ERROR, which stalled every pull that met it).
+    #[pg_test]
+    fn tick_flush_at_a_wal_page_boundary() {
+        let lsn = || one::<i64>("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint").unwrap();
+        let emit = |n: i64| run(&format!("SELECT pg_logical_emit_message(false, 'x', repeat('a', {n}))"));
+        let page = pg_sys::XLOG_BLCKSZ as i64;
+        let mut landed = false;
+        for _ in 0..200 {
+            // A record of payload n takes overhead + n bytes (n >= 256, a multiple of 8):
+            // learn the overhead from a record within one page, then size the next to end
+            // exactly at the end of its page.
+            let before = lsn();
+            emit(304);
+            let after = lsn();
+            if before / page != after / page {
+                continue;
+            }
+            let overhead = after - before - 304;
+            let left = page - after % page;
+            if left >= overhead + 256 {
+                emit(left - overhead);
+            }
+            if lsn() % page == 24 {
+                landed = true;
+                break;
+            }
+        }
+        assert!(landed, "could not place the WAL insert position just past a page header");
+        crate::queue::flush_commits_before_now();
+        let seg: u64 = 16 * 1024 * 1024;
+        assert_eq!(crate::queue::end_of_wal_before(3 * seg + 40, seg), 3 * seg);
+        assert_eq!(crate::queue::end_of_wal_before(3 * seg + 8192 + 24, seg), 3 * seg + 8192);
+        assert_eq!(crate::queue::end_of_wal_before(3 * seg + 8192 + 48, seg), 3 * seg + 8192 + 48);
+        assert_eq!(crate::queue::end_of_wal_before(3 * seg + 24, seg), 3 * seg + 24);
+    }
+
     /// A transaction that took its queue id first but committed last is served once it
     /// commits, in a later batch; no position ever yields a change twice.
     #[pg_test]

@@ -54,7 +54,6 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         None => None,
     };
     check_consumer(consumer)?;
-    record_consumer(consumer, tick, position)?;
     // The consumer committed everything in its position before it asked: synchronous
     // commits waiting for it need not wait for this pull's own commit (src/sync.rs).
     if let Some(pos) = &from {
@@ -84,13 +83,15 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         shmem::wait_for(Wakeup::Commit, seq, left.as_millis() as i64);
     };
 
-    // Everything visible in the batch's snapshot has committed; it must also be durable
-    // before a peer applies it, or a crash here could take back (and later reuse)
-    // transaction ids the peer has already acted on. This transaction has written (the
-    // consumer's position), so a synchronous commit flushes WAL past every commit our
-    // snapshot saw; the peer applies only after the commit (it waits for the end of
-    // the reply, which follows the commit).
-    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)").map_err(spi)?;
+    // Everything visible in the batch's snapshot is durable: whoever created its tick
+    // flushed WAL past those commits first (`flush_commits_before_now`). What this
+    // transaction writes -- the consumer's position, a new tick, a binding -- may be
+    // lost in a crash: the consumer reports its position again with its next pull, and
+    // a lost tick only makes its next batch larger (`next_tick`). So no flush at commit:
+    // it would put one in every round trip.
+    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)").map_err(spi)?;
+    // After the tick: its flush need not cover this write.
+    record_consumer(consumer, tick, position)?;
 
     let pending = match &to {
         Some(t) => pending_changes(&t.snap)?,
@@ -231,18 +232,59 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
     if let Some(t) = next_tick(tick, from, i32::MAX)? {
         return Ok(t);
     }
-    // The stable stamp is taken before the snapshot (the INSERT below): every change
-    // stamped below it has committed, so it is visible in the tick.
+    // The stable stamp is taken before the snapshot: every change stamped below it has
+    // committed, so it is visible in the tick.
     let stable = clock::stable();
+    let snap =
+        Spi::connect_mut(|c| c.update("SELECT pg_current_snapshot()::text", None, &[])?.first().get_one::<String>())
+            .map_err(spi)?
+            .ok_or_else(|| internal("no snapshot"))?;
+    flush_commits_before_now();
     ticks(
         "WITH t AS (INSERT INTO mmr.tick (snap, hlc, stable_hlc, last_qid) \
-                   VALUES (pg_current_snapshot(), $1, $2, (SELECT last_value FROM mmr.queue_id_seq)) \
+                   VALUES ($3::pg_snapshot, $1, $2, (SELECT last_value FROM mmr.queue_id_seq)) \
                    RETURNING id, snap::text AS snap, last_qid, hlc, stable_hlc, created_at::text AS as_of) \
          SELECT to_jsonb(t) FROM t",
-        &[clock::current().into(), stable.into()],
+        &[clock::current().into(), stable.into(), snap.into()],
     )?
     .pop()
     .ok_or_else(|| internal("no tick created"))
+}
+
+/// Makes every commit a snapshot taken before this call saw durable, before the tick
+/// that holds the snapshot exists: a peer applies what a tick shows, and a crash here
+/// must not take back (and later reuse) a transaction id the peer has acted on. Every
+/// commit visible in that snapshot wrote its commit record before the WAL insert
+/// position read here, so flushing up to it is enough -- and costs nothing when the
+/// writers committed synchronously (already flushed), which is why the pull itself
+/// commits asynchronously: the consumer's position and the tick are bookkeeping that
+/// the next pull writes again (see `pull_begin`).
+pub(crate) fn flush_commits_before_now() {
+    // SAFETY: reading the insert position and flushing WAL up to it are plain calls
+    // of a backend in a transaction; wal_segment_size is set at startup.
+    unsafe {
+        let insert = pg_sys::GetXLogInsertRecPtr();
+        pg_sys::XLogFlush(end_of_wal_before(insert, pg_sys::wal_segment_size as u64));
+    }
+}
+
+/// The end of the WAL written before the insert position `insert`. They differ when
+/// `insert` is just past a page header (the next record would start there): WAL ends
+/// at the page boundary, and asking to flush past it is an error ("xlog flush request
+/// is not satisfied"). The long header starts a segment, the short one other pages.
+pub(crate) fn end_of_wal_before(insert: u64, segment_size: u64) -> u64 {
+    let page = pg_sys::XLOG_BLCKSZ as u64;
+    let align = |n: usize| (n as u64).div_ceil(8) * 8;
+    let header = if insert % segment_size < page {
+        align(std::mem::size_of::<pg_sys::XLogLongPageHeaderData>())
+    } else {
+        align(std::mem::size_of::<pg_sys::XLogPageHeaderData>())
+    };
+    if insert % page == header {
+        insert - header
+    } else {
+        insert
+    }
 }
 
 /// Runs `sql` (rows of `to_jsonb` of a tick) with a fresh snapshot and reads the ticks.

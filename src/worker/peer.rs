@@ -79,7 +79,9 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
     });
     let setup = txn::run(|| {
         Spi::run("SET session_replication_role = replica").map_err(spi)?;
-        Spi::run("SET synchronous_commit = on").map_err(spi)?;
+        // Asynchronous, then flushed right after each commit (txn::run): the applied
+        // rows are visible a flush earlier, and durable before the position is reported.
+        Spi::run("SET synchronous_commit = off").map_err(spi)?;
         Spi::run_with_args(
             "SELECT pg_catalog.set_config('application_name', $1, false)",
             &[format!("mmr apply from {peer}").into()],
@@ -296,7 +298,7 @@ impl Worker {
             Err(Stop::Network(error)) => return Err(Stop::Failed { state: "error", error }),
             Err(stop) => return Err(stop),
         };
-        // Committed (synchronously) with the new position: see applied.rs.
+        // Committed and flushed with the new position (txn::run): see applied.rs.
         crate::applied::note(peer_node, watermark);
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });

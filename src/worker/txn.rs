@@ -23,6 +23,7 @@ pub fn run<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
             Ok(v) => {
                 pg_sys::PopActiveSnapshot();
                 pg_sys::CommitTransactionCommand();
+                flush_commit();
                 Ok(v)
             }
             Err(e) => {
@@ -31,6 +32,17 @@ pub fn run<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
             }
         }
     }
+}
+
+/// Makes the commit just done durable. Workers commit asynchronously and flush right
+/// after instead: what they wrote becomes visible a flush earlier (replication lag),
+/// and is still durable before anything acts on it -- a worker notes an applied stamp
+/// (applied.rs) or reports a position to a peer (which prunes on it) only after
+/// `run` returns. (A commit that wrote nothing leaves `XactLastCommitEnd` where it
+/// was, already flushed: then this costs a comparison.)
+fn flush_commit() {
+    // SAFETY: reading a backend global and flushing WAL, outside a transaction.
+    unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) }
 }
 
 fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {
