@@ -12,6 +12,16 @@
 //! key that repeats in the run, a change that is stale or conflicts) is applied one by
 //! one in its place, so the run's changes take effect in stream order.
 //!
+//! A key that repeats in the run with nothing but updates that each simply apply over
+//! the one before (a hot row: a counter, pgbench's branches) is written once, with the
+//! last change's row and version: the batch is one transaction, so no one sees the
+//! states between, and the last change's version follows all of them. (Apply fires no
+//! triggers -- session_replication_role = replica -- so nothing else sees them either.)
+//! Where the table has a secondary unique index, only when no change applied one by
+//! one lies between the key's first and last change: such a change could depend on a
+//! state in between (a unique value the key gave up). Without one, changes of other
+//! keys cannot depend on this key's row.
+//!
 //! The decisions rest on the rows as the lock statement found them. Only this
 //! transaction can change a locked row, and the one-by-one changes between two
 //! stretches touch other keys -- except that settling a secondary unique collision
@@ -31,6 +41,18 @@ use std::fmt::Write as _;
 struct Found {
     ctid: String,
     version: Version,
+}
+
+/// What becomes of each change of a keyed run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Plan {
+    /// Written set-wise, with its stretch.
+    Write,
+    /// An update followed in the run by later updates of its row that all apply: taken
+    /// up by the write of the last of them (at that position in the run).
+    AbsorbedBy(usize),
+    /// Applied by itself, in its place.
+    OneByOne,
 }
 
 impl Applier {
@@ -86,55 +108,97 @@ impl Applier {
         Spi::connect(|_| {
             let entries = entries(run)?;
             let found = lock_rows(&t, entries, run.len())?;
-            let writable = self.writable(run, &found)?;
+            let plans = self.plans(&t, run, &found)?;
             let mut stretch = Vec::new();
             for (k, ch) in run.iter().enumerate() {
-                if writable[k] {
+                if plans[k] != Plan::OneByOne {
                     stretch.push(k);
                     continue;
                 }
-                self.write_stretch(&t, entries, run, &found, &mut stretch)?;
+                self.write_stretch(&t, entries, run, &found, &plans, &mut stretch)?;
                 self.apply(ch)?;
             }
-            self.write_stretch(&t, entries, run, &found, &mut stretch)
+            self.write_stretch(&t, entries, run, &found, &plans, &mut stretch)
         })
     }
 
-    /// Which changes of the run can be written set-wise: their key has a row here that
-    /// no other change of the run touches, and the change simply applies over it.
-    fn writable(&self, run: &[Change], found: &[Option<Found>]) -> Result<Vec<bool>> {
-        let mut per_row: HashMap<&str, usize> = HashMap::new();
-        for f in found.iter().flatten() {
-            *per_row.entry(f.ctid.as_str()).or_default() += 1;
+    /// What to do with each change of the run: write it set-wise when its key has a
+    /// row here and the change simply applies over it -- over the row as found, or, for
+    /// a key that repeats, over the one its previous change in the run left (then only
+    /// the last is written).
+    fn plans(&self, t: &ApplyTable, run: &[Change], found: &[Option<Found>]) -> Result<Vec<Plan>> {
+        let mut per_row: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (k, f) in found.iter().enumerate() {
+            if let Some(f) = f {
+                per_row.entry(f.ctid.as_str()).or_default().push(k);
+            }
         }
-        run.iter()
-            .zip(found)
-            .map(|(ch, f)| {
-                let Some(f) = f.as_ref().filter(|f| per_row[f.ctid.as_str()] == 1) else { return Ok(false) };
+        let mut plans = vec![Plan::OneByOne; run.len()];
+        let mut chains = Vec::new();
+        for ks in per_row.values() {
+            let Some(mut held) = found[ks[0]].as_ref().map(|f| f.version.clone()) else { continue };
+            let mut all_apply = ks.len() == 1 || ks.iter().all(|&k| run[k].op == Op::Update);
+            for &k in ks {
+                if !all_apply {
+                    break;
+                }
+                let ch = &run[k];
                 let remote = Version { hlc: ch.hlc, node: self.peer_node, vv: ch.vv.clone() };
-                let held = self.as_the_writer_saw_it(&Local::Row(f.version.clone()), ch)?;
-                Ok(decide(ch.op, &remote, &held) == Decision::Apply)
-            })
-            .collect()
+                all_apply =
+                    decide(ch.op, &remote, &self.as_the_writer_saw_it(&Local::Row(held), ch)?) == Decision::Apply;
+                held = remote;
+            }
+            if all_apply {
+                let last = ks[ks.len() - 1];
+                ks.iter().for_each(|&k| plans[k] = Plan::AbsorbedBy(last));
+                plans[last] = Plan::Write;
+                if ks.len() > 1 {
+                    chains.push((ks[0], last));
+                }
+            }
+        }
+        // With a secondary unique index, a key's changes are taken up only where no
+        // change applied by itself lies between its first and last (see the module
+        // documentation); undoing one chain can put such a change inside another, so
+        // until nothing changes.
+        let mut changed = t.unique_collisions.is_some();
+        while changed {
+            changed = false;
+            for &(first, last) in &chains {
+                if plans[last] == Plan::Write && plans[first..last].contains(&Plan::OneByOne) {
+                    for plan in &mut plans[first..=last] {
+                        if *plan == Plan::AbsorbedBy(last) {
+                            *plan = Plan::OneByOne;
+                        }
+                    }
+                    plans[last] = Plan::OneByOne;
+                    changed = true;
+                }
+            }
+        }
+        Ok(plans)
     }
 
     /// Writes the changes at positions `stretch` of the run (then empties it): deletes,
     /// then updates, one statement each, in a subtransaction. A change whose row moved
     /// since it was locked, or a stretch that fails -- it may collide on a unique index
-    /// only because its changes were reordered within it -- is applied one by one.
+    /// only because its changes were reordered within it -- is applied one by one,
+    /// together with the changes its write was to take up, in order.
     fn write_stretch(
         &mut self,
         t: &ApplyTable,
         entries: Image,
         run: &[Change],
         found: &[Option<Found>],
+        plans: &[Plan],
         stretch: &mut Vec<usize>,
     ) -> Result<()> {
         if stretch.is_empty() {
             return Ok(());
         }
         let ks = std::mem::take(stretch);
-        let (deletes, updates): (Vec<usize>, Vec<usize>) = ks.iter().partition(|&&k| run[k].op == Op::Delete);
+        let (deletes, updates): (Vec<usize>, Vec<usize>) =
+            ks.iter().filter(|&&k| plans[k] == Plan::Write).partition(|&&k| run[k].op == Op::Delete);
         if !deletes.is_empty() {
             crate::pg::shmem::note_tombstones(t.relid);
         }
@@ -146,9 +210,14 @@ impl Applier {
         // Whatever failed (a unique collision, or a change that cannot be applied at
         // all) is met again one by one, where it is settled or set aside as usual.
         let written = written.unwrap_or_default();
-        self.stats.applied += written.len() as i64;
         let mut done = vec![false; run.len()];
         written.into_iter().for_each(|k| done[k] = true);
+        for &k in &ks {
+            if let Plan::AbsorbedBy(last) = plans[k] {
+                done[k] = done[last];
+            }
+        }
+        self.stats.applied += ks.iter().filter(|&&k| done[k]).count() as i64;
         ks.into_iter().filter(|&k| !done[k]).try_for_each(|k| self.apply(&run[k]))
     }
 

@@ -1,7 +1,8 @@
 //! PostgreSQL glue that is not mmr's domain: shared memory, transaction callbacks,
 //! subtransactions, sleeping on the latch, per-table caches, fixed session settings, statements run with the
-//! latest snapshot, direct tuple rewrites, and the superuser guard.
+//! latest snapshot, statements kept prepared, direct tuple rewrites, and the superuser guard.
 
+pub mod kept;
 pub mod latch;
 pub mod latest;
 pub mod relcache;

@@ -16,6 +16,7 @@ pub mod prune;
 use crate::catalog;
 use crate::clock;
 use crate::error::{damaged, internal, spi, MmrError, OrRaise, Result};
+use crate::pg::kept::{self, INT8, TEXT};
 use crate::pg::shmem::{self, Wakeup};
 use mmr_core::snapshot::Snapshot;
 use mmr_core::wire::{PullHeader, Report, PROTOCOL_VERSION};
@@ -73,7 +74,7 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         if let Some(t) = next_tick(tick, from.as_ref(), max_changes)? {
             break (Some(t), None);
         }
-        if has_unserved_changes(position)? {
+        if has_unserved_changes(position, from.as_ref())? {
             break (Some(create_tick(tick, from.as_ref())?), None);
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -83,20 +84,34 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         shmem::wait_for(Wakeup::Commit, seq, left.as_millis() as i64);
     };
 
-    // Everything visible in the batch's snapshot is durable: whoever created its tick
-    // flushed WAL past those commits first (`flush_commits_before_now`). What this
-    // transaction writes -- the consumer's position, a new tick, a binding -- may be
-    // lost in a crash: the consumer reports its position again with its next pull, and
-    // a lost tick only makes its next batch larger (`next_tick`). So no flush at commit:
-    // it would put one in every round trip.
-    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)").map_err(spi)?;
     // After the tick: its flush need not cover this write.
     record_consumer(consumer, tick, position)?;
-
     let pending = match &to {
         Some(t) => pending_changes(&t.snap)?,
         None => 0,
     };
+    // Until this pull's transaction ends:
+    // * No flush at commit (it would put one in every round trip). Everything visible
+    //   in the batch's snapshot is durable already: whoever created its tick flushed
+    //   WAL past those commits first (`flush_commits_before_now`). What this
+    //   transaction writes -- the consumer's position, a new tick, a binding -- may be
+    //   lost in a crash: the consumer reports its position again with its next pull,
+    //   and a lost tick only makes its next batch larger (`next_tick`).
+    // * The batch's rows (mmr.pull's query, next) are read with a plan made for this
+    //   position: a generic plan cannot use the position's xmin as an index bound (`pos
+    //   IS NULL OR ...`), so it scanned the queue from its start, dead rows included --
+    //   most of a serving backend's CPU at steady load (make bench, lag part).
+    Spi::connect_mut(|c| {
+        kept::update(
+            c,
+            "SELECT pg_catalog.set_config('synchronous_commit', 'off', true), \
+                    pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)",
+            &[],
+            &[],
+        )
+        .map(drop)
+    })
+    .map_err(spi)?;
     let (to_tick, to_snap, hlc, stable, as_of) = match to {
         Some(t) => (Some(t.id), Some(t.snap), t.hlc, t.stable_hlc, t.as_of),
         None => (None, None, clock::current(), stable.unwrap_or(0), now_text()?),
@@ -124,11 +139,12 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
 /// applied all of those changes.
 fn frontier_report() -> Result<Report> {
     let applied = crate::applied::now()?;
-    let peers = Spi::connect(|c| {
-        let t = c.select(
+    let peers = Spi::connect_mut(|c| {
+        let t = kept::update(
+            c,
             "SELECT name, node_id::bigint FROM mmr.peer WHERE node_id IS NOT NULL \
              UNION SELECT name, node_id FROM mmr.member WHERE state = 'parted'",
-            None,
+            &[],
             &[],
         )?;
         t.into_iter()
@@ -152,15 +168,21 @@ pub fn check_consumer(consumer: &str) -> Result<()> {
     if !catalog::valid_name(consumer) {
         return Err(MmrError::InvalidName { what: "consumer", name: consumer.into() });
     }
-    let (allowed, parted) = Spi::get_two_with_args::<bool, bool>(
-        "WITH me AS (SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user), \
+    let (allowed, parted) = Spi::connect_mut(|c| {
+        let t = kept::update(
+            c,
+            "WITH me AS (SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user), \
          bound AS (INSERT INTO mmr.pull_binding (consumer, role) SELECT $1, me.oid::regrole FROM me \
                    WHERE NOT me.rolsuper ON CONFLICT (consumer) DO NOTHING RETURNING role) \
          SELECT (SELECT rolsuper FROM me) OR EXISTS (SELECT 1 FROM bound) \
              OR EXISTS (SELECT 1 FROM mmr.pull_binding b, me WHERE b.consumer = $1 AND b.role::oid = me.oid), \
          EXISTS (SELECT 1 FROM mmr.member WHERE name = $1 AND state IN ('parting', 'parted'))",
-        &[consumer.into()],
-    )
+            &[TEXT],
+            &[consumer.into()],
+        )?;
+        let row = t.first();
+        Ok::<_, pgrx::spi::SpiError>((row.get::<bool>(1)?, row.get::<bool>(2)?))
+    })
     .map_err(spi)?;
     // A node being parted is fenced: see group/part.rs.
     if parted == Some(true) {
@@ -174,11 +196,16 @@ pub fn check_consumer(consumer: &str) -> Result<()> {
 }
 
 fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<()> {
-    Spi::run_with_args(
-        "INSERT INTO mmr.consumer (name, tick, position, last_seen) VALUES ($1, $2, $3::pg_snapshot, now()) \
-         ON CONFLICT (name) DO UPDATE SET tick = excluded.tick, position = excluded.position, last_seen = now()",
-        &[consumer.into(), tick.into(), position.into()],
-    )
+    Spi::connect_mut(|c| {
+        kept::update(
+            c,
+            "INSERT INTO mmr.consumer (name, tick, position, last_seen) VALUES ($1, $2, $3::pg_snapshot, now()) \
+             ON CONFLICT (name) DO UPDATE SET tick = excluded.tick, position = excluded.position, last_seen = now()",
+            &[TEXT, INT8, TEXT],
+            &[consumer.into(), tick.into(), position.into()],
+        )
+        .map(drop)
+    })
     .map_err(spi)
 }
 
@@ -186,11 +213,18 @@ fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<
 /// the batch near `max_changes` (but at least the first), and only ticks whose snapshot
 /// covers the consumer's position, so a position never moves backwards.
 fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Option<Tick>> {
-    let base =
-        catalog::select_opt::<i64>("SELECT last_qid FROM mmr.tick WHERE id = $1", &[tick.into()]).map_err(spi)?;
+    let base = Spi::connect_mut(|c| {
+        let t = kept::update(c, "SELECT last_qid FROM mmr.tick WHERE id = $1", &[INT8], &[tick.into()])?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_one::<i64>()
+    })
+    .map_err(spi)?;
     let candidates = ticks(
         "SELECT to_jsonb(t) FROM (SELECT id, snap::text AS snap, last_qid, hlc, stable_hlc, created_at::text AS as_of \
          FROM mmr.tick WHERE id > $1 ORDER BY id LIMIT 1000) t",
+        &[INT8],
         &[tick.into()],
     )?;
     let mut chosen: Option<Tick> = None;
@@ -208,16 +242,22 @@ fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Opt
     Ok(chosen)
 }
 
-/// Whether some committed change is not yet visible in `position`.
-fn has_unserved_changes(position: Option<&str>) -> Result<bool> {
-    // client.update(): a non-read-only SPI call takes a fresh snapshot per statement at
-    // READ COMMITTED, so each poll sees commits made since the last one.
+/// Whether some committed change is not yet visible in `position` (`from`, parsed).
+fn has_unserved_changes(position: Option<&str>, from: Option<&Snapshot>) -> Result<bool> {
+    // A fresh snapshot per statement (kept.rs), so each poll sees commits made since the
+    // last one. The xid range is implied by the predicate; spelt out as a range of
+    // parameters, the (generic) plan reads the index from the position's xmin on
+    // instead of the whole queue, dead rows included, whatever the table's size was
+    // when the plan was made.
+    let xmin = from.map_or(0, |f| f.xmin).to_string();
     Spi::connect_mut(|c| {
-        let t = c.update(
+        let t = kept::update(
+            c,
             "SELECT EXISTS (SELECT 1 FROM mmr.queue q \
-               WHERE mmr._served_between(q.xid, $1::pg_snapshot, pg_current_snapshot()))",
-            None,
-            &[position.into()],
+               WHERE q.xid >= $2::xid8 AND q.xid < pg_snapshot_xmax(pg_current_snapshot()) \
+                 AND mmr._served_between(q.xid, $1::pg_snapshot, pg_current_snapshot()))",
+            &[TEXT, TEXT],
+            &[position.into(), xmin.into()],
         )?;
         t.first().get_one::<bool>()
     })
@@ -235,16 +275,18 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
     // The stable stamp is taken before the snapshot: every change stamped below it has
     // committed, so it is visible in the tick.
     let stable = clock::stable();
-    let snap =
-        Spi::connect_mut(|c| c.update("SELECT pg_current_snapshot()::text", None, &[])?.first().get_one::<String>())
-            .map_err(spi)?
-            .ok_or_else(|| internal("no snapshot"))?;
+    let snap = Spi::connect_mut(|c| {
+        kept::update(c, "SELECT pg_current_snapshot()::text", &[], &[])?.first().get_one::<String>()
+    })
+    .map_err(spi)?
+    .ok_or_else(|| internal("no snapshot"))?;
     flush_commits_before_now();
     ticks(
         "WITH t AS (INSERT INTO mmr.tick (snap, hlc, stable_hlc, last_qid) \
                    VALUES ($3::pg_snapshot, $1, $2, (SELECT last_value FROM mmr.queue_id_seq)) \
                    RETURNING id, snap::text AS snap, last_qid, hlc, stable_hlc, created_at::text AS as_of) \
          SELECT to_jsonb(t) FROM t",
+        &[INT8, INT8, TEXT],
         &[clock::current().into(), stable.into(), snap.into()],
     )?
     .pop()
@@ -288,9 +330,9 @@ pub(crate) fn end_of_wal_before(insert: u64, segment_size: u64) -> u64 {
 }
 
 /// Runs `sql` (rows of `to_jsonb` of a tick) with a fresh snapshot and reads the ticks.
-fn ticks(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Vec<Tick>> {
+fn ticks(sql: &'static str, types: &[pgrx::PgOid], args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Vec<Tick>> {
     Spi::connect_mut(|c| {
-        let rows = c.update(sql, None, args)?;
+        let rows = kept::update(c, sql, types, args)?;
         let mut out = Vec::new();
         for r in rows {
             if let Some(j) = r.get::<JsonB>(1)? {
@@ -310,12 +352,18 @@ fn ticks(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Vec<Tick>>
 /// predicate is `mmr._served_between(xid, snap, now)` written out: calling the SQL
 /// function per row made catch-up a third slower (measured with `make bench`).
 fn pending_changes(snap: &str) -> Result<i64> {
-    Spi::get_one_with_args::<i64>(
-        "SELECT coalesce(sum(n), 0)::bigint FROM (SELECT n_changes AS n FROM mmr.queue \
-           WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) \
-           LIMIT 10000) s",
-        &[snap.into()],
-    )
+    Spi::connect_mut(|c| {
+        kept::update(
+            c,
+            "SELECT coalesce(sum(n), 0)::bigint FROM (SELECT n_changes AS n FROM mmr.queue \
+               WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) \
+               LIMIT 10000) s",
+            &[TEXT],
+            &[snap.into()],
+        )?
+        .first()
+        .get_one::<i64>()
+    })
     .map_err(spi)
     .map(|n| n.unwrap_or(0))
 }
@@ -338,8 +386,8 @@ pub fn ticker() -> Result<()> {
         Some(j) => (j.0["id"].as_i64().unwrap_or(0), j.0["snap"].as_str().map(String::from)),
         None => (0, None),
     };
-    if has_unserved_changes(snap.as_deref())? {
-        let from = snap.as_deref().map(Snapshot::parse).transpose().map_err(spi)?;
+    let from = snap.as_deref().map(Snapshot::parse).transpose().map_err(spi)?;
+    if has_unserved_changes(snap.as_deref(), from.as_ref())? {
         create_tick(tick, from.as_ref())?;
     }
     Ok(())

@@ -1,0 +1,40 @@
+//! Statements of hot paths, prepared once per backend and kept: a pull runs a dozen
+//! short statements, and parsing and planning each of them every time was a large part
+//! of a serving backend's CPU (make bench, lag part). PostgreSQL revalidates a kept
+//! plan by itself when what it uses changes (plan cache invalidation), so a kept plan
+//! never runs against a table as it was.
+//!
+//! Kept statements run like `SpiClient::update`: each with a fresh snapshot at READ
+//! COMMITTED, which the pull's polling relies on.
+
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
+use pgrx::{PgBuiltInOids, PgOid};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+thread_local! {
+    static KEPT: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Argument types of kept statements.
+pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+
+/// Runs `sql` with `args` (of `types`), prepared on first use in this backend.
+pub fn update<'conn>(
+    c: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> SpiResult<SpiTupleTable<'conn>> {
+    let plan = match KEPT.with(|k| k.borrow().get(sql).cloned()) {
+        Some(p) => p,
+        None => {
+            let p = Rc::new(c.prepare_mut(sql, types)?.keep());
+            KEPT.with(|k| k.borrow_mut().insert(sql, p.clone()));
+            p
+        }
+    };
+    c.update(&*plan, None, args)
+}
