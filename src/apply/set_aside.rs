@@ -21,6 +21,7 @@
 
 use super::{Applier, Change};
 use crate::error::{internal, spi, MmrError, OrRaise, Result};
+use crate::pg::kept::{self, INT4};
 use crate::pg::subxact::Failure;
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -43,8 +44,10 @@ impl Blocked {
     /// them).
     pub fn load() -> Result<Blocked> {
         let mut b = Blocked::default();
-        Spi::connect(|c| {
-            for r in c.select("SELECT id, tbl, pk::text, kind = 'unique' FROM mmr.set_aside ORDER BY id", None, &[])? {
+        Spi::connect_mut(|c| {
+            for r in
+                kept::update(c, "SELECT id, tbl, pk::text, kind = 'unique' FROM mmr.set_aside ORDER BY id", &[], &[])?
+            {
                 let id = r.get::<i64>(1)?.unwrap_or(0);
                 let (tbl, pk) = (r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?);
                 match (r.get::<bool>(4)?.unwrap_or(false), pk) {
@@ -207,10 +210,16 @@ pub fn put_unreadable(origin: i32, changes: &str, applied: &str, e: &MmrError) -
 /// Caps a watermark of `origin` below its earliest set-aside change: this node has not
 /// applied that one (see the module documentation).
 pub fn cap(origin: i32, stamp: i64) -> Result<i64> {
-    let earliest = Spi::get_one_with_args::<i64>(
-        "SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1 AND kind <> 'unique'",
-        &[origin.into()],
-    )
+    let earliest = Spi::connect_mut(|c| {
+        kept::update(
+            c,
+            "SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1 AND kind <> 'unique'",
+            &[INT4],
+            &[origin.into()],
+        )?
+        .first()
+        .get_one::<i64>()
+    })
     .map_err(spi)?;
     Ok(earliest.map_or(stamp, |h| stamp.min(h)))
 }

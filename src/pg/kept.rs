@@ -1,6 +1,7 @@
 //! Statements of hot paths, prepared once per backend and kept: a pull runs a dozen
 //! short statements, and parsing and planning each of them every time was a large part
-//! of a serving backend's CPU (make bench, lag part). PostgreSQL revalidates a kept
+//! of a serving backend's CPU (make bench, lag part); an apply worker's round a few
+//! more. PostgreSQL revalidates a kept
 //! plan by itself when what it uses changes (plan cache invalidation), so a kept plan
 //! never runs against a table as it was.
 //!
@@ -20,6 +21,8 @@ thread_local! {
 /// Argument types of kept statements.
 pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+pub const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+pub const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
 
 /// Runs `sql` with `args` (of `types`), prepared on first use in this backend.
 pub fn update<'conn>(

@@ -15,6 +15,7 @@ use crate::clock;
 use crate::error::{internal, spi, MmrError, Result};
 use crate::gucs;
 use crate::peer::conn::PeerConn;
+use crate::pg::kept::{self, INT4, INT8, JSONB, TEXT};
 use crate::pg::shmem;
 use mmr_core::hlc;
 use mmr_core::wire::{ProtocolError, PullHeader};
@@ -219,12 +220,20 @@ impl Worker {
         let peer = self.peer.clone();
         let me = self.me.clone();
         txn::run(move || {
-            catalog::select_opt::<pgrx::JsonB>(
-                "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id) FROM mmr.peer \
-                 WHERE name = $1 AND NOT paused \
-                   AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
-                &[peer.into(), me.name.into(), me.node_id.into()],
-            )
+            Spi::connect_mut(|c| {
+                let t = kept::update(
+                    c,
+                    "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id) FROM mmr.peer \
+                     WHERE name = $1 AND NOT paused \
+                       AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
+                    &[TEXT, TEXT, INT4],
+                    &[peer.into(), me.name.into(), me.node_id.into()],
+                )?;
+                if t.is_empty() {
+                    return Ok(None);
+                }
+                t.first().get_one::<pgrx::JsonB>()
+            })
             .map_err(spi)
         })
         .ok()
@@ -410,24 +419,29 @@ impl Worker {
             applier.finish()?;
             relay.store()?;
             let watermark = apply::set_aside::cap(peer_node, header.stable)?;
-            Spi::run_with_args(
-                "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
-                   applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
-                   applied_asof = $6::timestamptz, applied_changes = applied_changes + $7, report = $8, \
-                   duplicate_changes = duplicate_changes + $9 \
-                 WHERE peer = $1",
-                &[
-                    self.peer.as_str().into(),
-                    to_tick.into(),
-                    to_snap.into(),
-                    max_hlc.into(),
-                    watermark.into(),
-                    header.as_of.as_str().into(),
-                    (n as i64).into(),
-                    report_json(header).into(),
-                    applier.stats.duplicates.into(),
-                ],
-            )
+            Spi::connect_mut(|c| {
+                kept::update(
+                    c,
+                    "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
+                       applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
+                       applied_asof = $6::timestamptz, applied_changes = applied_changes + $7, report = $8, \
+                       duplicate_changes = duplicate_changes + $9 \
+                     WHERE peer = $1",
+                    &[TEXT, INT8, TEXT, INT8, INT8, TEXT, INT8, JSONB, INT8],
+                    &[
+                        self.peer.as_str().into(),
+                        to_tick.into(),
+                        to_snap.into(),
+                        max_hlc.into(),
+                        watermark.into(),
+                        header.as_of.as_str().into(),
+                        (n as i64).into(),
+                        report_json(header).into(),
+                        applier.stats.duplicates.into(),
+                    ],
+                )
+                .map(drop)
+            })
             .map_err(spi)?;
             Ok((n, watermark))
         });
