@@ -788,28 +788,56 @@ fn native_pair(name: &str, ddl: &str, table: &str) -> Cluster {
 
 fn lag(r: &mut Report) {
     println!("== replication lag at half the maximum rate");
+    const ROUNDS: usize = 3;
     let ddl = |t: &str| format!("CREATE TABLE {t} (id bigint PRIMARY KEY, at timestamptz)");
+    let tables: Vec<String> = (0..ROUNDS).map(|k| format!("lag_t{k}")).collect();
     let mut c = Cluster::start_with("bench-lag", 2, bench_options(&[]));
     c.replicated_table(&ddl("lag_max"), "lag_max");
-    c.replicated_table(&ddl("lag_t"), "lag_t");
+    for t in &tables {
+        c.replicated_table(&ddl(t), t);
+    }
     c.mesh();
+    let native = native_pair(
+        "bench-native-lag",
+        &tables.iter().map(|t| ddl(t)).collect::<Vec<_>>().join("; "),
+        &tables.join(", "),
+    );
     // The maximum rate of one writer, with replication running.
     let max_rate = paced_writes(&c.nodes[0].conninfo(), "lag_max", 0.0, 3.0).len() as f64 / 3.0;
     c.sync(Duration::from_secs(120));
     let rate = max_rate / 2.0;
-    let (p50, p99, lags) = measure_lag(&c, "lag_t", rate, 10.0);
-    let n = lags.len();
+    // Alternating rounds, a fresh table each; the round with the median p99 of each
+    // system is reported (and its distribution drawn).
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for t in &tables {
+        mine.push(measure_lag(&c, t, rate, 10.0));
+        theirs.push(measure_lag(&native, t, rate, 10.0));
+        let (m, n) = (mine.last().unwrap(), theirs.last().unwrap());
+        println!("   round {t}: mmr p50 {:.1} p99 {:.1} ms; native p50 {:.1} p99 {:.1} ms", m.0, m.1, n.0, n.1);
+    }
     drop(c);
-    let native = native_pair("bench-native-lag", &ddl("lag_t"), "lag_t");
-    let (np50, np99, native_lags) = measure_lag(&native, "lag_t", rate, 10.0);
     drop(native);
+    let median = |mut v: Vec<(f64, f64, Vec<f64>)>| {
+        v.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap());
+        v.swap_remove(v.len() / 2)
+    };
+    let p50_of = |v: &[(f64, f64, Vec<f64>)]| {
+        let mut p: Vec<f64> = v.iter().map(|x| x.0).collect();
+        p.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        p[p.len() / 2]
+    };
+    let (p50, np50) = (p50_of(&mine), p50_of(&theirs));
+    let (_, p99, lags) = median(mine);
+    let (_, np99, native_lags) = median(theirs);
+    let n = lags.len();
 
     println!("   {rate:.0} rows/s (half of {max_rate:.0}): mmr p50 {p50:.1} ms p99 {p99:.1} ms; native p50 {np50:.1} ms p99 {np99:.1} ms");
     r.line("## Replication lag under steady load");
     r.line("");
     r.line(format!(
         "One writer inserts single-row transactions at half its maximum rate ({rate:.0} of {max_rate:.0} rows/s) for 10 s; \
-         a reader on the other node polls every 2 ms. Lag = first seen there - commit acknowledged here ({n} rows)."
+         a reader on the other node polls every 2 ms. Lag = first seen there - commit acknowledged here. Three alternating \
+         rounds per system; medians of the rounds' p50 and p99 ({n} rows in the median round)."
     ));
     r.line("");
     r.line("| | p50 | p99 |");
@@ -817,7 +845,7 @@ fn lag(r: &mut Report) {
     r.line(format!("| mmr | {p50:.1} ms | {p99:.1} ms |"));
     r.line(format!("| native logical replication | {np50:.1} ms | {np99:.1} ms |"));
     r.line("");
-    r.line(format!("Target: p99 under 1 s ({p99:.0} ms)."));
+    r.line(format!("Target: p99 at most 2x native ({:.2}x).", p99 / np99));
     r.lag_p50 = Some(p50);
     r.lags = vec![("mmr", lags), ("native logical replication", native_lags)];
     r.ratio("lag_p50_vs_native", p50 / np50);
