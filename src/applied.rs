@@ -13,8 +13,9 @@
 //! that dropped a tombstone on the report and a node that still holds it would then
 //! decide that transaction's changes differently. So the entries only ever grow, and
 //! only with durable values: workers note a stamp after the transaction that stored it
-//! has committed and been flushed (worker/txn.rs), and after a restart the launcher loads the stored
-//! ones before it starts any worker; until it has, readers read the stored ones.
+//! has committed and been flushed (worker/txn.rs), and after a restart the launcher
+//! loads the stored ones before it starts any worker; until it has, readers read the
+//! stored ones.
 
 use crate::error::{damaged, spi, OrRaise, Result};
 use crate::pg::shmem;

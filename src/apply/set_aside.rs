@@ -210,16 +210,11 @@ pub fn put_unreadable(origin: i32, changes: &str, applied: &str, e: &MmrError) -
 /// Caps a watermark of `origin` below its earliest set-aside change: this node has not
 /// applied that one (see the module documentation).
 pub fn cap(origin: i32, stamp: i64) -> Result<i64> {
-    let earliest = Spi::connect_mut(|c| {
-        kept::update(
-            c,
-            "SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1 AND kind <> 'unique'",
-            &[INT4],
-            &[origin.into()],
-        )?
-        .first()
-        .get_one::<i64>()
-    })
+    let earliest = kept::one::<i64>(
+        "SELECT min(hlc) FROM mmr.set_aside WHERE origin = $1 AND kind <> 'unique'",
+        &[INT4],
+        &[origin.into()],
+    )
     .map_err(spi)?;
     Ok(earliest.map_or(stamp, |h| stamp.min(h)))
 }

@@ -1,9 +1,8 @@
 //! Statements of hot paths, prepared once per backend and kept: a pull runs a dozen
 //! short statements, and parsing and planning each of them every time was a large part
 //! of a serving backend's CPU (make bench, lag part); an apply worker's round a few
-//! more. PostgreSQL revalidates a kept
-//! plan by itself when what it uses changes (plan cache invalidation), so a kept plan
-//! never runs against a table as it was.
+//! more. PostgreSQL revalidates a kept plan by itself when what it uses changes (plan
+//! cache invalidation), so a kept plan never runs against a table as it was.
 //!
 //! Kept statements run like `SpiClient::update`: each with a fresh snapshot at READ
 //! COMMITTED, which the pull's polling relies on.
@@ -40,4 +39,25 @@ pub fn update<'conn>(
         }
     };
     c.update(&*plan, None, args)
+}
+
+/// Runs `sql` (see `update`) for its effect.
+pub fn run(sql: &'static str, types: &[PgOid], args: &[pgrx::datum::DatumWithOid<'_>]) -> SpiResult<()> {
+    pgrx::Spi::connect_mut(|c| update(c, sql, types, args).map(drop))
+}
+
+/// The first column of the first row of `sql` (see `update`), or `None` when there is
+/// no row or it is NULL -- as `catalog::select_opt`, kept.
+pub fn one<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> SpiResult<Option<T>> {
+    pgrx::Spi::connect_mut(|c| {
+        let t = update(c, sql, types, args)?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_one::<T>()
+    })
 }

@@ -101,16 +101,12 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
     //   position: a generic plan cannot use the position's xmin as an index bound (`pos
     //   IS NULL OR ...`), so it scanned the queue from its start, dead rows included --
     //   most of a serving backend's CPU at steady load (make bench, lag part).
-    Spi::connect_mut(|c| {
-        kept::update(
-            c,
-            "SELECT pg_catalog.set_config('synchronous_commit', 'off', true), \
-                    pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)",
-            &[],
-            &[],
-        )
-        .map(drop)
-    })
+    kept::run(
+        "SELECT pg_catalog.set_config('synchronous_commit', 'off', true), \
+                pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)",
+        &[],
+        &[],
+    )
     .map_err(spi)?;
     let (to_tick, to_snap, hlc, stable, as_of) = match to {
         Some(t) => (Some(t.id), Some(t.snap), t.hlc, t.stable_hlc, t.as_of),
@@ -196,16 +192,12 @@ pub fn check_consumer(consumer: &str) -> Result<()> {
 }
 
 fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<()> {
-    Spi::connect_mut(|c| {
-        kept::update(
-            c,
-            "INSERT INTO mmr.consumer (name, tick, position, last_seen) VALUES ($1, $2, $3::pg_snapshot, now()) \
-             ON CONFLICT (name) DO UPDATE SET tick = excluded.tick, position = excluded.position, last_seen = now()",
-            &[TEXT, INT8, TEXT],
-            &[consumer.into(), tick.into(), position.into()],
-        )
-        .map(drop)
-    })
+    kept::run(
+        "INSERT INTO mmr.consumer (name, tick, position, last_seen) VALUES ($1, $2, $3::pg_snapshot, now()) \
+         ON CONFLICT (name) DO UPDATE SET tick = excluded.tick, position = excluded.position, last_seen = now()",
+        &[TEXT, INT8, TEXT],
+        &[consumer.into(), tick.into(), position.into()],
+    )
     .map_err(spi)
 }
 
@@ -213,14 +205,7 @@ fn record_consumer(consumer: &str, tick: i64, position: Option<&str>) -> Result<
 /// the batch near `max_changes` (but at least the first), and only ticks whose snapshot
 /// covers the consumer's position, so a position never moves backwards.
 fn next_tick(tick: i64, from: Option<&Snapshot>, max_changes: i32) -> Result<Option<Tick>> {
-    let base = Spi::connect_mut(|c| {
-        let t = kept::update(c, "SELECT last_qid FROM mmr.tick WHERE id = $1", &[INT8], &[tick.into()])?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        t.first().get_one::<i64>()
-    })
-    .map_err(spi)?;
+    let base = kept::one::<i64>("SELECT last_qid FROM mmr.tick WHERE id = $1", &[INT8], &[tick.into()]).map_err(spi)?;
     let candidates = ticks(
         "SELECT to_jsonb(t) FROM (SELECT id, snap::text AS snap, last_qid, hlc, stable_hlc, created_at::text AS as_of \
          FROM mmr.tick WHERE id > $1 ORDER BY id LIMIT 1000) t",
@@ -250,17 +235,13 @@ fn has_unserved_changes(position: Option<&str>, from: Option<&Snapshot>) -> Resu
     // instead of the whole queue, dead rows included, whatever the table's size was
     // when the plan was made.
     let xmin = from.map_or(0, |f| f.xmin).to_string();
-    Spi::connect_mut(|c| {
-        let t = kept::update(
-            c,
-            "SELECT EXISTS (SELECT 1 FROM mmr.queue q \
-               WHERE q.xid >= $2::xid8 AND q.xid < pg_snapshot_xmax(pg_current_snapshot()) \
-                 AND mmr._served_between(q.xid, $1::pg_snapshot, pg_current_snapshot()))",
-            &[TEXT, TEXT],
-            &[position.into(), xmin.into()],
-        )?;
-        t.first().get_one::<bool>()
-    })
+    kept::one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM mmr.queue q \
+           WHERE q.xid >= $2::xid8 AND q.xid < pg_snapshot_xmax(pg_current_snapshot()) \
+             AND mmr._served_between(q.xid, $1::pg_snapshot, pg_current_snapshot()))",
+        &[TEXT, TEXT],
+        &[position.into(), xmin.into()],
+    )
     .map(|b| b.unwrap_or(false))
     .map_err(spi)
 }
@@ -275,11 +256,9 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
     // The stable stamp is taken before the snapshot: every change stamped below it has
     // committed, so it is visible in the tick.
     let stable = clock::stable();
-    let snap = Spi::connect_mut(|c| {
-        kept::update(c, "SELECT pg_current_snapshot()::text", &[], &[])?.first().get_one::<String>()
-    })
-    .map_err(spi)?
-    .ok_or_else(|| internal("no snapshot"))?;
+    let snap = kept::one::<String>("SELECT pg_current_snapshot()::text", &[], &[])
+        .map_err(spi)?
+        .ok_or_else(|| internal("no snapshot"))?;
     flush_commits_before_now();
     ticks(
         "WITH t AS (INSERT INTO mmr.tick (snap, hlc, stable_hlc, last_qid) \
@@ -352,18 +331,13 @@ fn ticks(sql: &'static str, types: &[pgrx::PgOid], args: &[pgrx::datum::DatumWit
 /// predicate is `mmr._served_between(xid, snap, now)` written out: calling the SQL
 /// function per row made catch-up a third slower (measured with `make bench`).
 fn pending_changes(snap: &str) -> Result<i64> {
-    Spi::connect_mut(|c| {
-        kept::update(
-            c,
-            "SELECT coalesce(sum(n), 0)::bigint FROM (SELECT n_changes AS n FROM mmr.queue \
-               WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) \
-               LIMIT 10000) s",
-            &[TEXT],
-            &[snap.into()],
-        )?
-        .first()
-        .get_one::<i64>()
-    })
+    kept::one::<i64>(
+        "SELECT coalesce(sum(n), 0)::bigint FROM (SELECT n_changes AS n FROM mmr.queue \
+           WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) \
+           LIMIT 10000) s",
+        &[TEXT],
+        &[snap.into()],
+    )
     .map_err(spi)
     .map(|n| n.unwrap_or(0))
 }

@@ -220,20 +220,13 @@ impl Worker {
         let peer = self.peer.clone();
         let me = self.me.clone();
         txn::run(move || {
-            Spi::connect_mut(|c| {
-                let t = kept::update(
-                    c,
-                    "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id) FROM mmr.peer \
-                     WHERE name = $1 AND NOT paused \
-                       AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
-                    &[TEXT, TEXT, INT4],
-                    &[peer.into(), me.name.into(), me.node_id.into()],
-                )?;
-                if t.is_empty() {
-                    return Ok(None);
-                }
-                t.first().get_one::<pgrx::JsonB>()
-            })
+            kept::one::<pgrx::JsonB>(
+                "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id) FROM mmr.peer \
+                 WHERE name = $1 AND NOT paused \
+                   AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
+                &[TEXT, TEXT, INT4],
+                &[peer.into(), me.name.into(), me.node_id.into()],
+            )
             .map_err(spi)
         })
         .ok()
@@ -419,29 +412,25 @@ impl Worker {
             applier.finish()?;
             relay.store()?;
             let watermark = apply::set_aside::cap(peer_node, header.stable)?;
-            Spi::connect_mut(|c| {
-                kept::update(
-                    c,
-                    "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
-                       applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
-                       applied_asof = $6::timestamptz, applied_changes = applied_changes + $7, report = $8, \
-                       duplicate_changes = duplicate_changes + $9 \
-                     WHERE peer = $1",
-                    &[TEXT, INT8, TEXT, INT8, INT8, TEXT, INT8, JSONB, INT8],
-                    &[
-                        self.peer.as_str().into(),
-                        to_tick.into(),
-                        to_snap.into(),
-                        max_hlc.into(),
-                        watermark.into(),
-                        header.as_of.as_str().into(),
-                        (n as i64).into(),
-                        report_json(header).into(),
-                        applier.stats.duplicates.into(),
-                    ],
-                )
-                .map(drop)
-            })
+            kept::run(
+                "UPDATE mmr.peer_progress SET tick = $2, position = $3::pg_snapshot, \
+                   applied_hlc = greatest(applied_hlc, $4), watermark = greatest(watermark, $5), \
+                   applied_asof = $6::timestamptz, applied_changes = applied_changes + $7, report = $8, \
+                   duplicate_changes = duplicate_changes + $9 \
+                 WHERE peer = $1",
+                &[TEXT, INT8, TEXT, INT8, INT8, TEXT, INT8, JSONB, INT8],
+                &[
+                    self.peer.as_str().into(),
+                    to_tick.into(),
+                    to_snap.into(),
+                    max_hlc.into(),
+                    watermark.into(),
+                    header.as_of.as_str().into(),
+                    (n as i64).into(),
+                    report_json(header).into(),
+                    applier.stats.duplicates.into(),
+                ],
+            )
             .map_err(spi)?;
             Ok((n, watermark))
         });
