@@ -24,6 +24,10 @@ pub fn push_json_string(buf: &mut String, s: &str) {
 pub fn push_float(buf: &mut String, v: f64, display: impl std::fmt::Display, exp: impl std::fmt::LowerExp) {
     if v.is_nan() {
         buf.push_str("\"NaN\"");
+    } else if v == 0.0 && v.is_sign_negative() {
+        // As a string: a JSON number -0 reads as 0 in jsonb (a numeric), and peers read
+        // values through jsonb or as `->>` would (image.rs).
+        buf.push_str("\"-0\"");
     } else if v.is_infinite() {
         buf.push_str(if v > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
     } else if v == 0.0 || (1e-6..1e16).contains(&v.abs()) {
@@ -61,6 +65,9 @@ mod tests {
         let mut b = String::new();
         push_float(&mut b, f64::NAN, f64::NAN, f64::NAN);
         assert_eq!(b, "\"NaN\"");
+        let mut b = String::new();
+        push_float(&mut b, -0.0, -0.0, -0.0);
+        assert_eq!(b, "\"-0\"", "a negative zero keeps its sign");
     }
 
     #[test]

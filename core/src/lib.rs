@@ -6,6 +6,7 @@
 //! * [`prune`]: when a tombstone may be dropped;
 //! * [`snapshot`]: `pg_snapshot` queue positions;
 //! * [`json`]: JSON text for the capture trigger's row encoding;
+//! * [`image`]: a row image read as each column's text, and COPY's text format;
 //! * [`conninfo`]: rendering (and masking) libpq connection strings;
 //! * [`schema`]: what a DDL did to a table, and columns a change names that a table lacks;
 //! * [`verify`]: which versions the divergence check compares, and what a repair writes;
@@ -16,6 +17,7 @@
 pub mod conninfo;
 pub mod decide;
 pub mod hlc;
+pub mod image;
 pub mod json;
 #[cfg(test)]
 mod model;

@@ -1,9 +1,12 @@
 //! Set-wise apply of a run of changes of one table (consecutive in the stream, across
 //! remote transactions).
 //!
-//! Inserts: one statement inserts the run where the table has never had a tombstone
-//! (for an absent key an insert always applies); the entries whose key turns out to
-//! exist, or repeat, are then applied one by one, in order.
+//! Inserts: the run is copied in (pg/copy.rs: COPY's input and batching, no JSON
+//! functions): for a key that is absent here, without a tombstone, an insert always
+//! applies. If some key exists, that is undone and one statement inserts the run but
+//! those entries whose key exists or repeats. Then, where the table may have
+//! tombstones, one statement finds the inserted keys that have one: their rows go
+//! again. The entries left out are applied one by one, in order.
 //!
 //! Updates and deletes: one statement locks every key's row, the pure
 //! `decide` runs per change in memory, and one statement writes each stretch of
@@ -31,8 +34,9 @@
 use super::table::ApplyTable;
 use super::{jsonb_arg, Applier, Change, Image};
 use crate::clock;
-use crate::error::{internal, spi, Result};
+use crate::error::{internal, spi, MmrError, Result};
 use mmr_core::decide::{decide, Decision, Local, Op, Version};
+use mmr_core::image::{push_copy_field, ImageError};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -59,41 +63,45 @@ impl Applier {
     /// Applies a run of inserts (see the module documentation).
     pub(super) fn bulk_insert(&mut self, run: &[Change]) -> Result<()> {
         let t = table_of(run)?;
-        if crate::pg::shmem::may_have_tombstones(t.relid) {
-            return run.iter().try_for_each(|ch| self.apply(ch));
-        }
+        let tombs = crate::pg::shmem::may_have_tombstones(t.relid);
         let rest = Spi::connect_mut(|client| -> Result<Vec<usize>> {
-            let entries = entries(run)?;
-            let args = [entries.arg(), self.peer_node.into()];
-            let fail = |e: pgrx::spi::SpiError| internal(format!("applying inserts to {}: {e}", t.name));
-            // Usually every key is new: one plain insert, in a subtransaction so that
-            // when some key was not (fewer rows inserted) it can be undone and the run
-            // inserted by the statement that tells which entries were left out.
-            let all = crate::pg::subxact::run_coded(|| {
-                client.update(&t.insert_all, None, &args).map_err(fail)?;
-                // SAFETY: reading the SPI global set by the statement just executed.
-                let inserted = unsafe { pg_sys::SPI_processed } as usize;
-                if inserted == run.len() {
-                    Ok(())
-                } else {
-                    Err(internal("some keys exist"))
+            // A key with a tombstone is decided against it, one by one.
+            let mut rest = if tombs { tombstoned(client, &t, run.iter())? } else { Vec::new() };
+            let todo: Vec<usize> = (0..run.len()).filter(|k| !rest.contains(k)).collect();
+            let picked = || todo.iter().map(|&k| &run[k]);
+            let data = copy_data(&t, picked(), self.peer_node)?;
+            // Usually every other key is new: they are copied in, in a subtransaction,
+            // so that when some key was not (COPY fails on it) it can be undone and the
+            // entries inserted by the statement that tells which were left out. So also
+            // when a local transaction wrote a tombstone of one of those keys since we
+            // looked (see insert_where_absent): rare.
+            let copied = crate::pg::subxact::run_coded(|| {
+                let n = crate::pg::copy::copy_in(t.relid, &t.copy_columns, data)?;
+                if tombs && !tombstoned(client, &t, picked())?.is_empty() {
+                    return Err(internal("a tombstone appeared"));
                 }
+                Ok(n)
             });
-            let mut rest = match all {
-                Ok(()) => Vec::new(),
-                Err(_) => positions(client.update(&t.bulk_insert, None, &args).map_err(fail)?)?,
-            };
-            if crate::pg::shmem::may_have_tombstones(t.relid) {
-                // A local transaction wrote the table's first tombstone while we
-                // inserted: see insert_where_absent.
-                for k in positions(client.update(&t.bulk_tombstoned, None, &[entries.arg()]).map_err(spi)?)? {
-                    if !rest.contains(&k) {
-                        client.update(&t.delete_row, None, &[jsonb_arg(run[k].image()?)?.arg()]).map_err(spi)?;
-                        rest.push(k);
+            match copied {
+                Ok(n) if n as usize == todo.len() => pgrx::debug1!("mmr: {n} inserts into {} copied in", t.name),
+                Ok(n) => return Err(internal(format!("COPY into {} inserted {n} of {} rows", t.name, todo.len()))),
+                Err(f) => {
+                    pgrx::debug1!("mmr: {} inserts into {} not copied in: {}", todo.len(), t.name, f.message);
+                    let fail = |e: pgrx::spi::SpiError| internal(format!("applying inserts to {}: {e}", t.name));
+                    let args = [entries(picked())?.arg(), self.peer_node.into()];
+                    let left = positions(client.update(&t.bulk_insert, None, &args).map_err(fail)?)?;
+                    rest.extend(left.into_iter().map(|k| todo[k]));
+                    // Inserted, but with a tombstone now: the row goes again.
+                    for k in if tombs { tombstoned(client, &t, picked())? } else { Vec::new() } {
+                        if !rest.contains(&todo[k]) {
+                            let image = jsonb_arg(run[todo[k]].image()?)?;
+                            client.update(&t.delete_row, None, &[image.arg()]).map_err(spi)?;
+                            rest.push(todo[k]);
+                        }
                     }
                 }
-                rest.sort_unstable();
             }
+            rest.sort_unstable();
             Ok(rest)
         })?;
         self.stats.applied += (run.len() - rest.len()) as i64;
@@ -268,11 +276,53 @@ fn positions(rows: pgrx::spi::SpiTupleTable) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// The rows of `changes` in COPY's text format, the fields of the table's `copy_columns`.
+fn copy_data<'a>(t: &ApplyTable, changes: impl Iterator<Item = &'a Change> + Clone, origin: i32) -> Result<String> {
+    let mut data =
+        String::with_capacity(changes.clone().map(|ch| ch.new_row.as_ref().map_or(0, |r| r.len()) + 64).sum());
+    for ch in changes {
+        for v in &image_values(t, &t.layout, ch)? {
+            push_copy_field(&mut data, v.as_deref());
+            data.push('\t');
+        }
+        let _ = writeln!(data, "{}\t{origin}\t{}", ch.hlc, ch.vv.to_pg_array());
+    }
+    Ok(data)
+}
+
+/// The positions (0-based) of the `changes` whose key has a tombstone.
+fn tombstoned<'a>(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    t: &ApplyTable,
+    changes: impl Iterator<Item = &'a Change>,
+) -> Result<Vec<usize>> {
+    let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); t.key_layout.len()];
+    for ch in changes {
+        for (col, v) in cols.iter_mut().zip(image_values(t, &t.key_layout, ch)?) {
+            col.push(v.map(|v| v.into_owned()));
+        }
+    }
+    let keys: Vec<pgrx::datum::DatumWithOid<'static>> = cols.into_iter().map(Into::into).collect();
+    positions(client.update(&t.bulk_tombstoned, None, &keys).map_err(spi)?)
+}
+
+/// The image of a change read as the columns of `layout`.
+fn image_values<'a>(
+    t: &ApplyTable,
+    layout: &'a mmr_core::image::Layout,
+    ch: &'a Change,
+) -> Result<Vec<Option<std::borrow::Cow<'a, str>>>> {
+    layout.values(ch.image()?).map_err(|e| match e {
+        ImageError::UnknownColumn(column) => MmrError::UnknownColumn { tbl: t.name.clone(), column },
+        ImageError::Malformed(m) => MmrError::Protocol(format!("a change of {}: {m}", t.name)),
+    })
+}
+
 /// The run's changes as the set-wise statements read them (see
 /// `ApplyTable::insert_all`), parsed once for all of them.
-fn entries(run: &[Change]) -> Result<Image> {
+fn entries<'a>(run: impl IntoIterator<Item = &'a Change>) -> Result<Image> {
     let mut arr = String::from("[");
-    for (i, ch) in run.iter().enumerate() {
+    for (i, ch) in run.into_iter().enumerate() {
         let _ = write!(
             arr,
             "{}{{\"r\":{},\"h\":\"{}\",\"v\":\"{}\"}}",

@@ -226,7 +226,9 @@ impl Applier {
             return self.apply(&ch);
         }
         match self.runs.iter().position(|r| r[0].tbl == ch.tbl) {
-            Some(i) if run_kind(self.runs[i][0].op) == run_kind(ch.op) && self.runs[i].len() < BULK => {
+            Some(i)
+                if run_kind(self.runs[i][0].op) == run_kind(ch.op) && self.runs[i].len() < run_kind(ch.op).most() =>
+            {
                 self.runs[i].push(ch)
             }
             Some(i) => {
@@ -808,15 +810,24 @@ fn version_at(r: &pgrx::spi::SpiHeapTupleData, at: usize, tbl: &str) -> Result<V
     Ok(Version { hlc: r.get(at).map_err(spi)?.unwrap_or(0), node: r.get(at + 1).map_err(spi)?.unwrap_or(0), vv })
 }
 
-/// Most changes applied by one set-wise statement.
-const BULK: usize = 1000;
-
 /// Which changes are gathered into one run: inserts (of keys expected to be absent)
 /// apart from updates and deletes (of keys expected to have a row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RunKind {
     Inserts,
     Keyed,
+}
+
+impl RunKind {
+    /// Most changes in one run. Inserts are copied in (pg/copy.rs), which costs a
+    /// thousand tuple slots per COPY: a larger run spreads them over more rows.
+    /// Updates and deletes go through set-wise statements over one jsonb array.
+    fn most(self) -> usize {
+        match self {
+            RunKind::Inserts => 10_000,
+            RunKind::Keyed => 1000,
+        }
+    }
 }
 
 fn run_kind(op: Op) -> RunKind {

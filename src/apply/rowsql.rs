@@ -120,6 +120,53 @@ impl Shape {
         out
     }
 
+    /// How a row image reads as the image columns' values outside SQL (the same
+    /// choice of name or fill as `value`).
+    pub fn layout(&self) -> mmr_core::image::Layout {
+        let cols = self.image_cols().map(|c| mmr_core::image::LayoutColumn {
+            name: &c.raw,
+            former_names: &c.olds,
+            fill: c.fill.as_deref(),
+        });
+        // Generated columns are in images too (capture writes every column), and the
+        // table computes them.
+        let generated = self.cols.iter().filter(|c| c.generated).flat_map(|c| std::iter::once(&c.raw).chain(&c.olds));
+        let ignored: Vec<String> = self.dropped.iter().chain(generated).cloned().collect();
+        mmr_core::image::Layout::new(cols, &ignored)
+    }
+
+    /// How a row image reads as the key columns' values outside SQL (as `key_values`).
+    pub fn key_layout(&self) -> mmr_core::image::Layout {
+        let keys: Vec<&Col> = self.pk.iter().map(|k| self.key_col(k)).collect();
+        let others: Vec<String> = self
+            .known_names()
+            .into_iter()
+            .filter(|n| !keys.iter().any(|c| c.raw == *n || c.olds.contains(n)))
+            .collect();
+        let cols = keys.iter().map(|c| mmr_core::image::LayoutColumn {
+            name: &c.raw,
+            former_names: &c.olds,
+            fill: c.fill.as_deref(),
+        });
+        mmr_core::image::Layout::new(cols, &others)
+    }
+
+    fn key_col(&self, ident: &str) -> &Col {
+        self.cols.iter().find(|c| c.ident == ident).expect("key columns are columns")
+    }
+
+    /// The key as `jsonb_build_object(...)` (the form of `key_json`) of the key columns'
+    /// values given as text: `{alias}.k0`, `{alias}.k1`, ... in key order.
+    pub fn key_json_of_texts(&self, alias: &str) -> String {
+        let parts: Vec<String> = self
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{}, ({alias}.k{i})::{}", quote_literal(unquote(k)), self.key_col(k).typ))
+            .collect();
+        format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
+    }
+
     /// Every name a change of this table may carry: its columns, their former names,
     /// and dropped ones. Any other is a column this node does not have yet.
     pub fn known_names(&self) -> std::collections::HashSet<String> {
@@ -134,13 +181,7 @@ impl Shape {
 
     /// The key columns' values read from `json`, in key order.
     pub fn key_values(&self, json: &str) -> Vec<String> {
-        self.pk
-            .iter()
-            .map(|k| {
-                let c = self.cols.iter().find(|c| &c.ident == k).expect("key columns are columns");
-                Self::value(c, json)
-            })
-            .collect()
+        self.pk.iter().map(|k| Self::value(self.key_col(k), json)).collect()
     }
 
     /// `(SELECT ... ) r`: the image `json` (a jsonb expression) as a one-row relation `r`

@@ -45,17 +45,24 @@ pub struct ApplyTable {
     /// Records a conflict of the image's key: $2 kind, $3 local row, $4 remote row,
     /// $5/$6 local/remote stamp, $7/$8 local/remote node, $9 resolution, $10 resolver, $11 note.
     pub log_conflict: OwnedPreparedStatement,
+    /// How a row image reads as the values of `copy_columns` (set-wise inserts by
+    /// COPY, apply/bulk.rs), without the mmr columns.
+    pub layout: mmr_core::image::Layout,
+    /// The columns a set-wise insert writes: the image columns, then `mmr_hlc`,
+    /// `mmr_node`, `mmr_vv`.
+    pub copy_columns: Vec<String>,
     /// The set-wise statements (apply/bulk.rs) read a run of changes as entries: $1 a
     /// jsonb array of {"r": image, "h": stamp, "v": vector} (stamp and vector as
     /// strings: `bigint` and `bigint[]` literals), numbered from 1; $2 the origin node.
     ///
-    /// Inserts every entry, unless its key exists (ON CONFLICT DO NOTHING).
-    pub insert_all: OwnedPreparedStatement,
-    /// The same, returning the positions of the entries it did not insert: their key
-    /// exists, or repeats an earlier entry's. Those are applied one by one.
+    /// Inserts every entry unless its key exists (ON CONFLICT DO NOTHING), returning
+    /// the positions of the entries it did not insert: their key exists, or repeats an
+    /// earlier entry's. Those are applied one by one.
     pub bulk_insert: OwnedPreparedStatement,
-    /// The (1-based) positions of the entries of such an array whose key has a
-    /// tombstone.
+    /// How a row image reads as the key columns' values outside SQL.
+    pub key_layout: mmr_core::image::Layout,
+    /// The (1-based) positions of the keys that have a tombstone, of the keys given
+    /// as one `text[]` per key column ($1, $2, ...: the key columns' text, in key order).
     pub bulk_tombstoned: OwnedPreparedStatement,
     /// Locks the rows of many keys in one statement: $1 a jsonb array of
     /// {"r": image, "h": stamp, "v": vector}. Returns (position, ctid, hlc, node, vv)
@@ -215,7 +222,6 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             ),
             &[jsonb, text, text, text, int8, int8, int4, int4, text, text, text],
         )?,
-        insert_all: prepare(insert_all_sql(&shape, &cols, overriding), &[jsonb, int4])?,
         bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
         lock_rows: prepare(lock_rows_sql(&shape), &[jsonb])?,
         bulk_update: prepare(bulk_update_sql(&shape), &[jsonb, int4, int8s, texts])?,
@@ -243,15 +249,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
                 )?)
             }
         },
-        bulk_tombstoned: prepare(
-            format!(
-                "SELECT e.n FROM {ENTRIES} \
-                 WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND tb.pk = {})",
-                u32::from(relid),
-                shape.key_json("(e.v -> 'r')")
-            ),
-            &[jsonb],
-        )?,
+        bulk_tombstoned: prepare(tombstoned_sql(&shape, relid), &vec![texts; shape.pk.len()])?,
         resolver: match resolver {
             None => None,
             Some(f) => {
@@ -262,6 +260,13 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             }
         },
         known: shape.known_names(),
+        layout: shape.layout(),
+        key_layout: shape.key_layout(),
+        copy_columns: image_cols
+            .iter()
+            .map(|c| c.raw.clone())
+            .chain(["mmr_hlc", "mmr_node", "mmr_vv"].map(String::from))
+            .collect(),
         name,
         relid,
     })
@@ -289,17 +294,6 @@ fn unique_indexes(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Result<Vec<Vec<
     Ok(out)
 }
 
-fn insert_all_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> String {
-    format!(
-        "INSERT INTO {name} AS x ({cols}, mmr_hlc, mmr_node, mmr_vv) {overriding} \
-         SELECT {vals}, (e.v ->> 'h')::int8, $2, (e.v ->> 'v')::int8[] FROM {ENTRIES} \
-         ORDER BY e.n ON CONFLICT ({pk}) DO NOTHING",
-        name = shape.name,
-        vals = shape.values("e.v -> 'r'").join(", "),
-        pk = shape.pk.join(", "),
-    )
-}
-
 fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> String {
     let keys = shape.key_values("e.v -> 'r'");
     let ins_keys: Vec<String> = shape.pk.iter().map(|k| format!("ins.{k}")).collect();
@@ -319,6 +313,19 @@ fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> Strin
         key_list = keys.join(", "),
         ins_keys = ins_keys.join(", "),
         aliases = key_aliases.iter().map(|a| format!("keyed.{a}")).collect::<Vec<_>>().join(", "),
+    )
+}
+
+fn tombstoned_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
+    let unnests: Vec<String> = (1..=shape.pk.len()).map(|i| format!("pg_catalog.unnest(${i}::text[])")).collect();
+    let names: Vec<String> = (0..shape.pk.len()).map(|i| format!("k{i}")).collect();
+    format!(
+        "SELECT k.n FROM ROWS FROM ({}) WITH ORDINALITY AS k({}, n) \
+         WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND tb.pk = {})",
+        unnests.join(", "),
+        names.join(", "),
+        u32::from(relid),
+        shape.key_json_of_texts("k")
     )
 }
 

@@ -5,7 +5,7 @@
 //!
 //! * integers, numerics and booleans as JSON numbers / booleans;
 //! * floats as the shortest decimal that reads back to the same value (not the session's
-//!   `extra_float_digits`); NaN and infinities as strings;
+//!   `extra_float_digits`); NaN, infinities and a negative zero as strings;
 //! * json/jsonb as strings holding their text, so a JSON `null` stays apart from SQL NULL;
 //! * dates and times in ISO 8601, as `to_jsonb` writes them (not the session's DateStyle);
 //! * everything else as a string holding the type's text output.

@@ -524,6 +524,11 @@ impl Cluster {
         &self.root
     }
 
+    /// The whole server log of node `i`.
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].log_path()).unwrap_or_default()
+    }
+
     /// Every node's server log, for failure reports.
     pub fn logs(&self) -> String {
         let mut out = String::new();

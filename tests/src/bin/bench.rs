@@ -419,9 +419,48 @@ fn timed_catch_up(c: &Cluster, backlog: Backlog, synced: impl Fn(&Cluster)) -> f
     let mut tx = blocker.transaction().unwrap();
     tx.batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
     backlog.write(&mut c.connect(0));
+    let perf = Profile::start(c);
     let start = Instant::now();
     tx.commit().unwrap();
-    backlog.changes() as f64 / wait_done(&mut c.connect(1), &backlog.done_query(), start)
+    let rate = backlog.changes() as f64 / wait_done(&mut c.connect(1), &backlog.done_query(), start);
+    drop(perf);
+    rate
+}
+
+/// With MMR_BENCH_PERF=<dir> set, `perf record` of the processes that replicate (on
+/// both nodes: mmr's apply worker and serving backend, or native's walsender and apply
+/// worker) while a catch-up runs: one numbered file per catch-up in <dir>. For
+/// profiling; the rates measured are then a little lower.
+struct Profile(std::process::Child);
+
+impl Profile {
+    fn start(c: &Cluster) -> Option<Profile> {
+        let dir = std::env::var("MMR_BENCH_PERF").ok()?;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let q = "SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity \
+                 WHERE application_name LIKE 'mmr %' OR backend_type IN ('walsender', 'logical replication worker')";
+        let pids: Vec<String> = (0..2).map(|i| c.text(i, q)).filter(|p| !p.is_empty()).collect();
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "1999", "-e", "cpu-clock", "-g", "-p", &pids.join(",")])
+            .arg("-o")
+            .arg(format!("{dir}/catch-up-{n}.data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        thread::sleep(Duration::from_millis(300));
+        Some(Profile(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        // SIGINT: perf writes its file and exits.
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
 }
 
 const APPLY_TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text, n int)";

@@ -1,0 +1,245 @@
+//! A row image -- the JSON object keyed by column name that the capture trigger writes
+//! -- read as the text of each local column, exactly as SQL's `image ->> 'col'` reads
+//! it, for apply paths that hand values to PostgreSQL without its JSON functions (the
+//! set-wise insert, which feeds COPY). Each value then goes through the column type's
+//! input function, as `(image ->> 'col')::type` does.
+//!
+//! Which name fills a column follows `rowsql::Shape::value`: the column's own name,
+//! else a former name (renamed by replicated DDL), else the column's fill (what ADD
+//! COLUMN gave existing rows). Names of dropped columns are ignored; any other name is
+//! a column this node does not have yet.
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+/// The columns an image is read into, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// Every name a change may carry: the column it fills and its rank (0 the column's
+    /// own name, then its former names in order; a lower rank wins), or `None` for a
+    /// dropped column.
+    names: HashMap<String, Option<(usize, usize)>>,
+    /// Per column, the text a change that lacks it gives it (`None`: NULL).
+    fills: Vec<Option<String>>,
+}
+
+/// One column of a layout.
+pub struct LayoutColumn<'a> {
+    pub name: &'a str,
+    pub former_names: &'a [String],
+    pub fill: Option<&'a str>,
+}
+
+/// An image that cannot be read into a layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageError {
+    /// It names a column this node does not have.
+    UnknownColumn(String),
+    /// It is not a JSON object.
+    Malformed(String),
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageError::UnknownColumn(c) => write!(f, "the change has a column \"{c}\" this node does not have"),
+            ImageError::Malformed(m) => write!(f, "row image: {m}"),
+        }
+    }
+}
+
+impl Layout {
+    pub fn new<'a>(columns: impl IntoIterator<Item = LayoutColumn<'a>>, dropped: &[String]) -> Layout {
+        let mut layout = Layout::default();
+        for name in dropped {
+            layout.names.insert(name.clone(), None);
+        }
+        for (i, c) in columns.into_iter().enumerate() {
+            for (rank, name) in std::iter::once(c.name).chain(c.former_names.iter().map(String::as_str)).enumerate() {
+                layout.names.insert(name.to_string(), Some((i, rank)));
+            }
+            layout.fills.push(c.fill.map(String::from));
+        }
+        layout
+    }
+
+    pub fn len(&self) -> usize {
+        self.fills.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fills.is_empty()
+    }
+
+    /// The text of each column of the image `image` (`None`: SQL NULL).
+    pub fn values<'a>(&'a self, image: &'a str) -> Result<Vec<Option<Cow<'a, str>>>, ImageError> {
+        let mut out =
+            Values { layout: self, values: vec![None; self.len()], ranks: vec![usize::MAX; self.len()], unknown: None };
+        let mut de = serde_json::Deserializer::from_str(image);
+        if let Err(e) = (&mut out).deserialize(&mut de) {
+            return Err(match out.unknown {
+                Some(column) => ImageError::UnknownColumn(column),
+                None => ImageError::Malformed(e.to_string()),
+            });
+        }
+        de.end().map_err(|e| ImageError::Malformed(e.to_string()))?;
+        Ok(out
+            .values
+            .into_iter()
+            .zip(out.ranks)
+            .zip(&self.fills)
+            .map(|((v, rank), fill)| if rank == usize::MAX { fill.as_deref().map(Cow::Borrowed) } else { v })
+            .collect())
+    }
+}
+
+struct Values<'l, 'a> {
+    layout: &'l Layout,
+    values: Vec<Option<Cow<'a, str>>>,
+    /// The rank of the name each column was read from (`usize::MAX`: not read).
+    ranks: Vec<usize>,
+    /// The first name the layout does not know.
+    unknown: Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for &mut Values<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Values<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a row image (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            match self.layout.names.get(key.as_ref()) {
+                None => {
+                    self.unknown = Some(key.into_owned());
+                    return Err(A::Error::custom("unknown column"));
+                }
+                Some(None) => {}
+                // A later duplicate of a name replaces the earlier value, as in jsonb.
+                Some(&Some((col, rank))) if rank <= self.ranks[col] => {
+                    self.values[col] = scalar_text(raw.get()).map_err(A::Error::custom)?;
+                    self.ranks[col] = rank;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text `->>` gives for a JSON value: a string's contents, a number's digits
+/// (jsonb keeps numbers as numeric, so a negative zero reads as zero), `true`/`false`,
+/// and NULL for JSON null. Arrays and objects (which the capture trigger never writes
+/// as values) read as their JSON text.
+fn scalar_text(raw: &str) -> Result<Option<Cow<'_, str>>, serde_json::Error> {
+    Ok(match raw.as_bytes().first() {
+        Some(b'"') => Some(serde_json::from_str::<Cow<'_, str>>(raw)?),
+        Some(b'n') => None,
+        Some(b'-') if raw.bytes().skip(1).take_while(|b| *b != b'e' && *b != b'E').all(|b| b == b'0' || b == b'.') => {
+            Some(Cow::Borrowed(&raw[1..]))
+        }
+        _ => Some(Cow::Borrowed(raw)),
+    })
+}
+
+/// Appends one field of COPY's text format: `\N` for NULL, else the text with
+/// backslash, newline, carriage return and tab escaped.
+pub fn push_copy_field(buf: &mut String, value: Option<&str>) {
+    let Some(s) = value else {
+        buf.push_str("\\N");
+        return;
+    };
+    let mut rest = s;
+    while let Some(i) = rest.find(['\\', '\n', '\r', '\t']) {
+        buf.push_str(&rest[..i]);
+        buf.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => "\\t",
+        });
+        rest = &rest[i + 1..];
+    }
+    buf.push_str(rest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        let olds = vec!["old_b".to_string(), "older_b".to_string()];
+        Layout::new(
+            [
+                LayoutColumn { name: "id", former_names: &[], fill: None },
+                LayoutColumn { name: "b", former_names: &olds, fill: None },
+                LayoutColumn { name: "c", former_names: &[], fill: Some("7") },
+            ],
+            &["gone".to_string()],
+        )
+    }
+
+    fn texts(v: Vec<Option<Cow<'_, str>>>) -> Vec<Option<String>> {
+        v.into_iter().map(|v| v.map(Cow::into_owned)).collect()
+    }
+
+    #[test]
+    fn values_read_as_the_arrow_operator_reads_them() {
+        let l = layout();
+        let v = l.values(r#"{"id":-12,"b":"a\"b\\c\n\u00e9","c":null}"#).unwrap();
+        assert_eq!(texts(v), vec![Some("-12".into()), Some("a\"b\\c\né".into()), None]);
+        let v = l.values(r#"{"id":1.50,"b":true,"c":-0}"#).unwrap();
+        assert_eq!(texts(v), vec![Some("1.50".into()), Some("true".into()), Some("0".into())]);
+        let v = l.values(r#"{"id":-0.0e5,"b":-0.5,"c":[1, 2]}"#).unwrap();
+        assert_eq!(texts(v), vec![Some("0.0e5".into()), Some("-0.5".into()), Some("[1, 2]".into())]);
+    }
+
+    #[test]
+    fn missing_columns_take_their_fill_and_former_names_count() {
+        let l = layout();
+        let v = l.values(r#"{"older_b":"x","id":1}"#).unwrap();
+        assert_eq!(texts(v), vec![Some("1".into()), Some("x".into()), Some("7".into())]);
+        // The column's own name wins over former ones, in any order; a former name over
+        // an older one.
+        let v = l.values(r#"{"b":"now","old_b":"then","id":1}"#).unwrap();
+        assert_eq!(texts(v)[1], Some("now".into()));
+        let v = l.values(r#"{"older_b":"oldest","old_b":"then","id":1}"#).unwrap();
+        assert_eq!(texts(v)[1], Some("then".into()));
+        // A null is a value, not a missing column.
+        let v = l.values(r#"{"id":1,"c":null,"gone":5}"#).unwrap();
+        assert_eq!(texts(v), vec![Some("1".into()), None, None]);
+    }
+
+    #[test]
+    fn unknown_columns_and_malformed_images_are_errors() {
+        let l = layout();
+        assert_eq!(l.values(r#"{"id":1,"new col":2}"#), Err(ImageError::UnknownColumn("new col".into())));
+        assert!(matches!(l.values("[1]"), Err(ImageError::Malformed(_))));
+        assert!(matches!(l.values(r#"{"id":"#), Err(ImageError::Malformed(_))));
+        assert!(matches!(l.values(r#"{"id":1} x"#), Err(ImageError::Malformed(_))));
+    }
+
+    #[test]
+    fn copy_fields_escape_what_copy_reads_specially() {
+        let mut b = String::new();
+        push_copy_field(&mut b, Some("a\tb\\c\nd\re\\.f"));
+        b.push('\t');
+        push_copy_field(&mut b, None);
+        b.push('\t');
+        push_copy_field(&mut b, Some(""));
+        assert_eq!(b, "a\\tb\\\\c\\nd\\re\\\\.f\t\\N\t");
+    }
+}
