@@ -24,6 +24,8 @@ pub struct Layout {
     names: HashMap<String, Option<(usize, usize)>>,
     /// Per column, the text a change that lacks it gives it (`None`: NULL).
     fills: Vec<Option<String>>,
+    /// Names it does not know are ignored, not an error (a layout of some columns only).
+    lenient: bool,
 }
 
 /// One column of a layout.
@@ -64,6 +66,12 @@ impl Layout {
             layout.fills.push(c.fill.map(String::from));
         }
         layout
+    }
+
+    /// The same layout, ignoring names it does not know: for reading some columns only
+    /// (the key of a deleted row, whose image may name columns added since).
+    pub fn lenient(self) -> Layout {
+        Layout { lenient: true, ..self }
     }
 
     pub fn len(&self) -> usize {
@@ -123,6 +131,7 @@ impl<'de> Visitor<'de> for &mut Values<'_, 'de> {
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let raw: &'de RawValue = map.next_value()?;
             match self.layout.names.get(key.as_ref()) {
+                None if self.layout.lenient => {}
                 None => {
                     self.unknown = Some(key.into_owned());
                     return Err(A::Error::custom("unknown column"));
@@ -230,6 +239,9 @@ mod tests {
         assert!(matches!(l.values("[1]"), Err(ImageError::Malformed(_))));
         assert!(matches!(l.values(r#"{"id":"#), Err(ImageError::Malformed(_))));
         assert!(matches!(l.values(r#"{"id":1} x"#), Err(ImageError::Malformed(_))));
+        let l = l.lenient();
+        assert_eq!(texts(l.values(r#"{"id":1,"new col":2}"#).unwrap())[0], Some("1".into()));
+        assert!(matches!(l.values("[1]"), Err(ImageError::Malformed(_))));
     }
 
     #[test]

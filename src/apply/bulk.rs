@@ -37,7 +37,9 @@ use crate::clock;
 use crate::error::{internal, spi, MmrError, Result};
 use mmr_core::decide::{decide, Decision, Local, Op, Version};
 use mmr_core::image::{push_copy_field, ImageError};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -111,11 +113,10 @@ impl Applier {
     /// Applies a run of updates and deletes of one table (see the module documentation).
     pub(super) fn bulk_keyed(&mut self, run: &[Change]) -> Result<()> {
         let t = table_of(run)?;
-        // In an SPI connection of its own: the entries' jsonb lives in its memory,
-        // freed when the run is done.
+        // In an SPI connection of its own: the statements' arguments live in its
+        // memory, freed when the run is done.
         Spi::connect(|_| {
-            let entries = entries(run)?;
-            let found = lock_rows(&t, entries, run.len())?;
+            let found = lock_rows(&t, run)?;
             let plans = self.plans(&t, run, &found)?;
             let mut stretch = Vec::new();
             for (k, ch) in run.iter().enumerate() {
@@ -123,10 +124,10 @@ impl Applier {
                     stretch.push(k);
                     continue;
                 }
-                self.write_stretch(&t, entries, run, &found, &plans, &mut stretch)?;
+                self.write_stretch(&t, run, &found, &plans, &mut stretch)?;
                 self.apply(ch)?;
             }
-            self.write_stretch(&t, entries, run, &found, &plans, &mut stretch)
+            self.write_stretch(&t, run, &found, &plans, &mut stretch)
         })
     }
 
@@ -195,7 +196,6 @@ impl Applier {
     fn write_stretch(
         &mut self,
         t: &ApplyTable,
-        entries: Image,
         run: &[Change],
         found: &[Option<Found>],
         plans: &[Plan],
@@ -211,8 +211,13 @@ impl Applier {
             crate::pg::shmem::note_tombstones(t.relid);
         }
         let written = crate::pg::subxact::run_coded(|| {
-            let mut written = self.write_set(t, &t.bulk_delete, entries, found, &deletes)?;
-            written.extend(self.write_set(t, &t.bulk_update, entries, found, &updates)?);
+            let keys = |ch| image_values(t, &t.key_layout, ch);
+            let mut written = self.write_set(t, &t.bulk_delete, run, found, &deletes, keys)?;
+            let columns = |ch| {
+                let mut values = image_values(t, &t.layout, ch)?;
+                Ok(t.update_columns.iter().map(|&i| values[i].take()).collect())
+            };
+            written.extend(self.write_set(t, &t.bulk_update, run, found, &updates, columns)?);
             Ok(written)
         });
         // Whatever failed (a unique collision, or a change that cannot be applied at
@@ -229,15 +234,17 @@ impl Applier {
         ks.into_iter().filter(|&k| !done[k]).try_for_each(|k| self.apply(&run[k]))
     }
 
-    /// Runs `stmt` (bulk_update or bulk_delete) over the entries at positions `ks`;
-    /// returns the positions it wrote.
-    fn write_set(
+    /// Runs `stmt` (bulk_update or bulk_delete) over the changes at positions `ks` of
+    /// the run, with the text columns `columns` reads out of each; returns the positions
+    /// it wrote.
+    fn write_set<'a>(
         &self,
         t: &ApplyTable,
         stmt: &pgrx::spi::OwnedPreparedStatement,
-        entries: Image,
+        run: &'a [Change],
         found: &[Option<Found>],
         ks: &[usize],
+        columns: impl Fn(&'a Change) -> Result<Vec<Option<Cow<'a, str>>>>,
     ) -> Result<Vec<usize>> {
         if ks.is_empty() {
             return Ok(Vec::new());
@@ -245,11 +252,16 @@ impl Applier {
         let positions: Vec<i64> = ks.iter().map(|&k| k as i64 + 1).collect();
         let ctids: Vec<String> =
             ks.iter().map(|&k| found[k].as_ref().map(|f| f.ctid.clone()).unwrap_or_default()).collect();
+        let hlcs: Vec<i64> = ks.iter().map(|&k| run[k].hlc).collect();
+        let vvs: Vec<String> = ks.iter().map(|&k| run[k].vv.to_pg_array()).collect();
+        let mut args: Vec<DatumWithOid<'static>> =
+            vec![self.peer_node.into(), positions.into(), ctids.into(), hlcs.into(), vvs.into()];
+        args.extend(text_columns(ks.iter().map(|&k| &run[k]), columns)?);
         Spi::connect_mut(|client| {
-            let rows = client
-                .update(stmt, None, &[entries.arg(), self.peer_node.into(), positions.into(), ctids.into()])
-                .map_err(|e| internal(format!("applying changes to {}: {e}", t.name)))?;
-            self::positions(rows)
+            generic(|| {
+                let fail = |e| internal(format!("applying changes to {}: {e}", t.name));
+                self::positions(client.update(stmt, None, &args).map_err(fail)?)
+            })
         })
     }
 }
@@ -293,17 +305,11 @@ fn copy_data<'a>(t: &ApplyTable, changes: impl Iterator<Item = &'a Change> + Clo
 /// The positions (0-based) of the `changes` whose key has a tombstone.
 fn tombstoned<'a>(
     client: &mut pgrx::spi::SpiClient<'_>,
-    t: &ApplyTable,
+    t: &'a ApplyTable,
     changes: impl Iterator<Item = &'a Change>,
 ) -> Result<Vec<usize>> {
-    let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); t.key_layout.len()];
-    for ch in changes {
-        for (col, v) in cols.iter_mut().zip(image_values(t, &t.key_layout, ch)?) {
-            col.push(v.map(|v| v.into_owned()));
-        }
-    }
-    let keys: Vec<pgrx::datum::DatumWithOid<'static>> = cols.into_iter().map(Into::into).collect();
-    positions(client.update(&t.bulk_tombstoned, None, &keys).map_err(spi)?)
+    let keys = text_columns(changes, |ch| image_values(t, &t.key_layout, ch))?;
+    generic(|| positions(client.update(&t.bulk_tombstoned, None, &keys).map_err(spi)?))
 }
 
 /// The image of a change read as the columns of `layout`.
@@ -336,12 +342,12 @@ fn entries<'a>(run: impl IntoIterator<Item = &'a Change>) -> Result<Image> {
     jsonb_arg(&arr)
 }
 
-/// Locks the row of each entry's key, in run order: what the lock statement found,
-/// per change.
-fn lock_rows(t: &ApplyTable, entries: Image, n: usize) -> Result<Vec<Option<Found>>> {
+/// Locks the row of each change's key: what the lock statement found, per change.
+fn lock_rows(t: &ApplyTable, run: &[Change]) -> Result<Vec<Option<Found>>> {
+    let keys = text_columns(run.iter(), |ch| image_values(t, &t.key_layout, ch))?;
     Spi::connect_mut(|client| {
-        let rows = client.update(&t.lock_rows, None, &[entries.arg()]).map_err(spi)?;
-        let mut found: Vec<Option<Found>> = (0..n).map(|_| None).collect();
+        let rows = generic(|| client.update(&t.lock_rows, None, &keys).map_err(spi))?;
+        let mut found: Vec<Option<Found>> = (0..run.len()).map(|_| None).collect();
         for r in rows {
             let k = r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1;
             found[k] = Some(Found {
@@ -351,4 +357,33 @@ fn lock_rows(t: &ApplyTable, entries: Image, n: usize) -> Result<Vec<Option<Foun
         }
         Ok(found)
     })
+}
+
+/// Runs a set-wise statement with its generic plan. Its custom plans are made for the
+/// number of changes at hand (a thousand, say), and for a table of a few thousand rows
+/// that is a hash join over the whole table; the generic plan looks each key (or ctid)
+/// up, whatever the table's size. (PostgreSQL makes five custom plans before it
+/// weighs the generic one: a catch-up of a few thousand changes would be all custom.)
+fn generic<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let _scope = crate::pg::settings::Scope::enter();
+    crate::pg::settings::set_saved("plan_cache_mode", "force_generic_plan")?;
+    f()
+}
+
+/// The text columns `columns` reads out of each of `changes`, as one `text[]` argument
+/// per column.
+fn text_columns<'a>(
+    changes: impl Iterator<Item = &'a Change>,
+    columns: impl Fn(&'a Change) -> Result<Vec<Option<Cow<'a, str>>>>,
+) -> Result<Vec<DatumWithOid<'static>>> {
+    let mut cols: Vec<Vec<Option<Cow<'a, str>>>> = Vec::new();
+    for ch in changes {
+        let values = columns(ch)?;
+        cols.resize_with(values.len(), Vec::new);
+        for (col, v) in cols.iter_mut().zip(values) {
+            col.push(v);
+        }
+    }
+    // Copied once, into the arrays.
+    Ok(cols.iter().map(|col| col.iter().map(|v| v.as_deref()).collect::<Vec<Option<&str>>>().into()).collect())
 }

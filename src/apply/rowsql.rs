@@ -135,24 +135,25 @@ impl Shape {
         mmr_core::image::Layout::new(cols, &ignored)
     }
 
-    /// How a row image reads as the key columns' values outside SQL (as `key_values`).
+    /// How a row image reads as the key columns' values outside SQL (as `key_values`),
+    /// whatever other columns it names.
     pub fn key_layout(&self) -> mmr_core::image::Layout {
-        let keys: Vec<&Col> = self.pk.iter().map(|k| self.key_col(k)).collect();
-        let others: Vec<String> = self
-            .known_names()
-            .into_iter()
-            .filter(|n| !keys.iter().any(|c| c.raw == *n || c.olds.contains(n)))
-            .collect();
-        let cols = keys.iter().map(|c| mmr_core::image::LayoutColumn {
+        let cols = self.pk.iter().map(|k| self.key_col(k)).map(|c| mmr_core::image::LayoutColumn {
             name: &c.raw,
             former_names: &c.olds,
             fill: c.fill.as_deref(),
         });
-        mmr_core::image::Layout::new(cols, &others)
+        mmr_core::image::Layout::new(cols, &[]).lenient()
     }
 
     fn key_col(&self, ident: &str) -> &Col {
         self.cols.iter().find(|c| c.ident == ident).expect("key columns are columns")
+    }
+
+    /// The key columns' values given as text, `{alias}.k0`, `{alias}.k1`, ... in key
+    /// order, cast to the columns' types.
+    pub fn key_texts_typed(&self, alias: &str) -> Vec<String> {
+        self.pk.iter().enumerate().map(|(i, k)| format!("({alias}.k{i})::{}", self.key_col(k).typ)).collect()
     }
 
     /// The key as `jsonb_build_object(...)` (the form of `key_json`) of the key columns'
@@ -161,8 +162,8 @@ impl Shape {
         let parts: Vec<String> = self
             .pk
             .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{}, ({alias}.k{i})::{}", quote_literal(unquote(k)), self.key_col(k).typ))
+            .zip(self.key_texts_typed(alias))
+            .map(|(k, v)| format!("{}, {v}", quote_literal(unquote(k))))
             .collect();
         format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
     }

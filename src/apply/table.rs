@@ -64,18 +64,24 @@ pub struct ApplyTable {
     /// The (1-based) positions of the keys that have a tombstone, of the keys given
     /// as one `text[]` per key column ($1, $2, ...: the key columns' text, in key order).
     pub bulk_tombstoned: OwnedPreparedStatement,
-    /// Locks the rows of many keys in one statement: $1 a jsonb array of
-    /// {"r": image, "h": stamp, "v": vector}. Returns (position, ctid, hlc, node, vv)
-    /// of each entry whose key has a row, in entry order (see apply/bulk.rs).
+    /// Locks the rows of many keys in one statement: the keys as one `text[]` per key
+    /// column ($1, $2, ..., in key order). Returns (position, ctid, hlc, node, vv) of
+    /// each key that has a row, in order of position (see apply/bulk.rs).
     pub lock_rows: OwnedPreparedStatement,
-    /// Overwrites locked rows from the entries of such an array: $2 the origin node,
-    /// $3 the (1-based) positions of the entries to write, $4 the ctids their rows
-    /// were locked at. Returns the positions written: an entry whose row is no longer
-    /// at that ctid is left out.
+    /// Overwrites locked rows: $1 the origin node, $2 the (1-based) positions of the
+    /// changes, $3 the ctids their rows were locked at, $4 their stamps, $5 their
+    /// vectors (`bigint[]` literals), then one `text[]` per column it sets
+    /// (`update_columns`). Returns the positions written: a change whose row is no longer
+    /// at that ctid is left out. By ctid alone: a locked row can be changed only by this
+    /// transaction, and a row it changed or moved is at another ctid.
     pub bulk_update: OwnedPreparedStatement,
-    /// Deletes many locked rows and writes their tombstones: arguments and result as
-    /// `bulk_update`.
+    /// Deletes locked rows and writes their tombstones (none may exist yet: a key has
+    /// its row or its tombstone): arguments as `bulk_update`, with one `text[]` per key
+    /// column instead of the columns; result as `bulk_update`.
     pub bulk_delete: OwnedPreparedStatement,
+    /// The positions (in `layout`) of the columns `bulk_update` sets, in its order:
+    /// the image columns but GENERATED ALWAYS identity columns.
+    pub update_columns: Vec<usize>,
     /// The image's key as jsonb text, in the form tombstones are stored under.
     pub key_of: OwnedPreparedStatement,
     /// Local rows of other keys that hold the image's values of a secondary unique
@@ -152,6 +158,9 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     // columns in practice, equal on both sides.
     let updatable: Vec<&&rowsql::Col> = image_cols.iter().filter(|c| !c.identity_always).collect();
     let overriding = if image_cols.iter().any(|c| c.identity_always) { "OVERRIDING SYSTEM VALUE" } else { "" };
+    // The arguments of bulk_update and bulk_delete: origin, positions, ctids, stamps,
+    // vectors, and `n` more text[].
+    let written = |n: usize| [vec![int4, int8s, texts, int8s, texts], vec![texts; n]].concat();
     let tombstone_where = format!("relid = {}::oid AND pk = {}", u32::from(relid), shape.key_json("$1"));
 
     Ok(ApplyTable {
@@ -223,9 +232,9 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb, text, text, text, int8, int8, int4, int4, text, text, text],
         )?,
         bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
-        lock_rows: prepare(lock_rows_sql(&shape), &[jsonb])?,
-        bulk_update: prepare(bulk_update_sql(&shape), &[jsonb, int4, int8s, texts])?,
-        bulk_delete: prepare(bulk_delete_sql(&shape, relid), &[jsonb, int4, int8s, texts])?,
+        lock_rows: prepare(lock_rows_sql(&shape), &vec![texts; shape.pk.len()])?,
+        bulk_update: prepare(bulk_update_sql(&shape), &written(updatable.len()))?,
+        bulk_delete: prepare(bulk_delete_sql(&shape, relid), &written(shape.pk.len()))?,
         key_of: prepare(format!("SELECT {}::text", shape.key_json("$1")), &[jsonb])?,
         unique_collisions: match unique_indexes(client, relid)? {
             idx if idx.is_empty() => None,
@@ -262,6 +271,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
         known: shape.known_names(),
         layout: shape.layout(),
         key_layout: shape.key_layout(),
+        update_columns: image_cols.iter().enumerate().filter(|(_, c)| !c.identity_always).map(|(i, _)| i).collect(),
         copy_columns: image_cols
             .iter()
             .map(|c| c.raw.clone())
@@ -317,72 +327,84 @@ fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> Strin
 }
 
 fn tombstoned_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
-    let unnests: Vec<String> = (1..=shape.pk.len()).map(|i| format!("pg_catalog.unnest(${i}::text[])")).collect();
-    let names: Vec<String> = (0..shape.pk.len()).map(|i| format!("k{i}")).collect();
     format!(
-        "SELECT k.n FROM ROWS FROM ({}) WITH ORDINALITY AS k({}, n) \
-         WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND tb.pk = {})",
-        unnests.join(", "),
-        names.join(", "),
+        "SELECT k.n FROM {} WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND tb.pk = {})",
+        keys_given(shape),
         u32::from(relid),
         shape.key_json_of_texts("k")
     )
 }
 
+/// The keys given as one `text[]` per key column ($1, $2, ...) as rows `k(k0, k1, ...,
+/// n)`, numbered from 1.
+fn keys_given(shape: &rowsql::Shape) -> String {
+    let unnests: Vec<String> = (1..=shape.pk.len()).map(|i| format!("pg_catalog.unnest(${i}::text[])")).collect();
+    format!("ROWS FROM ({}) WITH ORDINALITY AS k({}, n)", unnests.join(", "), numbered("k", shape.pk.len()).join(", "))
+}
+
 /// The entries of the jsonb array $1, numbered from 1.
 const ENTRIES: &str = "(SELECT v, n FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY AS e(v, n)) e";
 
-/// The entries of $1 to write, each with the ctid its row was locked at: $3 their
-/// positions, $4 the ctids. By ctid alone: a locked row can be changed only by this
-/// transaction, and a row it changed or moved is at another ctid.
-fn to_write() -> String {
-    format!(
-        "(SELECT e.v, e.n, w.c FROM ROWS FROM (pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::text[]::tid[])) \
-         AS w(n, c) JOIN {ENTRIES} ON e.n = w.n) e"
-    )
+/// `ROWS FROM (unnest($a::T[]), ...) AS {alias}(names...)`: parameters `$first`... as
+/// the columns `names` (with their array types `types`), row by row.
+fn arrays(alias: &str, first: usize, names: &[String], types: &[&str]) -> String {
+    let unnests: Vec<String> =
+        types.iter().enumerate().map(|(i, t)| format!("pg_catalog.unnest(${}::{t})", first + i)).collect();
+    format!("ROWS FROM ({}) AS {alias}({})", unnests.join(", "), names.join(", "))
+}
+
+/// `k0, k1, ...` (or another prefix): the names of `n` columns given as text.
+fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
 fn lock_rows_sql(shape: &rowsql::Shape) -> String {
     let left: Vec<String> = shape.pk.iter().map(|k| format!("x.{k}")).collect();
     format!(
-        "SELECT e.n, x.ctid::text, x.mmr_hlc, x.mmr_node, x.mmr_vv FROM {ENTRIES} JOIN {name} x ON ({left}) = ({right}) \
-         ORDER BY e.n FOR UPDATE OF x",
+        "SELECT k.n, x.ctid::text, x.mmr_hlc, x.mmr_node, x.mmr_vv FROM {keys} JOIN {name} x ON ({left}) = ({right}) \
+         ORDER BY k.n FOR UPDATE OF x",
+        keys = keys_given(shape),
         name = shape.name,
         left = left.join(", "),
-        right = shape.key_values("e.v -> 'r'").join(", "),
+        right = shape.key_texts_typed("k").join(", "),
     )
+}
+
+/// The changes to write (see `ApplyTable::bulk_update`), with `more` text columns
+/// named `prefix0`, `prefix1`, ... from $6 on.
+fn to_write(prefix: &str, more: usize) -> String {
+    let mut names: Vec<String> = ["n", "c", "h", "vv"].map(String::from).into();
+    names.extend(numbered(prefix, more));
+    let mut types = vec!["int8[]", "text[]::tid[]", "int8[]", "text[]"];
+    types.extend(vec!["text[]"; more]);
+    arrays("w", 2, &names, &types)
 }
 
 fn bulk_update_sql(shape: &rowsql::Shape) -> String {
     // GENERATED ALWAYS identity columns cannot be assigned (see `update_row`).
-    let sets: Vec<String> = shape
-        .image_cols()
-        .zip(shape.values("e.v -> 'r'"))
-        .filter(|(c, _)| !c.identity_always)
-        .map(|(c, v)| format!("{} = {v}", c.ident))
-        .collect();
+    let cols: Vec<&rowsql::Col> = shape.image_cols().filter(|c| !c.identity_always).collect();
+    let sets: Vec<String> =
+        cols.iter().enumerate().map(|(i, c)| format!("{} = (w.v{i})::{}, ", c.ident, c.typ)).collect();
     format!(
-        "UPDATE {name} AS x SET {sets}{comma} mmr_hlc = (e.v ->> 'h')::int8, mmr_node = $2, \
-         mmr_vv = (e.v ->> 'v')::int8[] FROM {to_write} WHERE x.ctid = e.c RETURNING e.n",
+        "UPDATE {name} AS x SET {sets} mmr_hlc = w.h, mmr_node = $1, mmr_vv = w.vv::int8[] \
+         FROM {to_write} WHERE x.ctid = w.c RETURNING w.n",
         name = shape.name,
-        to_write = to_write(),
-        sets = sets.join(", "),
-        comma = if sets.is_empty() { "" } else { "," },
+        to_write = to_write("v", cols.len()),
+        sets = sets.concat(),
     )
 }
 
 fn bulk_delete_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
+    let keys = numbered("k", shape.pk.len()).iter().map(|k| format!("w.{k}")).collect::<Vec<_>>().join(", ");
     format!(
-        "WITH d AS (DELETE FROM {name} AS x USING {to_write} WHERE x.ctid = e.c RETURNING e.n, e.v), \
+        "WITH d AS (DELETE FROM {name} AS x USING {to_write} WHERE x.ctid = w.c RETURNING w.n, w.h, w.vv, {keys}), \
          t AS (INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) \
-               SELECT {relid}::oid, {key}, (d.v ->> 'h')::int8, $2, (d.v ->> 'v')::int8[] FROM d \
-               ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
-               deleted_at = now()) \
+               SELECT {relid}::oid, {key}, d.h, $1, d.vv::int8[] FROM d) \
          SELECT n FROM d",
         name = shape.name,
-        to_write = to_write(),
+        to_write = to_write("k", shape.pk.len()),
         relid = u32::from(relid),
-        key = shape.key_json("(d.v -> 'r')"),
+        key = shape.key_json_of_texts("d"),
     )
 }
 
