@@ -129,6 +129,11 @@ impl Change {
         }
     }
 
+    /// The size of its row images.
+    fn image_bytes(&self) -> usize {
+        self.new_row.as_ref().map_or(0, String::len) + self.old_row.as_ref().map_or(0, String::len)
+    }
+
     /// The row image that carries the key: the new row, or the old one for a delete.
     fn image(&self) -> Result<&str> {
         let img = if self.op == Op::Delete { &self.old_row } else { &self.new_row };
@@ -153,7 +158,7 @@ pub struct Applier {
     pub peer_node: i32,
     pub stats: Stats,
     /// Changes gathered into runs, one per table at a time (see `push`).
-    runs: Vec<Vec<Change>>,
+    runs: Vec<Run>,
     /// Apply each change in a subtransaction and set aside those that fail (after a
     /// batch failed as a whole; see set_aside.rs).
     pub careful: bool,
@@ -225,25 +230,21 @@ impl Applier {
             self.finish()?;
             return self.apply(&ch);
         }
-        match self.runs.iter().position(|r| r[0].tbl == ch.tbl) {
-            Some(i)
-                if run_kind(self.runs[i][0].op) == run_kind(ch.op) && self.runs[i].len() < run_kind(ch.op).most() =>
-            {
-                self.runs[i].push(ch)
-            }
+        match self.runs.iter().position(|r| r.changes[0].tbl == ch.tbl) {
+            Some(i) if self.runs[i].takes(&ch) => self.runs[i].push(ch),
             Some(i) => {
                 let run = self.runs.remove(i);
-                self.apply_run(run)?;
-                self.runs.push(vec![ch]);
+                self.apply_run(run.changes)?;
+                self.runs.push(Run::of(ch));
             }
-            None => self.runs.push(vec![ch]),
+            None => self.runs.push(Run::of(ch)),
         }
         Ok(())
     }
 
     /// Applies the gathered runs.
     pub fn finish(&mut self) -> Result<()> {
-        std::mem::take(&mut self.runs).into_iter().try_for_each(|run| self.apply_run(run))
+        std::mem::take(&mut self.runs).into_iter().try_for_each(|run| self.apply_run(run.changes))
     }
 
     fn apply_run(&mut self, run: Vec<Change>) -> Result<()> {
@@ -821,12 +822,38 @@ enum RunKind {
 impl RunKind {
     /// Most changes in one run. Inserts are copied in (pg/copy.rs), which costs a
     /// thousand tuple slots per COPY: a larger run spreads them over more rows.
-    /// Updates and deletes go through set-wise statements over one jsonb array.
     fn most(self) -> usize {
         match self {
             RunKind::Inserts => 10_000,
             RunKind::Keyed => 1000,
         }
+    }
+}
+
+/// Most bytes of row images in one run: a run is held in memory, two or three times
+/// over while it is applied (the changes, the values read out of them).
+const RUN_BYTES: usize = 32 << 20;
+
+/// Changes of one table, consecutive in its stream, of one `RunKind`.
+struct Run {
+    changes: Vec<Change>,
+    bytes: usize,
+}
+
+impl Run {
+    fn of(ch: Change) -> Run {
+        Run { bytes: ch.image_bytes(), changes: vec![ch] }
+    }
+
+    /// Whether `ch` (of the same table) may join the run.
+    fn takes(&self, ch: &Change) -> bool {
+        let kind = run_kind(self.changes[0].op);
+        kind == run_kind(ch.op) && self.changes.len() < kind.most() && self.bytes < RUN_BYTES
+    }
+
+    fn push(&mut self, ch: Change) {
+        self.bytes += ch.image_bytes();
+        self.changes.push(ch);
     }
 }
 

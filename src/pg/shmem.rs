@@ -8,7 +8,7 @@ use mmr_core::snapshot::Snapshot;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Tables remembered as possibly holding tombstones, before falling back to "all".
 const TOMB_SLOTS: usize = 1024;
@@ -96,6 +96,9 @@ pub struct Shared {
     tomb_ready: AtomicBool,
     /// Per node id: what this node has applied of that node (see `note_applied`).
     applied: [AtomicI64; MAX_NODE_ID + 1],
+    /// One past the highest node id with an entry in `applied`: every writing
+    /// transaction reads the entries (capture/buffer.rs), and ids are usually small.
+    applied_top: AtomicUsize,
     /// The database whose entries `applied` holds (the launcher's), once loaded.
     applied_db: AtomicU32,
     /// Number of entries of the `open_stamps` array that follows this struct.
@@ -507,8 +510,12 @@ impl PeerStatusWriter<'_> {
 /// Notes that every change of node `node_id` stamped below `stamp` has been applied
 /// here, durably (see `applied.rs`). Never lowers an entry.
 pub fn note_applied(node_id: i32, stamp: i64) {
-    if let Some(entry) = shared().applied.get(node_id.max(0) as usize) {
+    let s = shared();
+    let node = node_id.max(0) as usize;
+    if let Some(entry) = s.applied.get(node) {
         entry.fetch_max(stamp, Ordering::SeqCst);
+        // After the entry: a reader that sees the new top also sees the entry.
+        s.applied_top.fetch_max(node + 1, Ordering::SeqCst);
     }
 }
 
@@ -519,6 +526,7 @@ pub fn reset_applied() {
     for e in shared().applied.iter() {
         e.store(0, Ordering::SeqCst);
     }
+    shared().applied_top.store(0, Ordering::SeqCst);
 }
 
 /// The `(node id, stamp)` entries noted with `note_applied`, or `None` until the
@@ -529,8 +537,9 @@ pub fn applied_entries() -> Option<Vec<(i64, i64)>> {
         return None;
     }
     let s = shared();
+    let top = s.applied_top.load(Ordering::SeqCst).min(s.applied.len());
     Some(
-        s.applied
+        s.applied[..top]
             .iter()
             .enumerate()
             .filter_map(|(node, e)| {
