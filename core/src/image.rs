@@ -9,11 +9,34 @@
 //! COLUMN gave existing rows). Names of dropped columns are ignored; any other name is
 //! a column this node does not have yet.
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A fast hash for column names (every name of every change is looked up; SipHash,
+/// the default, was a tenth of reading a row image). Not DoS-resistant, and need not
+/// be: the names are the table's own.
+#[derive(Default, Clone, Copy)]
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Names = HashMap<String, Option<(usize, usize)>, BuildHasherDefault<NameHasher>>;
 
 /// The columns an image is read into, in order.
 #[derive(Debug, Clone, Default)]
@@ -21,7 +44,7 @@ pub struct Layout {
     /// Every name a change may carry: the column it fills and its rank (0 the column's
     /// own name, then its former names in order; a lower rank wins), or `None` for a
     /// dropped column.
-    names: HashMap<String, Option<(usize, usize)>>,
+    names: Names,
     /// Per column, the text a change that lacks it gives it (`None`: NULL).
     fills: Vec<Option<String>>,
     /// Names it does not know are ignored, not an error (a layout of some columns only).
@@ -80,6 +103,32 @@ impl Layout {
 
     pub fn is_empty(&self) -> bool {
         self.fills.is_empty()
+    }
+
+    /// The first name in the image `image` that is no column of the layout (nor a former
+    /// or dropped one), reading the names only.
+    pub fn unknown_column(&self, image: &str) -> Result<Option<String>, ImageError> {
+        struct Keys<'l>(&'l Layout);
+        impl<'de> Visitor<'de> for Keys<'_> {
+            type Value = Option<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a row image (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    if found.is_none() && !self.0.names.contains_key(k.as_ref()) {
+                        found = Some(k.into_owned());
+                    }
+                }
+                Ok(found)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(image);
+        let found = de.deserialize_map(Keys(self)).map_err(|e| ImageError::Malformed(e.to_string()))?;
+        de.end().map_err(|e| ImageError::Malformed(e.to_string()))?;
+        Ok(found)
     }
 
     /// The text of each column of the image `image` (`None`: SQL NULL).
@@ -239,6 +288,9 @@ mod tests {
         assert!(matches!(l.values("[1]"), Err(ImageError::Malformed(_))));
         assert!(matches!(l.values(r#"{"id":"#), Err(ImageError::Malformed(_))));
         assert!(matches!(l.values(r#"{"id":1} x"#), Err(ImageError::Malformed(_))));
+        assert_eq!(l.unknown_column(r#"{"id":1,"gone":2,"older_b":3}"#), Ok(None));
+        assert_eq!(l.unknown_column(r#"{"id":1,"x":{"y":[1]},"z":2}"#), Ok(Some("x".into())));
+        assert!(matches!(l.unknown_column("[1]"), Err(ImageError::Malformed(_))));
         let l = l.lenient();
         assert_eq!(texts(l.values(r#"{"id":1,"new col":2}"#).unwrap())[0], Some("1".into()));
         assert!(matches!(l.values("[1]"), Err(ImageError::Malformed(_))));

@@ -6,9 +6,10 @@
 //! * [`prune`]: when a tombstone may be dropped;
 //! * [`snapshot`]: `pg_snapshot` queue positions;
 //! * [`json`]: JSON text for the capture trigger's row encoding;
-//! * [`image`]: a row image read as each column's text, and COPY's text format;
+//! * [`image`]: a row image read as each column's text (and the columns it names that a
+//!   table lacks), and COPY's text format;
 //! * [`conninfo`]: rendering (and masking) libpq connection strings;
-//! * [`schema`]: what a DDL did to a table, and columns a change names that a table lacks;
+//! * [`schema`]: what a DDL did to a table, and the group's DDL order;
 //! * [`verify`]: which versions the divergence check compares, and what a repair writes;
 //! * [`sync`]: synchronous commit's quorum, read-your-writes tokens, group-unique ids;
 //! * [`wire`]: the typed, versioned pull protocol (header and encoded changes);

@@ -1,15 +1,14 @@
 //! Schema changes of replicated tables, as mmr sees them: what a DDL statement did to a
 //! table (columns renamed, dropped, added; the table renamed; its key changed), worked
-//! out from the table's shape before and after, and which columns a row image names
-//! that the local table does not know.
+//! out from the table's shape before and after.
 //!
 //! While a DDL travels, nodes hold tables whose columns differ for a while. Changes
 //! name columns by name, so each node remembers the names a DDL took away
 //! (`mmr.column_alias`): a renamed column's old name still reaches it, a dropped
 //! column's name is ignored. Any other name a change carries is a column this node
-//! does not have yet: the change waits (set aside) until the DDL that adds it arrives.
+//! does not have yet (image.rs finds it): the change waits (set aside) until the DDL
+//! that adds it arrives.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// One table as the catalog describes it.
@@ -73,31 +72,6 @@ pub fn diff(before: &TableShape, after: Option<&TableShape>) -> ShapeChange {
         }
     }
     change
-}
-
-/// The first key of the JSON object `image` that `known` does not accept, if any.
-/// Reads the keys only (values are skipped), without building the object.
-pub fn unknown_key(image: &str, known: impl Fn(&str) -> bool) -> Result<Option<String>, String> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-    struct Keys<F>(F);
-    impl<'de, F: Fn(&str) -> bool> Visitor<'de> for Keys<F> {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a row image (a JSON object)")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                map.next_value::<IgnoredAny>()?;
-                if found.is_none() && !(self.0)(&k) {
-                    found = Some(k.into_owned());
-                }
-            }
-            Ok(found)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(image);
-    de.deserialize_map(Keys(known)).map_err(|e| format!("row image: {e}"))
 }
 
 /// How many DDL statements of each origin node one member has applied.
@@ -169,15 +143,6 @@ mod tests {
         assert_eq!(diff(&before, Some(&after)).renamed_to, Some(("public.t".into(), "app.t2".into())));
         assert!(diff(&before, None).dropped);
         assert!(diff(&before, Some(&before)).is_empty());
-    }
-
-    #[test]
-    fn unknown_keys_are_found_without_reading_values() {
-        let known = |k: &str| matches!(k, "id" | "a b" | "é");
-        assert_eq!(unknown_key(r#"{"id":1,"a b":{"x":[1,2]},"é":null}"#, known), Ok(None));
-        assert_eq!(unknown_key(r#"{"id":1,"new\"col":"v","z":2}"#, known), Ok(Some("new\"col".to_string())));
-        assert!(unknown_key("[1]", known).is_err());
-        assert!(unknown_key(r#"{"id":"#, known).is_err());
     }
 
     #[test]

@@ -97,8 +97,14 @@ impl VersionVector {
 
     /// The PostgreSQL text form of the stored `bigint[]`.
     pub fn to_pg_array(&self) -> String {
-        let parts: Vec<String> = self.to_flat().iter().map(|v| v.to_string()).collect();
-        format!("{{{}}}", parts.join(","))
+        use std::fmt::Write;
+        let mut out = String::with_capacity(2 + 21 * 2 * self.entries.len());
+        out.push('{');
+        for (i, (node, stamp)) in self.entries().enumerate() {
+            let _ = write!(out, "{}{node},{stamp}", if i > 0 { "," } else { "" });
+        }
+        out.push('}');
+        out
     }
 
     pub fn is_empty(&self) -> bool {

@@ -128,9 +128,9 @@ impl Shape {
             former_names: &c.olds,
             fill: c.fill.as_deref(),
         });
-        // Generated columns are in images too (capture writes every column), and the
-        // table computes them.
-        let generated = self.cols.iter().filter(|c| c.generated).flat_map(|c| std::iter::once(&c.raw).chain(&c.olds));
+        // Generated columns are in images too (capture writes every column but mmr's),
+        // and the table computes them.
+        let generated = self.cols.iter().filter(|c| !c.in_image()).flat_map(|c| std::iter::once(&c.raw).chain(&c.olds));
         let ignored: Vec<String> = self.dropped.iter().chain(generated).cloned().collect();
         mmr_core::image::Layout::new(cols, &ignored)
     }
@@ -166,13 +166,6 @@ impl Shape {
             .map(|(k, v)| format!("{}, {v}", quote_literal(unquote(k))))
             .collect();
         format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
-    }
-
-    /// Every name a change of this table may carry: its columns, their former names,
-    /// and dropped ones. Any other is a column this node does not have yet.
-    pub fn known_names(&self) -> std::collections::HashSet<String> {
-        let cols = self.cols.iter().flat_map(|c| std::iter::once(&c.raw).chain(&c.olds));
-        cols.chain(&self.dropped).cloned().collect()
     }
 
     /// The image columns' values read from `json`, in table order.

@@ -87,8 +87,6 @@ pub struct ApplyTable {
     /// Local rows of other keys that hold the image's values of a secondary unique
     /// index, locked: (row image, hlc, node, vv). None without such indexes.
     pub unique_collisions: Option<OwnedPreparedStatement>,
-    /// Column names a change may carry (`rowsql::Shape::known_names`).
-    known: std::collections::HashSet<String>,
 }
 
 impl ApplyTable {
@@ -97,10 +95,10 @@ impl ApplyTable {
     /// is set aside until that statement arrives. A delete needs only its key.
     pub fn check_columns(&self, op: mmr_core::decide::Op, new_row: Option<&str>) -> Result<()> {
         let Some(row) = new_row.filter(|_| op != mmr_core::decide::Op::Delete) else { return Ok(()) };
-        match mmr_core::schema::unknown_key(row, |k| self.known.contains(k)) {
+        match self.layout.unknown_column(row) {
             Ok(None) => Ok(()),
             Ok(Some(column)) => Err(MmrError::UnknownColumn { tbl: self.name.clone(), column }),
-            Err(e) => Err(MmrError::Protocol(e)),
+            Err(e) => Err(MmrError::Protocol(e.to_string())),
         }
     }
 }
@@ -268,7 +266,6 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
                 Some((func, stmt))
             }
         },
-        known: shape.known_names(),
         layout: shape.layout(),
         key_layout: shape.key_layout(),
         update_columns: image_cols.iter().enumerate().filter(|(_, c)| !c.identity_always).map(|(i, _)| i).collect(),

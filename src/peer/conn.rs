@@ -348,10 +348,16 @@ unsafe fn read_row(res: *const PGresult) -> Row {
         (0..PQnfields(res))
             .map(|c| {
                 if PQgetisnull(res, 0, c) == 1 {
-                    None
-                } else {
-                    Some(CStr::from_ptr(PQgetvalue(res, 0, c)).to_string_lossy().into_owned())
+                    return None;
                 }
+                // By its length (no scan for the NUL), validated at once: a value can
+                // be a queue row of a thousand changes.
+                let len = PQgetlength(res, 0, c).max(0) as usize;
+                let bytes = std::slice::from_raw_parts(PQgetvalue(res, 0, c) as *const u8, len);
+                Some(match std::str::from_utf8(bytes) {
+                    Ok(s) => s.to_owned(),
+                    Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+                })
             })
             .collect()
     }
