@@ -45,6 +45,8 @@ pub enum MmrError {
         problem: String,
     },
     TruncateRefused(String),
+    /// A BEFORE trigger changed a row's primary key in an UPDATE that sets no key column.
+    KeyChangedByTrigger(String),
     UnknownConflict(i64),
     UnknownSetAside(i64),
     PullRefused {
@@ -148,7 +150,7 @@ impl MmrError {
             Damaged(_) => Code::ERRCODE_DATA_CORRUPTED,
             BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
-            TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | TwoPhaseCommit => {
+            TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | KeyChangedByTrigger(_) | TwoPhaseCommit => {
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED
             }
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
@@ -203,6 +205,9 @@ impl MmrError {
             TruncateRefused(tbl) => {
                 format!("TRUNCATE is not replicated; refusing to truncate replicated table \"{tbl}\"")
             }
+            KeyChangedByTrigger(tbl) => {
+                format!("a trigger changed the primary key of a row of replicated table \"{tbl}\"")
+            }
             UnknownConflict(id) => format!("conflict {id} does not exist"),
             UnknownSetAside(id) => format!("set-aside change {id} does not exist"),
             PullRefused { role, consumer } => format!("role \"{role}\" may not pull as \"{consumer}\""),
@@ -250,6 +255,11 @@ impl MmrError {
             TemporaryTable(_) => Some("Temporary tables exist only in one session.".into()),
             UnloggedTable(_) => Some("Unlogged tables are emptied by a crash, which replication cannot repeat.".into()),
             TruncateRefused(_) => Some("TRUNCATE would remove rows here without telling the other nodes.".into()),
+            KeyChangedByTrigger(_) => Some(
+                "mmr captures the new key of an updated row when the UPDATE sets a key column; this UPDATE sets \
+                 none, and a BEFORE trigger changed the key."
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -283,6 +293,7 @@ impl MmrError {
                 "A resolver is f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t.".into()
             }
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
+            KeyChangedByTrigger(_) => "Set the new key in the UPDATE itself (UPDATE ... SET id = ...).".into(),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
             UnknownSetAside(_) => "SELECT id, tbl, pk, error FROM mmr.set_aside lists the set-aside changes.".into(),
             PullRefused { consumer, .. } => format!(

@@ -142,6 +142,28 @@ mod tests {
             "{\"id\": 1} t 7"
         );
 
+        // A key a BEFORE trigger changes is captured when the UPDATE sets a key column
+        // (the AFTER trigger that captures the new key fires for those); otherwise the
+        // update is refused, with a hint, and changes nothing.
+        run("CREATE FUNCTION pg_temp.shift() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN IF NEW.v = 'shift' THEN NEW.id := NEW.id + 100; END IF; RETURN NEW; END $$");
+        run("CREATE TRIGGER a_shift BEFORE UPDATE ON cap FOR EACH ROW EXECUTE FUNCTION pg_temp.shift()");
+        let before = text("SELECT count(*)::text || ' ' || string_agg(id || v, ',') FROM cap");
+        assert_rejected("UPDATE cap SET v = 'shift' WHERE id = 2", "0A000", "changed the primary key");
+        assert_eq!(text("SELECT count(*)::text || ' ' || string_agg(id || v, ',') FROM cap"), before);
+        run("UPDATE cap SET v = 'shift', id = id WHERE id = 2");
+        flush();
+        assert_eq!(
+            text("SELECT string_agg(concat_ws(' ', op, coalesce(new_row->>'id', old_row->>'id')), ', ' ORDER BY id, seq) \
+                  FROM (SELECT * FROM mmr.queued_changes ORDER BY id DESC, seq DESC LIMIT 2) q"),
+            "D 2, I 102"
+        );
+        // Back as it was: key 2 with 'b' (the trigger shifts only 'shift'), and without
+        // the tombstone key 102 left.
+        run("UPDATE cap SET v = 'b', id = 2 WHERE id = 102");
+        run("DELETE FROM mmr.tombstone WHERE pk = '{\"id\": 102}'");
+        flush();
+
         // Give the row a write of node 3 in its history (as if applied from node 3), to
         // see the vector carried on: only this node's entry changes.
         run("SET session_replication_role = replica");

@@ -231,6 +231,9 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
     let key: Vec<String> = primary_key(tbl)?.into_iter().map(|(_, _, n)| pgrx::spi::quote_identifier(n)).collect();
     let old_key = key.iter().map(|k| format!("OLD.{k}")).collect::<Vec<_>>().join(", ");
     let new_key = key.iter().map(|k| format!("NEW.{k}")).collect::<Vec<_>>().join(", ");
+    // Only updates that set a key column can change the key (see capture::stamp): the
+    // WHEN clause is not even prepared for the others.
+    let key_cols = key.join(", ");
     // Existing rows get the "unknown history" version: stamp 0, node 0, empty vector.
     // Any write from any node dominates it, and nodes that loaded the same data before
     // replicating hold identical mmr columns. Defaults make this instant (no rewrite).
@@ -242,7 +245,7 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
            FOR EACH ROW EXECUTE FUNCTION mmr.stamp(); \
          CREATE TRIGGER zz_mmr_capture AFTER INSERT ON {name} \
            FOR EACH ROW EXECUTE FUNCTION mmr.capture(); \
-         CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON {name} \
+         CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF {key_cols} ON {name} \
            FOR EACH ROW WHEN (({old_key}) IS DISTINCT FROM ({new_key})) EXECUTE FUNCTION mmr.capture(); \
          CREATE TRIGGER zz_mmr_truncate BEFORE TRUNCATE ON {name} \
            FOR EACH STATEMENT EXECUTE FUNCTION mmr.refuse_truncate()"

@@ -138,7 +138,7 @@ CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.resolution_
     FOR EACH ROW EXECUTE FUNCTION mmr.stamp();
 CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.resolution_log
     FOR EACH ROW EXECUTE FUNCTION mmr.capture();
-CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON mmr.resolution_log
+CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF id ON mmr.resolution_log
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION mmr.capture();
 CREATE FUNCTION mmr._settle_conflicts() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -161,7 +161,7 @@ CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.member
     FOR EACH ROW EXECUTE FUNCTION mmr.stamp();
 CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.member
     FOR EACH ROW EXECUTE FUNCTION mmr.capture();
-CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON mmr.member
+CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF name ON mmr.member
     FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name) EXECUTE FUNCTION mmr.capture();
 CREATE FUNCTION mmr._member_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -203,7 +203,7 @@ CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.ddl
     FOR EACH ROW EXECUTE FUNCTION mmr.stamp();
 CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.ddl
     FOR EACH ROW EXECUTE FUNCTION mmr.capture();
-CREATE TRIGGER zz_mmr_rekey AFTER UPDATE ON mmr.ddl
+CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF origin, seq ON mmr.ddl
     FOR EACH ROW WHEN ((OLD.origin, OLD.seq) IS DISTINCT FROM (NEW.origin, NEW.seq)) EXECUTE FUNCTION mmr.capture();
 
 CREATE FUNCTION mmr.replicate_ddl(command text) RETURNS void

@@ -26,6 +26,7 @@ fn the_package_installs_into_a_clean_postgresql_15() {
         "./usr/share/postgresql/15/extension/mmr.control",
         &format!("./usr/share/postgresql/15/extension/mmr--{version}.sql"),
         "./usr/share/postgresql/15/extension/mmr--0.1.0--0.2.0.sql",
+        "./usr/share/postgresql/15/extension/mmr--0.2.0--0.3.0.sql",
     ] {
         assert!(files.contains(f), "the package lacks {f}:\n{files}");
     }

@@ -80,9 +80,10 @@ fn catalog(c: &Cluster, i: usize) -> BTreeSet<String> {
 }
 
 /// Scenario: a node created on 0.1.0 is restarted on this build. Until the DBA runs
-/// ALTER EXTENSION mmr UPDATE, replication waits (the server log says why); after it,
-/// the catalog is exactly that of a fresh 0.2.0 install, and the node's rows, queue and
-/// tombstones are still there.
+/// ALTER EXTENSION mmr UPDATE, replication waits (the server log says why); after it
+/// (0.1.0 -> 0.2.0 -> this version), the catalog is exactly that of a fresh install,
+/// replicated tables have the triggers mmr.replicate gives a table now, and the node's
+/// rows, queue and tombstones are still there.
 #[test]
 fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
     // 0.1.0 kept the preferred node in a setting; the upgrade moves it to mmr.setting.
@@ -104,8 +105,12 @@ fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
 
     let fresh = Cluster::start("upgrade_fresh", 1);
     fresh.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
+    let triggers =
+        "SELECT string_agg(pg_get_triggerdef(oid), '; ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 't'::regclass";
+    assert_eq!(old.text(0, triggers), fresh.text(0, triggers));
+    assert!(fresh.text(0, triggers).contains("AFTER UPDATE OF id ON public.t"), "{}", fresh.text(0, triggers));
     let (upgraded, fresh) = (catalog(&old, 0), catalog(&fresh, 0));
-    // The comparison sees the whole catalog: 0.2.0's own objects included.
+    // The comparison sees the whole catalog: the newest version's own objects included.
     assert!(fresh.len() > 400, "{} catalog lines", fresh.len());
     for needle in [
         "function mmr.global_id()",
@@ -133,7 +138,7 @@ fn insert(c: &Cluster, i: usize, from: i32, n: i32) {
 /// partition is upgraded one node at a time, as a DBA does: restart on the new build,
 /// ALTER EXTENSION mmr UPDATE, write everywhere, next node. While versions are mixed
 /// the group keeps replicating; at the end every node holds every row, the conflicts
-/// were resolved the same way, and the application role can write (0.2.0 lets it).
+/// were resolved the same way, and the application role can write (0.2.0 let it).
 #[test]
 fn a_group_upgraded_one_node_at_a_time_keeps_every_row() {
     let mut c = Cluster::start_with("rolling", 3, on_old());
@@ -165,7 +170,7 @@ fn a_group_upgraded_one_node_at_a_time_keeps_every_row() {
         insert(&c, i, 1000 + i as i32 * 100, 50);
     }
     c.heal_all();
-    // Mixed versions: 0.2.0 and 0.1.0 nodes replicate with each other.
+    // Mixed versions: this version and 0.1.0 replicate with each other.
     c.sync(SYNC);
     assert_converged(&c, "t");
     for (i, node) in [(1, 1usize), (2, 2)] {
@@ -176,10 +181,11 @@ fn a_group_upgraded_one_node_at_a_time_keeps_every_row() {
         }
         c.sync(SYNC);
     }
-    // Everyone on 0.2.0: the application role writes too.
+    // Everyone on this version: the application role writes too, and changes keys.
     for i in 0..3 {
         c.exec(i, &format!("INSERT INTO t VALUES ({}, 'app', 0)", 9000 + i));
-        assert_eq!(c.text(i, "SELECT extversion FROM pg_extension WHERE extname = 'mmr'"), "0.2.0");
+        c.exec(i, &format!("UPDATE t SET id = {} WHERE id = {}", 9100 + i, 9000 + i));
+        assert_eq!(c.text(i, "SELECT extversion FROM pg_extension WHERE extname = 'mmr'"), env!("CARGO_PKG_VERSION"));
     }
     c.sync(SYNC);
     assert_converged(&c, "t");
@@ -190,6 +196,7 @@ fn a_group_upgraded_one_node_at_a_time_keeps_every_row() {
     let deleted =
         c.int(0, "SELECT count(*) FROM generate_series(20, 25) g WHERE NOT EXISTS (SELECT 1 FROM t WHERE id = g)");
     assert_eq!(n + deleted, 300 + 150 + 300 + 3 + 1, "rows lost or duplicated");
+    assert_eq!(c.text(0, "SELECT string_agg(id::text, ',' ORDER BY id) FROM t WHERE id >= 9000"), "9100,9101,9102");
     assert!(c.int(0, "SELECT count(*) FROM mmr.conflicts") + c.int(2, "SELECT count(*) FROM mmr.conflicts") > 0);
     assert_eq!(c.text(1, "SELECT v FROM t WHERE id = 7"), "n3 later");
 }
