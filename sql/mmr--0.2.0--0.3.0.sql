@@ -25,7 +25,11 @@ BEGIN
           CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
          WHERE i.indrelid = t AND i.indisprimary;
-        EXECUTE pg_catalog.format('DROP TRIGGER zz_mmr_rekey ON %s', t);
+        IF cols IS NULL THEN
+            RAISE EXCEPTION 'replicated table % has no primary key', t
+                USING HINT = 'Give it back its primary key (mmr identifies rows by it), then run ALTER EXTENSION mmr UPDATE again.';
+        END IF;
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS zz_mmr_rekey ON %s', t);
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF %s ON %s FOR EACH ROW '
             'WHEN ((%s) IS DISTINCT FROM (%s)) EXECUTE FUNCTION mmr.capture()',

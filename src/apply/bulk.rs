@@ -65,21 +65,26 @@ impl Applier {
     /// Applies a run of inserts (see the module documentation).
     pub(super) fn bulk_insert(&mut self, run: &[Change]) -> Result<()> {
         let t = table_of(run)?;
-        let tombs = crate::pg::shmem::may_have_tombstones(t.relid);
+        // Asked again after inserting: a local transaction may write the table's first
+        // tombstone meanwhile (see insert_where_absent).
+        let tombs = || crate::pg::shmem::may_have_tombstones(t.relid);
         let rest = Spi::connect_mut(|client| -> Result<Vec<usize>> {
             // A key with a tombstone is decided against it, one by one.
-            let mut rest = if tombs { tombstoned(client, &t, run.iter())? } else { Vec::new() };
+            let mut rest = if tombs() { tombstoned(client, &t, run.iter())? } else { Vec::new() };
             let todo: Vec<usize> = (0..run.len()).filter(|k| !rest.contains(k)).collect();
+            if todo.is_empty() {
+                return Ok(rest);
+            }
             let picked = || todo.iter().map(|&k| &run[k]);
             let data = copy_data(&t, picked(), self.peer_node)?;
             // Usually every other key is new: they are copied in, in a subtransaction,
             // so that when some key was not (COPY fails on it) it can be undone and the
             // entries inserted by the statement that tells which were left out. So also
             // when a local transaction wrote a tombstone of one of those keys since we
-            // looked (see insert_where_absent): rare.
+            // looked: rare.
             let copied = crate::pg::subxact::run_coded(|| {
                 let n = crate::pg::copy::copy_in(t.relid, &t.copy_columns, data)?;
-                if tombs && !tombstoned(client, &t, picked())?.is_empty() {
+                if tombs() && !tombstoned(client, &t, picked())?.is_empty() {
                     return Err(internal("a tombstone appeared"));
                 }
                 Ok(n)
@@ -94,7 +99,7 @@ impl Applier {
                     let left = positions(client.update(&t.bulk_insert, None, &args).map_err(fail)?)?;
                     rest.extend(left.into_iter().map(|k| todo[k]));
                     // Inserted, but with a tombstone now: the row goes again.
-                    for k in if tombs { tombstoned(client, &t, picked())? } else { Vec::new() } {
+                    for k in if tombs() { tombstoned(client, &t, picked())? } else { Vec::new() } {
                         if !rest.contains(&todo[k]) {
                             let image = jsonb_arg(run[todo[k]].image()?)?;
                             client.update(&t.delete_row, None, &[image.arg()]).map_err(spi)?;
@@ -211,12 +216,13 @@ impl Applier {
             crate::pg::shmem::note_tombstones(t.relid);
         }
         let written = crate::pg::subxact::run_coded(|| {
-            let keys = |ch| image_values(t, &t.key_layout, ch);
+            let keys = (t.key_layout.len(), |ch| image_values(t, &t.key_layout, ch));
             let mut written = self.write_set(t, &t.bulk_delete, run, found, &deletes, keys)?;
             let columns = |ch| {
                 let mut values = image_values(t, &t.layout, ch)?;
                 Ok(t.update_columns.iter().map(|&i| values[i].take()).collect())
             };
+            let columns = (t.update_columns.len(), columns);
             written.extend(self.write_set(t, &t.bulk_update, run, found, &updates, columns)?);
             Ok(written)
         });
@@ -235,8 +241,8 @@ impl Applier {
     }
 
     /// Runs `stmt` (bulk_update or bulk_delete) over the changes at positions `ks` of
-    /// the run, with the text columns `columns` reads out of each; returns the positions
-    /// it wrote.
+    /// the run, with the `n` text columns `columns` reads out of each; returns the
+    /// positions it wrote.
     fn write_set<'a>(
         &self,
         t: &ApplyTable,
@@ -244,7 +250,7 @@ impl Applier {
         run: &'a [Change],
         found: &[Option<Found>],
         ks: &[usize],
-        columns: impl Fn(&'a Change) -> Result<Vec<Option<Cow<'a, str>>>>,
+        (n, columns): (usize, impl Fn(&'a Change) -> Result<Vec<Option<Cow<'a, str>>>>),
     ) -> Result<Vec<usize>> {
         if ks.is_empty() {
             return Ok(Vec::new());
@@ -256,7 +262,7 @@ impl Applier {
         let vvs: Vec<String> = ks.iter().map(|&k| run[k].vv.to_pg_array()).collect();
         let mut args: Vec<DatumWithOid<'static>> =
             vec![self.peer_node.into(), positions.into(), ctids.into(), hlcs.into(), vvs.into()];
-        args.extend(text_columns(ks.iter().map(|&k| &run[k]), columns)?);
+        args.extend(text_columns(ks.iter().map(|&k| &run[k]), n, columns)?);
         Spi::connect_mut(|client| {
             generic(|| {
                 let fail = |e| internal(format!("applying changes to {}: {e}", t.name));
@@ -311,7 +317,7 @@ fn tombstoned<'a>(
     t: &'a ApplyTable,
     changes: impl Iterator<Item = &'a Change>,
 ) -> Result<Vec<usize>> {
-    let keys = text_columns(changes, |ch| image_values(t, &t.key_layout, ch))?;
+    let keys = text_columns(changes, t.key_layout.len(), |ch| image_values(t, &t.key_layout, ch))?;
     generic(|| positions(client.update(&t.bulk_tombstoned, None, &keys).map_err(spi)?))
 }
 
@@ -327,8 +333,8 @@ fn image_values<'a>(
     })
 }
 
-/// The run's changes as the set-wise statements read them (see
-/// `ApplyTable::insert_all`), parsed once for all of them.
+/// The run's changes as the statement `ApplyTable::bulk_insert` reads them, parsed once
+/// for all of them.
 fn entries<'a>(run: impl IntoIterator<Item = &'a Change>) -> Result<Image> {
     let mut arr = String::from("[");
     for (i, ch) in run.into_iter().enumerate() {
@@ -347,7 +353,7 @@ fn entries<'a>(run: impl IntoIterator<Item = &'a Change>) -> Result<Image> {
 
 /// Locks the row of each change's key: what the lock statement found, per change.
 fn lock_rows(t: &ApplyTable, run: &[Change]) -> Result<Vec<Option<Found>>> {
-    let keys = text_columns(run.iter(), |ch| image_values(t, &t.key_layout, ch))?;
+    let keys = text_columns(run.iter(), t.key_layout.len(), |ch| image_values(t, &t.key_layout, ch))?;
     Spi::connect_mut(|client| {
         let rows = generic(|| client.update(&t.lock_rows, None, &keys).map_err(spi))?;
         let mut found: Vec<Option<Found>> = (0..run.len()).map(|_| None).collect();
@@ -373,16 +379,19 @@ fn generic<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     f()
 }
 
-/// The text columns `columns` reads out of each of `changes`, as one `text[]` argument
-/// per column.
+/// The `n` text columns `columns` reads out of each of `changes`, as one `text[]`
+/// argument per column (empty arrays for no changes).
 fn text_columns<'a>(
     changes: impl Iterator<Item = &'a Change>,
+    n: usize,
     columns: impl Fn(&'a Change) -> Result<Vec<Option<Cow<'a, str>>>>,
 ) -> Result<Vec<DatumWithOid<'static>>> {
-    let mut cols: Vec<Vec<Option<Cow<'a, str>>>> = Vec::new();
+    let mut cols: Vec<Vec<Option<Cow<'a, str>>>> = vec![Vec::new(); n];
     for ch in changes {
         let values = columns(ch)?;
-        cols.resize_with(values.len(), Vec::new);
+        if values.len() != n {
+            return Err(internal(format!("{} values read, {n} expected", values.len())));
+        }
         for (col, v) in cols.iter_mut().zip(values) {
             col.push(v);
         }

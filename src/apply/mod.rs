@@ -223,7 +223,9 @@ impl Applier {
     /// = replica). mmr's own tables (replicated DDL, group state) are applied in
     /// place, after everything before them. Call `finish` after the last change.
     pub fn push(&mut self, ch: Change) -> Result<()> {
-        if self.careful || !self.blocked.is_empty() {
+        // A table with set-aside changes (or shadows) has its changes met one by one;
+        // the others' go on set-wise.
+        if self.careful || self.blocked.touches(&ch.tbl) {
             return self.guarded(ch);
         }
         if ch.tbl.starts_with("mmr.") {
@@ -238,6 +240,13 @@ impl Applier {
                 self.runs.push(Run::of(ch));
             }
             None => self.runs.push(Run::of(ch)),
+        }
+        // Runs of many tables side by side stay within RUN_BYTES together, too: the
+        // largest goes first (runs of different tables commute, see above).
+        if self.runs.iter().map(|r| r.bytes).sum::<usize>() >= RUN_BYTES {
+            let largest = (0..self.runs.len()).max_by_key(|&i| self.runs[i].bytes).unwrap_or(0);
+            let run = self.runs.remove(largest);
+            self.apply_run(run.changes)?;
         }
         Ok(())
     }
@@ -830,8 +839,9 @@ impl RunKind {
     }
 }
 
-/// Most bytes of row images in one run: a run is held in memory, two or three times
-/// over while it is applied (the changes, the values read out of them).
+/// Most bytes of row images in the runs gathered at a time: runs are held in memory,
+/// two or three times over while one is applied (the changes, the values read out of
+/// them).
 const RUN_BYTES: usize = 32 << 20;
 
 /// Changes of one table, consecutive in its stream, of one `RunKind`.
@@ -848,7 +858,7 @@ impl Run {
     /// Whether `ch` (of the same table) may join the run.
     fn takes(&self, ch: &Change) -> bool {
         let kind = run_kind(self.changes[0].op);
-        kind == run_kind(ch.op) && self.changes.len() < kind.most() && self.bytes < RUN_BYTES
+        kind == run_kind(ch.op) && self.changes.len() < kind.most()
     }
 
     fn push(&mut self, ch: Change) {

@@ -37,6 +37,8 @@ pub fn transient(sqlstate: &str) -> bool {
 pub struct Blocked {
     failed: HashMap<(String, Option<String>), i64>,
     shadows: HashMap<(String, String), i64>,
+    /// Per table, how many entries of `failed` and `shadows` it has.
+    tables: HashMap<String, usize>,
 }
 
 impl Blocked {
@@ -65,16 +67,30 @@ impl Blocked {
         self.failed.is_empty() && self.shadows.is_empty()
     }
 
+    /// Whether a change of table `tbl` may meet an entry: one of its keys waits or has
+    /// a shadow. Changes of other tables are applied as if nothing were set aside.
+    pub fn touches(&self, tbl: &str) -> bool {
+        self.tables.get(tbl).is_some_and(|&n| n > 0)
+    }
+
     pub fn add(&mut self, tbl: String, pk: Option<String>, id: i64) {
-        self.failed.insert((tbl, pk), id);
+        if self.failed.insert((tbl.clone(), pk), id).is_none() {
+            *self.tables.entry(tbl).or_default() += 1;
+        }
     }
 
     pub fn add_shadow(&mut self, tbl: String, pk: String, id: i64) {
-        self.shadows.insert((tbl, pk), id);
+        if self.shadows.insert((tbl.clone(), pk), id).is_none() {
+            *self.tables.entry(tbl).or_default() += 1;
+        }
     }
 
     pub fn drop_shadow(&mut self, tbl: &str, pk: &str) {
-        self.shadows.remove(&(tbl.to_string(), pk.to_string()));
+        if self.shadows.remove(&(tbl.to_string(), pk.to_string())).is_some() {
+            if let Some(n) = self.tables.get_mut(tbl) {
+                *n -= 1;
+            }
+        }
     }
 
     /// The failed entry a change of (`tbl`, `pk`) must wait behind, if any. A change

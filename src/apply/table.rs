@@ -2,9 +2,11 @@
 //! it (`"schema"."table"`), with its prepared statements. Cached per worker and rebuilt
 //! after the table changes (see `relcache.rs`).
 //!
-//! Every statement takes the incoming row image as `$1 jsonb` and reads key and columns
-//! from it as typed values (see `rowsql.rs`), so keys are compared the way PostgreSQL
-//! compares them.
+//! The statements of one change take the incoming row image as `$1 jsonb` and read key
+//! and columns from it as typed values (see `rowsql.rs`); the set-wise ones take the
+//! keys and values of a run as text arrays, read out of the images the same way
+//! (`mmr_core::image`), and cast them to the column types. Either way keys are compared
+//! the way PostgreSQL compares them.
 
 use crate::apply::rowsql;
 use crate::error::{internal, spi, MmrError, Result};

@@ -2,14 +2,16 @@
 //! COPY's text format), the cheapest way PostgreSQL inserts many rows: input functions
 //! per value, and `heap_multi_insert` -- one WAL record per page, not per row -- while
 //! constraints, generated columns, index entries, unique checks and the triggers that
-//! fire under `session_replication_role = replica` work as for an INSERT.
+//! fire under `session_replication_role = replica` work as for an INSERT. (Rules do
+//! not: COPY ignores them. Apply never meets one: a replicated table is a plain table.)
 //!
 //! COPY inserts one row at a time when the table has any BEFORE ROW INSERT trigger,
 //! even one that does not fire: mmr's own stamp trigger is on every replicated table,
 //! and never fires for apply (`session_replication_role = replica`). So for the COPY,
-//! in this backend's relation cache only, the table is marked as having none when
-//! every such trigger is one that would not fire: nothing a trigger would have done is
-//! skipped, and COPY may batch.
+//! in this backend's relation cache only, the table is marked as having none when none
+//! of its triggers fires in this session at all: nothing a trigger would have done is
+//! skipped (nor can a trigger's own insert into the table, which would need mmr's
+//! stamp, run while the mark is there), and COPY may batch.
 
 use crate::error::{internal, Result};
 use pgrx::pg_sys;
@@ -48,6 +50,8 @@ pub fn copy_in(relid: pg_sys::Oid, columns: &[String], data: String) -> Result<u
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| internal("a column name contains a zero byte"))?;
     SOURCE.with(|s| *s.borrow_mut() = (data.into_bytes(), 0));
+    // The data goes when the COPY ends, also when it raises.
+    let _source = Source;
     // SAFETY: the sequence DoCopy runs for COPY FROM (a parse state with the table's
     // range table entry, a snapshot, Begin/CopyFrom/End), on a relation opened and
     // locked here; the trigger flags are restored by the guard, also when COPY raises.
@@ -85,18 +89,27 @@ pub fn copy_in(relid: pg_sys::Oid, columns: &[String], data: String) -> Result<u
         );
         let n = pg_sys::CopyFrom(cstate);
         pg_sys::EndCopyFrom(cstate);
+        drop(_batching);
         pg_sys::PopActiveSnapshot();
         pg_sys::CommandCounterIncrement();
         pg_sys::free_parsestate(pstate);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
         n
     };
-    SOURCE.with(|s| *s.borrow_mut() = (Vec::new(), 0));
     Ok(n)
 }
 
+/// Empties `SOURCE` when dropped.
+struct Source;
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        SOURCE.with(|s| *s.borrow_mut() = (Vec::new(), 0));
+    }
+}
+
 /// While alive: the table's relation cache entry says it has no BEFORE ROW INSERT
-/// trigger, if none of its triggers of that kind fires in this session (see the module
+/// trigger, if none of its triggers fires in this session (see the module
 /// documentation).
 struct Batching(pg_sys::Relation);
 
@@ -113,12 +126,10 @@ impl Batching {
             if pg_sys::SessionReplicationRole != pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 {
                 return None;
             }
-            let kind = (pg_sys::TRIGGER_TYPE_ROW | pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSERT) as i16;
             let triggers = std::slice::from_raw_parts((*td).triggers, (*td).numtriggers as usize);
             // Under `replica`, only triggers enabled ALWAYS or REPLICA fire.
             let silent = |t: &pg_sys::Trigger| {
-                t.tgtype & kind != kind
-                    || matches!(t.tgenabled as u8, pg_sys::TRIGGER_FIRES_ON_ORIGIN | pg_sys::TRIGGER_DISABLED)
+                matches!(t.tgenabled as u8, pg_sys::TRIGGER_FIRES_ON_ORIGIN | pg_sys::TRIGGER_DISABLED)
             };
             if !triggers.iter().all(silent) {
                 return None;

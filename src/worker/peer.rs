@@ -147,6 +147,9 @@ impl Worker {
                 Stop::Network(error) => ("error", error),
                 Stop::Failed { state, error } => (state, error),
             };
+            // In the server log too (as PostgreSQL's own apply workers do), not only in
+            // mmr.peers, which shows the last error alone.
+            pgrx::log!("mmr: replication from peer \"{}\" stopped ({state}), trying again: {error}", self.peer);
             report_error(&self.peer, state, &error);
             // Re-read the position after a failure: the failed transaction did not
             // move it, and nothing else may.
