@@ -276,11 +276,9 @@ impl Applier {
             if let Some(id) = self.blocked.blocker(&ch.tbl, key.as_deref()) {
                 return self.set_aside(&ch, key, None, Some(id));
             }
-            if let Some((k, shadow)) = key.as_deref().and_then(|k| self.blocked.shadow(&ch.tbl, k).map(|s| (k, s))) {
-                match self.over_shadow(ch, shadow, k)? {
-                    Some(next) => ch = next,
-                    None => return Ok(()),
-                }
+            match self.past_shadow(ch, key.as_deref())? {
+                Some(next) => ch = next,
+                None => return Ok(()),
             }
         }
         let mark = self.shadowed.len();
@@ -346,6 +344,38 @@ impl Applier {
         })
         .ok()
         .flatten()
+    }
+
+    /// The change to apply to the table once the key's shadow, if it has one, has had
+    /// its say (see `over_shadow`); `None` when nothing is left to apply.
+    fn past_shadow(&mut self, ch: Change, key: Option<&str>) -> Result<Option<Change>> {
+        match key.and_then(|k| self.blocked.shadow(&ch.tbl, k).map(|s| (k, s))) {
+            Some((k, shadow)) => self.over_shadow(ch, shadow, k),
+            None => Ok(Some(ch)),
+        }
+    }
+
+    /// Tries a set-aside change again (set_aside::retry), in a subtransaction: decided
+    /// against its key's shadow first, as when it arrived -- applied against the table
+    /// alone, a key whose version is held aside would look absent, and the change's
+    /// version would replace it instead of being merged with it.
+    pub fn retry_change(&mut self, ch: Change) -> std::result::Result<(), crate::pg::subxact::Failure> {
+        let key = self.key_of(&ch);
+        let mark = self.shadowed.len();
+        // One subtransaction, so that a change that fails again leaves its shadow as
+        // it was (and records no conflict that its next try would record again).
+        let mut failed = None;
+        let out = crate::pg::subxact::run_coded(|| {
+            self.blocked = set_aside::Blocked::load_shadows()?;
+            let Some(next) = self.past_shadow(ch, key.as_deref())? else { return Ok(()) };
+            if let Err(f) = self.try_apply(&next) {
+                let message = f.message.clone();
+                failed = Some(f);
+                return Err(internal(message));
+            }
+            self.drop_superseded(mark)
+        });
+        out.map_err(|f| failed.unwrap_or(f))
     }
 
     /// A change of a key whose version here is shadowed (see `set_aside::put_shadow`):

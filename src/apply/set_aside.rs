@@ -45,11 +45,19 @@ impl Blocked {
     /// Every set-aside key (of any origin: a key's changes wait behind it whoever wrote
     /// them).
     pub fn load() -> Result<Blocked> {
+        Blocked::load_from("SELECT id, tbl, pk::text, kind = 'unique' FROM mmr.set_aside ORDER BY id")
+    }
+
+    /// Every shadow, and no failed entry (a retried change is one).
+    pub fn load_shadows() -> Result<Blocked> {
+        Blocked::load_from("SELECT id, tbl, pk::text, true FROM mmr.set_aside WHERE kind = 'unique' ORDER BY id")
+    }
+
+    /// The entries `query` reads: (id, tbl, pk, whether a shadow).
+    fn load_from(query: &'static str) -> Result<Blocked> {
         let mut b = Blocked::default();
         Spi::connect_mut(|c| {
-            for r in
-                kept::update(c, "SELECT id, tbl, pk::text, kind = 'unique' FROM mmr.set_aside ORDER BY id", &[], &[])?
-            {
+            for r in kept::update(c, query, &[], &[])? {
                 let id = r.get::<i64>(1)?.unwrap_or(0);
                 let (tbl, pk) = (r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?);
                 match (r.get::<bool>(4)?.unwrap_or(false), pk) {
@@ -297,7 +305,7 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
             continue;
         }
         let outcome = match Change::parse_one(&e.change, &e.applied) {
-            Ok(ch) => Applier::new(e.origin).try_apply(&ch),
+            Ok(ch) => Applier::new(e.origin).retry_change(ch),
             Err(err) => Err(Failure { sqlstate: err.sqlstate(), message: err.to_string() }),
         };
         match outcome {

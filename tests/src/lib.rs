@@ -622,22 +622,37 @@ fn leading_field(row: &str) -> Option<&str> {
     row.strip_prefix('(')?.split(',').next()
 }
 
-/// Every node's logged conflicts on the given keys of `table`, for divergence reports.
+/// Every node's logged conflicts, set-aside entries and tombstones on the given keys of
+/// `table`, for divergence reports: one short line each (stamps, nodes, kinds; row
+/// images left out), so that every node's history fits in a report.
 fn conflicts_of(c: &Cluster, table: &str, keys: &[&str]) -> String {
+    let first_key = "(SELECT v #>> '{}' FROM jsonb_each(pk) AS e(k, v) LIMIT 1) = ANY($2)";
+    let queries = [
+        ("conflicts", format!(
+            "SELECT concat_ws(' ', id, pk::text, kind, 'local', local_hlc, local_node, 'remote', remote_hlc, remote_node, \
+               resolution, note) FROM mmr.conflicts WHERE tbl::regclass = $1::text::regclass AND {first_key} ORDER BY id"
+        )),
+        ("set aside", format!(
+            "SELECT concat_ws(' ', id, kind, origin, pk::text, hlc, error, change) FROM mmr.set_aside \
+             WHERE to_regclass(tbl) = $1::text::regclass AND {first_key} ORDER BY id"
+        )),
+        ("tombstones", format!(
+            "SELECT concat_ws(' ', pk::text, hlc, node, vv::text) FROM mmr.tombstone \
+             WHERE relid = $1::text::regclass AND {first_key}"
+        )),
+    ];
     let mut out = String::new();
     for i in 0..c.len() {
-        let rows = c
-            .connect(i)
-            .query(
-                "SELECT c::text FROM mmr.conflicts c \
-                 WHERE tbl::regclass = $1::text::regclass AND (SELECT v #>> '{}' FROM jsonb_each(pk) AS e(k, v) LIMIT 1) = ANY($2) ORDER BY id",
-                &[&table, &keys],
-            )
-            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
-            .unwrap_or_else(|e| vec![e.to_string()]);
-        out.push_str(&format!("conflicts on {} for those keys:\n", c.nodes[i].name));
-        for r in rows {
-            out.push_str(&format!("  {r}\n"));
+        for (what, q) in &queries {
+            let rows = c
+                .connect(i)
+                .query(q.as_str(), &[&table, &keys])
+                .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+                .unwrap_or_else(|e| vec![error_text(&e)]);
+            out.push_str(&format!("{what} on {} for those keys:\n", c.nodes[i].name));
+            for r in rows {
+                out.push_str(&format!("  {r}\n"));
+            }
         }
     }
     out

@@ -24,6 +24,12 @@ fn chaos_secs() -> u64 {
     std::env::var("MMR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
 }
 
+/// MMR_CHAOS_HOT=1: writers fight over 12 keys and 6 unique values instead of 40 and
+/// 30 -- far more conflicts and held-aside versions per second, for hunting a rare race.
+fn hot() -> bool {
+    std::env::var_os("MMR_CHAOS_HOT").is_some()
+}
+
 /// Session settings a writer's connection picks at random: values must not depend on
 /// them (see the README).
 fn random_settings(rng: &mut StdRng) -> String {
@@ -58,7 +64,8 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bo
             _ => 0,
         };
     }
-    let k: i32 = rng.gen_range(1..=40);
+    let (keys, values): (i32, i32) = if hot() { (12, 6) } else { (40, 30) };
+    let k: i32 = rng.gen_range(1..=keys);
     let v: i32 = rng.gen_range(0..1000);
     let r = match rng.gen_range(0..14) {
         0..=2 => db.execute("INSERT INTO kv VALUES ($1, $2, $3)", &[&k, &v, &who]).map(|_| ()),
@@ -71,13 +78,13 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bo
         // column that different keys fight over.
         9 | 10 => db
             .execute(
-                "INSERT INTO rich (k, email, d, iv, tz, f, b) VALUES ($1, 'e' || ($2 % 30), \
+                "INSERT INTO rich (k, email, d, iv, tz, f, b) VALUES ($1, 'e' || ($2 % $3), \
                    ARRAY[date '2026-01-01' + $2, date '1999-12-31'], make_interval(mins => $2 - 500), \
                    timestamptz '2026-03-04 05:06:07.5+00' + make_interval(secs => $2), 1.0 / ($2 + 1), \
                    decode(md5($2::text), 'hex')) \
                  ON CONFLICT (k) DO UPDATE SET email = excluded.email, d = excluded.d, iv = excluded.iv, \
                    tz = excluded.tz, f = excluded.f, b = excluded.b",
-                &[&k, &v],
+                &[&k, &v, &values],
             )
             .map(|_| ()),
         11 => db.execute("DELETE FROM rich WHERE k = $1", &[&k]).map(|_| ()),

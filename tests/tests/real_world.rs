@@ -288,6 +288,42 @@ fn an_unappliable_change_is_set_aside_and_settled() {
     );
 }
 
+/// A set-aside change of a key whose version here is held aside for a unique value
+/// (a shadow) is decided against that version when it is tried again, as it would have
+/// been had it applied when it arrived -- not against the table, where the key looks
+/// absent and the change would replace the held version instead of meeting it.
+/// n2's own version of key 2 is concurrent with n1's two changes of key 2, which wait
+/// behind a CHECK constraint of n2 only; meanwhile n1's key 1 takes n2's key 2's
+/// unique value with a later stamp, so n2 holds its own version of key 2 aside.
+#[test]
+fn a_retried_change_meets_the_version_held_aside_for_its_key() {
+    let mut c = Cluster::start("retryshadow", 2);
+    c.replicated_table("CREATE TABLE t (k int PRIMARY KEY, u text UNIQUE, v int)", "t");
+    c.mesh();
+    c.exec(1, "SET mmr.ddl_replication = off; ALTER TABLE t ADD CONSTRAINT not_negative CHECK (v >= 0)");
+    c.isolate(0);
+    c.app(1).batch_execute("INSERT INTO t VALUES (2, 'a', 0)").unwrap();
+    c.app(0)
+        .batch_execute(
+            "INSERT INTO t VALUES (2, 'q', -1); UPDATE t SET v = 5 WHERE k = 2; INSERT INTO t VALUES (1, 'a', 0)",
+        )
+        .unwrap();
+    c.heal_all();
+    // On n2: the insert of key 2 fails, the update waits behind it, and key 1 takes 'a'.
+    c.wait_until(1, "SELECT count(*) = 3 FROM mmr.set_aside", SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.set_aside WHERE kind = 'unique' AND pk = '{\"k\": 2}'"), 1);
+    assert_eq!(c.text(1, "SELECT string_agg(k || u, ',') FROM t"), "1a");
+    let shadowed = "SELECT count(*) FROM mmr.conflicts WHERE pk = '{\"k\": 2}' AND note LIKE '%shadowed%'";
+    assert_eq!(c.int(1, shadowed), 0);
+    c.exec(1, "SET mmr.ddl_replication = off; ALTER TABLE t DROP CONSTRAINT not_negative");
+    c.wait_until(1, "SELECT count(*) = 0 FROM mmr.set_aside", SYNC);
+    c.sync(SYNC);
+    // The retried insert met n2's held version (a conflict it won) and took its place.
+    assert_eq!(c.int(1, shadowed), 1, "the retried change was not decided against the held version");
+    assert_eq!(c.text(1, "SELECT string_agg(k || u || v, ',' ORDER BY k) FROM t"), "1a0,2q5");
+    assert_converged(&c, "t");
+}
+
 /// A table replicated on one node only, before the other node even has it: the
 /// replicate call reaches the other node in order with the table's changes and waits
 /// there (set aside, with every change of the table behind it) while other tables'
