@@ -526,7 +526,10 @@ impl Applier {
             if !wins {
                 // The change's version loses its place: it is held as a shadow -- the
                 // version the change makes of this key: itself, or its merge with a
-                // concurrent version held here -- and the key has no row here.
+                // concurrent version held here -- and the key has no row here. A
+                // local insert of the key waits for that, or we for it (pg/keylock.rs).
+                let key = t.key_layout.values(ch.image()?).map_err(|e| internal(e.to_string()))?;
+                crate::pg::keylock::lock(t.relid, &key, crate::pg::keylock::Mode::Shadow);
                 let held = self.held(client, &t, image)?;
                 let decided = decide(ch.op, &remote, &self.as_the_writer_saw_it(&held, ch)?);
                 let version = match decided {

@@ -27,6 +27,11 @@ pub struct TableMeta {
     pub att_vv: i32,
     /// Primary-key columns: attribute number, type, name (in key order).
     pub pk: Vec<(i32, pg_sys::Oid, String)>,
+    /// Reads the key's values out of a row image, as apply reads them (pg/keylock.rs).
+    pub key_layout: mmr_core::image::Layout,
+    /// Whether the table has a unique index besides its primary key: apply may hold a
+    /// version of a key aside for it (a shadow), so inserts take the key's lock.
+    pub may_shadow: bool,
     /// The vector of a key's tombstone: $1.. the key columns.
     pub read_tombstone: LatestPlan,
     /// Removes the tombstone of a key, returning its vector: $1.. the key columns.
@@ -140,6 +145,20 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     for typ in printed.chain(pk.iter().map(|&(_, t, _)| t)) {
         needs |= settings::needs_of_type(typ).map_err(|e| MmrError::Spi(format!("{name}: {e}")))?;
     }
+    let may_shadow = client
+        .select(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = $1 AND indisunique AND NOT indisprimary)",
+            None,
+            &[relid.into()],
+        )
+        .and_then(|rows| rows.first().get::<bool>(1))
+        .map_err(|e| MmrError::Spi(format!("{name}: {e}")))?
+        .unwrap_or(true);
+    let key_layout = mmr_core::image::Layout::new(
+        pk.iter().map(|(_, _, col)| mmr_core::image::LayoutColumn { name: col, former_names: &[], fill: None }),
+        &[],
+    )
+    .lenient();
     Ok(TableMeta {
         name,
         name_json,
@@ -148,6 +167,8 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         att_node,
         att_vv,
         pk,
+        key_layout,
+        may_shadow,
         read_tombstone,
         take_tombstone,
         read_shadow,

@@ -30,6 +30,7 @@ pub mod meta;
 use crate::catalog;
 use crate::clock;
 use crate::error::{MmrError, OrRaise, Result};
+use crate::pg::keylock;
 use crate::pg::latest;
 use crate::pg::restamp;
 use crate::pg::settings;
@@ -371,6 +372,14 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
     unsafe {
         let new = if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) { td.tg_trigtuple } else { td.tg_newtuple };
         let (mut hlc, mut vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
+        if meta.may_shadow {
+            // First wait for an apply that is holding a version of this key aside (a
+            // shadow) while the key had no row: see pg/keylock.rs.
+            let mut image = String::with_capacity(128);
+            encode::push_row(&mut image, rel, &meta.columns, new, None);
+            let values = meta.key_layout.values(&image).map_err(|e| MmrError::Internal(e.to_string()))?;
+            keylock::lock((*rel).rd_id, &values, keylock::Mode::Insert);
+        }
         if shmem::may_have_tombstones((*rel).rd_id) {
             let key = raw_key(rel, &meta, new);
             let taken = with_spi(|| {

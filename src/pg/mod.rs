@@ -1,9 +1,10 @@
 //! PostgreSQL glue that is not mmr's domain: shared memory, transaction callbacks,
-//! subtransactions, COPY from memory, sleeping on the latch, per-table caches, fixed session settings, statements run with the
+//! subtransactions, COPY from memory, key locks, sleeping on the latch, per-table caches, fixed session settings, statements run with the
 //! latest snapshot, statements kept prepared, direct tuple rewrites, and the superuser guard.
 
 pub mod copy;
 pub mod kept;
+pub mod keylock;
 pub mod latch;
 pub mod latest;
 pub mod relcache;

@@ -324,6 +324,56 @@ fn a_retried_change_meets_the_version_held_aside_for_its_key() {
     assert_converged(&c, "t");
 }
 
+/// A local insert of a key whose version apply is holding aside at that moment (the
+/// key has no row, so the two do not meet at its index entry) waits for apply and then
+/// continues the held version's history -- it does not commit a second version of the
+/// key beside the held one (pg/keylock.rs). n2's apply is paused after it held n1's
+/// version of key 37 aside (its unique value is taken by n2's later key 1), before it
+/// commits; an application inserts key 37 on n2 meanwhile.
+#[test]
+fn a_local_insert_meets_the_version_apply_is_holding_aside() {
+    let mut c = Cluster::start("insertshadow", 2);
+    c.replicated_table("CREATE TABLE t (k int PRIMARY KEY, u text UNIQUE, v int)", "t");
+    c.mesh();
+    c.isolate(0);
+    c.app(0).batch_execute("INSERT INTO t VALUES (37, 'a', 0)").unwrap();
+    c.app(1).batch_execute("INSERT INTO t VALUES (1, 'a', 0)").unwrap();
+    // The apply transaction's last statement updates its peer's progress row: held here.
+    let mut pause = c.connect(1);
+    pause.batch_execute("BEGIN; SELECT 1 FROM mmr.peer_progress WHERE peer = 'n1' FOR UPDATE").unwrap();
+    c.heal_all();
+    let apply_waits = "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                       WHERE NOT l.granted AND l.locktype = 'transactionid' AND a.backend_type LIKE 'mmr%')";
+    c.wait_until(1, apply_waits, SYNC);
+    let conninfo = c.nodes[1].conninfo().replace("user=postgres", "user=app");
+    let local = std::thread::spawn(move || {
+        let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+        db.batch_execute("INSERT INTO t VALUES (37, 'b', 7)").unwrap();
+    });
+    // The insert either waits for apply (on the key's lock) or -- were it not to --
+    // commits at once.
+    let mut n2 = c.connect(1);
+    let insert_waits = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND locktype = 'advisory')";
+    let deadline = std::time::Instant::now() + SYNC;
+    while !local.is_finished() && !n2.query_one(insert_waits, &[]).unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "the local insert neither waited nor finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    pause.batch_execute("COMMIT").unwrap();
+    local.join().unwrap();
+    // One version of key 37 here: the row, continuing the held version's history.
+    let held = "SELECT count(*) FROM mmr.set_aside WHERE pk = '{\"k\": 37}'";
+    assert_eq!(c.int(1, held), 0, "a version of key 37 is held aside beside its row");
+    assert_eq!(c.text(1, "SELECT string_agg(k || u || v, ',' ORDER BY k) FROM t"), "1a0,37b7");
+    let n1_id = c.int(0, "SELECT node_id::int8 FROM mmr.nodes WHERE is_local");
+    let continued = format!(
+        "SELECT count(*) FROM t, unnest(t.mmr_vv) WITH ORDINALITY e(x, i) WHERE t.k = 37 AND i % 2 = 1 AND x = {n1_id}"
+    );
+    assert_eq!(c.int(1, &continued), 1, "the insert did not continue the held version's history");
+    c.sync(SYNC);
+    assert_converged(&c, "t");
+}
+
 /// A table replicated on one node only, before the other node even has it: the
 /// replicate call reaches the other node in order with the table's changes and waits
 /// there (set aside, with every change of the table behind it) while other tables'

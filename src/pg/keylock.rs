@@ -1,0 +1,57 @@
+//! A transaction-level lock on one key of a table, for the one meeting of apply and a
+//! local insert that the key's primary-key index entry cannot order.
+//!
+//! Apply and a local insert of the same key take the key's index entry first (the
+//! key-claim protocol, apply's module documentation). But when apply holds the version
+//! of a key that has no row here aside for a unique value (a shadow, see
+//! apply/set_aside.rs), it writes no row: a local insert of the key would pass the index
+//! without waiting, miss the uncommitted shadow in its AFTER trigger, and commit a row
+//! beside it -- two versions of one key on this node, decided against one after the
+//! other from then on, which other nodes never do. So apply takes this lock exclusively
+//! before it looks for the key's row to hold its version aside, and capture's AFTER
+//! INSERT trigger takes it shared before it looks for the key's shadow: either the
+//! insert waits for the shadow to commit and then takes it (continuing its history), or
+//! apply waits for the insert to commit and then finds its row.
+//!
+//! The tag is the table and a hash of the key's values as a row image gives them
+//! (`mmr_core::image::key_hash`): apply reads them from the change, capture from the
+//! image it encodes of the new row, without a statement. Two keys that share a hash
+//! only wait for each other.
+
+use mmr_core::image::key_hash;
+use pgrx::pg_sys;
+use std::borrow::Cow;
+
+/// `locktag_field4` of these advisory locks: user advisory locks use 1 (one bigint) and
+/// 2 (two integers), so mmr's never meet theirs.
+const MMR_KEY_LOCK: u16 = 0x6d6d;
+
+/// How a lock is taken: apply's exclusively, local inserts' shared.
+#[derive(Clone, Copy)]
+pub enum Mode {
+    Insert,
+    Shadow,
+}
+
+/// Takes the lock of the key `values` (as `Layout::values` reads them from a row image)
+/// of table `relid` until the end of the transaction, waiting for a conflicting holder.
+pub fn lock(relid: pg_sys::Oid, values: &[Option<Cow<'_, str>>], mode: Mode) {
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for every backend that runs mmr's code.
+        locktag_field1: u32::from(unsafe { pg_sys::MyDatabaseId }),
+        locktag_field2: u32::from(relid),
+        locktag_field3: key_hash(values),
+        locktag_field4: MMR_KEY_LOCK,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    let lockmode = match mode {
+        Mode::Insert => pg_sys::ShareLock,
+        Mode::Shadow => pg_sys::ExclusiveLock,
+    };
+    // SAFETY: a valid advisory lock tag; a transaction lock, released at its end (or
+    // raises, as any lock wait may: a deadlock, a cancel).
+    unsafe {
+        pg_sys::LockAcquire(&tag, lockmode as pg_sys::LOCKMODE, false, false);
+    }
+}
