@@ -366,7 +366,7 @@ impl Applier {
         // it was (and records no conflict that its next try would record again).
         let mut failed = None;
         let out = crate::pg::subxact::run_coded(|| {
-            self.blocked = set_aside::Blocked::load_shadows()?;
+            self.blocked = set_aside::Blocked::load_shadow(&ch.tbl, key.as_deref())?;
             let Some(next) = self.past_shadow(ch, key.as_deref())? else { return Ok(()) };
             if let Err(f) = self.try_apply(&next) {
                 let message = f.message.clone();
@@ -384,6 +384,9 @@ impl Applier {
     /// it won), or `None` when the shadowed version stays (stale change, or a conflict
     /// it won: then with the merged vector). Conflicts here are settled last-write-wins.
     fn over_shadow(&mut self, ch: Change, shadow: i64, key: &str) -> Result<Option<Change>> {
+        // A local insert may be taking the shadow: wait for it (pg/keylock.rs).
+        let t = Spi::connect(|client| table::lookup(client, &ch.tbl))?;
+        lock_key(&t, &ch)?;
         let Some((held, origin)) = set_aside::shadow_entry(shadow)? else {
             self.blocked.drop_shadow(&ch.tbl, key);
             return Ok(Some(ch));
@@ -528,8 +531,7 @@ impl Applier {
                 // version the change makes of this key: itself, or its merge with a
                 // concurrent version held here -- and the key has no row here. A
                 // local insert of the key waits for that, or we for it (pg/keylock.rs).
-                let key = t.key_layout.values(ch.image()?).map_err(|e| internal(e.to_string()))?;
-                crate::pg::keylock::lock(t.relid, &key, crate::pg::keylock::Mode::Shadow);
+                lock_key(&t, ch)?;
                 let held = self.held(client, &t, image)?;
                 let decided = decide(ch.op, &remote, &self.as_the_writer_saw_it(&held, ch)?);
                 let version = match decided {
@@ -985,6 +987,14 @@ fn insert_where_absent(
         return Ok(Written::Raced);
     }
     Ok(Written::Done)
+}
+
+/// Takes the lock of the change's key that apply holds while it reads or writes the
+/// key's version held aside (pg/keylock.rs).
+fn lock_key(t: &ApplyTable, ch: &Change) -> Result<()> {
+    let values = t.key_layout.values(ch.image()?).map_err(|e| internal(format!("{}: {e}", t.name)))?;
+    crate::pg::keylock::lock(t.relid, &values, crate::pg::keylock::Mode::Shadow);
+    Ok(())
 }
 
 /// Whether the last SPI command processed no row.

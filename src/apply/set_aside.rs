@@ -45,19 +45,11 @@ impl Blocked {
     /// Every set-aside key (of any origin: a key's changes wait behind it whoever wrote
     /// them).
     pub fn load() -> Result<Blocked> {
-        Blocked::load_from("SELECT id, tbl, pk::text, kind = 'unique' FROM mmr.set_aside ORDER BY id")
-    }
-
-    /// Every shadow, and no failed entry (a retried change is one).
-    pub fn load_shadows() -> Result<Blocked> {
-        Blocked::load_from("SELECT id, tbl, pk::text, true FROM mmr.set_aside WHERE kind = 'unique' ORDER BY id")
-    }
-
-    /// The entries `query` reads: (id, tbl, pk, whether a shadow).
-    fn load_from(query: &'static str) -> Result<Blocked> {
         let mut b = Blocked::default();
         Spi::connect_mut(|c| {
-            for r in kept::update(c, query, &[], &[])? {
+            for r in
+                kept::update(c, "SELECT id, tbl, pk::text, kind = 'unique' FROM mmr.set_aside ORDER BY id", &[], &[])?
+            {
                 let id = r.get::<i64>(1)?.unwrap_or(0);
                 let (tbl, pk) = (r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?);
                 match (r.get::<bool>(4)?.unwrap_or(false), pk) {
@@ -68,6 +60,23 @@ impl Blocked {
             Ok::<_, pgrx::spi::SpiError>(())
         })
         .map_err(spi)?;
+        Ok(b)
+    }
+
+    /// The shadow of key `pk` of table `tbl`, if it has one, and nothing else (a
+    /// retried change is a failed entry itself).
+    pub fn load_shadow(tbl: &str, pk: Option<&str>) -> Result<Blocked> {
+        let mut b = Blocked::default();
+        let Some(pk) = pk else { return Ok(b) };
+        let id = kept::one::<i64>(
+            "SELECT id FROM mmr.set_aside WHERE kind = 'unique' AND tbl = $1 AND pk = $2::jsonb",
+            &[kept::TEXT, kept::TEXT],
+            &[tbl.into(), pk.into()],
+        )
+        .map_err(spi)?;
+        if let Some(id) = id {
+            b.add_shadow(tbl.to_string(), pk.to_string(), id);
+        }
         Ok(b)
     }
 
@@ -286,9 +295,11 @@ pub fn retry(only: Option<i64>, force: bool) -> Result<i64> {
             // it is the later one; otherwise it is shadowed again, in place.
             if still.blocker(&e.tbl, e.pk.as_deref()).is_none() {
                 let pk = e.pk.unwrap_or_default();
-                let mut a = Applier::new(e.origin);
+                // As it is now: a change tried before it in this round may have merged
+                // into it, held it aside again, or taken its place.
+                let Some((ch, origin)) = shadow_entry(e.id)? else { continue };
+                let mut a = Applier::new(origin);
                 a.retrying_shadow = true;
-                let ch = Change::parse_one(&e.change, "{}")?;
                 // The entry goes after the write (which takes the key's index entry
                 // first, as local inserts do), unless the write held it aside again
                 // (that replaced the entry) or failed (then it stays as it was).

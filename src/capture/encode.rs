@@ -59,6 +59,10 @@ impl Column {
         self.kind == Kind::Text
     }
 
+    pub fn attnum(&self) -> i32 {
+        self.attnum
+    }
+
     pub fn typid(&self) -> pg_sys::Oid {
         self.typid
     }

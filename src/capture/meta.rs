@@ -27,7 +27,9 @@ pub struct TableMeta {
     pub att_vv: i32,
     /// Primary-key columns: attribute number, type, name (in key order).
     pub pk: Vec<(i32, pg_sys::Oid, String)>,
-    /// Reads the key's values out of a row image, as apply reads them (pg/keylock.rs).
+    /// How to encode the key columns alone, and how to read them back out of that
+    /// image as apply reads a change's (pg/keylock.rs).
+    pub key_columns: Vec<Column>,
     pub key_layout: mmr_core::image::Layout,
     /// Whether the table has a unique index besides its primary key: apply may hold a
     /// version of a key aside for it (a shadow), so inserts take the key's lock.
@@ -154,6 +156,11 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         .and_then(|rows| rows.first().get::<bool>(1))
         .map_err(|e| MmrError::Spi(format!("{name}: {e}")))?
         .unwrap_or(true);
+    // SAFETY: rel is open.
+    let key_columns: Vec<Column> = unsafe { super::encode::columns(rel) }
+        .into_iter()
+        .filter(|c| pk.iter().any(|&(att, _, _)| att == c.attnum()))
+        .collect();
     let key_layout = mmr_core::image::Layout::new(
         pk.iter().map(|(_, _, col)| mmr_core::image::LayoutColumn { name: col, former_names: &[], fill: None }),
         &[],
@@ -167,6 +174,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         att_node,
         att_vv,
         pk,
+        key_columns,
         key_layout,
         may_shadow,
         read_tombstone,

@@ -245,6 +245,20 @@ fn tombstone_vv(
         .map_err(|e| MmrError::Damaged(format!("{}: tombstone vector: {e}", meta.name)))
 }
 
+/// Takes the lock of the key of `tuple`, a new key of `rel` (see pg/keylock.rs).
+///
+/// # Safety
+/// `tuple` must be a valid tuple of `rel`.
+unsafe fn lock_key(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> Result<()> {
+    let mut image = String::with_capacity(64);
+    // SAFETY: guaranteed by the caller.
+    unsafe { encode::push_row(&mut image, rel, &meta.key_columns, tuple, None) };
+    let values = meta.key_layout.values(&image).map_err(|e| MmrError::Internal(format!("{}: {e}", meta.name)))?;
+    // SAFETY: an open relation.
+    keylock::lock(unsafe { (*rel).rd_id }, &values, keylock::Mode::Insert);
+    Ok(())
+}
+
 /// `mmr.stamp()`: BEFORE INSERT OR UPDATE OR DELETE row trigger. See the module
 /// documentation.
 #[pg_guard]
@@ -285,6 +299,11 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     // SAFETY: as above.
     let base = unsafe {
         if is_insert || rekey {
+            // Before the key's index entry, and before looking for the key's version
+            // held aside: wait for an apply that is holding it aside (pg/keylock.rs).
+            if meta.may_shadow {
+                lock_key(rel, &meta, new_tuple)?;
+            }
             // A new key continues its tombstone's history. The tombstone is only read:
             // the insert may still be skipped (ON CONFLICT on another unique index), and
             // the AFTER trigger removes it once the row is in (see `capture`). Nor is
@@ -372,14 +391,6 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
     unsafe {
         let new = if event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) { td.tg_trigtuple } else { td.tg_newtuple };
         let (mut hlc, mut vv) = (row_hlc(rel, &meta, new), row_vv(rel, &meta, new)?);
-        if meta.may_shadow {
-            // First wait for an apply that is holding a version of this key aside (a
-            // shadow) while the key had no row: see pg/keylock.rs.
-            let mut image = String::with_capacity(128);
-            encode::push_row(&mut image, rel, &meta.columns, new, None);
-            let values = meta.key_layout.values(&image).map_err(|e| MmrError::Internal(e.to_string()))?;
-            keylock::lock((*rel).rd_id, &values, keylock::Mode::Insert);
-        }
         if shmem::may_have_tombstones((*rel).rd_id) {
             let key = raw_key(rel, &meta, new);
             let taken = with_spi(|| {

@@ -8,19 +8,29 @@
 //! without waiting, miss the uncommitted shadow in its AFTER trigger, and commit a row
 //! beside it -- two versions of one key on this node, decided against one after the
 //! other from then on, which other nodes never do. So apply takes this lock exclusively
-//! before it looks for the key's row to hold its version aside, and capture's AFTER
-//! INSERT trigger takes it shared before it looks for the key's shadow: either the
-//! insert waits for the shadow to commit and then takes it (continuing its history), or
-//! apply waits for the insert to commit and then finds its row.
+//! before it reads or writes a key's shadow (`settle_unique`, `over_shadow`), and
+//! capture's BEFORE trigger takes it shared for a new key -- before the key's index
+//! entry, as apply takes it before its own, so the two never wait in a cycle -- and
+//! holds it to commit: either the insert waits for apply to commit and then reads the
+//! shadow (continuing its history), or apply waits for the insert to commit and then
+//! finds its row.
 //!
-//! The tag is the table and a hash of the key's values as a row image gives them
-//! (`mmr_core::image::key_hash`): apply reads them from the change, capture from the
-//! image it encodes of the new row, without a statement. Two keys that share a hash
-//! only wait for each other.
+//! The tag is the table and one of `STRIPES` slots chosen by a hash of the key's values
+//! as a row image gives them (`mmr_core::image::key_hash`): apply reads them from the
+//! change, capture from an image of the new row's key, without a statement. Slots, not
+//! keys, so that a transaction inserting many rows holds a few locks per table (one per
+//! key would exhaust the lock table); keys that share a slot only wait for each other
+//! while apply holds a version aside, which is rare. Only tables with a unique index
+//! besides the primary key take it. Keys equal but written differently (a numeric key
+//! given with another scale, a float's -0 and 0) may fall in different slots: for
+//! them the race stays open.
 
 use mmr_core::image::key_hash;
 use pgrx::pg_sys;
 use std::borrow::Cow;
+
+/// Slots per table (see the module documentation).
+const STRIPES: u32 = 16;
 
 /// `locktag_field4` of these advisory locks: user advisory locks use 1 (one bigint) and
 /// 2 (two integers), so mmr's never meet theirs.
@@ -40,7 +50,7 @@ pub fn lock(relid: pg_sys::Oid, values: &[Option<Cow<'_, str>>], mode: Mode) {
         // SAFETY: MyDatabaseId is set for every backend that runs mmr's code.
         locktag_field1: u32::from(unsafe { pg_sys::MyDatabaseId }),
         locktag_field2: u32::from(relid),
-        locktag_field3: key_hash(values),
+        locktag_field3: key_hash(values) % STRIPES,
         locktag_field4: MMR_KEY_LOCK,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
