@@ -1001,7 +1001,7 @@ fn notes(r: &mut Report) {
         "  tellers, counters) is written once, with its last row and version, when each update applies over the",
         "  one before. For 1-row updates what is left is mostly PostgreSQL's work per row (a lock statement and",
         "  an update statement, each finding the row; the update's index entries), the same as native's",
-        "  plus one lookup: 1.2x native, not 1.5x.",
+        "  plus one lookup: 1.2x-1.5x native from run to run, at the edge of the 1.5x target.",
         "* **Local writes during a catch-up.** On this two-core machine a catch-up runs four busy processes (the",
         "  client, its backend, the apply worker, the peer's serving backend). Sampling the writer's backend showed no",
         "  lock waits (CPU or waiting for its client); its rate falls with its CPU share. Lowering the apply",
