@@ -70,6 +70,9 @@ pub enum MmrError {
         limit_ms: u64,
     },
     TwoPhaseCommit,
+    /// A function that applies changes was called in a REPEATABLE READ or SERIALIZABLE
+    /// transaction (its name).
+    NeedsReadCommitted(&'static str),
     /// A change could not be applied for a reason that may pass (the batch is retried).
     ApplyFailed {
         tbl: String,
@@ -156,6 +159,7 @@ impl MmrError {
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
+            NeedsReadCommitted(_) => Code::ERRCODE_INVALID_TRANSACTION_STATE,
             ApplyFailed { .. } => Code::ERRCODE_T_R_SERIALIZATION_FAILURE,
             PeerIdentity(_) => Code::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             JoinTable { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
@@ -223,6 +227,7 @@ impl MmrError {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
             }
             TwoPhaseCommit => "cannot PREPARE a transaction that wrote to replicated tables".into(),
+            NeedsReadCommitted(f) => format!("{f} must run at READ COMMITTED isolation"),
             ApplyFailed { tbl, key, sqlstate, message } => {
                 let key = key.as_deref().map(|k| format!(" key {k}")).unwrap_or_default();
                 format!("applying a change to {tbl}{key} failed ({sqlstate}): {message}; will retry")
@@ -304,6 +309,9 @@ impl MmrError {
             BadChoice(_) => "Choose 'local' or 'remote', or pass the row to keep as jsonb.".into(),
             BadRow(_) => "Pass e.g. '{\"id\": 1, \"v\": \"x\"}'::jsonb (columns left out become NULL), or NULL::jsonb to delete the row.".into(),
             TwoPhaseCommit => "Commit it directly; mmr does not support two-phase commit on replicated tables.".into(),
+            NeedsReadCommitted(_) => "Call it outside a REPEATABLE READ or SERIALIZABLE transaction: it applies changes as \
+                 the apply workers do, looking again at rows other transactions commit meanwhile."
+                .into(),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),
             JoinTable { .. } => "Create the group's tables on the new node from a member's definitions \
                  (pg_dump --schema-only), empty, then run mmr.join_group again; nothing was changed."

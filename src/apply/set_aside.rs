@@ -355,6 +355,10 @@ struct Entry {
 /// waits behind it); returns how many applied.
 #[pg_extern(volatile)]
 fn _retry_set_aside(id: Option<i64>) -> i64 {
+    // SAFETY: reading the transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
+        MmrError::NeedsReadCommitted("mmr.retry_set_aside").raise();
+    }
     if let Some(id) = id {
         exists(id).or_raise();
     }

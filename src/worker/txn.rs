@@ -11,6 +11,11 @@ pub fn run<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     // SAFETY: workers call this outside any transaction; the snapshot is popped before
     // commit, and abort cleans up whatever an ERROR left behind.
     unsafe {
+        // READ COMMITTED whatever default_transaction_isolation says: apply looks
+        // again at rows and tombstones local transactions commit meanwhile (the
+        // key-claim protocol, apply/mod.rs), which a REPEATABLE READ snapshot would
+        // not show -- serialization failures at best.
+        pg_sys::DefaultXactIsoLevel = pg_sys::XACT_READ_COMMITTED as i32;
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
