@@ -257,19 +257,6 @@ pub fn key_hash(values: &[Option<Cow<'_, str>>]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn key_hashes_tell_values_apart_and_ignore_how_the_image_spells_them() {
-        let layout =
-            Layout::new(["a", "b"].map(|name| LayoutColumn { name, former_names: &[], fill: None }), &[]).lenient();
-        let hash = |image: &str| key_hash(&layout.values(image).unwrap());
-        assert_eq!(hash(r#"{"a": 37, "b": "x", "c": 1}"#), hash(r#"{"b":"x","a":37}"#));
-        assert_eq!(hash(r#"{"a": "ab", "b": "c"}"#), hash(r#"{"b": "c", "a": "a\u0062"}"#));
-        assert_ne!(hash(r#"{"a": "ab", "b": "c"}"#), hash(r#"{"a": "a", "b": "bc"}"#));
-        assert_ne!(hash(r#"{"a": "", "b": null}"#), hash(r#"{"a": null, "b": ""}"#));
-        assert_ne!(hash(r#"{"a": 1, "b": "x"}"#), hash(r#"{"a": 2, "b": "x"}"#));
-    }
-
     use super::*;
 
     fn layout() -> Layout {
@@ -339,5 +326,17 @@ mod tests {
         b.push('\t');
         push_copy_field(&mut b, Some(""));
         assert_eq!(b, "a\\tb\\\\c\\nd\\re\\\\.f\t\\N\t");
+    }
+
+    #[test]
+    fn key_hashes_tell_values_apart_and_ignore_how_the_image_spells_them() {
+        let layout =
+            Layout::new(["a", "b"].map(|name| LayoutColumn { name, former_names: &[], fill: None }), &[]).lenient();
+        let hash = |image: &str| key_hash(&layout.values(image).unwrap());
+        assert_eq!(hash(r#"{"a": 37, "b": "x", "c": 1}"#), hash(r#"{"b":"x","a":37}"#));
+        assert_eq!(hash(r#"{"a": "ab", "b": "c"}"#), hash(r#"{"b": "c", "a": "a\u0062"}"#));
+        assert_ne!(hash(r#"{"a": "ab", "b": "c"}"#), hash(r#"{"a": "a", "b": "bc"}"#));
+        assert_ne!(hash(r#"{"a": "", "b": null}"#), hash(r#"{"a": null, "b": ""}"#));
+        assert_ne!(hash(r#"{"a": 1, "b": "x"}"#), hash(r#"{"a": 2, "b": "x"}"#));
     }
 }

@@ -408,7 +408,6 @@ impl Applier {
         self.stats.conflicts += 1;
         let resolution = if c.winner == Side::Remote { "remote_wins" } else { "local_wins" };
         Spi::connect_mut(|client| {
-            let t = table::lookup(client, &ch.tbl)?;
             let image = jsonb_arg(ch.image()?)?;
             record_conflict(
                 client,
