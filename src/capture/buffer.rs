@@ -97,19 +97,53 @@ unsafe fn insert_queue_row(json: &str, n: i32, applied: Vec<i64>) {
         let xid = pg_sys::GetTopFullTransactionId().value;
         let text = pg_sys::cstring_to_text_with_len(json.as_ptr() as *const std::ffi::c_char, json.len() as i32);
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+        let text = compressed(rel, pg_sys::Datum::from(text));
         let applied = applied.into_datum().unwrap_or(pg_sys::Datum::from(0));
         // Columns: id, xid, n_changes, changes, applied.
-        let mut values = [
-            pg_sys::Datum::from(id),
-            pg_sys::Datum::from(xid),
-            pg_sys::Datum::from(n),
-            pg_sys::Datum::from(text),
-            applied,
-        ];
+        let mut values = [pg_sys::Datum::from(id), pg_sys::Datum::from(xid), pg_sys::Datum::from(n), text, applied];
         let mut nulls = [false; 5];
         let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::CatalogTupleInsert(rel, tuple);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    }
+}
+
+/// The `changes` column's attribute number in `mmr.queue`.
+const CHANGES_ATT: usize = 4;
+
+/// Row images shorter than this are stored as they are.
+const COMPRESS_FROM: usize = 128;
+
+extern "C-unwind" {
+    // access/toast_internals.h, not in pgrx's bindings.
+    fn toast_compress_datum(value: pg_sys::Datum, cmethod: std::ffi::c_char) -> pg_sys::Datum;
+    // The `default_toast_compression` setting: a compression method's letter.
+    static default_toast_compression: std::ffi::c_int;
+}
+
+/// `text` compressed inline, as TOAST compresses a value (the column's compression
+/// method, else `default_toast_compression`), or `text` itself when that does not make
+/// it smaller. A queue row is WAL-logged whole and most are far below the size at which
+/// PostgreSQL compresses on its own; the JSON of row images compresses to about half.
+/// Readers see plain text: PostgreSQL decompresses on access.
+///
+/// # Safety
+/// `rel` is `mmr.queue`, open; `text` a plain (not compressed, not external) text datum.
+unsafe fn compressed(rel: pg_sys::Relation, text: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: guaranteed by the caller; the size is read from the varlena header.
+    unsafe {
+        if pg_sys::toast_raw_datum_size(text) < COMPRESS_FROM {
+            return text;
+        }
+        let att = (*(*rel).rd_att).attrs.as_slice(CHANGES_ATT)[CHANGES_ATT - 1];
+        let method =
+            if att.attcompression != 0 { att.attcompression } else { default_toast_compression as std::ffi::c_char };
+        let packed = pg_sys::ffi::pg_guard_ffi_boundary(|| toast_compress_datum(text, method));
+        if packed.is_null() {
+            text
+        } else {
+            packed
+        }
     }
 }
 
