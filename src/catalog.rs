@@ -4,6 +4,19 @@ use crate::error::{MmrError, Result};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
+/// A table's primary-key columns, for catalog queries: `FROM` this, `WHERE i.indrelid =
+/// <table> AND i.indisprimary`, gives each key column as `a` (its `pg_attribute` row) at
+/// position `k.n` of the key. The one home of "which columns are the key": a primary key
+/// may carry INCLUDE columns in its index, which are not key columns (`k.n <=
+/// i.indnkeyatts`).
+#[macro_export]
+macro_rules! primary_key_columns {
+    () => {
+        "pg_catalog.pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum AND k.n <= i.indnkeyatts"
+    };
+}
+
 /// This node's identity.
 #[derive(Clone, Debug)]
 pub struct NodeIdentity {

@@ -47,6 +47,10 @@ pub enum MmrError {
     TruncateRefused(String),
     /// A BEFORE trigger changed a row's primary key in an UPDATE that sets no key column.
     KeyChangedByTrigger(String),
+    TriggerAfterStamp {
+        tbl: String,
+        trigger: String,
+    },
     UnknownConflict(i64),
     UnknownSetAside(i64),
     PullRefused {
@@ -153,9 +157,12 @@ impl MmrError {
             Damaged(_) => Code::ERRCODE_DATA_CORRUPTED,
             BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
-            TemporaryTable(_) | UnloggedTable(_) | TruncateRefused(_) | KeyChangedByTrigger(_) | TwoPhaseCommit => {
-                Code::ERRCODE_FEATURE_NOT_SUPPORTED
-            }
+            TemporaryTable(_)
+            | UnloggedTable(_)
+            | TruncateRefused(_)
+            | KeyChangedByTrigger(_)
+            | TwoPhaseCommit
+            | TriggerAfterStamp { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
@@ -212,6 +219,9 @@ impl MmrError {
             KeyChangedByTrigger(tbl) => {
                 format!("a trigger changed the primary key of a row of replicated table \"{tbl}\"")
             }
+            TriggerAfterStamp { tbl, trigger } => {
+                format!("trigger \"{trigger}\" of replicated table \"{tbl}\" fires after mmr's trigger zz_mmr_stamp")
+            }
             UnknownConflict(id) => format!("conflict {id} does not exist"),
             UnknownSetAside(id) => format!("set-aside change {id} does not exist"),
             PullRefused { role, consumer } => format!("role \"{role}\" may not pull as \"{consumer}\""),
@@ -260,6 +270,12 @@ impl MmrError {
             TemporaryTable(_) => Some("Temporary tables exist only in one session.".into()),
             UnloggedTable(_) => Some("Unlogged tables are emptied by a crash, which replication cannot repeat.".into()),
             TruncateRefused(_) => Some("TRUNCATE would remove rows here without telling the other nodes.".into()),
+            TriggerAfterStamp { .. } => Some(
+                "Triggers fire in the order of their names. mmr captures an updated or deleted row in zz_mmr_stamp, \
+                 the last BEFORE trigger; one after it could change the row or skip the write after it was captured, \
+                 and the other nodes would get a row this one does not have."
+                    .into(),
+            ),
             KeyChangedByTrigger(_) => Some(
                 "mmr captures the new key of an updated row when the UPDATE sets a key column; this UPDATE sets \
                  none, and a BEFORE trigger changed the key."
@@ -299,6 +315,9 @@ impl MmrError {
             }
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
             KeyChangedByTrigger(_) => "Set the new key in the UPDATE itself (UPDATE ... SET id = ...).".into(),
+            TriggerAfterStamp { tbl, trigger } => format!(
+                "Rename it so that its name sorts before zz_mmr_stamp: ALTER TRIGGER \"{trigger}\" ON {tbl} RENAME TO ..."
+            ),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
             UnknownSetAside(_) => "SELECT id, tbl, pk, error FROM mmr.set_aside lists the set-aside changes.".into(),
             PullRefused { consumer, .. } => format!(

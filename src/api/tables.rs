@@ -145,6 +145,17 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
     if primary_key(tbl)?.is_empty() {
         return Err(MmrError::NoPrimaryKey(name.into()));
     }
+    // SAFETY: the table exists (checked above); opened and closed here, its lock kept
+    // to the end of the transaction like any other.
+    let trigger = unsafe {
+        let rel = pg_sys::table_open(tbl, pg_sys::AccessShareLock as i32);
+        let found = crate::capture::trigger_after_stamp(rel, pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE);
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        found
+    };
+    if let Some(trigger) = trigger {
+        return Err(MmrError::TriggerAfterStamp { tbl: name.into(), trigger });
+    }
     for column in MMR_COLUMNS {
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \

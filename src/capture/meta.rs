@@ -202,11 +202,11 @@ pub fn qualified_name(relid: pg_sys::Oid) -> Result<String> {
 pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<(i32, pg_sys::Oid, String)>> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT a.attnum::int4, a.atttypid, a.attname::text \
-             FROM pg_catalog.pg_index i \
-             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+            concat!(
+                "SELECT a.attnum::int4, a.atttypid, a.attname::text FROM ",
+                crate::primary_key_columns!(),
+                " WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n"
+            ),
             None,
             &[relid.into()],
         )?;

@@ -268,6 +268,39 @@ pub unsafe extern "C-unwind" fn mmr_stamp(fcinfo: pg_sys::FunctionCallInfo) -> p
     unsafe { stamp(trigger_data(fcinfo)).or_raise() }
 }
 
+/// mmr's BEFORE row trigger on a replicated table. A table's triggers fire in the byte
+/// order of their names, so `zz_` puts it after the user's (nearly always).
+pub const STAMP_TRIGGER: &str = "zz_mmr_stamp";
+
+/// The name of a BEFORE ROW trigger of `rel` for `events` (`TRIGGER_TYPE_UPDATE` and/or
+/// `TRIGGER_TYPE_DELETE` bits) that fires in ordinary sessions after mmr's stamp
+/// trigger, if there is one. The stamp trigger captures an updated or deleted row as
+/// it sees it; a trigger after it could still change the row or skip the write, and
+/// peers would get a row this node does not have. (Inserts are captured by an AFTER
+/// trigger, from the row as written.)
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn trigger_after_stamp(rel: pg_sys::Relation, events: u32) -> Option<String> {
+    // SAFETY: guaranteed by the caller: trigdesc is NULL or holds numtriggers triggers.
+    unsafe {
+        let desc = (*rel).trigdesc;
+        if desc.is_null() {
+            return None;
+        }
+        let triggers = std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize);
+        triggers.iter().find_map(|t| {
+            let kind = t.tgtype as u32;
+            let name = std::ffi::CStr::from_ptr(t.tgname).to_bytes();
+            let fires = kind & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
+                && kind & pg_sys::TRIGGER_TYPE_TIMING_MASK == pg_sys::TRIGGER_TYPE_BEFORE
+                && kind & events != 0
+                && matches!(t.tgenabled as u8, pg_sys::TRIGGER_FIRES_ON_ORIGIN | pg_sys::TRIGGER_FIRES_ALWAYS);
+            (fires && name > STAMP_TRIGGER.as_bytes()).then(|| String::from_utf8_lossy(name).into_owned())
+        })
+    }
+}
+
 /// Runs `f` with an SPI connection, as the bootstrap superuser.
 fn with_spi<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     let _su = AsSuperuser::enter();
@@ -280,6 +313,17 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
     catalog::require_current_version()?;
     let node = catalog::node_id()?;
     let meta = meta::lookup(rel)?;
+    if !event_is(ev, pg_sys::TRIGGER_EVENT_INSERT) {
+        let event = if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
+            pg_sys::TRIGGER_TYPE_DELETE
+        } else {
+            pg_sys::TRIGGER_TYPE_UPDATE
+        };
+        // SAFETY: the trigger's relation, open during the call.
+        if let Some(trigger) = unsafe { trigger_after_stamp(rel, event) } {
+            return Err(MmrError::TriggerAfterStamp { tbl: meta.name.clone(), trigger });
+        }
+    }
     let _fixed = settings::Fixed::enter(meta.needs);
     if event_is(ev, pg_sys::TRIGGER_EVENT_DELETE) {
         // SAFETY: the row being deleted, valid during the trigger call.

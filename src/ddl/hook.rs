@@ -96,6 +96,10 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
     // SAFETY: guaranteed by the caller.
     unsafe {
         let stmt = (*pstmt).utilityStmt;
+        if (*stmt).type_ == pg_sys::NodeTag::T_CreateTrigStmt && mode() != Mode::Applying {
+            refuse_trigger_after_stamp(stmt as *mut pg_sys::CreateTrigStmt)?;
+            return Ok(None);
+        }
         let interesting = matches!(
             (*stmt).type_,
             pg_sys::NodeTag::T_AlterTableStmt
@@ -133,6 +137,40 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
         }
         refuse_unsafe(stmt, tables[0])?;
         Ok(Some(Plan { tables, text: statement_text(pstmt, query) }))
+    }
+}
+
+/// Refuses a BEFORE ROW trigger for UPDATE or DELETE on a replicated table whose name
+/// sorts after mmr's stamp trigger: it would fire after the row was captured (see
+/// `capture::trigger_after_stamp`, which refuses the writes if such a trigger appears
+/// another way, by a rename say).
+///
+/// # Safety
+/// `s` must be a valid CREATE TRIGGER statement.
+unsafe fn refuse_trigger_after_stamp(s: *mut pg_sys::CreateTrigStmt) -> Result<()> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let events = ((*s).events as u32) & (pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE);
+        let before = (*s).timing as u32 == pg_sys::TRIGGER_TYPE_BEFORE;
+        if !(*s).row || !before || events == 0 || (*s).trigname.is_null() {
+            return Ok(());
+        }
+        let name = CStr::from_ptr((*s).trigname);
+        if name.to_bytes() <= crate::capture::STAMP_TRIGGER.as_bytes()
+            || pg_sys::creating_extension
+            || !pg_sys::IsTransactionState()
+            || pg_sys::get_extension_oid(c"mmr".as_ptr(), true) == pg_sys::InvalidOid
+        {
+            return Ok(());
+        }
+        let table = table_of((*s).relation);
+        if table == pg_sys::InvalidOid || replicated(&[table])?.is_empty() {
+            return Ok(());
+        }
+        Err(MmrError::TriggerAfterStamp {
+            tbl: crate::capture::meta::qualified_name(table)?,
+            trigger: name.to_string_lossy().into_owned(),
+        })
     }
 }
 

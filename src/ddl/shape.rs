@@ -13,19 +13,20 @@ pub fn shapes(relids: Option<&[pg_sys::Oid]>) -> Result<Vec<(pg_sys::Oid, TableS
     let ids: Option<Vec<pg_sys::Oid>> = relids.map(|r| r.to_vec());
     Spi::connect(|c| {
         let rows = c.select(
-            "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relpersistence::text, \
+            concat!(
+                "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relpersistence::text, \
                     ARRAY(SELECT a.attnum::int4 FROM pg_catalog.pg_attribute a \
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum), \
                     ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum), \
-                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i \
-                          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
-                          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                          WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.n) \
+                    ARRAY(SELECT a.attname::text FROM ",
+                crate::primary_key_columns!(),
+                " WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.n) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE CASE WHEN $1::oid[] IS NULL \
                         THEN c.oid IN (SELECT r.relid FROM mmr.replicated_table r) AND n.nspname <> 'mmr' \
-                        ELSE c.oid = ANY ($1) END",
+                        ELSE c.oid = ANY ($1) END"
+            ),
             None,
             &[ids.into()],
         )?;

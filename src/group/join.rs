@@ -39,15 +39,16 @@ use std::time::{Duration, Instant};
 /// The definition of a table as the join compares it: user columns (name, type,
 /// generated) by name, and the primary key. The same query on both sides, under the
 /// same settings (search_path = pg_catalog: types print schema-qualified).
-const SHAPE_SQL: &str = "SELECT jsonb_build_object( \
+const SHAPE_SQL: &str = concat!(
+    "SELECT jsonb_build_object( \
     'columns', (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                                                           a.attgenerated <> '') ORDER BY a.attname), '[]') \
                 FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
                   AND a.attname NOT IN ('mmr_hlc', 'mmr_node', 'mmr_vv')), \
-    'key', (SELECT coalesce(jsonb_agg(a.attname ORDER BY k.n), '[]') FROM pg_catalog.pg_index i \
-            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
-            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-            WHERE i.indrelid = $1 AND i.indisprimary))";
+    'key', (SELECT coalesce(jsonb_agg(a.attname ORDER BY k.n), '[]') FROM ",
+    crate::primary_key_columns!(),
+    " WHERE i.indrelid = $1 AND i.indisprimary))"
+);
 
 /// mmr's own replicated tables: copied, never compared or set up (the extension made them).
 const BUILTIN: [&str; 3] = ["mmr.member", "mmr.resolution_log", crate::ddl::TABLE];

@@ -206,6 +206,31 @@ fn odd_identifiers_replicate() {
     }
 }
 
+/// A primary key's INCLUDE columns are in its index but are not part of the key: an
+/// update of one is an update (no tombstone, no key change), concurrent updates of the
+/// same row conflict as such, and a deleted key is stored by its key columns alone.
+#[test]
+fn a_primary_key_with_include_columns_keys_on_its_key_columns_only() {
+    let mut c = Cluster::start("include", 2);
+    c.replicated_table("CREATE TABLE inc (id int, v text, n int, PRIMARY KEY (id) INCLUDE (v))", "inc");
+    c.mesh();
+    c.app(0).batch_execute("INSERT INTO inc VALUES (1, 'a', 1), (2, 'b', 2)").unwrap();
+    c.sync(SYNC);
+    c.isolate(0);
+    c.app(0).batch_execute("UPDATE inc SET v = 'n1' WHERE id = 1").unwrap();
+    c.app(1).batch_execute("UPDATE inc SET v = 'n2', n = 10 WHERE id = 1").unwrap();
+    c.app(1).batch_execute("DELETE FROM inc WHERE id = 2").unwrap();
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "inc");
+    for i in 0..2 {
+        assert_eq!(c.text(i, "SELECT string_agg(id || ':' || n, ',') FROM inc"), "1:10");
+        assert_eq!(c.text(i, "SELECT string_agg(pk::text, ',') FROM mmr.tombstone"), r#"{"id": 2}"#);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'update_update'"), 1);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside"), 0);
+    }
+}
+
 /// Two nodes insert different keys with the same value of a secondary UNIQUE column
 /// while apart. When they meet, the later row wins on both (last-write-wins between the
 /// colliding rows); the other key's version is held aside on both (a `unique` entry in
