@@ -9,7 +9,7 @@ const SYNC: Duration = Duration::from_secs(60);
 
 /// An application role with ordinary privileges writes a replicated table every way an
 /// application does -- INSERT, UPDATE, DELETE, INSERT ... ON CONFLICT, COPY with a column
-/// list -- and every write reaches the other node. An error mmr raises in its session
+/// list, MERGE, a key change in a writable CTE -- and every write reaches the other node. An error mmr raises in its session
 /// carries no Rust backtrace, although the servers run with RUST_BACKTRACE=1.
 #[test]
 fn an_application_role_writes_every_way() {
@@ -38,10 +38,19 @@ fn an_application_role_writes_every_way() {
             w.finish()
         })
         .is_err());
+    // MERGE (each of its actions), a key change in a writable CTE.
+    app.batch_execute(
+        "MERGE INTO t USING (VALUES (2, 'merged'), (8, 'new'), (6, NULL)) s(id, v) ON t.id = s.id \
+           WHEN MATCHED AND s.v IS NULL THEN DELETE \
+           WHEN MATCHED THEN UPDATE SET v = s.v \
+           WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v); \
+         WITH moved AS (UPDATE t SET id = 9 WHERE id = 4 RETURNING id) SELECT count(*) FROM moved",
+    )
+    .unwrap();
     // The other node's application role writes too.
     c.app(1).batch_execute("INSERT INTO t VALUES (10, 'from n2')").unwrap();
     c.sync(SYNC);
-    assert_eq!(c.text(1, "SELECT string_agg(id || v, ',' ORDER BY id) FROM t"), "1A,2B,4d,5e,6f,10from n2");
+    assert_eq!(c.text(1, "SELECT string_agg(id || v, ',' ORDER BY id) FROM t"), "1A,2merged,5e,8new,9d,10from n2");
     assert_converged(&c, "t");
     // An mmr error in the application's session: message, hint, no backtrace.
     let err = app.batch_execute("TRUNCATE t").unwrap_err();
