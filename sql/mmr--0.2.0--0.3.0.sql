@@ -1,5 +1,5 @@
--- mmr 0.2.0 -> 0.3.0 (ALTER EXTENSION mmr UPDATE). Released: never edit; a later
--- release adds its own script. tests/tests/upgrade.rs checks that an upgraded catalog
+-- mmr 0.2.0 -> 0.3.0 (ALTER EXTENSION mmr UPDATE). Once 0.3.0 is released, never edit;
+-- a later release adds its own script. tests/tests/upgrade.rs checks that an upgraded catalog
 -- is the same as a fresh 0.3.0 one.
 
 \echo Use "ALTER EXTENSION mmr UPDATE TO '0.3.0'" to load this file. \quit
@@ -7,8 +7,10 @@
 -- The trigger that captures the new key of an updated row fires only for updates that
 -- set a key column (AFTER UPDATE OF the key columns): its WHEN clause was prepared for
 -- every UPDATE statement of a replicated table, a fifth of what capture added to a
--- one-row update. Made again on every replicated table, mmr's own included, with the
--- definition mmr.replicate gives a table now.
+-- one-row update. Its WHEN clause compares the key's images, as the stamp trigger does
+-- (by `=`, numeric 1.0 -> 1.00 was a key change the AFTER trigger missed). Made again on
+-- every replicated table, mmr's own included, with the definition mmr.replicate gives a
+-- table now: the key columns proper, not a primary key's INCLUDE columns.
 DO $$
 DECLARE
     t regclass;
@@ -24,7 +26,7 @@ BEGIN
           FROM pg_catalog.pg_index i
           CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = t AND i.indisprimary;
+         WHERE i.indrelid = t AND i.indisprimary AND k.n <= i.indnkeyatts;
         IF cols IS NULL THEN
             RAISE EXCEPTION 'replicated table % has no primary key', t
                 USING HINT = 'Give it back its primary key (mmr identifies rows by it), then run ALTER EXTENSION mmr UPDATE again.';
@@ -32,8 +34,66 @@ BEGIN
         EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS zz_mmr_rekey ON %s', t);
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF %s ON %s FOR EACH ROW '
-            'WHEN ((%s) IS DISTINCT FROM (%s)) EXECUTE FUNCTION mmr.capture()',
+            'WHEN (pg_catalog.record_image_ne(ROW(%s), ROW(%s))) EXECUTE FUNCTION mmr.capture()',
             cols, t, olds, news);
+    END LOOP;
+END
+$$;
+
+-- A primary key's INCLUDE columns are not key columns (0.2.0 took them for some): the
+-- counters resolver merges them like other columns, and the keys of deleted rows and
+-- of set-aside changes of such tables lose them. Of tombstones that become one key the
+-- latest stays, and none stays where the key has a row.
+CREATE OR REPLACE FUNCTION mmr.merge_counters(local anyelement, remote anyelement, remote_old anyelement, info mmr.conflict_info)
+RETURNS anyelement LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    l jsonb := to_jsonb(local);
+    r jsonb := to_jsonb(remote);
+    o jsonb := to_jsonb(remote_old);
+    result jsonb;
+    k text;
+BEGIN
+    IF l IS NULL OR r IS NULL THEN
+        RETURN mmr.lww(local, remote, info);
+    END IF;
+    result := to_jsonb(mmr.lww(local, remote, info));
+    FOR k IN
+        SELECT key FROM jsonb_each(l) WHERE jsonb_typeof(value) = 'number' AND jsonb_typeof(r -> key) = 'number'
+           AND key NOT IN ('mmr_hlc', 'mmr_node')
+           AND key NOT IN (SELECT a.attname FROM pg_index i
+                             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS ik(attnum, n)
+                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ik.attnum
+                            WHERE i.indrelid = info.tbl AND i.indisprimary AND ik.n <= i.indnkeyatts)
+    LOOP
+        result := jsonb_set(result, ARRAY[k],
+            to_jsonb((l ->> k)::numeric + (r ->> k)::numeric - coalesce((o ->> k)::numeric, 0)));
+    END LOOP;
+    RETURN jsonb_populate_record(local, result);
+END
+$$;
+
+DO $$
+DECLARE
+    t regclass;
+    inc text[];
+BEGIN
+    FOR t, inc IN
+        SELECT i.indrelid::regclass, pg_catalog.array_agg(a.attname::text)
+          FROM pg_catalog.pg_index i
+          CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indisprimary AND k.n > i.indnkeyatts
+           AND i.indrelid IN (SELECT r.relid FROM mmr.replicated_table r)
+         GROUP BY i.indrelid
+    LOOP
+        EXECUTE pg_catalog.format(
+            'DELETE FROM mmr.tombstone x WHERE x.relid = %1$L::regclass AND ('
+            '    EXISTS (SELECT 1 FROM %1$s r WHERE pg_catalog.to_jsonb(r) @> (x.pk - %2$L::text[]))'
+            ' OR EXISTS (SELECT 1 FROM mmr.tombstone y WHERE y.relid = x.relid AND y.ctid <> x.ctid'
+            '            AND y.pk - %2$L::text[] = x.pk - %2$L::text[] AND (y.hlc, y.node) > (x.hlc, x.node)))',
+            t, inc);
+        UPDATE mmr.tombstone SET pk = pk - inc WHERE relid = t;
+        UPDATE mmr.set_aside SET pk = pk - inc WHERE pk IS NOT NULL AND pg_catalog.to_regclass(tbl) = t;
     END LOOP;
 END
 $$;

@@ -315,9 +315,9 @@ impl MmrError {
             }
             TruncateRefused(_) => "Use DELETE, which replicates, or mmr.unreplicate the table first.".into(),
             KeyChangedByTrigger(_) => "Set the new key in the UPDATE itself (UPDATE ... SET id = ...).".into(),
-            TriggerAfterStamp { tbl, trigger } => format!(
-                "Rename it so that its name sorts before zz_mmr_stamp: ALTER TRIGGER \"{trigger}\" ON {tbl} RENAME TO ..."
-            ),
+            TriggerAfterStamp { .. } => "Give the trigger a name that sorts before zz_mmr_stamp (an existing one: \
+                                           ALTER TRIGGER ... RENAME TO ...)."
+                .into(),
             UnknownConflict(_) => "SELECT id FROM mmr.conflicts lists the recorded conflicts.".into(),
             UnknownSetAside(_) => "SELECT id, tbl, pk, error FROM mmr.set_aside lists the set-aside changes.".into(),
             PullRefused { consumer, .. } => format!(

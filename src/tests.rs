@@ -334,13 +334,25 @@ mod tests {
         // Triggers that cannot touch a captured row are fine with any name.
         run("CREATE TRIGGER zzz_insert BEFORE INSERT ON late FOR EACH ROW EXECUTE FUNCTION touch()");
         run("CREATE TRIGGER zzz_after AFTER UPDATE ON late FOR EACH ROW EXECUTE FUNCTION touch()");
-        run("INSERT INTO late VALUES (1, 1)");
-        run("UPDATE late SET v = 2");
+        run("INSERT INTO late VALUES (1, 1), (2, 2)");
+        run("UPDATE late SET v = 2 WHERE id = 1");
         flush();
-        assert_eq!(text("SELECT string_agg(new_row->>'v', ',' ORDER BY id, seq) FROM mmr.queued_changes"), "101,102");
+        assert_eq!(
+            text("SELECT string_agg(new_row->>'v', ',' ORDER BY id, seq) FROM mmr.queued_changes"),
+            "101,102,102"
+        );
+        assert_rejected(
+            "ALTER TRIGGER a_touch ON late RENAME TO zzz_touch",
+            "0A000",
+            "\"zzz_touch\" of replicated table",
+        );
+        // Renamed into place another way (DDL replication off), it is refused at the write.
+        run("SET mmr.ddl_replication = off");
         run("ALTER TRIGGER a_touch ON late RENAME TO zzz_touch");
+        run("RESET mmr.ddl_replication");
         assert_rejected("UPDATE late SET v = 3", "0A000", "\"zzz_touch\" of replicated table");
-        run("DELETE FROM late WHERE id = 0"); // zzz_touch is an UPDATE trigger
+        run("DELETE FROM late WHERE id = 2"); // zzz_touch is an UPDATE trigger
+        assert_eq!(one::<i64>("SELECT count(*) FROM late"), Some(1));
         run("ALTER TABLE late DISABLE TRIGGER zzz_touch");
         run("UPDATE late SET v = 4");
         assert_eq!(one::<i32>("SELECT v FROM late"), Some(4));

@@ -148,7 +148,9 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
     // SAFETY: the table exists (checked above); opened and closed here, its lock kept
     // to the end of the transaction like any other.
     let trigger = unsafe {
-        let rel = pg_sys::table_open(tbl, pg_sys::AccessShareLock as i32);
+        // The lock ALTER TABLE takes below would come after others' weaker ones (two
+        // replicate calls at once could deadlock): one that conflicts with itself now.
+        let rel = pg_sys::table_open(tbl, pg_sys::ShareRowExclusiveLock as i32);
         let found = crate::capture::trigger_after_stamp(rel, pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
         found
@@ -243,7 +245,11 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
     let old_key = key.iter().map(|k| format!("OLD.{k}")).collect::<Vec<_>>().join(", ");
     let new_key = key.iter().map(|k| format!("NEW.{k}")).collect::<Vec<_>>().join(", ");
     // Only updates that set a key column can change the key (see capture::stamp): the
-    // WHEN clause is not even prepared for the others.
+    // WHEN clause is not even prepared for the others. It compares the key's images, as
+    // the stamp trigger does (numeric 1.0 -> 1.00, or 'A' -> 'a' under a case-blind
+    // collation, is a new key for both: by `=` the AFTER trigger would not fire and the
+    // new key would never be captured). Called as a function: `ROW(..) *<> ROW(..)`
+    // would compare column by column, and pg_dump prints the operator form.
     let key_cols = key.join(", ");
     // Existing rows get the "unknown history" version: stamp 0, node 0, empty vector.
     // Any write from any node dominates it, and nodes that loaded the same data before
@@ -257,7 +263,8 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
          CREATE TRIGGER zz_mmr_capture AFTER INSERT ON {name} \
            FOR EACH ROW EXECUTE FUNCTION mmr.capture(); \
          CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF {key_cols} ON {name} \
-           FOR EACH ROW WHEN (({old_key}) IS DISTINCT FROM ({new_key})) EXECUTE FUNCTION mmr.capture(); \
+           FOR EACH ROW WHEN (pg_catalog.record_image_ne(ROW({old_key}), ROW({new_key}))) \
+           EXECUTE FUNCTION mmr.capture(); \
          CREATE TRIGGER zz_mmr_truncate BEFORE TRUNCATE ON {name} \
            FOR EACH STATEMENT EXECUTE FUNCTION mmr.refuse_truncate()"
     );

@@ -174,6 +174,38 @@ unsafe fn refuse_trigger_after_stamp(s: *mut pg_sys::CreateTrigStmt) -> Result<(
     }
 }
 
+/// Refuses renaming a BEFORE ROW trigger for UPDATE or DELETE of a replicated table to
+/// a name that sorts after mmr's stamp trigger (see `refuse_trigger_after_stamp`).
+fn refuse_rename_after_stamp(
+    table: pg_sys::Oid,
+    old: *const std::ffi::c_char,
+    new: *const std::ffi::c_char,
+) -> Result<()> {
+    if old.is_null() || new.is_null() {
+        return Ok(());
+    }
+    // SAFETY: NUL-terminated names from the parse tree.
+    let (old, new) = unsafe { (CStr::from_ptr(old).to_string_lossy(), CStr::from_ptr(new).to_string_lossy()) };
+    if new.as_bytes() <= crate::capture::STAMP_TRIGGER.as_bytes() {
+        return Ok(());
+    }
+    let kind = Spi::get_one_with_args::<i16>(
+        "SELECT tgtype FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2 AND tgenabled IN ('O', 'A')",
+        &[table.into(), old.as_ref().into()],
+    )
+    .map_err(spi)?;
+    let Some(kind) = kind.map(|k| k as u32) else { return Ok(()) };
+    let before_row = kind & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
+        && kind & pg_sys::TRIGGER_TYPE_TIMING_MASK == pg_sys::TRIGGER_TYPE_BEFORE;
+    if before_row && kind & (pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE) != 0 {
+        return Err(MmrError::TriggerAfterStamp {
+            tbl: crate::capture::meta::qualified_name(table)?,
+            trigger: new.into_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn unsafe_ddl(what: &str, hint: &str) -> MmrError {
     MmrError::UnsafeDdl { what: what.into(), hint: hint.into() }
 }
@@ -372,6 +404,9 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid) -> Result<(
                 let s = stmt as *mut pg_sys::RenameStmt;
                 if is_mmr_column((*s).subname) || is_mmr_trigger((*s).subname) {
                     return Err(unsafe_ddl("it renames a column or trigger of mmr's", MMR_OWN));
+                }
+                if (*s).renameType == pg_sys::ObjectType::OBJECT_TRIGGER {
+                    refuse_rename_after_stamp(table, (*s).subname, (*s).newname)?;
                 }
                 if (*s).renameType == pg_sys::ObjectType::OBJECT_COLUMN && is_key_column(table, (*s).subname)? {
                     return Err(unsafe_ddl(

@@ -343,9 +343,7 @@ fn donor_error(conn: &mut PeerConn, e: String) -> MmrError {
 
 fn connect(via: &str) -> Result<PeerConn> {
     crate::peer::conninfo::parse(via).map_err(MmrError::BadConninfo)?;
-    let mut conn = crate::peer::connect_fixed(via, "mmr join", Duration::from_secs(600)).map_err(MmrError::Donor)?;
-    conn.query("SET statement_timeout = 0", &[]).map_err(MmrError::Donor)?;
-    Ok(conn)
+    crate::peer::connect_fixed(via, "mmr join", Duration::from_secs(600)).map_err(MmrError::Donor)
 }
 
 /// `mmr.join_snapshot()` on the donor, inside a REPEATABLE READ transaction there.

@@ -139,7 +139,7 @@ CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.resolution_
 CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.resolution_log
     FOR EACH ROW EXECUTE FUNCTION mmr.capture();
 CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF id ON mmr.resolution_log
-    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION mmr.capture();
+    FOR EACH ROW WHEN (pg_catalog.record_image_ne(ROW(OLD.id), ROW(NEW.id))) EXECUTE FUNCTION mmr.capture();
 CREATE FUNCTION mmr._settle_conflicts() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -162,7 +162,7 @@ CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.member
 CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.member
     FOR EACH ROW EXECUTE FUNCTION mmr.capture();
 CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF name ON mmr.member
-    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name) EXECUTE FUNCTION mmr.capture();
+    FOR EACH ROW WHEN (pg_catalog.record_image_ne(ROW(OLD.name), ROW(NEW.name))) EXECUTE FUNCTION mmr.capture();
 CREATE FUNCTION mmr._member_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -204,7 +204,7 @@ CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON mmr.ddl
 CREATE TRIGGER zz_mmr_capture AFTER INSERT ON mmr.ddl
     FOR EACH ROW EXECUTE FUNCTION mmr.capture();
 CREATE TRIGGER zz_mmr_rekey AFTER UPDATE OF origin, seq ON mmr.ddl
-    FOR EACH ROW WHEN ((OLD.origin, OLD.seq) IS DISTINCT FROM (NEW.origin, NEW.seq)) EXECUTE FUNCTION mmr.capture();
+    FOR EACH ROW WHEN (pg_catalog.record_image_ne(ROW(OLD.origin, OLD.seq), ROW(NEW.origin, NEW.seq))) EXECUTE FUNCTION mmr.capture();
 
 CREATE FUNCTION mmr.replicate_ddl(command text) RETURNS void
 LANGUAGE sql AS $$ SELECT mmr._replicate_ddl(command) $$;
@@ -379,9 +379,10 @@ BEGIN
     FOR k IN
         SELECT key FROM jsonb_each(l) WHERE jsonb_typeof(value) = 'number' AND jsonb_typeof(r -> key) = 'number'
            AND key NOT IN ('mmr_hlc', 'mmr_node')
-           AND key NOT IN (SELECT a.attname FROM pg_index i JOIN pg_attribute a
-                             ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                            WHERE i.indrelid = info.tbl AND i.indisprimary)
+           AND key NOT IN (SELECT a.attname FROM pg_index i
+                             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS ik(attnum, n)
+                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ik.attnum
+                            WHERE i.indrelid = info.tbl AND i.indisprimary AND ik.n <= i.indnkeyatts)
     LOOP
         result := jsonb_set(result, ARRAY[k],
             to_jsonb((l ->> k)::numeric + (r ->> k)::numeric - coalesce((o ->> k)::numeric, 0)));

@@ -58,13 +58,16 @@ pub fn setup_signals() {
 /// Settings of our workers' sessions: no JIT (housekeeping and apply statements are
 /// short; compiling them would cost more than running them, on every call); values read
 /// and printed in fixed styles whatever the database's defaults (see settings.rs); XML
-/// read as content, which accepts documents too.
+/// read as content, which accepts documents too; no lock_timeout from postgresql.conf
+/// (meant for applications: apply waiting on a row an application holds would fail its
+/// whole batch again and again instead of waiting once).
 pub fn session_settings() {
     // mmr's own writes to replicated catalog tables (membership, parts) never wait for
     // peers, whatever postgresql.conf sets for applications.
     crate::pg::settings::Fixed::for_session(&[
         (c"jit", c"off"),
         (c"xmloption", c"content"),
+        (c"lock_timeout", c"0"),
         (c"mmr.synchronous_commit", c"off"),
     ]);
 }

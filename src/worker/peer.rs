@@ -174,9 +174,9 @@ impl Worker {
         conn.set_read_timeout(poll_wait + Duration::from_secs(30));
         // The peer's session prints the header's timestamps: in fixed styles, whatever
         // its database's defaults (see settings.rs).
-        let setup = ["SET default_transaction_isolation = 'read committed'", "SET statement_timeout = 0"]
+        let setup = std::iter::once("SET default_transaction_isolation = 'read committed'")
+            .chain(crate::pg::settings::REMOTE_NO_TIMEOUTS)
             .map(String::from)
-            .into_iter()
             .chain(
                 // Only what the header's text depends on. (Not the whole of
                 // settings::remote_session_setup: with its extra settings, search_path

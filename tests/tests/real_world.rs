@@ -252,6 +252,32 @@ fn a_primary_key_with_include_columns_keys_on_its_key_columns_only() {
     }
 }
 
+/// A key changed to an equal value written differently (numeric 1.0 -> 1.00, 'Ab' ->
+/// 'ab' under a case-blind collation) is a key change: the old key's deletion and the
+/// new key's insert both travel, and the row is on every node with its new key.
+#[test]
+fn a_key_changed_to_an_equal_value_keeps_its_row() {
+    let mut c = Cluster::start("equalkey", 2);
+    let ddl = "CREATE COLLATION IF NOT EXISTS blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+               CREATE TABLE nk (id numeric PRIMARY KEY, v text); \
+               CREATE TABLE ck (name text COLLATE blind PRIMARY KEY, v text)";
+    for i in 0..2 {
+        c.exec(i, ddl);
+        c.exec(i, "SELECT mmr.replicate('nk'); SELECT mmr.replicate('ck')");
+    }
+    c.mesh();
+    c.app(0).batch_execute("INSERT INTO nk VALUES (1.0, 'a'); INSERT INTO ck VALUES ('Ab', 'a')").unwrap();
+    c.sync(SYNC);
+    c.app(0).batch_execute("UPDATE nk SET id = 1.00; UPDATE ck SET name = 'ab'").unwrap();
+    c.sync(SYNC);
+    for i in 0..2 {
+        assert_eq!(c.text(i, "SELECT string_agg(id::text || v, ',') FROM nk"), "1.00a");
+        assert_eq!(c.text(i, "SELECT string_agg(name || v, ',') FROM ck"), "aba");
+    }
+    assert_converged(&c, "nk");
+    assert_converged(&c, "ck");
+}
+
 /// Two nodes insert different keys with the same value of a secondary UNIQUE column
 /// while apart. When they meet, the later row wins on both (last-write-wins between the
 /// colliding rows); the other key's version is held aside on both (a `unique` entry in
@@ -463,6 +489,9 @@ fn read_committed_writers_get_no_errors_on_hot_keys() {
     // still work at READ COMMITTED, as the key-claim protocol needs -- at REPEATABLE READ
     // they would fail with serialization errors on rows local writers changed.
     c.exec(2, "ALTER SYSTEM SET default_transaction_isolation = 'repeatable read'");
+    // And a lock_timeout meant for its applications: apply waits for a row a writer
+    // holds instead of failing its batch.
+    c.exec(2, "ALTER SYSTEM SET lock_timeout = '1ms'");
     c.restart_node(2);
     c.mesh();
     let secs: u64 = std::env::var("MMR_HOT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
@@ -473,7 +502,7 @@ fn read_committed_writers_get_no_errors_on_hot_keys() {
     for i in 0..3 {
         for w in 0..3 {
             let mut db = c.app(i);
-            db.batch_execute("SET default_transaction_isolation = 'read committed'").unwrap();
+            db.batch_execute("SET default_transaction_isolation = 'read committed'; SET lock_timeout = 0").unwrap();
             let (errors, writes) = (errors.clone(), writes.clone());
             threads.push(std::thread::spawn(move || {
                 let mut k: u64 = (i * 7 + w * 13) as u64 + 1;
@@ -517,7 +546,9 @@ fn read_committed_writers_get_no_errors_on_hot_keys() {
     assert!(errors.is_empty(), "writers got {} errors: {:?}", errors.len(), &errors[..errors.len().min(5)]);
     c.sync(SYNC);
     assert_converged(&c, "hot");
-    assert!(!c.log_of(2).contains("could not serialize"), "apply on n3 ran at REPEATABLE READ:\n{}", c.log_of(2));
+    let log = c.log_of(2);
+    assert!(!log.contains("could not serialize"), "apply on n3 ran at REPEATABLE READ:\n{log}");
+    assert!(!log.contains("lock timeout"), "apply on n3 ran with the applications' lock_timeout:\n{log}");
 }
 
 /// A peer whose conninfo reaches this node itself (an empty conninfo: libpq's defaults)

@@ -93,6 +93,16 @@ fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
     old.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
     old.exec(0, "SELECT mmr.add_peer('nowhere', 'host=127.0.0.1 port=1 dbname=postgres connect_timeout=1')");
     su(&old, 0, "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g; DELETE FROM t WHERE id = 3");
+    // 0.1.0 took a primary key's INCLUDE columns for key columns: an update of one left
+    // a tombstone of the "old key" beside the row; a delete, one keyed with them.
+    old.replicated_table("CREATE TABLE inc (id int, v text, PRIMARY KEY (id) INCLUDE (v))", "inc");
+    su(
+        &old,
+        0,
+        "INSERT INTO inc VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE inc SET v = 'a2' WHERE id = 1; \
+         DELETE FROM inc WHERE id = 2",
+    );
+    assert_eq!(old.int(0, "SELECT count(*) FROM mmr.tombstone WHERE relid = 'inc'::regclass"), 2);
     let queued = old.int(0, "SELECT count(*) FROM mmr.queue");
     assert!(queued > 0);
     old.restart_on(0, Cluster::system_bin());
@@ -100,14 +110,20 @@ fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
     old.exec(0, "ALTER EXTENSION mmr UPDATE");
     assert_eq!(old.int(0, "SELECT count(*) FROM t"), 9);
     assert_eq!(old.int(0, "SELECT count(*) FROM mmr.queue"), queued);
-    assert_eq!(old.int(0, "SELECT count(*) FROM mmr.tombstone"), 1);
+    assert_eq!(old.int(0, "SELECT count(*) FROM mmr.tombstone WHERE relid = 't'::regclass"), 1);
+    assert_eq!(
+        old.text(0, "SELECT string_agg(pk::text, ',') FROM mmr.tombstone WHERE relid = 'inc'::regclass"),
+        r#"{"id": 2}"#
+    );
     assert_eq!(old.text(0, "SELECT value FROM mmr.setting WHERE name = 'preferred_node'"), "2");
 
     let fresh = Cluster::start("upgrade_fresh", 1);
     fresh.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
-    let triggers =
-        "SELECT string_agg(pg_get_triggerdef(oid), '; ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 't'::regclass";
+    fresh.replicated_table("CREATE TABLE inc (id int, v text, PRIMARY KEY (id) INCLUDE (v))", "inc");
+    let triggers = "SELECT string_agg(pg_get_triggerdef(oid), '; ' ORDER BY tgname, tgrelid::regclass::text) FROM pg_trigger \
+                    WHERE tgrelid IN ('t'::regclass, 'inc'::regclass)";
     assert_eq!(old.text(0, triggers), fresh.text(0, triggers));
+    assert!(fresh.text(0, triggers).contains("AFTER UPDATE OF id ON public.inc"), "{}", fresh.text(0, triggers));
     assert!(fresh.text(0, triggers).contains("AFTER UPDATE OF id ON public.t"), "{}", fresh.text(0, triggers));
     let (upgraded, fresh) = (catalog(&old, 0), catalog(&fresh, 0));
     // The comparison sees the whole catalog: the newest version's own objects included.
