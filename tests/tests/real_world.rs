@@ -258,7 +258,8 @@ fn a_primary_key_with_include_columns_keys_on_its_key_columns_only() {
 #[test]
 fn a_key_changed_to_an_equal_value_keeps_its_row() {
     let mut c = Cluster::start("equalkey", 2);
-    let ddl = "CREATE COLLATION IF NOT EXISTS blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+    let ddl =
+        "CREATE COLLATION IF NOT EXISTS blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
                CREATE TABLE nk (id numeric PRIMARY KEY, v text); \
                CREATE TABLE ck (name text COLLATE blind PRIMARY KEY, v text)";
     for i in 0..2 {

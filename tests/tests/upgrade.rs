@@ -120,7 +120,8 @@ fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
     let fresh = Cluster::start("upgrade_fresh", 1);
     fresh.replicated_table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t");
     fresh.replicated_table("CREATE TABLE inc (id int, v text, PRIMARY KEY (id) INCLUDE (v))", "inc");
-    let triggers = "SELECT string_agg(pg_get_triggerdef(oid), '; ' ORDER BY tgname, tgrelid::regclass::text) FROM pg_trigger \
+    let triggers =
+        "SELECT string_agg(pg_get_triggerdef(oid), '; ' ORDER BY tgname, tgrelid::regclass::text) FROM pg_trigger \
                     WHERE tgrelid IN ('t'::regclass, 'inc'::regclass)";
     assert_eq!(old.text(0, triggers), fresh.text(0, triggers));
     assert!(fresh.text(0, triggers).contains("AFTER UPDATE OF id ON public.inc"), "{}", fresh.text(0, triggers));
