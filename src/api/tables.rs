@@ -151,7 +151,7 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
         // The lock ALTER TABLE takes below would come after others' weaker ones (two
         // replicate calls at once could deadlock): one that conflicts with itself now.
         let rel = pg_sys::table_open(tbl, pg_sys::ShareRowExclusiveLock as i32);
-        let found = crate::capture::trigger_after_stamp(rel, pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE);
+        let found = crate::capture::trigger_after_stamp(rel, crate::capture::CAPTURED_BY_STAMP);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
         found
     };

@@ -272,12 +272,23 @@ pub unsafe extern "C-unwind" fn mmr_stamp(fcinfo: pg_sys::FunctionCallInfo) -> p
 /// order of their names, so `zz_` puts it after the user's (nearly always).
 pub const STAMP_TRIGGER: &str = "zz_mmr_stamp";
 
-/// The name of a BEFORE ROW trigger of `rel` for `events` (`TRIGGER_TYPE_UPDATE` and/or
-/// `TRIGGER_TYPE_DELETE` bits) that fires in ordinary sessions after mmr's stamp
-/// trigger, if there is one. The stamp trigger captures an updated or deleted row as
-/// it sees it; a trigger after it could still change the row or skip the write, and
-/// peers would get a row this node does not have. (Inserts are captured by an AFTER
-/// trigger, from the row as written.)
+/// The events whose rows the stamp trigger captures (inserts are captured by an AFTER
+/// trigger, from the row as written).
+pub const CAPTURED_BY_STAMP: u32 = pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE;
+
+/// Whether a trigger of type `tgtype` (pg_trigger's bits) named `name` is a BEFORE ROW
+/// trigger for one of `events` that fires after mmr's stamp trigger: the stamp trigger
+/// captures an updated or deleted row as it sees it; a trigger after it could still
+/// change the row or skip the write, and peers would get a row this node does not have.
+pub fn fires_after_stamp(tgtype: u32, name: &[u8], events: u32) -> bool {
+    tgtype & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
+        && tgtype & pg_sys::TRIGGER_TYPE_TIMING_MASK == pg_sys::TRIGGER_TYPE_BEFORE
+        && tgtype & events != 0
+        && name > STAMP_TRIGGER.as_bytes()
+}
+
+/// The name of a trigger of `rel` that fires in ordinary sessions after mmr's stamp
+/// trigger for one of `events` (see `fires_after_stamp`), if there is one.
 ///
 /// # Safety
 /// `rel` must be an open relation.
@@ -290,13 +301,10 @@ pub unsafe fn trigger_after_stamp(rel: pg_sys::Relation, events: u32) -> Option<
         }
         let triggers = std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize);
         triggers.iter().find_map(|t| {
-            let kind = t.tgtype as u32;
             let name = std::ffi::CStr::from_ptr(t.tgname).to_bytes();
-            let fires = kind & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
-                && kind & pg_sys::TRIGGER_TYPE_TIMING_MASK == pg_sys::TRIGGER_TYPE_BEFORE
-                && kind & events != 0
-                && matches!(t.tgenabled as u8, pg_sys::TRIGGER_FIRES_ON_ORIGIN | pg_sys::TRIGGER_FIRES_ALWAYS);
-            (fires && name > STAMP_TRIGGER.as_bytes()).then(|| String::from_utf8_lossy(name).into_owned())
+            let enabled = matches!(t.tgenabled as u8, pg_sys::TRIGGER_FIRES_ON_ORIGIN | pg_sys::TRIGGER_FIRES_ALWAYS);
+            (enabled && fires_after_stamp(t.tgtype as u32, name, events))
+                .then(|| String::from_utf8_lossy(name).into_owned())
         })
     }
 }

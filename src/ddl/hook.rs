@@ -114,12 +114,7 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
             Mode::Replicating => true,
             Mode::Applying | Mode::Internal => false,
         };
-        if !interesting
-            || !wanted
-            || pg_sys::creating_extension
-            || !pg_sys::IsTransactionState()
-            || pg_sys::get_extension_oid(c"mmr".as_ptr(), true) == pg_sys::InvalidOid
-        {
+        if !interesting || !wanted || !mmr_installed() {
             return Ok(None);
         }
         let mut named = relations(stmt);
@@ -150,16 +145,15 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
 unsafe fn refuse_trigger_after_stamp(s: *mut pg_sys::CreateTrigStmt) -> Result<()> {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let events = ((*s).events as u32) & (pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE);
-        let before = (*s).timing as u32 == pg_sys::TRIGGER_TYPE_BEFORE;
-        if !(*s).row || !before || events == 0 || (*s).trigname.is_null() {
+        if (*s).trigname.is_null() {
             return Ok(());
         }
         let name = CStr::from_ptr((*s).trigname);
-        if name.to_bytes() <= crate::capture::STAMP_TRIGGER.as_bytes()
-            || pg_sys::creating_extension
-            || !pg_sys::IsTransactionState()
-            || pg_sys::get_extension_oid(c"mmr".as_ptr(), true) == pg_sys::InvalidOid
+        // pg_trigger's tgtype, as CREATE TRIGGER will make it.
+        let row = if (*s).row { pg_sys::TRIGGER_TYPE_ROW } else { pg_sys::TRIGGER_TYPE_STATEMENT };
+        let kind = row | (*s).timing as u32 | (*s).events as u32;
+        if !crate::capture::fires_after_stamp(kind, name.to_bytes(), crate::capture::CAPTURED_BY_STAMP)
+            || !mmr_installed()
         {
             return Ok(());
         }
@@ -194,16 +188,28 @@ fn refuse_rename_after_stamp(
         &[table.into(), old.as_ref().into()],
     )
     .map_err(spi)?;
-    let Some(kind) = kind.map(|k| k as u32) else { return Ok(()) };
-    let before_row = kind & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
-        && kind & pg_sys::TRIGGER_TYPE_TIMING_MASK == pg_sys::TRIGGER_TYPE_BEFORE;
-    if before_row && kind & (pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE) != 0 {
-        return Err(MmrError::TriggerAfterStamp {
-            tbl: crate::capture::meta::qualified_name(table)?,
-            trigger: new.into_owned(),
-        });
+    match kind {
+        Some(kind)
+            if crate::capture::fires_after_stamp(kind as u32, new.as_bytes(), crate::capture::CAPTURED_BY_STAMP) =>
+        {
+            Err(MmrError::TriggerAfterStamp {
+                tbl: crate::capture::meta::qualified_name(table)?,
+                trigger: new.into_owned(),
+            })
+        }
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// Whether mmr is installed in this database and may look at statements now (not while
+/// an extension script runs, nor outside a transaction).
+fn mmr_installed() -> bool {
+    // SAFETY: reading backend state and a catalog lookup inside a transaction.
+    unsafe {
+        !pg_sys::creating_extension
+            && pg_sys::IsTransactionState()
+            && pg_sys::get_extension_oid(c"mmr".as_ptr(), true) != pg_sys::InvalidOid
+    }
 }
 
 fn unsafe_ddl(what: &str, hint: &str) -> MmrError {
