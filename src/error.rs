@@ -34,6 +34,13 @@ pub enum MmrError {
     TemporaryTable(String),
     UnloggedTable(String),
     NoPrimaryKey(String),
+    /// A unique index (primary key, UNIQUE or exclusion constraint) checked at commit:
+    /// the table, the constraint, and its definition made immediate.
+    DeferrableUnique {
+        tbl: String,
+        constraint: String,
+        immediate: String,
+    },
     AlreadyReplicated(String),
     NotReplicated(String),
     ReservedColumn {
@@ -162,7 +169,8 @@ impl MmrError {
             | TruncateRefused(_)
             | KeyChangedByTrigger(_)
             | TwoPhaseCommit
-            | TriggerAfterStamp { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            | TriggerAfterStamp { .. }
+            | DeferrableUnique { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
@@ -205,6 +213,9 @@ impl MmrError {
             TemporaryTable(tbl) => format!("cannot replicate temporary table \"{tbl}\""),
             UnloggedTable(tbl) => format!("cannot replicate unlogged table \"{tbl}\""),
             NoPrimaryKey(tbl) => format!("table \"{tbl}\" has no primary key"),
+            DeferrableUnique { tbl, constraint, .. } => {
+                format!("constraint \"{constraint}\" of table \"{tbl}\" is deferrable")
+            }
             AlreadyReplicated(tbl) => format!("table \"{tbl}\" is already replicated"),
             NotReplicated(tbl) => format!("table \"{tbl}\" is not replicated"),
             ReservedColumn { tbl, column } => {
@@ -267,6 +278,11 @@ impl MmrError {
             InvalidNodeId(_) => Some("node_id must be between 1 and 1023 and unique in the group.".into()),
             InvalidName { .. } => Some("Names are 1 to 63 characters: letters, digits, '_', '-' and '.'.".into()),
             NoPrimaryKey(_) => Some("mmr identifies rows across nodes by their primary key.".into()),
+            DeferrableUnique { .. } => Some(
+                "mmr applies other nodes' changes with INSERT ... ON CONFLICT, which cannot use a unique or exclusion \
+                 constraint checked at commit (PostgreSQL's own logical replication cannot use a deferrable key either)."
+                    .into(),
+            ),
             TemporaryTable(_) => Some("Temporary tables exist only in one session.".into()),
             UnloggedTable(_) => Some("Unlogged tables are emptied by a crash, which replication cannot repeat.".into()),
             TruncateRefused(_) => Some("TRUNCATE would remove rows here without telling the other nodes.".into()),
@@ -299,9 +315,17 @@ impl MmrError {
             BadConninfo(_) => {
                 "Use a libpq connection string, e.g. 'host=db2 port=5432 dbname=app user=mmr_pull'.".into()
             }
-            NotATable { .. } => "Only ordinary tables can be replicated.".into(),
+            NotATable { .. } => {
+                "Only ordinary tables can be replicated: not partitioned tables or their partitions (see Limits in \
+                 the README)."
+                    .into()
+            }
             TemporaryTable(_) | UnloggedTable(_) => "Replicate an ordinary (logged, permanent) table.".into(),
             NoPrimaryKey(tbl) => format!("Add one with ALTER TABLE {tbl} ADD PRIMARY KEY (...), on every node."),
+            DeferrableUnique { tbl, constraint, immediate } => format!(
+                "Make it immediate on every node: ALTER TABLE {tbl} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {immediate}.",
+                c = pgrx::spi::quote_identifier(constraint)
+            ),
             AlreadyReplicated(_) => "mmr.replicate takes effect on every member: another member may have run it. \
                  Use mmr.set_resolver to change its resolver."
                 .into(),

@@ -263,6 +263,8 @@ mod tests {
             ("DROP TRIGGER zz_mmr_capture ON d", "trigger of mmr's"),
             ("ALTER TABLE d DROP CONSTRAINT d_pkey", "primary key"),
             ("ALTER TABLE d SET UNLOGGED", "logged and permanent"),
+            ("ALTER TABLE d ADD CONSTRAINT d_v UNIQUE (v) DEFERRABLE", "is deferrable"),
+            ("ALTER TABLE d ADD CONSTRAINT d_w EXCLUDE (w WITH =) DEFERRABLE INITIALLY DEFERRED", "is deferrable"),
             ("DROP TABLE d, plain", "replicated and other tables"),
         ] {
             assert_rejected(sql, "0A000", msg);
@@ -381,6 +383,10 @@ mod tests {
         run("CREATE TEMP TABLE tmp (id int PRIMARY KEY)");
         run("CREATE VIEW vw AS SELECT 1 AS id");
         run("CREATE TABLE has_mmr (id int PRIMARY KEY, mmr_hlc int)");
+        run("CREATE TABLE dkey (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED)");
+        run("CREATE TABLE duniq (id int PRIMARY KEY, u int, CONSTRAINT \"U k\" UNIQUE (u) DEFERRABLE)");
+        run("CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id)");
+        run("CREATE TABLE part1 PARTITION OF parted FOR VALUES FROM (0) TO (10)");
         run("CREATE FUNCTION bad_args(a int, b int, c int, d int) RETURNS int LANGUAGE sql AS 'SELECT 1'");
         run("CREATE FUNCTION bad_ret(l ok_t, r ok_t, o ok_t, i mmr.conflict_info) RETURNS int LANGUAGE sql AS 'SELECT 1'");
         run("CREATE FUNCTION bad_n(l ok_t, r ok_t) RETURNS ok_t LANGUAGE sql AS 'SELECT l'");
@@ -410,6 +416,22 @@ mod tests {
         assert_rejected("SELECT mmr.replicate('tmp')", "0A000", "temporary");
         assert_rejected("SELECT mmr.replicate('vw')", "42809", "is a view");
         assert_rejected("SELECT mmr.replicate('has_mmr')", "42P16", "mmr_hlc");
+        assert_rejected(
+            "SELECT mmr.replicate('dkey')",
+            "0A000",
+            "constraint \"dkey_pkey\" of table \"public.dkey\" is deferrable",
+        );
+        assert_rejected(
+            "SELECT mmr.replicate('duniq')",
+            "0A000",
+            "constraint \"U k\" of table \"public.duniq\" is deferrable",
+        );
+        assert_eq!(
+            error_of("SELECT mmr.replicate('duniq')").unwrap().rsplit(" | ").next().unwrap(),
+            "Make it immediate on every node: ALTER TABLE public.duniq DROP CONSTRAINT \"U k\", ADD CONSTRAINT \"U k\" UNIQUE (u)."
+        );
+        assert_rejected("SELECT mmr.replicate('parted')", "42809", "is a partitioned table");
+        assert_rejected("SELECT mmr.replicate('part1')", "42809", "is a partition, not a table");
         assert_rejected("SELECT mmr.replicate('ok_t')", "42710", "already replicated");
         assert_rejected("SELECT mmr.unreplicate('nopk')", "42704", "is not replicated");
         assert_rejected("SELECT mmr.set_resolver('nopk', NULL)", "42704", "is not replicated");

@@ -116,15 +116,16 @@ fn is_replicated(tbl: pg_sys::Oid) -> Result<bool> {
     .map_err(spi)
 }
 
-/// Refuses anything but an ordinary, permanent, logged table with a primary key and no
-/// column names of mmr's own.
+/// Refuses anything but an ordinary (not a partition), permanent, logged table with a
+/// primary key, no deferrable unique constraint and no column names of mmr's own.
 fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
-    let (kind, persistence) = Spi::get_two_with_args::<i8, i8>(
-        "SELECT relkind, relpersistence FROM pg_catalog.pg_class WHERE oid = $1",
+    let (kind, persistence, partition) = Spi::get_three_with_args::<i8, i8, bool>(
+        "SELECT relkind, relpersistence, relispartition FROM pg_catalog.pg_class WHERE oid = $1",
         &[tbl.into()],
     )
     .map_err(spi)?;
     let kind = match kind.map(|k| k as u8 as char) {
+        Some('r') if partition == Some(true) => Some("a partition"),
         Some('r') => None,
         Some('p') => Some("a partitioned table"),
         Some('v') => Some("a view"),
@@ -144,6 +145,9 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
     }
     if primary_key(tbl)?.is_empty() {
         return Err(MmrError::NoPrimaryKey(name.into()));
+    }
+    if let Some((constraint, immediate)) = crate::capture::meta::deferrable_unique(tbl)? {
+        return Err(MmrError::DeferrableUnique { tbl: name.into(), constraint, immediate });
     }
     // SAFETY: the table exists (checked above); opened and closed here, its lock kept
     // to the end of the transaction like any other.

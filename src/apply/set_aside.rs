@@ -27,8 +27,12 @@ use pgrx::prelude::*;
 use std::collections::HashMap;
 
 /// Errors that say nothing about the change itself: the batch is tried again.
+/// Of class 55 only a lock that is not available and an object in use: the rest of it
+/// (55000 "not in prerequisite state", e.g. ON CONFLICT on a deferrable index; 55P04, an
+/// enum value added by a transaction not yet committed) fails again the same way on
+/// every try, and is set aside to be retried with backoff instead.
 pub fn transient(sqlstate: &str) -> bool {
-    matches!(sqlstate.get(..2), Some("40" | "53" | "55" | "57" | "58"))
+    matches!(sqlstate.get(..2), Some("40" | "53" | "57" | "58")) || matches!(sqlstate, "55P03" | "55006")
 }
 
 /// The keys that have set-aside changes: (table, key as jsonb text), `None` for a whole

@@ -199,6 +199,21 @@ pub fn qualified_name(relid: pg_sys::Oid) -> Result<String> {
 }
 
 /// The primary-key columns of a table, in key order: (attnum, type, name).
+/// A deferrable primary-key, unique or exclusion constraint of the table, if it has
+/// one: its name and its definition without DEFERRABLE. Apply's INSERT ... ON CONFLICT
+/// cannot use such an index (it fails on every try), so replicated tables have none.
+pub fn deferrable_unique(relid: pg_sys::Oid) -> Result<Option<(String, String)>> {
+    let (name, immediate) = Spi::get_two_with_args::<String, String>(
+        "SELECT c.conname::text, pg_catalog.regexp_replace(pg_catalog.pg_get_constraintdef(c.oid), \
+                ' DEFERRABLE( INITIALLY (DEFERRED|IMMEDIATE))?$', '') \
+         FROM (VALUES (1)) one LEFT JOIN LATERAL (SELECT oid, conname FROM pg_catalog.pg_constraint \
+           WHERE conrelid = $1 AND contype IN ('p', 'u', 'x') AND condeferrable ORDER BY conname LIMIT 1) c ON true",
+        &[relid.into()],
+    )
+    .map_err(|e| MmrError::Spi(format!("reading constraints: {e}")))?;
+    Ok(name.zip(immediate))
+}
+
 pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<(i32, pg_sys::Oid, String)>> {
     Spi::connect(|client| {
         let rows = client.select(

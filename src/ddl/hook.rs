@@ -20,7 +20,9 @@
 //!   and anything that leaves the table without its primary key, with another one, or
 //!   not logged: replication depends on them;
 //! * one DROP naming replicated and other tables at once (the others may not exist on
-//!   other nodes).
+//!   other nodes);
+//! * a deferrable primary-key, unique or exclusion constraint (apply's ON CONFLICT
+//!   cannot use one).
 
 use super::{mode, Mode};
 use crate::error::{spi, MmrError, OrRaise, Result};
@@ -523,7 +525,8 @@ unsafe fn literal_of_the_moment(def: *mut pg_sys::ColumnDef) -> bool {
 }
 
 /// Runs the statement and refuses what it did, if unsafe: the refusals only the result
-/// shows (a new column's default, the key, persistence). Refusing aborts the statement.
+/// shows (a new column's default, the key, persistence, a deferrable constraint). Refusing
+/// aborts the statement.
 fn checked(tables: &[pg_sys::Oid], run: impl FnOnce() -> Result<()>) -> Result<()> {
     let before = {
         let _su = AsSuperuser::enter();
@@ -550,6 +553,11 @@ fn checked(tables: &[pg_sys::Oid], run: impl FnOnce() -> Result<()>) -> Result<(
                      rows: values written later travel with the rows.",
                 ));
             }
+        }
+    }
+    for (relid, shape) in &after {
+        if let Some((constraint, immediate)) = crate::capture::meta::deferrable_unique(*relid)? {
+            return Err(MmrError::DeferrableUnique { tbl: shape.name.clone(), constraint, immediate });
         }
     }
     if after.iter().any(|(_, s)| s.persistence != 'p') {

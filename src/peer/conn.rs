@@ -116,6 +116,10 @@ impl PeerConn {
             .filter(|&s| s > 0)
             .map(Duration::from_secs)
             .unwrap_or(timeout);
+        // mmr's text travels as UTF-8 whatever the peer's database (or its
+        // ALTER DATABASE/ROLE ... SET client_encoding) would send: the peer converts.
+        params.retain(|(k, _)| k != "client_encoding");
+        params.push(("client_encoding".into(), "UTF8".into()));
         for (k, v) in [
             ("fallback_application_name", application_name),
             ("keepalives", "1"),

@@ -2,6 +2,18 @@
 -- readable by PUBLIC. Configuration tables (node, peer, replicated_table) are marked for
 -- pg_dump; progress, queue, tombstones and conflicts are node-local state and are not.
 
+-- Changes travel as UTF-8 text: a database in another encoding would receive other
+-- nodes' text as the wrong characters. SQL_ASCII (no conversion at all) is taken to hold
+-- UTF-8, as clients write it today.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() NOT IN ('UTF8', 'SQL_ASCII') THEN
+        RAISE EXCEPTION 'mmr needs a UTF8 database; this one is %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Create the database with ENCODING ''UTF8'' (CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0) and load the data into it.';
+    END IF;
+END $$;
+
 CREATE TABLE mmr.node (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     name text NOT NULL,

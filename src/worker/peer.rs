@@ -23,6 +23,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::time::Duration;
 
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where this node stands in the peer's queue.
@@ -47,6 +48,13 @@ struct Worker {
     /// The last batch failed: apply the next one change by change, setting aside what
     /// fails (see apply/set_aside.rs).
     careful: bool,
+    /// The next try comes at once: the batch has just failed for the first time and is
+    /// to be applied carefully. A careful try that fails too (an error that says nothing
+    /// about a change, e.g. a lock held elsewhere for long) backs off like any failure.
+    retry_now: bool,
+    /// A round succeeded since the last failure: the next failure backs off from the
+    /// start again.
+    progressed: bool,
     /// When this worker last looked for a part to relay for (group/part.rs).
     last_relay_check: Option<std::time::Instant>,
     /// The configuration sequence at the last `still_wanted` check, and the peer count.
@@ -104,6 +112,8 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         position: None,
         last_idle_store: None,
         careful: false,
+        retry_now: false,
+        progressed: false,
         last_relay_check: None,
         checked: Default::default(),
     }
@@ -139,7 +149,7 @@ impl From<MmrError> for Stop {
 
 impl Worker {
     fn run(mut self) {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             super::check_interrupts_and_reload();
             let (state, error) = match self.session() {
@@ -155,9 +165,15 @@ impl Worker {
             // move it, and nothing else may.
             self.position = None;
             apply::table::forget_all();
-            // A batch that failed is tried again at once, change by change.
-            super::sleep(if self.careful { Duration::from_millis(50) } else { backoff });
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if std::mem::take(&mut self.progressed) {
+                backoff = FIRST_BACKOFF;
+            }
+            if std::mem::take(&mut self.retry_now) {
+                super::sleep(Duration::from_millis(50));
+            } else {
+                super::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 
@@ -200,7 +216,10 @@ impl Worker {
         loop {
             super::check_interrupts_and_reload();
             match self.round(&mut conn, &mut node_id, wait) {
-                Ok(n) => wait = if n == 0 { poll_wait } else { Duration::ZERO },
+                Ok(n) => {
+                    self.progressed = true;
+                    wait = if n == 0 { poll_wait } else { Duration::ZERO };
+                }
                 Err(stop) => return stop,
             }
             if self.last_relay_check.is_none_or(|t| t.elapsed() >= RELAY_CHECK_EVERY) {
@@ -296,7 +315,9 @@ impl Worker {
                 done
             }
             Err(Stop::Failed { state, error }) => {
-                // Something in the batch could not be applied: the next try sets it aside.
+                // Something in the batch could not be applied: the next try, at once,
+                // sets it aside.
+                self.retry_now = !self.careful;
                 self.careful = true;
                 return Err(Stop::Failed { state, error });
             }

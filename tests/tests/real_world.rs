@@ -2,7 +2,7 @@
 //! differ between nodes, odd identifiers, secondary unique keys, changes that cannot be
 //! applied, concurrent writers at READ COMMITTED.
 
-use mmr_tests::{assert_converged, error_text, Cluster};
+use mmr_tests::{assert_converged, error_text, Cluster, Options};
 use std::time::{Duration, Instant};
 
 const SYNC: Duration = Duration::from_secs(60);
@@ -169,6 +169,51 @@ fn values_do_not_depend_on_session_settings() {
     let key = |i: usize| c.text(i, "SELECT pk::text FROM mmr.tombstone WHERE relid = 'ev'::regclass");
     assert_eq!(key(0), key(1));
     assert_converged(&c, "rich");
+}
+
+/// Text travels as UTF-8 whatever the encoding settings around it: a peer whose database
+/// defaults to another client_encoding (LATIN1 here, which has no euro sign) or whose
+/// pull role does (WIN1252) still sends every character exactly. A database whose own
+/// encoding is not UTF-8 is refused at CREATE EXTENSION, with a hint: other nodes' text
+/// would arrive as other characters.
+#[test]
+fn text_travels_as_utf8_whatever_the_encoding_settings() {
+    let mut c = Cluster::start_with("encoding", 2, Options { init: false, ..Options::default() });
+    let recreate = |c: &Cluster, encoding: &str| {
+        let mut t = postgres::Client::connect(
+            &c.nodes[1].conninfo().replace("dbname=postgres", "dbname=template1"),
+            postgres::NoTls,
+        )
+        .unwrap();
+        t.batch_execute("DROP DATABASE postgres WITH (FORCE)").unwrap();
+        t.batch_execute(&format!("CREATE DATABASE postgres ENCODING '{encoding}' LOCALE 'C' TEMPLATE template0"))
+            .unwrap();
+    };
+    recreate(&c, "LATIN1");
+    let err = c.connect(1).batch_execute("CREATE EXTENSION mmr").unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!((db.code().code(), db.hint().is_some()), ("0A000", true), "{}", error_text(&err));
+    recreate(&c, "UTF8");
+    c.exec(0, "ALTER DATABASE postgres SET client_encoding = 'LATIN1'");
+    c.exec(1, "ALTER ROLE postgres SET client_encoding = 'WIN1252'");
+    for i in 0..2 {
+        let node = &c.nodes[i];
+        let mut db = node.connect();
+        db.batch_execute("CREATE EXTENSION mmr").unwrap();
+        db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id]).unwrap();
+        db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT mmr.replicate('t')").unwrap();
+    }
+    c.mesh();
+    let (one, two) = ("café ñ ü € 漢字", "naïve ß 😀");
+    c.connect(0).execute("INSERT INTO t VALUES (1, $1)", &[&one]).unwrap();
+    c.connect(1).execute("INSERT INTO t VALUES (2, $1)", &[&two]).unwrap();
+    c.sync(SYNC);
+    for i in 0..2 {
+        let rows: Vec<String> =
+            c.connect(i).query("SELECT v FROM t ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(rows, [one, two], "on {}", c.nodes[i].name);
+    }
+    assert_converged(&c, "t");
 }
 
 /// Identifiers that collide with what mmr generates: a schema and table with spaces and
@@ -364,6 +409,47 @@ fn an_unappliable_change_is_set_aside_and_settled() {
         c.int(1, "SELECT count(*) FROM mmr.conflicts WHERE kind = 'set_aside' AND resolution = 'discarded' AND pk = '{\"id\": 4}'"),
         1
     );
+}
+
+/// A deferrable key or unique constraint cannot serve apply's INSERT ... ON CONFLICT:
+/// `mmr.replicate` and DDL refuse one (in-server tests); a deferrable key that got there
+/// anyway (DDL typed with replication off) fails each change of the table the same way
+/// on every try. Such a change is set aside with its error -- the stream is not stopped, nor
+/// retried in a loop -- and other tables go on; made immediate again, the table catches
+/// up by itself and the nodes converge.
+#[test]
+fn a_deferrable_unique_constraint_sets_changes_aside_not_the_stream() {
+    let mut c = Cluster::start("deferrable", 2);
+    c.replicated_table("CREATE TABLE t (id int PRIMARY KEY, u int, v text)", "t");
+    c.replicated_table("CREATE TABLE other (id int PRIMARY KEY, v text)", "other");
+    c.mesh();
+    // Refused when typed with DDL replication on, on either node.
+    let err = c.connect(1).batch_execute("ALTER TABLE t ADD CONSTRAINT t_u UNIQUE (u) DEFERRABLE").unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "0A000", "{}", error_text(&err));
+    c.exec(
+        1,
+        "SET mmr.ddl_replication = off; \
+         ALTER TABLE t DROP CONSTRAINT t_pkey, ADD CONSTRAINT t_pkey PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED",
+    );
+    let mut app = c.app(0);
+    app.batch_execute("INSERT INTO t VALUES (1, 1, 'a'); INSERT INTO other VALUES (1, 'x')").unwrap();
+    app.batch_execute("UPDATE t SET v = 'b' WHERE id = 1; INSERT INTO other VALUES (2, 'y')").unwrap();
+    c.wait_until(1, "SELECT count(*) = 2 FROM other", SYNC);
+    c.wait_until(1, "SELECT count(*) = 2 FROM mmr.set_aside", SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.set_aside WHERE sqlstate = '55000' AND waits_for IS NULL"), 1);
+    assert_eq!(c.text(1, "SELECT state FROM mmr.peers"), "streaming");
+    // The failure is not retried in a loop: the log shows it once per try of the batch.
+    let tries = c.log_of(1).matches("ON CONFLICT does not support deferrable").count();
+    assert!(tries <= 3, "the batch was tried {tries} times");
+    c.exec(
+        1,
+        "SET mmr.ddl_replication = off; ALTER TABLE t DROP CONSTRAINT t_pkey, ADD CONSTRAINT t_pkey PRIMARY KEY (id)",
+    );
+    c.wait_until(1, "SELECT count(*) = 0 FROM mmr.set_aside", SYNC);
+    c.sync(SYNC);
+    assert_eq!(c.text(1, "SELECT v FROM t WHERE id = 1"), "b");
+    assert_converged(&c, "t");
+    assert_converged(&c, "other");
 }
 
 /// A set-aside change of a key whose version here is held aside for a unique value
