@@ -6,6 +6,14 @@
 //! to `$PGDATA/mmr_hlc_hwm`. At startup the clock starts at the mark (or the wall clock,
 //! if later), so it never goes below a stamp handed out before a crash or restart, even
 //! when it had run ahead of the wall clock by receiving stamps from a fast peer.
+//!
+//! The reserve is what a restart costs in skew: the clock starts up to `RESERVE_MS`
+//! ahead of the last stamp, and peers hold back stamps more than `mmr.max_clock_skew`
+//! (1 s by default) ahead of their own clocks. So when shared memory goes away with every
+//! process that drew stamps gone -- a clean shutdown, the reset after a backend crashed
+//! -- the postmaster writes the clock's exact value as the mark (`write_exact_mark`);
+//! only a crash of the postmaster or the machine leaves the reserve, kept shorter than
+//! the default skew.
 
 use crate::pg::shmem::{self, Lock, LockGuard};
 use mmr_core::hlc;
@@ -16,18 +24,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const HWM_FILE: &str = "mmr_hlc_hwm";
 /// How far ahead of the clock each write of the mark reserves: the file is rewritten
-/// about once per this many milliseconds of clock progress.
-const RESERVE_MS: u64 = 10_000;
+/// about once per this many milliseconds of clock progress. (10 s before: a node killed
+/// with -9 came back with stamps its peers held back for up to 9 s.)
+const RESERVE_MS: u64 = 900;
 
 pub fn wall_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Called once by the postmaster when shared memory is created.
+/// Called once by the postmaster when shared memory is created (at start, and again
+/// after the reset that follows a backend's crash).
 pub fn init_shared(clock: &AtomicU64, reserved: &AtomicU64) {
     let mark = read_mark().unwrap_or(0);
     clock.store(mark.max(hlc::pack(wall_millis(), 0)), Ordering::SeqCst);
     reserved.store(mark, Ordering::SeqCst);
+    // SAFETY: registering a callback in the postmaster; it runs when this shared memory
+    // is released, before it is detached (callbacks run in reverse order of registration).
+    unsafe { pg_sys::on_shmem_exit(Some(write_exact_mark), pg_sys::Datum::from(0usize)) };
+}
+
+/// The postmaster releases shared memory: no process draws stamps any more, so the
+/// clock's value is the greatest stamp handed out, and the next start begins there.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn write_exact_mark(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    let clock = shmem::shared().clock.load(Ordering::SeqCst);
+    if clock != 0 {
+        // Failing leaves the reserve mark, higher: safe, only further ahead.
+        let _ = write_mark(clock);
+    }
 }
 
 fn read_mark() -> Option<u64> {

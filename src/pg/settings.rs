@@ -39,12 +39,18 @@ const FIXED: [(&CStr, &CStr); 6] = [
     (c"lc_monetary", c"C"),
 ];
 
-/// Timeouts a DBA sets for applications, off in every session mmr opens on a peer: a
+/// Limits a DBA sets for applications, off in every session mmr opens on a peer: a
 /// pull waits on locks there, a join's copy runs long and sits in its transaction while
 /// this node writes, a divergence check reads whole tables; cancelling one only starts
-/// it over.
-pub const REMOTE_NO_TIMEOUTS: [&str; 3] =
-    ["SET statement_timeout = 0", "SET lock_timeout = 0", "SET idle_in_transaction_session_timeout = 0"];
+/// it over. A pull also records what the puller has applied, which a database made
+/// read-only for its applications (`default_transaction_read_only`) would refuse.
+pub const REMOTE_APPLICATION_LIMITS_OFF: [&str; 5] = [
+    "SET statement_timeout = 0",
+    "SET lock_timeout = 0",
+    "SET idle_in_transaction_session_timeout = 0",
+    "SET idle_session_timeout = 0",
+    "SET default_transaction_read_only = off",
+];
 
 /// The fixed settings as `SET` statements, for a session mmr opens on another server
 /// to read values as text there (a join's copy), and the search_path that makes every
@@ -54,7 +60,7 @@ pub fn remote_session_setup() -> Vec<String> {
         .iter()
         .map(|(name, value)| format!("SET {} = '{}'", name.to_string_lossy(), value.to_string_lossy()))
         .chain(std::iter::once("SET search_path = pg_catalog".to_string()))
-        .chain(REMOTE_NO_TIMEOUTS.map(String::from))
+        .chain(REMOTE_APPLICATION_LIMITS_OFF.map(String::from))
         .collect()
 }
 

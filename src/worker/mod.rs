@@ -60,7 +60,9 @@ pub fn setup_signals() {
 /// and printed in fixed styles whatever the database's defaults (see settings.rs); XML
 /// read as content, which accepts documents too; no lock_timeout from postgresql.conf
 /// (meant for applications: apply waiting on a row an application holds would fail its
-/// whole batch again and again instead of waiting once).
+/// whole batch again and again instead of waiting once), and writable even where the
+/// database is made read-only for applications (`default_transaction_read_only`: apply
+/// writes what other nodes' applications wrote).
 pub fn session_settings() {
     // mmr's own writes to replicated catalog tables (membership, parts) never wait for
     // peers, whatever postgresql.conf sets for applications.
@@ -68,6 +70,7 @@ pub fn session_settings() {
         (c"jit", c"off"),
         (c"xmloption", c"content"),
         (c"lock_timeout", c"0"),
+        (c"default_transaction_read_only", c"off"),
         (c"mmr.synchronous_commit", c"off"),
     ]);
 }

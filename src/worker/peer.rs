@@ -191,7 +191,7 @@ impl Worker {
         // The peer's session prints the header's timestamps: in fixed styles, whatever
         // its database's defaults (see settings.rs).
         let setup = std::iter::once("SET default_transaction_isolation = 'read committed'")
-            .chain(crate::pg::settings::REMOTE_NO_TIMEOUTS)
+            .chain(crate::pg::settings::REMOTE_APPLICATION_LIMITS_OFF)
             .map(String::from)
             .chain(
                 // Only what the header's text depends on. (Not the whole of

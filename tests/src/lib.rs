@@ -77,7 +77,7 @@ impl Node {
         self.dir.join("server.log")
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 }

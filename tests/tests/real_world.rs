@@ -112,7 +112,8 @@ const RICH_EXACT: &str = "SELECT d = '2026-03-04' \
 /// Invariant 1 with sessions that print values differently: two nodes whose databases
 /// have different DateStyle, IntervalStyle, TimeZone, extra_float_digits and
 /// bytea_output defaults (and sessions that change them again) write every type family
-/// to each other. Every value arrives exactly -- an ambiguous 04/03/2026 stays the 4th
+/// to each other. n1's database is read-only by default for every role but the
+/// application's (`default_transaction_read_only`): mmr's sessions there write anyway. Every value arrives exactly -- an ambiguous 04/03/2026 stays the 4th
 /// of March -- and the tables converge. A timestamptz primary key deleted under one
 /// time zone finds its tombstone on a node in another.
 #[test]
@@ -138,6 +139,12 @@ fn values_do_not_depend_on_session_settings() {
         c.exec(i, "CREATE TABLE ev (at timestamptz PRIMARY KEY, v text); SELECT mmr.replicate('ev')");
     }
     c.mesh();
+    c.exec(
+        0,
+        "ALTER DATABASE postgres SET default_transaction_read_only = on; \
+         ALTER ROLE app SET default_transaction_read_only = off",
+    );
+    c.restart_node(0);
     c.app(0).batch_execute(&rich_row(1)).unwrap();
     let mut n2 = c.app(1);
     n2.batch_execute("SET DateStyle = 'Postgres, DMY'; SET IntervalStyle = 'postgres_verbose'").unwrap();
