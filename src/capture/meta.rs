@@ -198,7 +198,6 @@ pub fn qualified_name(relid: pg_sys::Oid) -> Result<String> {
     .ok_or_else(|| MmrError::Internal(format!("relation {} not found", u32::from(relid))))
 }
 
-/// The primary-key columns of a table, in key order: (attnum, type, name).
 /// A deferrable primary-key, unique or exclusion constraint of the table, if it has
 /// one: its name and its definition without DEFERRABLE. Apply's INSERT ... ON CONFLICT
 /// cannot use such an index (it fails on every try), so replicated tables have none.
@@ -214,6 +213,7 @@ pub fn deferrable_unique(relid: pg_sys::Oid) -> Result<Option<(String, String)>>
     Ok(name.zip(immediate))
 }
 
+/// The primary-key columns of a table, in key order: (attnum, type, name).
 pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<(i32, pg_sys::Oid, String)>> {
     Spi::connect(|client| {
         let rows = client.select(
