@@ -9,11 +9,10 @@
 //!
 //! The reserve is what a restart costs in skew: the clock starts up to `RESERVE_MS`
 //! ahead of the last stamp, and peers hold back stamps more than `mmr.max_clock_skew`
-//! (1 s by default) ahead of their own clocks. So when shared memory goes away with every
-//! process that drew stamps gone -- a clean shutdown, the reset after a backend crashed
-//! -- the postmaster writes the clock's exact value as the mark (`write_exact_mark`);
-//! only a crash of the postmaster or the machine leaves the reserve, kept shorter than
-//! the default skew.
+//! (1 s by default) ahead of their own clocks. So at a clean shutdown, with every process
+//! that drew stamps gone, the postmaster writes the clock's exact value as the mark
+//! (`write_exact_mark`); a crash (of a backend, the server or the machine) leaves the
+//! reserve, kept shorter than the default skew.
 
 use crate::pg::shmem::{self, Lock, LockGuard};
 use mmr_core::hlc;
@@ -43,12 +42,16 @@ pub fn init_shared(clock: &AtomicU64, reserved: &AtomicU64) {
     unsafe { pg_sys::on_shmem_exit(Some(write_exact_mark), pg_sys::Datum::from(0usize)) };
 }
 
-/// The postmaster releases shared memory: no process draws stamps any more, so the
-/// clock's value is the greatest stamp handed out, and the next start begins there.
+/// The postmaster releases shared memory. After a clean shutdown (exit code 0: the
+/// postmaster exits so only once every child is gone) no process draws stamps any more,
+/// so the clock's value is the greatest stamp handed out, and the next start begins
+/// there. Not on other exits: the postmaster failing on its own can leave backends
+/// running, drawing stamps up to the reserve, and a crash reset may find shared memory
+/// damaged; both keep the reserve mark.
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn write_exact_mark(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+unsafe extern "C-unwind" fn write_exact_mark(code: std::ffi::c_int, _arg: pg_sys::Datum) {
     let clock = shmem::shared().clock.load(Ordering::SeqCst);
-    if clock != 0 {
+    if code == 0 && clock != 0 {
         // Failing leaves the reserve mark, higher: safe, only further ahead.
         let _ = write_mark(clock);
     }

@@ -125,6 +125,11 @@ fn connect(me: &str) -> Result<Vec<Member>> {
                 })?;
             conn.set_read_timeout(Duration::from_secs(30));
             let mut m = Member { name, node_id, conn };
+            // The session holds the group's lock while this node runs the statement: no
+            // timeout of the member's, meant for applications, may end it meanwhile.
+            for setting in crate::pg::settings::REMOTE_APPLICATION_LIMITS_OFF {
+                remote(&mut m, setting, &[])?;
+            }
             // The member lets the lock go soon after this node dies or is cut off (the
             // connection then fails its keepalives), not hours later.
             remote(

@@ -515,7 +515,10 @@ fn copy_table(conn: &mut PeerConn, select: &str, target: &str) -> Result<u64> {
     let mut pending = 0usize;
     let load = |out: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
         out.flush().map_err(crate::error::internal)?;
-        Spi::run(&format!("COPY {target} FROM {}", pgrx::spi::quote_literal(&path))).map_err(spi)?;
+        // In UTF-8, as the donor sends it (peer/conn.rs), whatever this session's
+        // client_encoding.
+        Spi::run(&format!("COPY {target} FROM {} WITH (ENCODING 'UTF8')", pgrx::spi::quote_literal(&path)))
+            .map_err(spi)?;
         out.get_ref().set_len(0).map_err(crate::error::internal)?;
         use std::io::Seek;
         out.get_mut().seek(std::io::SeekFrom::Start(0)).map_err(crate::error::internal)?;

@@ -57,9 +57,9 @@ fn clock_never_goes_backwards_across_restart_and_crash() {
 
 /// A restart costs no clock skew. After a clean shutdown the clock's high-water mark is
 /// its last stamp exactly (not the reserve ahead of it); after the reset that follows a
-/// backend killed with -9, and after the whole server is killed with -9, the restarted
-/// node's next change reaches its peer without being held back as "ahead of the local
-/// clock" (`mmr.max_clock_skew`, 1 s by default). Before, the clock came back up to 10 s
+/// backend killed with -9, and after the whole server is killed with -9 (both keep the
+/// reserve, under a second), the restarted node's next change reaches its peer without
+/// being held back as "ahead of the local clock" (`mmr.max_clock_skew`, 1 s by default). Before, the clock came back up to 10 s
 /// ahead and the peer held the node's changes back for seconds after every restart.
 #[test]
 fn a_restart_does_not_put_the_clock_ahead_of_the_peers() {

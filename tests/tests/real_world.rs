@@ -180,18 +180,16 @@ fn values_do_not_depend_on_session_settings() {
 
 /// Text travels as UTF-8 whatever the encoding settings around it: a peer whose database
 /// defaults to another client_encoding (LATIN1 here, which has no euro sign) or whose
-/// pull role does (WIN1252) still sends every character exactly. A database whose own
-/// encoding is not UTF-8 is refused at CREATE EXTENSION, with a hint: other nodes' text
-/// would arrive as other characters.
+/// pull role does (WIN1252) still sends every character exactly, and a join run from a
+/// LATIN1 session (psql with PGCLIENTENCODING) copies the rows exactly. A database whose
+/// own encoding is not UTF-8 is refused at CREATE EXTENSION, with a hint: other nodes'
+/// text would arrive as other characters.
 #[test]
 fn text_travels_as_utf8_whatever_the_encoding_settings() {
-    let mut c = Cluster::start_with("encoding", 2, Options { init: false, ..Options::default() });
+    let c = Cluster::start_with("encoding", 2, Options { init: false, ..Options::default() });
     let recreate = |c: &Cluster, encoding: &str| {
-        let mut t = postgres::Client::connect(
-            &c.nodes[1].conninfo().replace("dbname=postgres", "dbname=template1"),
-            postgres::NoTls,
-        )
-        .unwrap();
+        let template1 = c.nodes[1].conninfo().replace("dbname=postgres", "dbname=template1");
+        let mut t = postgres::Client::connect(&template1, postgres::NoTls).unwrap();
         t.batch_execute("DROP DATABASE postgres WITH (FORCE)").unwrap();
         t.batch_execute(&format!("CREATE DATABASE postgres ENCODING '{encoding}' LOCALE 'C' TEMPLATE template0"))
             .unwrap();
@@ -206,13 +204,20 @@ fn text_travels_as_utf8_whatever_the_encoding_settings() {
     for i in 0..2 {
         let node = &c.nodes[i];
         let mut db = node.connect();
-        db.batch_execute("CREATE EXTENSION mmr").unwrap();
-        db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id]).unwrap();
-        db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT mmr.replicate('t')").unwrap();
+        db.batch_execute("CREATE EXTENSION mmr; CREATE TABLE t (id int PRIMARY KEY, v text)").unwrap();
+        db.execute("SELECT mmr.init_node($1, $2, $3)", &[&node.name, &node.node_id, &node.dsn()]).unwrap();
     }
-    c.mesh();
+    c.exec(0, "SELECT mmr.replicate('t')");
     let (one, two) = ("café ñ ü € 漢字", "naïve ß 😀");
     c.connect(0).execute("INSERT INTO t VALUES (1, $1)", &[&one]).unwrap();
+    // n2 joins through n1 from a session whose client_encoding is LATIN1.
+    let joined = std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
+        .env("PGCLIENTENCODING", "LATIN1")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-p", &c.nodes[1].port.to_string(), "-c", &format!("SELECT mmr.join_group('{}')", c.nodes[0].dsn())])
+        .output()
+        .unwrap();
+    assert!(joined.status.success(), "join: {}", String::from_utf8_lossy(&joined.stderr));
     c.connect(1).execute("INSERT INTO t VALUES (2, $1)", &[&two]).unwrap();
     c.sync(SYNC);
     for i in 0..2 {
