@@ -323,7 +323,8 @@ impl MmrError {
             TemporaryTable(_) | UnloggedTable(_) => "Replicate an ordinary (logged, permanent) table.".into(),
             NoPrimaryKey(tbl) => format!("Add one with ALTER TABLE {tbl} ADD PRIMARY KEY (...), on every node."),
             DeferrableUnique { tbl, constraint, immediate } => format!(
-                "Make it immediate on every node: ALTER TABLE {tbl} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {immediate}.",
+                "Make it immediate on every node: ALTER TABLE {tbl} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {immediate} \
+                 (foreign keys that reference it must be dropped first and created again).",
                 c = pgrx::spi::quote_identifier(constraint)
             ),
             AlreadyReplicated(_) => "mmr.replicate takes effect on every member: another member may have run it. \

@@ -428,7 +428,8 @@ mod tests {
         );
         assert_eq!(
             error_of("SELECT mmr.replicate('duniq')").unwrap().rsplit(" | ").next().unwrap(),
-            "Make it immediate on every node: ALTER TABLE public.duniq DROP CONSTRAINT \"U k\", ADD CONSTRAINT \"U k\" UNIQUE (u)."
+            "Make it immediate on every node: ALTER TABLE public.duniq DROP CONSTRAINT \"U k\", ADD CONSTRAINT \"U k\" UNIQUE (u) \
+             (foreign keys that reference it must be dropped first and created again)."
         );
         assert_rejected("SELECT mmr.replicate('parted')", "42809", "is a partitioned table");
         assert_rejected("SELECT mmr.replicate('part1')", "42809", "is a partition, not a table");
