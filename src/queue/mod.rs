@@ -342,7 +342,7 @@ fn pending_changes(snap: &str) -> Result<i64> {
     .map(|n| n.unwrap_or(0))
 }
 
-/// The ticker (run by the launcher's housekeeping): takes a tick when changes have
+/// The ticker (run by the launcher every 250 ms): takes a tick when changes have
 /// committed that no tick covers yet. Pulls take ticks themselves when a consumer is
 /// caught up; these extra ones bound the batches of a consumer that comes back after a
 /// long absence, so it catches up in transactions of `mmr.batch_size`, not in one.

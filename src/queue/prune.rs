@@ -15,7 +15,6 @@ use mmr_core::wire::Report;
 use pgrx::prelude::*;
 
 pub fn housekeeping() -> Result<()> {
-    crate::queue::ticker()?;
     prune_queue()?;
     prune_ticks()?;
     // Both decide on the peers' frontier reports: read them once.

@@ -1,6 +1,7 @@
 //! The launcher: keeps exactly one apply worker running per active (not paused) peer,
 //! reacting to `add_peer`/`remove_peer`/`pause_peer`/`resume_peer` at their commit,
-//! and runs housekeeping (pruning, conflict-log retention) every few seconds.
+//! runs the ticker four times a second, and housekeeping (pruning, conflict-log
+//! retention) every few seconds.
 
 use super::txn;
 use crate::catalog;
@@ -13,6 +14,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
+/// How often the ticker runs (queue::ticker). Its ticks bound what a peer that was cut
+/// off takes in one batch when it comes back: at 2 s (with housekeeping) a batch held two
+/// seconds of this node's writes, and applying it locked every hot row there for as long,
+/// while that node's own writers waited (`make demo`, after the partition heals).
+const TICK_EVERY: Duration = Duration::from_millis(250);
 /// A peer worker that exits is started again after this long at the earliest.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -20,6 +26,7 @@ struct Launcher {
     workers: HashMap<String, DynamicBackgroundWorker>,
     last_start: HashMap<String, Instant>,
     last_housekeeping: Instant,
+    last_tick: Instant,
 }
 
 #[pg_guard]
@@ -28,7 +35,12 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
     super::setup_signals();
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     super::session_settings();
-    let mut l = Launcher { workers: HashMap::new(), last_start: HashMap::new(), last_housekeeping: Instant::now() };
+    let mut l = Launcher {
+        workers: HashMap::new(),
+        last_start: HashMap::new(),
+        last_housekeeping: Instant::now(),
+        last_tick: Instant::now(),
+    };
     loop {
         super::check_interrupts_and_reload();
         let seq = shmem::config_seq();
@@ -48,6 +60,12 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                     }
                 }
                 l.reconcile(&peers);
+                if l.last_tick.elapsed() >= TICK_EVERY {
+                    l.last_tick = Instant::now();
+                    if let Err(e) = txn::run(crate::queue::ticker) {
+                        pgrx::warning!("mmr: taking a tick failed: {e}");
+                    }
+                }
                 if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                     l.last_housekeeping = Instant::now();
                     if let Err(e) = txn::run(crate::queue::prune::housekeeping) {
@@ -69,7 +87,7 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
             Ok(None) => l.reconcile(&[]),
             Err(e) => pgrx::warning!("mmr launcher: {e}"),
         }
-        shmem::wait_for(shmem::Wakeup::Config, seq, 1000);
+        shmem::wait_for(shmem::Wakeup::Config, seq, TICK_EVERY.as_millis() as i64);
     }
 }
 

@@ -24,7 +24,25 @@ use pgrx::prelude::*;
 use std::time::Duration;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A batch shorter than this is not checked for sessions waiting on its locks (the
+/// check reads pg_stat_activity: not for every small batch of a fast catch-up).
+const CONTENTION_CHECK_AFTER: Duration = Duration::from_millis(20);
+/// The longest pause after a batch that local sessions waited on.
+const MAX_YIELD: Duration = Duration::from_millis(250);
+
+/// Whether a session of this node's applications waits for a lock the current (apply)
+/// transaction holds: a row it locked, or a tuple lock queued behind one.
+fn local_sessions_wait_on_us() -> Result<bool> {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
+           WHERE a.wait_event_type = 'Lock' AND a.backend_type = 'client backend' \
+             AND pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(a.pid)))",
+    )
+    .map(|b| b.unwrap_or(false))
+    .map_err(spi)
+}
 
 /// Where this node stands in the peer's queue.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +73,9 @@ struct Worker {
     /// A round succeeded since the last failure: the next failure backs off from the
     /// start again.
     progressed: bool,
+    /// How long the last batch held its locks while this node's own sessions waited on
+    /// them (see `yield_to_local_writers`).
+    contended: std::cell::Cell<Option<Duration>>,
     /// When this worker last looked for a part to relay for (group/part.rs).
     last_relay_check: Option<std::time::Instant>,
     /// The configuration sequence at the last `still_wanted` check, and the peer count.
@@ -114,6 +135,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         careful: false,
         retry_now: false,
         progressed: false,
+        contended: Default::default(),
         last_relay_check: None,
         checked: Default::default(),
     }
@@ -329,6 +351,7 @@ impl Worker {
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
+        self.yield_to_local_writers();
         Ok(applied.max(1))
     }
 
@@ -382,6 +405,7 @@ impl Worker {
     ) -> Result<(usize, i64), Stop> {
         let skew_limit = gucs::max_clock_skew().as_millis() as u64;
         let mut net_error = None;
+        let started = std::time::Instant::now();
         let result = txn::run(|| {
             // One apply transaction at a time on this node: two peers' changes to the
             // same key must not interleave between "read what is here" and "write".
@@ -456,12 +480,25 @@ impl Worker {
                 ],
             )
             .map_err(spi)?;
+            let held = started.elapsed();
+            self.contended.set((held >= CONTENTION_CHECK_AFTER && local_sessions_wait_on_us()?).then_some(held));
             Ok((n, watermark))
         });
         match (result, net_error) {
             (Ok(done), _) => Ok(done),
             (Err(_), Some(e)) => Err(Stop::Network(e)),
             (Err(e), None) => Err(e.into()),
+        }
+    }
+
+    /// After a batch whose locks this node's own sessions waited on, pauses as long as
+    /// the batch held them (up to `MAX_YIELD`) before the next: a node catching up on
+    /// rows its applications write too (after a partition healed) keeps at least about
+    /// half of its own write rate, instead of its writers queueing behind one batch after
+    /// another. Without such waiters apply goes on at once.
+    fn yield_to_local_writers(&self) {
+        if let Some(held) = self.contended.take() {
+            super::sleep(held.min(MAX_YIELD));
         }
     }
 
