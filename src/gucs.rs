@@ -72,8 +72,8 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"mmr.batch_size",
-        c"Approximate number of changes pulled from a peer per batch.",
-        c"Transactions are never split, so a batch can be larger.",
+        c"Approximate number of changes pulled from a peer per batch, at first.",
+        c"Transactions are never split, so a batch can be larger. Batches that fill up grow (up to 50000) while this node's sessions do not wait on them.",
         &BATCH_SIZE,
         1,
         10_000_000,

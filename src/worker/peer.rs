@@ -32,6 +32,23 @@ const CONTENTION_CHECK_AFTER: Duration = Duration::from_millis(20);
 /// The longest pause after a batch that local sessions waited on.
 const MAX_YIELD: Duration = Duration::from_millis(250);
 
+/// The largest batch a worker asks for (queue rows, see `next_batch_limit`).
+const MAX_BATCH: i32 = 50_000;
+
+/// The batch size to ask for next, after a batch of `applied` changes asked with
+/// `limit`. Batches that fill up double, up to `MAX_BATCH`: a catch-up of many small
+/// transactions goes faster in fewer, larger apply transactions (fewer commits, longer
+/// runs of one table). A batch that this node's sessions waited on starts over at
+/// `mmr.batch_size` (0 here): the peer's ticks, a quarter second apart, then bound it,
+/// and its locks are held no longer than that.
+fn next_batch_limit(limit: i32, applied: usize, contended: bool) -> i32 {
+    match (contended, applied >= limit.max(1) as usize) {
+        (true, _) => 0,
+        (false, true) => limit.saturating_mul(2).min(MAX_BATCH),
+        (false, false) => limit,
+    }
+}
+
 /// Whether a session of this node's applications waits for a lock the current (apply)
 /// transaction holds: a row it locked, or a tuple lock queued behind one.
 fn local_sessions_wait_on_us() -> Result<bool> {
@@ -76,6 +93,9 @@ struct Worker {
     /// How long the last batch held its locks while this node's own sessions waited on
     /// them (see `yield_to_local_writers`).
     contended: std::cell::Cell<Option<Duration>>,
+    /// The batch size asked of the peer now, if grown past `mmr.batch_size` (see
+    /// `next_batch_limit`).
+    batch_limit: i32,
     /// When this worker last looked for a part to relay for (group/part.rs).
     last_relay_check: Option<std::time::Instant>,
     /// The configuration sequence at the last `still_wanted` check, and the peer count.
@@ -136,6 +156,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         retry_now: false,
         progressed: false,
         contended: Default::default(),
+        batch_limit: 0,
         last_relay_check: None,
         checked: Default::default(),
     }
@@ -306,7 +327,8 @@ impl Worker {
     fn round(&mut self, conn: &mut PeerConn, node_id: &mut Option<i32>, wait: Duration) -> Result<usize, Stop> {
         let pos = self.position()?;
         let tick = pos.tick.to_string();
-        let batch = gucs::batch_size().to_string();
+        let limit = self.batch_limit.max(gucs::batch_size());
+        let batch = limit.to_string();
         let wait_ms = wait.as_millis().to_string();
         conn.send(
             "SELECT kind, xid, changes, meta, applied FROM mmr.pull($1, $2, $3, $4, $5)",
@@ -351,6 +373,7 @@ impl Worker {
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
+        self.batch_limit = next_batch_limit(limit, applied, self.contended.get().is_some());
         self.yield_to_local_writers();
         Ok(applied.max(1))
     }
