@@ -1522,8 +1522,10 @@ fn during_catch_up(r: &mut Report) {
     r.line("");
     r.line(
         "Target: never below 0.5 of the rate before. Where the client waits for rows an apply batch holds, apply \
-         pauses after the batch for as long as the batch held them (at most 250 ms), and a peer cut off catches up \
-         in batches of at most a quarter second of the origin's writes (its ticks).",
+         pauses after the batch for as long as the batch held them (at most 250 ms) and takes the next in batches \
+         of `mmr.batch_size`, which the origin's ticks bound to a quarter second of its writes; batches nobody waits \
+         on double while they fill up. The client shares the 2 cores with the catch-up, so even with rows of its own \
+         it loses some of its rate.",
     );
     r.line("");
 }
