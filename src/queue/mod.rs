@@ -342,22 +342,22 @@ fn pending_changes(snap: &str) -> Result<i64> {
     .map(|n| n.unwrap_or(0))
 }
 
-/// The ticker (run by the launcher every 250 ms): takes a tick when changes have
+/// The ticker (run by the launcher every `every`): takes a tick when changes have
 /// committed that no tick covers yet. Pulls take ticks themselves when a consumer is
 /// caught up; these extra ones bound the batches of a consumer that comes back after a
 /// long absence, so it catches up in transactions of `mmr.batch_size`, not in one.
-pub fn ticker() -> Result<()> {
+pub fn ticker(every: std::time::Duration) -> Result<()> {
     // Nobody to serve, nothing to bound.
     if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer)").map_err(spi)?.unwrap_or(false) {
         return Ok(());
     }
-    // A tick taken within the last quarter second (by a pull: its consumer is live)
-    // bounds the batches well enough; the ticker does not add one beside it.
+    // A tick taken since the ticker last ran (by a pull: its consumer is live) bounds
+    // the batches well enough; the ticker does not add one beside it.
     let latest = catalog::select_opt::<pgrx::JsonB>(
         "SELECT jsonb_build_object('id', id, 'snap', snap::text, \
-                'fresh', created_at > pg_catalog.clock_timestamp() - interval '250 ms') \
+                'fresh', created_at > pg_catalog.clock_timestamp() - $1 * interval '1 ms') \
          FROM mmr.tick ORDER BY id DESC LIMIT 1",
-        &[],
+        &[(every.as_millis() as i64).into()],
     )
     .map_err(spi)?;
     if latest.as_ref().is_some_and(|j| j.0["fresh"].as_bool() == Some(true)) {

@@ -62,7 +62,7 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                 l.reconcile(&peers);
                 if l.last_tick.elapsed() >= TICK_EVERY {
                     l.last_tick = Instant::now();
-                    if let Err(e) = txn::run(crate::queue::ticker) {
+                    if let Err(e) = txn::run(|| crate::queue::ticker(TICK_EVERY)) {
                         pgrx::warning!("mmr: taking a tick failed: {e}");
                     }
                 }

@@ -49,6 +49,17 @@ fn next_batch_limit(limit: i32, applied: usize, contended: bool) -> i32 {
     }
 }
 
+/// After a batch whose locks this node's own sessions waited on (`contended`: how long
+/// it held them), pauses as long, up to `MAX_YIELD`, before the next: a node catching up
+/// on rows its applications write too (after a partition healed) keeps at least about
+/// half of its own write rate, instead of its writers queueing behind one batch after
+/// another. Without such waiters apply goes on at once.
+fn yield_to_local_writers(contended: Option<Duration>) {
+    if let Some(held) = contended {
+        super::sleep(held.min(MAX_YIELD));
+    }
+}
+
 /// Whether a session of this node's applications waits for a lock the current (apply)
 /// transaction holds: a row it locked, or a tuple lock queued behind one.
 fn local_sessions_wait_on_us() -> Result<bool> {
@@ -90,9 +101,6 @@ struct Worker {
     /// A round succeeded since the last failure: the next failure backs off from the
     /// start again.
     progressed: bool,
-    /// How long the last batch held its locks while this node's own sessions waited on
-    /// them (see `yield_to_local_writers`).
-    contended: std::cell::Cell<Option<Duration>>,
     /// The batch size asked of the peer now, if grown past `mmr.batch_size` (see
     /// `next_batch_limit`).
     batch_limit: i32,
@@ -155,7 +163,6 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         careful: false,
         retry_now: false,
         progressed: false,
-        contended: Default::default(),
         batch_limit: 0,
         last_relay_check: None,
         checked: Default::default(),
@@ -353,7 +360,7 @@ impl Worker {
             self.store_idle_progress(&header, peer_node)?;
             return Ok(0);
         };
-        let (applied, watermark) = match self.apply_batch(conn, &header, peer_node, to_tick, &to_snap) {
+        let (applied, watermark, contended) = match self.apply_batch(conn, &header, peer_node, to_tick, &to_snap) {
             Ok(done) => {
                 self.careful = false;
                 done
@@ -373,8 +380,8 @@ impl Worker {
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
-        self.batch_limit = next_batch_limit(limit, applied, self.contended.get().is_some());
-        self.yield_to_local_writers();
+        self.batch_limit = next_batch_limit(limit, applied, contended.is_some());
+        yield_to_local_writers(contended);
         Ok(applied.max(1))
     }
 
@@ -417,7 +424,8 @@ impl Worker {
     }
 
     /// Applies the rows of the current result in one transaction with the new position.
-    /// Returns the number of changes and the watermark stored.
+    /// Returns the number of changes, the watermark stored, and how long the batch held
+    /// its locks if this node's own sessions waited on them.
     fn apply_batch(
         &self,
         conn: &mut PeerConn,
@@ -425,7 +433,7 @@ impl Worker {
         peer_node: i32,
         to_tick: i64,
         to_snap: &str,
-    ) -> Result<(usize, i64), Stop> {
+    ) -> Result<(usize, i64, Option<Duration>), Stop> {
         let skew_limit = gucs::max_clock_skew().as_millis() as u64;
         let mut net_error = None;
         let started = std::time::Instant::now();
@@ -504,24 +512,13 @@ impl Worker {
             )
             .map_err(spi)?;
             let held = started.elapsed();
-            self.contended.set((held >= CONTENTION_CHECK_AFTER && local_sessions_wait_on_us()?).then_some(held));
-            Ok((n, watermark))
+            let contended = (held >= CONTENTION_CHECK_AFTER && local_sessions_wait_on_us()?).then_some(held);
+            Ok((n, watermark, contended))
         });
         match (result, net_error) {
             (Ok(done), _) => Ok(done),
             (Err(_), Some(e)) => Err(Stop::Network(e)),
             (Err(e), None) => Err(e.into()),
-        }
-    }
-
-    /// After a batch whose locks this node's own sessions waited on, pauses as long as
-    /// the batch held them (up to `MAX_YIELD`) before the next: a node catching up on
-    /// rows its applications write too (after a partition healed) keeps at least about
-    /// half of its own write rate, instead of its writers queueing behind one batch after
-    /// another. Without such waiters apply goes on at once.
-    fn yield_to_local_writers(&self) {
-        if let Some(held) = self.contended.take() {
-            super::sleep(held.min(MAX_YIELD));
         }
     }
 

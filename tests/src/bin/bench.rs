@@ -1381,15 +1381,7 @@ fn capacity(r: &mut Report) {
 
 /// Commits of single-row updates of ids [from, from + n) of `t` on `conninfo`, round
 /// robin as fast as one client can, until `stop`; returns the commit times.
-/// A client updating rows `from`, `from + stride`, ... (`n` of them) in turn as fast as
-/// it can; returns the instant of each commit.
-fn local_writer(
-    conninfo: String,
-    from: i64,
-    n: i64,
-    stride: i64,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<Vec<Instant>> {
+fn local_writer(conninfo: String, from: i64, n: i64, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<Instant>> {
     thread::spawn(move || {
         let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
         // Not waiting for WAL flushes, whose latency on this machine's disk varies
@@ -1399,7 +1391,7 @@ fn local_writer(
         let mut commits = Vec::new();
         let mut k = 0;
         while !stop.load(Ordering::Relaxed) {
-            db.execute(&stmt, &[&(from + (k % n) * stride)]).unwrap();
+            db.execute(&stmt, &[&(from + k % n)]).unwrap();
             commits.push(Instant::now());
             k += 1;
         }
@@ -1441,7 +1433,7 @@ fn partition_round(backlog: i64, same_rows: bool) -> (f64, f64, f64, f64) {
     c.exec(1, "VACUUM ANALYZE t");
     let stop = Arc::new(AtomicBool::new(false));
     let (from, rows) = if same_rows { (0, HOT_ROWS) } else { (backlog, 1000) };
-    let writer = local_writer(c.nodes[1].conninfo(), from, rows, 1, stop.clone());
+    let writer = local_writer(c.nodes[1].conninfo(), from, rows, stop.clone());
     thread::sleep(Duration::from_secs(1));
     let before_from = Instant::now();
     thread::sleep(Duration::from_secs(3));
