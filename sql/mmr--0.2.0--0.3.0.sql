@@ -97,3 +97,7 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- STABLE, so that a DDL statement's wait for this node's history reads it with the
+-- latest snapshot also at REPEATABLE READ (a volatile function takes the transaction's).
+ALTER FUNCTION mmr.ddl_history() STABLE;

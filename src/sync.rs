@@ -247,15 +247,15 @@ fn wait_for_token(text: &str, timeout_ms: i64) -> Result<bool> {
     }
 }
 
-/// This node's position in `peer`'s queue, read with a fresh snapshot.
+/// This node's position in `peer`'s queue, read with the latest snapshot (also at
+/// REPEATABLE READ, where the transaction's would hold it where it was).
 fn position_in(peer: &str) -> Result<Option<Snapshot>> {
     let _su = AsSuperuser::enter();
-    let text = Spi::connect_mut(|c| {
-        c.update("SELECT position::text FROM mmr.peer_progress WHERE peer = $1", Some(1), &[peer.into()])?
-            .first()
-            .get_one::<String>()
-    })
-    .map_err(spi)?;
+    let text = crate::pg::latest::one::<String>(
+        "SELECT position::text FROM mmr.peer_progress WHERE peer = $1",
+        &[(peer.into_datum(), pg_sys::TEXTOID)],
+    )
+    .map_err(MmrError::Spi)?;
     text.map(|t| Snapshot::parse(&t).map_err(crate::error::damaged)).transpose()
 }
 

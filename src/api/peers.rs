@@ -128,21 +128,18 @@ fn _wait_for_peers(timeout_ms: i64) -> bool {
         .flatten()
         .unwrap_or_else(|| MmrError::Internal("no snapshot".into()).raise());
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+    let snap_arg = snap.as_str().into_datum();
     loop {
-        // A non-read-only SPI call takes a fresh snapshot: we see peers' new positions.
-        let done = Spi::connect_mut(|c| {
-            c.update(
-                "SELECT NOT EXISTS ( \
-                   SELECT 1 FROM mmr.peer p LEFT JOIN mmr.consumer c ON c.name = p.name \
-                   WHERE EXISTS (SELECT 1 FROM mmr.queue q \
-                                 WHERE mmr._served_between(q.xid, c.position, $1::pg_snapshot)))",
-                None,
-                &[snap.as_str().into()],
-            )?
-            .first()
-            .get_one::<bool>()
-        })
-        .unwrap_or_else(|e| spi(e).raise())
+        // With the latest snapshot: a transaction snapshot (REPEATABLE READ) would show
+        // the peers' positions of when we were called, for as long as we wait.
+        let done = crate::pg::latest::one::<bool>(
+            "SELECT NOT EXISTS ( \
+               SELECT 1 FROM mmr.peer p LEFT JOIN mmr.consumer c ON c.name = p.name \
+               WHERE EXISTS (SELECT 1 FROM mmr.queue q \
+                             WHERE mmr._served_between(q.xid, c.position, $1::pg_snapshot)))",
+            &[(snap_arg, pg_sys::TEXTOID)],
+        )
+        .unwrap_or_else(|e| MmrError::Spi(e).raise())
         .unwrap_or(false);
         if done {
             return true;

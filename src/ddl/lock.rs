@@ -231,7 +231,11 @@ fn wait_for_history(me: i32, members: &mut [Member], deadline: Instant) -> Resul
 }
 
 fn local_history() -> Result<DdlHistory> {
-    let text = Spi::get_one::<String>("SELECT mmr.ddl_history()::text").map_err(spi)?.unwrap_or_default();
+    // With the latest snapshot: at REPEATABLE READ the transaction's would never show
+    // this node catching up while we wait.
+    let text = crate::pg::latest::one::<String>("SELECT mmr.ddl_history()::text", &[])
+        .map_err(MmrError::Spi)?
+        .unwrap_or_default();
     parse_history(&text)
 }
 

@@ -1,8 +1,10 @@
 //! Statements that must see the latest committed data whatever the caller's isolation
-//! level: the tombstone look-ups of the capture triggers. A REPEATABLE READ transaction
-//! would otherwise miss a tombstone committed by the apply worker after it started, and
-//! give a re-inserted key a fresh version vector. (PostgreSQL's foreign-key triggers use
-//! the same device.)
+//! level: the tombstone look-ups of the capture triggers -- a REPEATABLE READ
+//! transaction would otherwise miss a tombstone committed by the apply worker after it
+//! started, and give a re-inserted key a fresh version vector (PostgreSQL's foreign-key
+//! triggers use the same device) -- and the polls of functions that wait for peers'
+//! progress, which a transaction snapshot would hold at the positions of when they
+//! were called (`default_transaction_isolation = 'repeatable read'`).
 
 use pgrx::pg_sys;
 use pgrx::PgOid;
@@ -60,6 +62,18 @@ impl LatestPlan {
             Ok((!isnull).then_some(d))
         }
     }
+}
+
+/// The first column of the first row of `sql` (arguments and their types as for
+/// [`LatestPlan::run`]), read with the latest snapshot.
+pub fn one<T: pgrx::FromDatum>(sql: &str, args: &[(Option<pg_sys::Datum>, pg_sys::Oid)]) -> Result<Option<T>, String> {
+    pgrx::spi::Spi::connect(|_| {
+        let types: Vec<PgOid> = args.iter().map(|&(_, oid)| PgOid::from(oid)).collect();
+        let d = LatestPlan::prepare(sql, &types)?.run(args)?;
+        // SAFETY: a datum of the statement's first column, which the caller says is a
+        // `T`; copied out before the SPI connection closes.
+        Ok(d.and_then(|d| unsafe { T::from_datum(d, false) }))
+    })
 }
 
 impl Drop for LatestPlan {

@@ -235,8 +235,9 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     LIMIT 1
 $$;
 -- How many DDL statements of each origin this member has applied.
+-- STABLE: it reads with its caller's snapshot, which the DDL lock's wait makes the latest.
 CREATE FUNCTION mmr.ddl_history() RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(jsonb_object_agg(origin, n), '{}') FROM (SELECT origin, count(*) AS n FROM mmr.ddl GROUP BY origin) s
 $$;
 

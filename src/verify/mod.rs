@@ -696,7 +696,9 @@ pub fn require_read_committed() -> Result<()> {
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         return Err(MmrError::GroupState {
             message: "mmr.verify and mmr.repair need READ COMMITTED".into(),
-            hint: "Run them outside a REPEATABLE READ or SERIALIZABLE transaction.".into(),
+            hint: "Run them outside a REPEATABLE READ or SERIALIZABLE transaction; where the database or role \
+                   defaults to one, SET default_transaction_isolation = 'read committed' first."
+                .into(),
         });
     }
     Ok(())

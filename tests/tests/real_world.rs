@@ -650,6 +650,45 @@ fn read_committed_writers_get_no_errors_on_hot_keys() {
     assert!(!log.contains("lock timeout"), "apply on n3 ran with the applications' lock_timeout:\n{log}");
 }
 
+/// Databases that default to REPEATABLE READ (`ALTER DATABASE ... SET
+/// default_transaction_isolation`): `mmr.wait_for_peers` and `mmr.wait_for_token`, each
+/// called as one statement there, see the peers' progress made while they wait -- a
+/// transaction snapshot would show them the positions of when they were called, and
+/// they would wait out their timeout.
+#[test]
+fn waits_see_progress_in_a_repeatable_read_database() {
+    let mut c = Cluster::start("rrwait", 2);
+    c.replicated_table("CREATE TABLE w (id int PRIMARY KEY, v text)", "w");
+    for i in 0..2 {
+        c.exec(i, "ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'");
+    }
+    c.mesh();
+    c.sync(SYNC);
+    let waits_for_the_heal = |c: &mut Cluster, on: usize, call: String| {
+        let mut db = c.connect(on);
+        let waiter = std::thread::spawn(move || {
+            let started = Instant::now();
+            let ok: bool = db.query_one(call.as_str(), &[]).unwrap().get(0);
+            (ok, started.elapsed())
+        });
+        c.wait_until(on, "SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'SELECT mmr.wait_for_%'", SYNC);
+        c.heal(1, 0);
+        let (ok, took) = waiter.join().unwrap();
+        assert!(ok && took < Duration::from_secs(30), "{} waited {took:?} and returned {ok}", c.nodes[on].name);
+    };
+    // n2 cannot pull from n1 while n1 writes; whoever waits starts before the heal.
+    c.cut(1, 0);
+    c.exec(0, "INSERT INTO w VALUES (1, 'one')");
+    waits_for_the_heal(&mut c, 0, "SELECT mmr.wait_for_peers('60 s')".into());
+    c.cut(1, 0);
+    let mut writer = c.app(0);
+    writer.batch_execute("INSERT INTO w VALUES (2, 'two')").unwrap();
+    let token: String = writer.query_one("SELECT mmr.commit_token()", &[]).unwrap().get(0);
+    waits_for_the_heal(&mut c, 1, format!("SELECT mmr.wait_for_token('{token}', '60 s')"));
+    assert_eq!(c.text(1, "SELECT v FROM w WHERE id = 2"), "two");
+    assert_converged(&c, "w");
+}
+
 /// A peer whose conninfo reaches this node itself (an empty conninfo: libpq's defaults)
 /// is refused at first contact, with a state that says so.
 #[test]
