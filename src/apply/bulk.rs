@@ -8,7 +8,7 @@
 //! tombstones, one statement finds the inserted keys that have one: their rows go
 //! again. The entries left out are applied one by one, in order.
 //!
-//! Updates and deletes: one statement locks every key's row, the pure
+//! Updates and deletes: one statement reads every key's row, the pure
 //! `decide` runs per change in memory, and one statement writes each stretch of
 //! changes that simply apply over the row they found -- instead of two or three
 //! statements per change. Everything else in the run (a key that has no row here, a
@@ -25,11 +25,15 @@
 //! state in between (a unique value the key gave up). Without one, changes of other
 //! keys cannot depend on this key's row.
 //!
-//! The decisions rest on the rows as the lock statement found them. Only this
-//! transaction can change a locked row, and the one-by-one changes between two
-//! stretches touch other keys -- except that settling a secondary unique collision
-//! may move another key's row aside. So each write checks that the row is still at the
-//! ctid it was locked at; a change whose row moved is decided again, one by one.
+//! The decisions rest on the rows as that statement found them, unlocked: locking
+//! every row first cost as much again as the writes (a lock record in the WAL per row,
+//! and the write finding the row once more). So each write checks that the row is still
+//! the version found, at the ctid it was found at: a local transaction may have
+//! written it since (its write commits a new version: the write waits for it and then
+//! finds another version), and settling a secondary unique collision one by one between
+//! two stretches may move another key's row aside. A change whose row is no longer as
+//! found is decided again, one by one (which locks the row). The write itself locks
+//! what it changes, so the check and the write are one step.
 
 use super::table::ApplyTable;
 use super::{jsonb_arg, Applier, Change, Image};
@@ -43,7 +47,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-/// A row the lock statement found for a change of the run.
+/// A row `find_rows` found for a change of the run.
 struct Found {
     ctid: String,
     version: Version,
@@ -121,7 +125,7 @@ impl Applier {
         // In an SPI connection of its own: the statements' arguments live in its
         // memory, freed when the run is done.
         Spi::connect(|_| {
-            let found = lock_rows(&t, run)?;
+            let found = find_rows(&t, run)?;
             let plans = self.plans(&t, run, &found)?;
             let mut stretch = Vec::new();
             for (k, ch) in run.iter().enumerate() {
@@ -194,8 +198,8 @@ impl Applier {
     }
 
     /// Writes the changes at positions `stretch` of the run (then empties it): deletes,
-    /// then updates, one statement each, in a subtransaction. A change whose row moved
-    /// since it was locked, or a stretch that fails -- it may collide on a unique index
+    /// then updates, one statement each, in a subtransaction. A change whose row changed
+    /// since it was found, or a stretch that fails -- it may collide on a unique index
     /// only because its changes were reordered within it -- is applied one by one,
     /// together with the changes its write was to take up, in order.
     fn write_stretch(
@@ -260,8 +264,18 @@ impl Applier {
             ks.iter().map(|&k| found[k].as_ref().map(|f| f.ctid.clone()).unwrap_or_default()).collect();
         let hlcs: Vec<i64> = ks.iter().map(|&k| run[k].hlc).collect();
         let vvs: Vec<String> = ks.iter().map(|&k| run[k].vv.to_pg_array()).collect();
-        let mut args: Vec<DatumWithOid<'static>> =
-            vec![self.peer_node.into(), positions.into(), ctids.into(), hlcs.into(), vvs.into()];
+        let as_found = |k: usize| found[k].as_ref().map(|f| (f.version.hlc, f.version.node)).unwrap_or_default();
+        let found_hlcs: Vec<i64> = ks.iter().map(|&k| as_found(k).0).collect();
+        let found_nodes: Vec<i32> = ks.iter().map(|&k| as_found(k).1).collect();
+        let mut args: Vec<DatumWithOid<'static>> = vec![
+            self.peer_node.into(),
+            positions.into(),
+            ctids.into(),
+            hlcs.into(),
+            vvs.into(),
+            found_hlcs.into(),
+            found_nodes.into(),
+        ];
         args.extend(text_columns(ks.iter().map(|&k| &run[k]), n, columns)?);
         Spi::connect_mut(|client| {
             generic(|| {
@@ -351,11 +365,11 @@ fn entries<'a>(run: impl IntoIterator<Item = &'a Change>) -> Result<Image> {
     jsonb_arg(&arr)
 }
 
-/// Locks the row of each change's key: what the lock statement found, per change.
-fn lock_rows(t: &ApplyTable, run: &[Change]) -> Result<Vec<Option<Found>>> {
+/// Reads the row of each change's key (unlocked): what `find_rows` found, per change.
+fn find_rows(t: &ApplyTable, run: &[Change]) -> Result<Vec<Option<Found>>> {
     let keys = text_columns(run.iter(), t.key_layout.len(), |ch| image_values(t, &t.key_layout, ch))?;
     Spi::connect_mut(|client| {
-        let rows = generic(|| client.update(&t.lock_rows, None, &keys).map_err(spi))?;
+        let rows = generic(|| client.update(&t.find_rows, None, &keys).map_err(spi))?;
         let mut found: Vec<Option<Found>> = (0..run.len()).map(|_| None).collect();
         for r in rows {
             let k = r.get::<i64>(1).map_err(spi)?.unwrap_or(1) as usize - 1;

@@ -25,7 +25,9 @@
 //!    snapshot, locking it). If it is not the one step 1 read -- a delete committed
 //!    while step 2 waited -- the row is restamped to continue that tombstone's history
 //!    (`capture::restamp`), instead of failing the writer.
-//! 4. Apply reads the key's row (locking it) or else its tombstone (unlocked). To write
+//! 4. Apply reads the key's row (locking it; runs of changes read it unlocked and
+//!    write only the version they read, apply/bulk.rs) or else its tombstone
+//!    (unlocked). To write
 //!    where there is no row -- an insert, or a delete that leaves a tombstone -- it first
 //!    inserts the row (`insert_where_absent`; for a delete the row goes again at once):
 //!    that claims the key's index entry. If a local insert got there first, the claim

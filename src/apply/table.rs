@@ -66,20 +66,23 @@ pub struct ApplyTable {
     /// The (1-based) positions of the keys that have a tombstone, of the keys given
     /// as one `text[]` per key column ($1, $2, ...: the key columns' text, in key order).
     pub bulk_tombstoned: OwnedPreparedStatement,
-    /// Locks the rows of many keys in one statement: the keys as one `text[]` per key
-    /// column ($1, $2, ..., in key order). Returns (position, ctid, hlc, node, vv) of
-    /// each key that has a row, in order of position (see apply/bulk.rs).
-    pub lock_rows: OwnedPreparedStatement,
-    /// Overwrites locked rows: $1 the origin node, $2 the (1-based) positions of the
-    /// changes, $3 the ctids their rows were locked at, $4 their stamps, $5 their
-    /// vectors (`bigint[]` literals), then one `text[]` per column it sets
-    /// (`update_columns`). Returns the positions written: a change whose row is no longer
-    /// at that ctid is left out. By ctid alone: a locked row can be changed only by this
-    /// transaction, and a row it changed or moved is at another ctid.
+    /// Reads the rows of many keys in one statement, without locking them: the keys as
+    /// one `text[]` per key column ($1, $2, ..., in key order). Returns (position, ctid,
+    /// hlc, node, vv) of each key that has a row, in no particular order (see apply/bulk.rs).
+    pub find_rows: OwnedPreparedStatement,
+    /// Overwrites rows `find_rows` found: $1 the origin node, $2 the (1-based) positions
+    /// of the changes, $3 the ctids their rows were found at, $4 their stamps, $5 their
+    /// vectors (`bigint[]` literals), $6 and $7 the stamps and nodes of the versions
+    /// found, then one `text[]` per column it sets (`update_columns`). Returns the
+    /// positions written: a change whose row is no longer that version at that ctid (a
+    /// local write committed since it was read, or this transaction moved the row) is
+    /// left out. The version is compared besides the ctid because a row updated
+    /// concurrently is looked at again in its newest version, where PostgreSQL releases
+    /// before the fix of late 2025 recheck every condition but the ctid.
     pub bulk_update: OwnedPreparedStatement,
-    /// Deletes locked rows and writes their tombstones (none may exist yet: a key has
-    /// its row or its tombstone): arguments as `bulk_update`, with one `text[]` per key
-    /// column instead of the columns; result as `bulk_update`.
+    /// Deletes rows `find_rows` found and writes their tombstones (none may exist yet: a
+    /// key has its row or its tombstone): arguments as `bulk_update`, with one `text[]`
+    /// per key column instead of the columns; result as `bulk_update`.
     pub bulk_delete: OwnedPreparedStatement,
     /// The positions (in `layout`) of the columns `bulk_update` sets, in its order:
     /// the image columns but GENERATED ALWAYS identity columns.
@@ -143,6 +146,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let int8 = PgOid::from(pg_sys::INT8OID);
     let int4 = PgOid::from(pg_sys::INT4OID);
     let int8s = PgOid::from(pg_sys::INT8ARRAYOID);
+    let int4s = PgOid::from(pg_sys::INT4ARRAYOID);
     let text = PgOid::from(pg_sys::TEXTOID);
     let texts = PgOid::from(pg_sys::TEXTARRAYOID);
     let prepare = |q: String, types: &[PgOid]| -> Result<OwnedPreparedStatement> {
@@ -159,8 +163,8 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let updatable: Vec<&&rowsql::Col> = image_cols.iter().filter(|c| !c.identity_always).collect();
     let overriding = if image_cols.iter().any(|c| c.identity_always) { "OVERRIDING SYSTEM VALUE" } else { "" };
     // The arguments of bulk_update and bulk_delete: origin, positions, ctids, stamps,
-    // vectors, and `n` more text[].
-    let written = |n: usize| [vec![int4, int8s, texts, int8s, texts], vec![texts; n]].concat();
+    // vectors, the versions found (stamps, nodes), and `n` more text[].
+    let written = |n: usize| [vec![int4, int8s, texts, int8s, texts, int8s, int4s], vec![texts; n]].concat();
     let tombstone_where = format!("relid = {}::oid AND pk = {}", u32::from(relid), shape.key_json("$1"));
 
     Ok(ApplyTable {
@@ -232,7 +236,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb, text, text, text, int8, int8, int4, int4, text, text, text],
         )?,
         bulk_insert: prepare(bulk_insert_sql(&shape, &cols, overriding), &[jsonb, int4])?,
-        lock_rows: prepare(lock_rows_sql(&shape), &vec![texts; shape.pk.len()])?,
+        find_rows: prepare(find_rows_sql(&shape), &vec![texts; shape.pk.len()])?,
         bulk_update: prepare(bulk_update_sql(&shape), &written(updatable.len()))?,
         bulk_delete: prepare(bulk_delete_sql(&shape, relid), &written(shape.pk.len()))?,
         key_of: prepare(format!("SELECT {}::text", shape.key_json("$1")), &[jsonb])?,
@@ -357,11 +361,10 @@ fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
-fn lock_rows_sql(shape: &rowsql::Shape) -> String {
+fn find_rows_sql(shape: &rowsql::Shape) -> String {
     let left: Vec<String> = shape.pk.iter().map(|k| format!("x.{k}")).collect();
     format!(
-        "SELECT k.n, x.ctid::text, x.mmr_hlc, x.mmr_node, x.mmr_vv FROM {keys} JOIN {name} x ON ({left}) = ({right}) \
-         ORDER BY k.n FOR UPDATE OF x",
+        "SELECT k.n, x.ctid::text, x.mmr_hlc, x.mmr_node, x.mmr_vv FROM {keys} JOIN {name} x ON ({left}) = ({right})",
         keys = keys_given(shape),
         name = shape.name,
         left = left.join(", "),
@@ -370,14 +373,17 @@ fn lock_rows_sql(shape: &rowsql::Shape) -> String {
 }
 
 /// The changes to write (see `ApplyTable::bulk_update`), with `more` text columns
-/// named `prefix0`, `prefix1`, ... from $6 on.
+/// named `prefix0`, `prefix1`, ... from $8 on.
 fn to_write(prefix: &str, more: usize) -> String {
-    let mut names: Vec<String> = ["n", "c", "h", "vv"].map(String::from).into();
+    let mut names: Vec<String> = ["n", "c", "h", "vv", "found_h", "found_node"].map(String::from).into();
     names.extend(numbered(prefix, more));
-    let mut types = vec!["int8[]", "text[]::tid[]", "int8[]", "text[]"];
+    let mut types = vec!["int8[]", "text[]::tid[]", "int8[]", "text[]", "int8[]", "int4[]"];
     types.extend(vec!["text[]"; more]);
     arrays("w", 2, &names, &types)
 }
+
+/// The row `x` of a change `w` to write, as `find_rows` found it (see `bulk_update`).
+const AS_FOUND: &str = "x.ctid = w.c AND x.mmr_hlc = w.found_h AND x.mmr_node = w.found_node";
 
 fn bulk_update_sql(shape: &rowsql::Shape) -> String {
     // GENERATED ALWAYS identity columns cannot be assigned (see `update_row`).
@@ -386,22 +392,24 @@ fn bulk_update_sql(shape: &rowsql::Shape) -> String {
         cols.iter().enumerate().map(|(i, c)| format!("{} = (w.v{i})::{}, ", c.ident, c.typ)).collect();
     format!(
         "UPDATE {name} AS x SET {sets} mmr_hlc = w.h, mmr_node = $1, mmr_vv = w.vv::int8[] \
-         FROM {to_write} WHERE x.ctid = w.c RETURNING w.n",
+         FROM {to_write} WHERE {found} RETURNING w.n",
         name = shape.name,
         to_write = to_write("v", cols.len()),
         sets = sets.concat(),
+        found = AS_FOUND,
     )
 }
 
 fn bulk_delete_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
     let keys = numbered("k", shape.pk.len()).iter().map(|k| format!("w.{k}")).collect::<Vec<_>>().join(", ");
     format!(
-        "WITH d AS (DELETE FROM {name} AS x USING {to_write} WHERE x.ctid = w.c RETURNING w.n, w.h, w.vv, {keys}), \
+        "WITH d AS (DELETE FROM {name} AS x USING {to_write} WHERE {found} RETURNING w.n, w.h, w.vv, {keys}), \
          t AS (INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) \
                SELECT {relid}::oid, {key}, d.h, $1, d.vv::int8[] FROM d) \
          SELECT n FROM d",
         name = shape.name,
         to_write = to_write("k", shape.pk.len()),
+        found = AS_FOUND,
         relid = u32::from(relid),
         key = shape.key_json_of_texts("d"),
     )
