@@ -5,8 +5,18 @@
 -- Changes travel as UTF-8 text: a database in another encoding would receive other
 -- nodes' text as the wrong characters. SQL_ASCII (no conversion at all) is taken to hold
 -- UTF-8, as clients write it today.
+-- mmr's workers serve one database, mmr.database: in any other, writes would be queued
+-- and peers could pull them, but nothing would ever apply the peers' changes here.
+-- (Unset when mmr is not preloaded: the library's own error says that.)
 DO $$
 BEGIN
+    IF pg_catalog.current_setting('mmr.database', true) <> pg_catalog.current_database() THEN
+        RAISE EXCEPTION 'mmr serves database "%" on this server, not "%"',
+                pg_catalog.current_setting('mmr.database'), pg_catalog.current_database()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.format('Set mmr.database = %L in postgresql.conf and restart the server, or create the extension in database %I.',
+                                           pg_catalog.current_database(), pg_catalog.current_setting('mmr.database'));
+    END IF;
     IF pg_catalog.getdatabaseencoding() NOT IN ('UTF8', 'SQL_ASCII') THEN
         RAISE EXCEPTION 'mmr needs a UTF8 database; this one is %', pg_catalog.getdatabaseencoding()
             USING ERRCODE = 'feature_not_supported',

@@ -2,6 +2,25 @@
 
 use mmr_tests::{Cluster, Options};
 
+/// `CREATE EXTENSION mmr` in a database the server's workers do not serve (`mmr.database`)
+/// is refused with a hint, and creates nothing: there, peers' changes would never be
+/// applied.
+#[test]
+fn the_extension_is_refused_outside_the_database_mmr_serves() {
+    let c = Cluster::start_with("otherdb", 1, Options { init: false, ..Options::default() });
+    c.exec(0, "CREATE DATABASE app");
+    let mut app =
+        postgres::Client::connect(&c.nodes[0].conninfo().replace("dbname=postgres", "dbname=app"), postgres::NoTls)
+            .unwrap();
+    let err = app.batch_execute("CREATE EXTENSION mmr").unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "55000", "{}", mmr_tests::error_text(&err));
+    assert!(db.hint().unwrap_or_default().contains("mmr.database = 'app'"), "{}", mmr_tests::error_text(&err));
+    let schemas: i64 = app.query_one("SELECT count(*) FROM pg_namespace WHERE nspname = 'mmr'", &[]).unwrap().get(0);
+    assert_eq!(schemas, 0);
+    c.exec(0, "CREATE EXTENSION mmr");
+}
+
 /// Guards the harness: three throw-away clusters start with mmr preloaded, each gets
 /// its identity, and every node can reach every other through a proxy that can be cut.
 #[test]
