@@ -272,6 +272,55 @@ fn odd_identifiers_replicate() {
     }
 }
 
+/// An application's own schema, on the search_path its database sets, with its own
+/// types: an enum in the key, a domain, a composite, an array of the enum. Tables and
+/// types are named unqualified everywhere (replicate, the writes, DDL); mmr's workers
+/// do not run with that search_path, and every kind of change still applies.
+#[test]
+fn an_application_schema_on_the_search_path_with_its_own_types() {
+    let mut c = Cluster::start("schema_types", 2);
+    for i in 0..2 {
+        c.exec(
+            i,
+            "CREATE SCHEMA shop; GRANT USAGE ON SCHEMA shop TO app; \
+             ALTER DATABASE postgres SET search_path = shop, public; SET search_path = shop, public; \
+             CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
+             CREATE DOMAIN price AS numeric(10,2) CHECK (VALUE >= 0); \
+             CREATE TYPE addr AS (street text, zip int); \
+             CREATE TABLE orders (region mood, id int, total price, ship addr, moods mood[], \
+                                  PRIMARY KEY (region, id)); \
+             GRANT ALL ON orders TO app; SELECT mmr.replicate('orders')",
+        );
+    }
+    c.mesh();
+    let mut app = c.app(0);
+    app.batch_execute(
+        "INSERT INTO orders SELECT (ARRAY['sad','ok','happy']::mood[])[g % 3 + 1], g, g * 1.5, \
+                ROW('Main St ' || g, 10000 + g)::addr, ARRAY['ok', 'happy']::mood[] \
+         FROM generate_series(1, 300) g; \
+         UPDATE orders SET total = total + 1, ship.zip = 1, moods = moods || 'sad'::mood WHERE id % 2 = 0; \
+         DELETE FROM orders WHERE id % 5 = 0; \
+         UPDATE orders SET region = 'happy' WHERE id = 7 AND region = 'ok'",
+    )
+    .unwrap();
+    c.sync(SYNC);
+    // DDL with unqualified names, from the other node.
+    c.exec(1, "SET search_path = shop, public; ALTER TABLE orders ADD COLUMN mood_now mood DEFAULT 'ok'");
+    c.app(1).batch_execute("UPDATE orders SET mood_now = 'happy', total = 2 WHERE id < 50").unwrap();
+    c.isolate(0);
+    c.app(0).batch_execute("UPDATE orders SET total = 10 WHERE id = 1").unwrap();
+    c.app(1).batch_execute("UPDATE orders SET total = 20 WHERE id = 1").unwrap();
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "shop.orders");
+    for i in 0..2 {
+        assert_eq!(c.int(i, "SELECT count(*) FROM shop.orders"), 240);
+        assert_eq!(c.int(i, "SELECT count(*) FROM shop.orders WHERE mood_now = 'happy'"), 40);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside"), 0);
+        assert_eq!(c.text(i, "SELECT string_agg(state, ',') FROM mmr.peers"), "streaming");
+    }
+}
+
 /// A primary key's INCLUDE columns are in its index but are not part of the key: an
 /// update of one is an update (no tombstone, no key change), concurrent updates of the
 /// same row conflict as such, and a deleted key is stored by its key columns alone.
