@@ -104,11 +104,19 @@ fn record(command: &str) -> Result<()> {
     }
     let role = Spi::get_one::<String>("SELECT current_user::text").map_err(spi)?.unwrap_or_default();
     let _su = AsSuperuser::enter();
+    // The next number with the latest snapshot: this transaction holds the DDL lock now,
+    // but at REPEATABLE READ its snapshot predates a statement that held it before.
+    let seq = crate::pg::latest::one::<i64>(
+        "SELECT coalesce(max(seq), 0) + 1 FROM mmr.ddl WHERE origin = $1",
+        &[(me.node_id.into_datum(), pg_sys::INT4OID)],
+    )
+    .map_err(MmrError::Spi)?
+    .unwrap_or(1);
     Spi::run_with_args(
-        "INSERT INTO mmr.ddl (origin, seq, command, settings, role) \
-         SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4 FROM mmr.ddl WHERE origin = $1",
+        "INSERT INTO mmr.ddl (origin, seq, command, settings, role) VALUES ($1, $2, $3, $4, $5)",
         &[
             me.node_id.into(),
+            seq.into(),
             command.into(),
             pgrx::JsonB(serde_json::Value::Object(settings)).into(),
             role.as_str().into(),

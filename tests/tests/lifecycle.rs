@@ -289,6 +289,13 @@ fn a_group_of_repeatable_read_databases_joins_changes_its_schema_and_parts() {
     for (i, column) in [(2, "a"), (0, "b"), (1, "c"), (2, "d")] {
         c.exec(i, &format!("ALTER TABLE t ADD COLUMN {column} int DEFAULT {i}"));
     }
+    // Two DDL transactions on one node, the second's snapshot taken while the first
+    // held the DDL lock: it numbers its statement after the first's all the same.
+    let (mut first, mut second) = (c.connect(0), c.connect(0));
+    first.batch_execute("BEGIN; ALTER TABLE t ADD COLUMN e int").unwrap();
+    second.batch_execute("BEGIN; SELECT 1").unwrap();
+    first.batch_execute("COMMIT").unwrap();
+    second.batch_execute("ALTER TABLE counters ADD COLUMN e int; COMMIT").unwrap();
     let acked = Writers::stop_all(vec![w1, w2]);
     assert_settled(&c, &[0, 1, 2], &acked);
     // The check compares live states: a REPEATABLE READ snapshot is refused, with a

@@ -272,10 +272,10 @@ fn odd_identifiers_replicate() {
     }
 }
 
-/// An application's own schema, on the search_path its database sets, with its own
-/// types: an enum in the key, a domain, a composite, an array of the enum. Tables and
-/// types are named unqualified everywhere (replicate, the writes, DDL); mmr's workers
-/// do not run with that search_path, and every kind of change still applies.
+/// An application's own schema, on the search_path its role sets, with its own types:
+/// an enum in the key, a domain, a composite, an array of the enum. Tables and types are
+/// named unqualified everywhere (replicate, the writes, DDL); mmr's workers do not run
+/// with that search_path, and every kind of change still applies.
 #[test]
 fn an_application_schema_on_the_search_path_with_its_own_types() {
     let mut c = Cluster::start("schema_types", 2);
@@ -283,7 +283,7 @@ fn an_application_schema_on_the_search_path_with_its_own_types() {
         c.exec(
             i,
             "CREATE SCHEMA shop; GRANT USAGE ON SCHEMA shop TO app; \
-             ALTER DATABASE postgres SET search_path = shop, public; SET search_path = shop, public; \
+             ALTER ROLE app SET search_path = shop, public; SET search_path = shop, public; \
              CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
              CREATE DOMAIN price AS numeric(10,2) CHECK (VALUE >= 0); \
              CREATE TYPE addr AS (street text, zip int); \
@@ -721,6 +721,9 @@ fn waits_see_progress_in_a_repeatable_read_database() {
             (ok, started.elapsed())
         });
         c.wait_until(on, "SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'SELECT mmr.wait_for_%'", SYNC);
+        // Still waiting, and for a reason: n2 has not got the row.
+        assert!(!waiter.is_finished());
+        assert_eq!(c.int(1, "SELECT count(*) FROM w"), c.int(0, "SELECT count(*) FROM w") - 1);
         c.heal(1, 0);
         let (ok, took) = waiter.join().unwrap();
         assert!(ok && took < Duration::from_secs(30), "{} waited {took:?} and returned {ok}", c.nodes[on].name);

@@ -528,10 +528,10 @@ fn a_backlog_of_mixed_updates_and_deletes_applies_as_in_stream_order() {
 }
 
 /// A run of updates and deletes reads its rows without locking them (apply/bulk.rs). A
-/// local transaction that writes two of them meanwhile -- after the remote changes, so
-/// it wins -- and commits while the run's write waits for its rows, leaves versions
-/// the run did not decide on: those rows are decided again (the local writes stay, as
-/// on the other node), not written over. (The run's write compares each row's version
+/// local transaction that updates one of them meanwhile -- after the remote change, so
+/// it wins -- and commits while the run's update waits for the row, leaves a version
+/// the run did not decide on: the row is decided again (the local write stays, as on
+/// the other node), not written over. (The run's write compares each row's version
 /// as well as its ctid: PostgreSQL releases before late 2025 do not look at the ctid
 /// again when a concurrent update makes them re-evaluate a row; this server's does.)
 #[test]
@@ -545,7 +545,7 @@ fn a_local_write_committed_while_a_run_applies_is_decided_again() {
     c.exec(0, "UPDATE r SET v = 'n1' WHERE id <= 60; DELETE FROM r WHERE id > 90");
     let mut local = c.app(1);
     let mut tx = local.transaction().unwrap();
-    tx.batch_execute("UPDATE r SET v = 'n2' WHERE id IN (10, 95)").unwrap();
+    tx.batch_execute("UPDATE r SET v = 'n2' WHERE id = 10").unwrap();
     c.heal(1, 0);
     c.wait_until(
         1,
@@ -556,8 +556,8 @@ fn a_local_write_committed_while_a_run_applies_is_decided_again() {
     tx.commit().unwrap();
     c.sync(SYNC);
     assert_converged(&c, "r");
-    assert_eq!(c.text(1, "SELECT string_agg(v, ',' ORDER BY id) FROM r WHERE id IN (9, 10, 11, 95)"), "n1,n2,n1,n2");
-    assert_eq!(c.int(1, "SELECT count(*) FROM r"), 91);
+    assert_eq!(c.text(1, "SELECT string_agg(v, ',' ORDER BY id) FROM r WHERE id IN (9, 10, 11)"), "n1,n2,n1");
+    assert_eq!(c.int(1, "SELECT count(*) FROM r"), 90);
 }
 
 /// Runs of inserts are copied in (COPY's machinery, apply/bulk.rs): values of every
