@@ -19,6 +19,9 @@ pub struct Col {
     pub typ: String,
     pub generated: bool,
     pub identity_always: bool,
+    /// Whether the column's type sorts by a collation (text, varchar, their arrays and
+    /// domains), which each database may set differently.
+    pub collatable: bool,
     /// Former names of the column (renamed by replicated DDL): changes from nodes that
     /// have not renamed it yet carry them (ddl/shape.rs).
     pub olds: Vec<String>,
@@ -55,7 +58,8 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
     let rows = client
         .select(
             "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> '', attidentity = 'a', \
-                    CASE WHEN f.relid IS NOT NULL THEN f.fill WHEN atthasmissing THEN (attmissingval::text::text[])[1] END \
+                    CASE WHEN f.relid IS NOT NULL THEN f.fill WHEN atthasmissing THEN (attmissingval::text::text[])[1] END, \
+                    attcollation <> 0 \
              FROM pg_catalog.pg_attribute a LEFT JOIN mmr.column_fill f ON f.relid = a.attrelid AND f.name = a.attname \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             None,
@@ -73,6 +77,7 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
             identity_always: r.get(4).map_err(spi)?.unwrap_or(false),
             olds: Vec::new(),
             fill: r.get(5).map_err(spi)?,
+            collatable: r.get(6).map_err(spi)?.unwrap_or(false),
         });
     }
     let mut dropped = Vec::new();
@@ -176,6 +181,22 @@ impl Shape {
     /// The key columns' values read from `json`, in key order.
     pub fn key_values(&self, json: &str) -> Vec<String> {
         self.pk.iter().map(|k| Self::value(self.key_col(k), json)).collect()
+    }
+
+    /// `(k1, k2, ...)` of the key columns' expressions `values` (in key order), text
+    /// ones in the "C" collation: an order of keys that is the same on every node,
+    /// whatever collation each database gives its text.
+    pub fn key_in_c_order(&self, values: &[String]) -> String {
+        format!("({})", self.key_parts_in_c_order(values).join(", "))
+    }
+
+    /// The parts of `key_in_c_order`.
+    pub fn key_parts_in_c_order(&self, values: &[String]) -> Vec<String> {
+        self.pk
+            .iter()
+            .zip(values)
+            .map(|(k, v)| if self.key_col(k).collatable { format!("({v}) COLLATE \"C\"") } else { v.clone() })
+            .collect()
     }
 
     /// `(SELECT ... ) r`: the image `json` (a jsonb expression) as a one-row relation `r`

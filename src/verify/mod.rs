@@ -40,7 +40,8 @@ struct Spec {
     row_text: String,
     /// The key as canonical jsonb text (the form tombstones are stored under).
     key_json: String,
-    /// `(x.k1, x.k2)`.
+    /// `(x.k1, x.k2)`, text columns in the "C" collation: ranges of keys, and the order
+    /// of rows in a digest, must be the same on both sides.
     key: String,
     /// The columns (name and type, by name): both sides must render the same ones.
     columns: String,
@@ -60,7 +61,7 @@ impl Spec {
             columns,
             row_text,
             key_json: format!("({})::text", shape.key_json_of_alias("x")),
-            key: format!("({})", shape.pk.iter().map(|k| format!("x.{k}")).collect::<Vec<_>>().join(", ")),
+            key: shape.key_in_c_order(&shape.pk.iter().map(|k| format!("x.{k}")).collect::<Vec<_>>()),
             name,
             relid,
             shape,
@@ -74,8 +75,13 @@ impl Spec {
 
     /// The key expression `key` within [`$lo`, `$hi`).
     fn key_in_range(&self, key: &str, lo: &str, hi: &str) -> String {
-        let tuple = |j: &str| format!("({})", self.shape.key_values(j).join(", "));
+        let tuple = |j: &str| self.key_of_json(j);
         format!("({lo} IS NULL OR {key} >= {lt}) AND ({hi} IS NULL OR {key} < {ht})", lt = tuple(lo), ht = tuple(hi))
+    }
+
+    /// The key read from the jsonb expression `json`, comparable with `key`.
+    fn key_of_json(&self, json: &str) -> String {
+        self.shape.key_in_c_order(&self.shape.key_values(json))
     }
 
     /// Settled rows only (see the module documentation). `$1`: the frontier.
@@ -88,9 +94,9 @@ impl Spec {
     /// (sub-range index, rows, digest) of settled rows in [`$2`, `$3`), cut at the keys
     /// of the jsonb array `$4`.
     fn ranges_sql(&self) -> String {
-        let cut = self.shape.key_values("e.v").join(", ");
+        let cut = self.key_of_json("e.v");
         format!(
-            "WITH cuts AS (SELECT ({cut}) AS k FROM pg_catalog.jsonb_array_elements($4) e(v)), \
+            "WITH cuts AS (SELECT {cut} AS k FROM pg_catalog.jsonb_array_elements($4) e(v)), \
              r AS (SELECT (SELECT count(*) FROM cuts WHERE cuts.k <= {key})::int AS idx, {row} AS txt, {key} AS k \
                    FROM {name} x WHERE {settled} AND {range}) \
              SELECT idx, count(*), pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to( \
@@ -128,7 +134,7 @@ impl Spec {
              SELECT pk, node, hlc, vv FROM t WHERE $2 \
              UNION ALL \
              SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(coalesce(pg_catalog.string_agg( \
-                        pk || ' ' || node || ' ' || hlc, E'\\n' ORDER BY pk), ''), 'UTF8')), 'hex'), count(*), 0, '' \
+                        pk || ' ' || node || ' ' || hlc, E'\\n' ORDER BY pk COLLATE \"C\"), ''), 'UTF8')), 'hex'), count(*), 0, '' \
              FROM t HAVING NOT $2",
             relid = u32::from(self.relid),
         )
@@ -141,10 +147,10 @@ impl Spec {
             format!(
                 "({range}) AND ($4::jsonb IS NULL OR {key} IN (SELECT {vals} FROM pg_catalog.jsonb_array_elements($4) e(v)))",
                 range = self.key_in_range(key, "$2", "$3"),
-                vals = self.shape.key_values("e.v").join(", "),
+                vals = self.shape.key_parts_in_c_order(&self.shape.key_values("e.v")).join(", "),
             )
         };
-        let tomb_key = format!("({})", self.shape.key_values("x.pk").join(", "));
+        let tomb_key = self.key_of_json("x.pk");
         format!(
             "SELECT {kj}, 'r', x.mmr_node, x.mmr_hlc, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({row}, 'UTF8')), 'hex'), x.mmr_vv FROM {name} x WHERE {rows} \
              UNION ALL \

@@ -207,3 +207,52 @@ fn verify_of_a_large_identical_table_moves_almost_nothing() {
         assert!(bytes < 1 << 20, "{bytes} bytes received from {peer}");
     }
 }
+
+/// Nodes whose databases sort text differently (C on one, ICU en-US on the other: 'B'
+/// before 'a' there, after it here): verify compares the same rows and tombstones as the
+/// same, however many ranges it cuts a text key into.
+#[test]
+fn verify_does_not_depend_on_each_database_s_collation() {
+    let mut c = Cluster::start_with("verify_collation", 2, mmr_tests::Options { init: false, ..Default::default() });
+    let template1 = c.nodes[1].conninfo().replace("dbname=postgres", "dbname=template1");
+    let mut t = postgres::Client::connect(&template1, postgres::NoTls).unwrap();
+    t.batch_execute("DROP DATABASE postgres WITH (FORCE)").unwrap();
+    t.batch_execute(
+        "CREATE DATABASE postgres LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0",
+    )
+    .unwrap();
+    for i in 0..2 {
+        let node = &c.nodes[i];
+        let mut db = node.connect();
+        db.batch_execute(
+            "CREATE EXTENSION mmr; CREATE TABLE words (w text PRIMARY KEY, tags text[], n int); \
+             CREATE TABLE pairs (a varchar(20), b text, v int, PRIMARY KEY (a, b))",
+        )
+        .unwrap();
+        db.execute("SELECT mmr.init_node($1, $2)", &[&node.name, &node.node_id]).unwrap();
+        db.batch_execute("SELECT mmr.replicate('words'); SELECT mmr.replicate('pairs')").unwrap();
+    }
+    c.mesh();
+    c.exec(
+        0,
+        "INSERT INTO words SELECT w, ARRAY[lower(w), upper(w)], g FROM (SELECT g, \
+             chr(65 + g % 26 + (g % 2) * 32) || chr(97 + g / 26 % 26) || '-' || g AS w \
+             FROM generate_series(1, 3000) g) s; \
+         INSERT INTO pairs SELECT chr(65 + g % 26 + (g % 2) * 32), 'x' || g, g FROM generate_series(1, 3000) g; \
+         DELETE FROM words WHERE n % 7 = 0; DELETE FROM pairs WHERE v % 7 = 0",
+    );
+    c.sync(SYNC);
+    // The two databases do sort differently.
+    let sorted = |i: usize| c.text(i, "SELECT string_agg(x, '' ORDER BY x) FROM (VALUES ('a'), ('B')) v(x)");
+    assert_ne!(sorted(0), sorted(1));
+    for i in 0..2 {
+        for table in ["words", "pairs"] {
+            for (peer, compared, differing, in_flight, sample) in verify_table(&c, i, table) {
+                assert_eq!((differing, in_flight), (0, 0), "{table} on n{} vs {peer}: {sample}", i + 1);
+                assert!(compared >= 2500, "{table} on n{} vs {peer}: {compared} rows compared", i + 1);
+            }
+        }
+    }
+    assert_converged(&c, "words");
+    assert_converged(&c, "pairs");
+}
