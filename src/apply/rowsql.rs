@@ -19,9 +19,10 @@ pub struct Col {
     pub typ: String,
     pub generated: bool,
     pub identity_always: bool,
-    /// Whether the column's type sorts by a collation (text, varchar, their arrays and
-    /// domains), which each database may set differently.
-    pub collatable: bool,
+    /// Whether the column sorts by a collation other than "C" (text, varchar, their
+    /// arrays and domains, in a database or with a collation of a locale): each
+    /// database may sort it differently.
+    pub sorts_unlike_c: bool,
     /// Former names of the column (renamed by replicated DDL): changes from nodes that
     /// have not renamed it yet carry them (ddl/shape.rs).
     pub olds: Vec<String>,
@@ -59,7 +60,9 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
         .select(
             "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> '', attidentity = 'a', \
                     CASE WHEN f.relid IS NOT NULL THEN f.fill WHEN atthasmissing THEN (attmissingval::text::text[])[1] END, \
-                    attcollation <> 0 \
+                    attcollation NOT IN (0, 950, 951) AND (attcollation <> 100 OR NOT EXISTS ( \
+                        SELECT 1 FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database() \
+                          AND datlocprovider = 'c' AND datcollate IN ('C', 'POSIX'))) \
              FROM pg_catalog.pg_attribute a LEFT JOIN mmr.column_fill f ON f.relid = a.attrelid AND f.name = a.attname \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             None,
@@ -77,7 +80,7 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
             identity_always: r.get(4).map_err(spi)?.unwrap_or(false),
             olds: Vec::new(),
             fill: r.get(5).map_err(spi)?,
-            collatable: r.get(6).map_err(spi)?.unwrap_or(false),
+            sorts_unlike_c: r.get(6).map_err(spi)?.unwrap_or(false),
         });
     }
     let mut dropped = Vec::new();
@@ -185,7 +188,8 @@ impl Shape {
 
     /// `(k1, k2, ...)` of the key columns' expressions `values` (in key order), text
     /// ones in the "C" collation: an order of keys that is the same on every node,
-    /// whatever collation each database gives its text.
+    /// whatever collation each database gives its text. (Only where a column does not
+    /// sort so already: an explicit collation keeps the key's index from serving ranges.)
     pub fn key_in_c_order(&self, values: &[String]) -> String {
         format!("({})", self.key_parts_in_c_order(values).join(", "))
     }
@@ -195,7 +199,7 @@ impl Shape {
         self.pk
             .iter()
             .zip(values)
-            .map(|(k, v)| if self.key_col(k).collatable { format!("({v}) COLLATE \"C\"") } else { v.clone() })
+            .map(|(k, v)| if self.key_col(k).sorts_unlike_c { format!("({v}) COLLATE \"C\"") } else { v.clone() })
             .collect()
     }
 
