@@ -26,6 +26,8 @@ static CONFLICT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 
 
 /// Whether DDL on replicated tables typed in this session is replicated (src/ddl/).
 static DDL_REPLICATION: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Read by the extension script (src/sql/schema.sql), not by Rust.
+static ALLOW_UNSERVED_DATABASE: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// How long a replicated DDL statement waits for the group's DDL lock.
 static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
@@ -116,6 +118,15 @@ pub fn init() {
         c"Off: ALTER TABLE and the like on a replicated table change this node only (the DBA runs them on \
           every node). mmr.replicate_ddl always replicates.",
         &DDL_REPLICATION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"mmr.allow_unserved_database",
+        c"Let CREATE EXTENSION mmr run in a database other than mmr.database.",
+        c"mmr's workers serve mmr.database only: elsewhere nothing applies the peers' changes. For restoring \
+          a node's dump under another name, or for tests.",
+        &ALLOW_UNSERVED_DATABASE,
         GucContext::Userset,
         GucFlags::default(),
     );

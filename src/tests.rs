@@ -614,6 +614,8 @@ mod tests {
             for n in names {
                 run(&format!("SELECT dblink_connect({}, {})", lit(n), lit(&conninfo(db))));
             }
+            // A database of its own, where no worker runs: mmr.database is pgrx_tests.
+            s.exec(names[0], "SET mmr.allow_unserved_database = on");
             s.exec(names[0], "CREATE EXTENSION mmr");
             s.exec(names[0], "SELECT mmr.init_node('n1', 1)");
             s.exec(names[0], "CREATE TABLE t (id int PRIMARY KEY, v text)");

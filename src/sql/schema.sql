@@ -8,13 +8,15 @@
 -- mmr's workers serve one database, mmr.database: in any other, writes would be queued
 -- and peers could pull them, but nothing would ever apply the peers' changes here.
 -- (Unset when mmr is not preloaded: the library's own error says that.)
+-- mmr.allow_unserved_database = on lets it be created there all the same.
 DO $$
 BEGIN
-    IF pg_catalog.current_setting('mmr.database', true) <> pg_catalog.current_database() THEN
+    IF pg_catalog.current_setting('mmr.database', true) <> pg_catalog.current_database()
+       AND pg_catalog.current_setting('mmr.allow_unserved_database', true) IS DISTINCT FROM 'on' THEN
         RAISE EXCEPTION 'mmr serves database "%" on this server, not "%"',
                 pg_catalog.current_setting('mmr.database'), pg_catalog.current_database()
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = pg_catalog.format('Set mmr.database = %L in postgresql.conf and restart the server, or create the extension in database %I.',
+                  HINT = pg_catalog.format('Set mmr.database = %L in postgresql.conf and restart the server, or create the extension in database %I (SET mmr.allow_unserved_database = on creates it here all the same: to restore a dump, not to replicate).',
                                            pg_catalog.current_database(), pg_catalog.current_setting('mmr.database'));
     END IF;
     IF pg_catalog.getdatabaseencoding() NOT IN ('UTF8', 'SQL_ASCII') THEN
