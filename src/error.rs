@@ -41,12 +41,6 @@ pub enum MmrError {
         constraint: String,
         immediate: String,
     },
-    /// A key column whose collation calls different values equal.
-    NondeterministicKey {
-        tbl: String,
-        column: String,
-        collation: String,
-    },
     AlreadyReplicated(String),
     NotReplicated(String),
     ReservedColumn {
@@ -176,8 +170,7 @@ impl MmrError {
             | KeyChangedByTrigger(_)
             | TwoPhaseCommit
             | TriggerAfterStamp { .. }
-            | DeferrableUnique { .. }
-            | NondeterministicKey { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            | DeferrableUnique { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
@@ -222,9 +215,6 @@ impl MmrError {
             NoPrimaryKey(tbl) => format!("table \"{tbl}\" has no primary key"),
             DeferrableUnique { tbl, constraint, .. } => {
                 format!("constraint \"{constraint}\" of table \"{tbl}\" is deferrable")
-            }
-            NondeterministicKey { tbl, column, collation } => {
-                format!("key column \"{column}\" of table \"{tbl}\" has nondeterministic collation \"{collation}\"")
             }
             AlreadyReplicated(tbl) => format!("table \"{tbl}\" is already replicated"),
             NotReplicated(tbl) => format!("table \"{tbl}\" is not replicated"),
@@ -293,11 +283,6 @@ impl MmrError {
                  constraint checked at commit (PostgreSQL's own logical replication cannot use a deferrable key either)."
                     .into(),
             ),
-            NondeterministicKey { .. } => Some(
-                "mmr finds a deleted key's tombstone, and compares keys between nodes, by the key's exact value: \
-                 keys such a collation calls equal (ABC and abc) would be one row but two histories."
-                    .into(),
-            ),
             TemporaryTable(_) => Some("Temporary tables exist only in one session.".into()),
             UnloggedTable(_) => Some("Unlogged tables are emptied by a crash, which replication cannot repeat.".into()),
             TruncateRefused(_) => Some("TRUNCATE would remove rows here without telling the other nodes.".into()),
@@ -341,11 +326,6 @@ impl MmrError {
                 "Make it immediate on every node: ALTER TABLE {tbl} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {immediate} \
                  (foreign keys that reference it must be dropped first and created again).",
                 c = pgrx::spi::quote_identifier(constraint)
-            ),
-            NondeterministicKey { tbl, column, .. } => format!(
-                "Key on a deterministic collation on every node (ALTER TABLE {tbl} ALTER COLUMN {c} TYPE text COLLATE \
-                 \"C\", or its own type), and compare case-insensitively in queries instead.",
-                c = pgrx::spi::quote_identifier(column)
             ),
             AlreadyReplicated(_) => "mmr.replicate takes effect on every member: another member may have run it. \
                  Use mmr.set_resolver to change its resolver."

@@ -116,30 +116,8 @@ fn is_replicated(tbl: pg_sys::Oid) -> Result<bool> {
     .map_err(spi)
 }
 
-/// A primary-key column of `tbl` whose collation is nondeterministic, and the collation.
-fn nondeterministic_key(tbl: pg_sys::Oid) -> Result<Option<(String, String)>> {
-    Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT a.attname::text, co.collname::text FROM pg_catalog.pg_index i \
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid \
-                AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
-               JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
-             WHERE i.indrelid = $1 AND i.indisprimary AND NOT co.collisdeterministic \
-             ORDER BY a.attnum LIMIT 1",
-            None,
-            &[tbl.into()],
-        )?;
-        match rows.into_iter().next() {
-            Some(r) => Ok(Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default()))),
-            None => Ok::<_, pgrx::spi::SpiError>(None),
-        }
-    })
-    .map_err(spi)
-}
-
 /// Refuses anything but an ordinary (not a partition), permanent, logged table with a
-/// primary key whose columns compare by value, no deferrable unique constraint and no
-/// column names of mmr's own.
+/// primary key, no deferrable unique constraint and no column names of mmr's own.
 fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
     let (kind, persistence, partition) = Spi::get_three_with_args::<i8, i8, bool>(
         "SELECT relkind, relpersistence, relispartition FROM pg_catalog.pg_class WHERE oid = $1",
@@ -170,9 +148,6 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
     }
     if let Some((constraint, immediate)) = crate::capture::meta::deferrable_unique(tbl)? {
         return Err(MmrError::DeferrableUnique { tbl: name.into(), constraint, immediate });
-    }
-    if let Some((column, collation)) = nondeterministic_key(tbl)? {
-        return Err(MmrError::NondeterministicKey { tbl: name.into(), column, collation });
     }
     // SAFETY: the table exists (checked above); opened and closed here, its lock kept
     // to the end of the transaction like any other.
