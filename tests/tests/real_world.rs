@@ -640,8 +640,9 @@ fn read_committed_writers_get_no_errors_on_hot_keys() {
     // And a lock_timeout meant for its applications: apply waits for a row a writer
     // holds instead of failing its batch.
     c.exec(2, "ALTER SYSTEM SET lock_timeout = '1ms'");
-    c.restart_node(2);
+    // Meshed first: the DBA's own sessions there (add_peer) have that lock_timeout too.
     c.mesh();
+    c.restart_node(2);
     let secs: u64 = std::env::var("MMR_HOT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
