@@ -264,9 +264,8 @@ impl Applier {
             ks.iter().map(|&k| found[k].as_ref().map(|f| f.ctid.clone()).unwrap_or_default()).collect();
         let hlcs: Vec<i64> = ks.iter().map(|&k| run[k].hlc).collect();
         let vvs: Vec<String> = ks.iter().map(|&k| run[k].vv.to_pg_array()).collect();
-        let as_found = |k: usize| found[k].as_ref().map(|f| (f.version.hlc, f.version.node)).unwrap_or_default();
-        let found_hlcs: Vec<i64> = ks.iter().map(|&k| as_found(k).0).collect();
-        let found_nodes: Vec<i32> = ks.iter().map(|&k| as_found(k).1).collect();
+        let (found_hlcs, found_nodes): (Vec<i64>, Vec<i32>) =
+            ks.iter().map(|&k| found[k].as_ref().map(|f| (f.version.hlc, f.version.node)).unwrap_or_default()).unzip();
         let mut args: Vec<DatumWithOid<'static>> = vec![
             self.peer_node.into(),
             positions.into(),

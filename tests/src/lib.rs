@@ -462,6 +462,15 @@ impl Cluster {
         }
     }
 
+    /// Drops node `i`'s database and creates it again, empty, with `options` (`ENCODING
+    /// ...`, `LOCALE ...`): a database made otherwise than the cluster's default.
+    pub fn recreate_database(&self, i: usize, options: &str) {
+        let template1 = self.nodes[i].conninfo().replace("dbname=postgres", "dbname=template1");
+        let mut t = Client::connect(&template1, NoTls).unwrap();
+        t.batch_execute("DROP DATABASE postgres WITH (FORCE)").unwrap();
+        t.batch_execute(&format!("CREATE DATABASE postgres {options} TEMPLATE template0")).unwrap();
+    }
+
     /// Runs `sql` (one or more statements) on node `i`; panics with the server's message.
     /// Writes to user tables go through the application role, as applications write;
     /// everything else (DDL, mmr's functions and catalog) as the superuser.

@@ -187,18 +187,11 @@ fn values_do_not_depend_on_session_settings() {
 #[test]
 fn text_travels_as_utf8_whatever_the_encoding_settings() {
     let c = Cluster::start_with("encoding", 2, Options { init: false, ..Options::default() });
-    let recreate = |c: &Cluster, encoding: &str| {
-        let template1 = c.nodes[1].conninfo().replace("dbname=postgres", "dbname=template1");
-        let mut t = postgres::Client::connect(&template1, postgres::NoTls).unwrap();
-        t.batch_execute("DROP DATABASE postgres WITH (FORCE)").unwrap();
-        t.batch_execute(&format!("CREATE DATABASE postgres ENCODING '{encoding}' LOCALE 'C' TEMPLATE template0"))
-            .unwrap();
-    };
-    recreate(&c, "LATIN1");
+    c.recreate_database(1, "ENCODING 'LATIN1' LOCALE 'C'");
     let err = c.connect(1).batch_execute("CREATE EXTENSION mmr").unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert_eq!((db.code().code(), db.hint().is_some()), ("0A000", true), "{}", error_text(&err));
-    recreate(&c, "UTF8");
+    c.recreate_database(1, "ENCODING 'UTF8' LOCALE 'C'");
     c.exec(0, "ALTER DATABASE postgres SET client_encoding = 'LATIN1'");
     c.exec(1, "ALTER ROLE postgres SET client_encoding = 'WIN1252'");
     for i in 0..2 {

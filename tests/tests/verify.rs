@@ -214,13 +214,7 @@ fn verify_of_a_large_identical_table_moves_almost_nothing() {
 #[test]
 fn verify_does_not_depend_on_each_database_s_collation() {
     let mut c = Cluster::start_with("verify_collation", 2, mmr_tests::Options { init: false, ..Default::default() });
-    let template1 = c.nodes[1].conninfo().replace("dbname=postgres", "dbname=template1");
-    let mut t = postgres::Client::connect(&template1, postgres::NoTls).unwrap();
-    t.batch_execute("DROP DATABASE postgres WITH (FORCE)").unwrap();
-    t.batch_execute(
-        "CREATE DATABASE postgres LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0",
-    )
-    .unwrap();
+    c.recreate_database(1, "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'");
     for i in 0..2 {
         let node = &c.nodes[i];
         let mut db = node.connect();
