@@ -22,6 +22,7 @@ mod peer;
 mod pg;
 mod queue;
 mod sync;
+mod tombstone_key;
 mod verify;
 mod worker;
 

@@ -53,6 +53,8 @@ pub struct Shape {
     pub pk: Vec<String>,
     /// Names of columns dropped by replicated DDL: their values in changes are ignored.
     pub dropped: Vec<String>,
+    /// The primary key as tombstones compare it.
+    pub key: Vec<crate::tombstone_key::KeyColumn>,
 }
 
 pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<Shape> {
@@ -99,7 +101,8 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
     if pk.is_empty() {
         return Err(MmrError::NoPrimaryKey(name.into()));
     }
-    Ok(Shape { name: name.into(), cols, pk, dropped })
+    let key = crate::tombstone_key::key_columns(relid)?;
+    Ok(Shape { name: name.into(), cols, pk, dropped, key })
 }
 
 impl Shape {
@@ -208,6 +211,17 @@ impl Shape {
     pub fn source(&self, json: &str) -> String {
         let cols: Vec<String> = self.image_cols().map(|c| format!("{} AS {}", Self::value(c, json), c.ident)).collect();
         format!("(SELECT {}) r", cols.join(", "))
+    }
+
+    /// The tombstone key `pk` (a jsonb expression) is the key of typed values `values`
+    /// (see tombstone_key.rs).
+    pub fn tombstone_match(&self, pk: &str, values: &[String]) -> String {
+        crate::tombstone_key::matches(&self.key, pk, &self.key_values(pk), values)
+    }
+
+    /// Writes the tombstone of the key of typed values `values` (tombstone_key::put_sql).
+    pub fn put_tombstone(&self, relid: pg_sys::Oid, values: &[String], version: (&str, &str, &str)) -> String {
+        crate::tombstone_key::put_sql(relid, &self.key, values, &self.key_values("o.pk"), version)
     }
 
     /// `x`'s key equals the key of the image `json`.

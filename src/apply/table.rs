@@ -165,7 +165,8 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     // The arguments of bulk_update and bulk_delete: origin, positions, ctids, stamps,
     // vectors, the versions found (stamps, nodes), and `n` more text[].
     let written = |n: usize| [vec![int4, int8s, texts, int8s, texts, int8s, int4s], vec![texts; n]].concat();
-    let tombstone_where = format!("relid = {}::oid AND pk = {}", u32::from(relid), shape.key_json("$1"));
+    let tombstone_where =
+        format!("relid = {}::oid AND {}", u32::from(relid), shape.tombstone_match("pk", &shape.key_values("$1")));
 
     Ok(ApplyTable {
         lock_row: prepare(
@@ -215,13 +216,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb, int8s],
         )?,
         put_tombstone: prepare(
-            format!(
-                "INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) VALUES ({}::oid, {}, $2, $3, $4) \
-                 ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
-                 deleted_at = now()",
-                u32::from(relid),
-                shape.key_json("$1")
-            ),
+            shape.put_tombstone(relid, &shape.key_values("$1"), ("$2::int8", "$3::int4", "$4::int8[]")),
             &[jsonb, int8, int4, int8s],
         )?,
         delete_tombstone: prepare(format!("DELETE FROM mmr.tombstone WHERE {tombstone_where}"), &[jsonb])?,
@@ -331,10 +326,10 @@ fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> Strin
 
 fn tombstoned_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
     format!(
-        "SELECT k.n FROM {} WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND tb.pk = {})",
+        "SELECT k.n FROM {} WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND {})",
         keys_given(shape),
         u32::from(relid),
-        shape.key_json_of_texts("k")
+        shape.tombstone_match("tb.pk", &shape.key_texts_typed("k"))
     )
 }
 

@@ -109,10 +109,13 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     let latest = |sql: String| -> Result<LatestPlan> {
         LatestPlan::prepare(&sql, &pk_types).map_err(|e| MmrError::Internal(format!("{name}: {e}")))
     };
+    let tomb_key = crate::tombstone_key::key_columns(relid)?;
+    let params = |first: usize| -> Vec<String> { (0..pk.len()).map(|i| format!("${}", first + i)).collect() };
+    let tombstone_of =
+        crate::tombstone_key::matches(&tomb_key, "pk", &crate::tombstone_key::values_of(&tomb_key, "pk"), &params(1));
     let take_tombstone = latest(format!(
-        "DELETE FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {} RETURNING vv",
+        "DELETE FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND {tombstone_of} RETURNING vv",
         u32::from(relid),
-        key_expr(1)
     ))?;
     let shadow_vv = "ARRAY(SELECT pg_catalog.jsonb_array_elements_text(a.change::jsonb -> 'v')::int8)";
     let shadow_of =
@@ -120,21 +123,19 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     let read_shadow = latest(format!("SELECT {shadow_vv} FROM mmr.set_aside a WHERE {shadow_of}"))?;
     let take_shadow = latest(format!("DELETE FROM mmr.set_aside a WHERE {shadow_of} RETURNING {shadow_vv}"))?;
     let read_tombstone = latest(format!(
-        "SELECT vv FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND pk = {}",
+        "SELECT vv FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND {tombstone_of}",
         u32::from(relid),
-        key_expr(1)
     ))?;
     let mut put_types =
         vec![PgOid::from(pg_sys::INT8OID), PgOid::from(pg_sys::INT4OID), PgOid::from(pg_sys::INT8ARRAYOID)];
     put_types.extend(pk_types);
     let put_tombstone = prepare(
-        format!(
-            "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
-             VALUES ({}::pg_catalog.oid, {}, $1, $2, $3) \
-             ON CONFLICT (relid, pk) DO UPDATE \
-             SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, deleted_at = excluded.deleted_at",
-            u32::from(relid),
-            key_expr(4)
+        crate::tombstone_key::put_sql(
+            relid,
+            &tomb_key,
+            &params(4),
+            &crate::tombstone_key::values_of(&tomb_key, "o.pk"),
+            ("$1", "$2", "$3"),
         ),
         put_types,
     )?;

@@ -125,13 +125,8 @@ fn delete(spec: &super::Spec, me: i32, pk: &str, base: &VersionVector) -> Result
     }
     .encode();
     crate::pg::shmem::note_tombstones(spec.relid);
-    Spi::run_with_args(
-        "INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) VALUES ($1::oid, $2::jsonb, $3, $4, $5) \
-         ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
-         deleted_at = now()",
-        &[spec.relid.into(), pk.into(), hlc.into(), me.into(), vv.to_flat().into()],
-    )
-    .map_err(spi)?;
+    let put = spec.shape.put_tombstone(spec.relid, &spec.shape.key_values("$1::jsonb"), ("$2::int8", "$3::int4", "$4"));
+    Spi::run_with_args(&put, &[pk.into(), hlc.into(), me.into(), vv.to_flat().into()]).map_err(spi)?;
     crate::capture::buffer::push(change)?;
     Ok(true)
 }

@@ -1,0 +1,136 @@
+//! How a key's tombstone is found. Tombstones are stored under the key as jsonb
+//! (`{"col": value, ...}`, built from the typed values). Where the key's equality is
+//! the jsonb's -- equal values of every key column print alike, or are numbers, which
+//! jsonb compares by value -- a tombstone is found by its `pk`, through the index.
+//!
+//! Where it is not -- citext, a text column with a nondeterministic (case- or
+//! accent-blind) collation, interval, arrays -- two nodes can write one key spelled two
+//! ways ('abc' deleted on one node while 'ABC' is inserted on another), and a
+//! tombstone found by spelling would be missed where the other spelling arrives: the
+//! nodes would settle the key differently. For such tables a tombstone is found with
+//! the key's own equality (a scan of the table's tombstones, which pruning keeps to
+//! the deletes not yet applied everywhere), and each key has one tombstone, spelled as
+//! the delete that made it.
+
+use crate::error::{MmrError, Result};
+use pgrx::prelude::*;
+use pgrx::spi::quote_literal;
+
+/// One primary-key column as tombstones compare it.
+pub struct KeyColumn {
+    /// The column's name, as stored (the tombstone's jsonb key).
+    pub name: String,
+    /// `format_type` of the column.
+    pub typ: String,
+    /// The key index's collation of the column, as SQL (`"schema"."name"`).
+    pub collation: Option<String>,
+    /// Whether equal values are equal jsonb (see the module documentation).
+    pub exact: bool,
+}
+
+/// The primary-key columns of `relid`, in key order. Equality is the key index's
+/// operator class: equal values are equal jsonb when the class promises equal values
+/// are identical (its `equalimage` support function, with a deterministic collation),
+/// or the values are numbers.
+pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                    CASE WHEN c.oid IS NOT NULL THEN c.oid::pg_catalog.regcollation::text END, \
+                    t.typcategory = 'N' OR (coalesce(c.collisdeterministic, true) AND EXISTS ( \
+                        SELECT 1 FROM pg_catalog.pg_amproc p WHERE p.amprocfamily = oc.opcfamily \
+                          AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype)) \
+             FROM pg_catalog.pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[], i.indcollation::oid[]) \
+                   WITH ORDINALITY AS k(attnum, cls, coll, n) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             JOIN pg_catalog.pg_opclass oc ON oc.oid = k.cls \
+             JOIN pg_catalog.pg_type t ON t.oid = oc.opcintype \
+             LEFT JOIN pg_catalog.pg_collation c ON c.oid = k.coll \
+             WHERE i.indrelid = $1 AND i.indisprimary AND k.n <= i.indnkeyatts ORDER BY k.n",
+            None,
+            &[relid.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(KeyColumn {
+                name: row.get::<String>(1)?.unwrap_or_default(),
+                typ: row.get::<String>(2)?.unwrap_or_default(),
+                collation: row.get::<String>(3)?,
+                exact: row.get::<bool>(4)?.unwrap_or(false),
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .map_err(|e| MmrError::Spi(format!("reading primary key: {e}")))
+}
+
+/// Whether tombstones of this key are found by their spelling.
+pub fn exact(key: &[KeyColumn]) -> bool {
+    key.iter().all(|c| c.exact)
+}
+
+/// The key of typed values `values` (in key order) as tombstones store it.
+pub fn json(key: &[KeyColumn], values: &[String]) -> String {
+    let parts: Vec<String> = key.iter().zip(values).map(|(c, v)| format!("{}, {v}", quote_literal(&c.name))).collect();
+    format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
+}
+
+/// The typed values of the tombstone key `pk` (a jsonb expression), in key order.
+pub fn values_of(key: &[KeyColumn], pk: &str) -> Vec<String> {
+    key.iter().map(|c| format!("({pk} ->> {})::{}", quote_literal(&c.name), c.typ)).collect()
+}
+
+/// SQL: the tombstone key `pk`, whose typed values are `pk_values`, is the key of
+/// typed values `values` -- by spelling or by the key's equality (module docs).
+pub fn matches(key: &[KeyColumn], pk: &str, pk_values: &[String], values: &[String]) -> String {
+    if exact(key) {
+        return format!("{pk} = {}", json(key, values));
+    }
+    let collated = |vals: &[String]| -> String {
+        let parts: Vec<String> = key
+            .iter()
+            .zip(vals)
+            .map(|(c, v)| match &c.collation {
+                Some(coll) => format!("({v}) COLLATE {coll}"),
+                None => format!("({v})"),
+            })
+            .collect();
+        format!("({})", parts.join(", "))
+    };
+    format!("{} = {}", collated(pk_values), collated(values))
+}
+
+/// SQL that writes the tombstone of typed key `values` of table `relid` with stamp
+/// `hlc`, node `node` and vector `vv` (SQL expressions), replacing the key's tombstone;
+/// `old_values` reads the typed key of a stored tombstone `o.pk`.
+/// Where keys are not found by spelling, it removes the key's tombstone first and keeps
+/// its spelling when it is the same deletion (a vector merged into it), so that every
+/// node spells a key's tombstone as the delete that made it.
+pub fn put_sql(
+    relid: pg_sys::Oid,
+    key: &[KeyColumn],
+    values: &[String],
+    old_values: &[String],
+    (hlc, node, vv): (&str, &str, &str),
+) -> String {
+    let relid = u32::from(relid);
+    let upsert = "ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
+                  deleted_at = excluded.deleted_at";
+    let spelled = json(key, values);
+    if exact(key) {
+        return format!(
+            "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
+             VALUES ({relid}::pg_catalog.oid, {spelled}, {hlc}, {node}, {vv}) {upsert}"
+        );
+    }
+    let found = matches(key, "o.pk", old_values, values);
+    format!(
+        "WITH old AS (DELETE FROM mmr.tombstone o WHERE o.relid = {relid}::pg_catalog.oid AND {found} \
+                      RETURNING o.pk, o.hlc, o.node) \
+         INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
+         SELECT {relid}::pg_catalog.oid, \
+                coalesce((SELECT old.pk FROM old WHERE old.hlc = {hlc} AND old.node = {node} LIMIT 1), {spelled}), \
+                {hlc}, {node}, {vv} {upsert}"
+    )
+}
