@@ -885,3 +885,33 @@ fn equal_keys_spelled_differently_on_two_nodes_converge() {
     assert_converged(&c, "ck");
     assert_eq!(c.int(0, differing), 0, "verify found differences");
 }
+
+/// A secondary UNIQUE column of citext (e-mail addresses): two nodes insert different
+/// keys with the same address spelled differently while apart. They settle it as a
+/// `secondary_unique` conflict like any collision: the later row stays on both.
+#[test]
+fn a_case_blind_unique_column_collides_across_spellings() {
+    let mut c = Cluster::start("citextuniq", 2);
+    for i in 0..2 {
+        c.exec(i, "CREATE EXTENSION IF NOT EXISTS citext");
+    }
+    c.replicated_table("CREATE TABLE person (id int PRIMARY KEY, email citext UNIQUE, name text)", "person");
+    c.mesh();
+    c.isolate(0);
+    c.app(0).batch_execute("INSERT INTO person VALUES (1, 'a@x', 'first')").unwrap();
+    c.app(1).batch_execute("INSERT INTO person VALUES (2, 'A@X', 'second')").unwrap();
+    c.heal_all();
+    c.sync(SYNC);
+    assert_converged(&c, "person");
+    for i in 0..2 {
+        assert_eq!(c.text(i, "SELECT string_agg(id || email || name, ',') FROM person"), "2A@Xsecond");
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.set_aside WHERE kind = 'unique'"), 1);
+    }
+    c.app(1).batch_execute("UPDATE person SET email = 'c@x' WHERE id = 2").unwrap();
+    c.sync(SYNC);
+    for i in 0..2 {
+        c.wait_until(i, "SELECT count(*) = 0 FROM mmr.set_aside", SYNC);
+        c.wait_until(i, "SELECT count(*) = 2 FROM person", SYNC);
+    }
+    assert_converged(&c, "person");
+}
