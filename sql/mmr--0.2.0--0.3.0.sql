@@ -101,3 +101,10 @@ $$;
 -- STABLE, so that a DDL statement's wait for this node's history reads it with the
 -- latest snapshot also at REPEATABLE READ (a volatile function takes the transaction's).
 ALTER FUNCTION mmr.ddl_history() STABLE;
+
+-- Tombstones of keys whose equality ignores spelling (citext, nondeterministic
+-- collations) are found by their hash and then their equality (a delete of 'abc' and an
+-- insert of 'ABC' on two nodes settled differently). Those written before are still
+-- found by their spelling.
+ALTER TABLE mmr.tombstone ADD COLUMN khash bigint;
+CREATE INDEX tombstone_khash ON mmr.tombstone (relid, khash) WHERE khash IS NOT NULL;

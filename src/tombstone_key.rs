@@ -7,10 +7,12 @@
 //! accent-blind) collation, interval, arrays -- two nodes can write one key spelled two
 //! ways ('abc' deleted on one node while 'ABC' is inserted on another), and a
 //! tombstone found by spelling would be missed where the other spelling arrives: the
-//! nodes would settle the key differently. For such tables a tombstone is found with
-//! the key's own equality (a scan of the table's tombstones, which pruning keeps to
-//! the deletes not yet applied everywhere), and each key has one tombstone, spelled as
-//! the delete that made it.
+//! nodes would settle the key differently. For such tables a tombstone also carries
+//! `khash`, the key's hash by its types' hash functions (equal keys hash alike, as hash
+//! joins need), and is found through that index and then the key's own equality; each
+//! key has one tombstone, spelled as the delete that made it. Tombstones written before
+//! `khash` existed (0.2.0), or before a key column changed type, are still found by
+//! their spelling.
 
 use crate::error::{MmrError, Result};
 use pgrx::prelude::*;
@@ -26,6 +28,8 @@ pub struct KeyColumn {
     pub collation: Option<String>,
     /// Whether equal values are equal jsonb (see the module documentation).
     pub exact: bool,
+    /// The type's 64-bit hash function (`hash(value, seed)`), qualified.
+    pub hash: Option<String>,
 }
 
 /// The primary-key columns of `relid`, in key order. Equality is the key index's
@@ -39,7 +43,15 @@ pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
                     CASE WHEN c.oid IS NOT NULL THEN c.oid::pg_catalog.regcollation::text END, \
                     t.typcategory = 'N' OR (coalesce(c.collisdeterministic, true) AND EXISTS ( \
                         SELECT 1 FROM pg_catalog.pg_amproc p WHERE p.amprocfamily = oc.opcfamily \
-                          AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype)) \
+                          AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype)), \
+                    (SELECT pg_catalog.format('%I.%I', hn.nspname, hp.proname) \
+                       FROM pg_catalog.pg_opclass ho \
+                       JOIN pg_catalog.pg_amproc ha ON ha.amprocfamily = ho.opcfamily AND ha.amprocnum = 2 \
+                            AND ha.amproclefttype = ho.opcintype \
+                       JOIN pg_catalog.pg_proc hp ON hp.oid = ha.amproc \
+                       JOIN pg_catalog.pg_namespace hn ON hn.oid = hp.pronamespace \
+                      WHERE ho.opcmethod = (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'hash') AND ho.opcdefault \
+                        AND ho.opcintype = oc.opcintype LIMIT 1) \
              FROM pg_catalog.pg_index i \
              CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[], i.indcollation::oid[]) \
                    WITH ORDINALITY AS k(attnum, cls, coll, n) \
@@ -58,6 +70,7 @@ pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
                 typ: row.get::<String>(2)?.unwrap_or_default(),
                 collation: row.get::<String>(3)?,
                 exact: row.get::<bool>(4)?.unwrap_or(false),
+                hash: row.get::<String>(5)?,
             });
         }
         Ok::<_, pgrx::spi::SpiError>(out)
@@ -81,32 +94,44 @@ pub fn values_of(key: &[KeyColumn], pk: &str) -> Vec<String> {
     key.iter().map(|c| format!("({pk} ->> {})::{}", quote_literal(&c.name), c.typ)).collect()
 }
 
-/// SQL: the tombstone key `pk`, whose typed values are `pk_values`, is the key of
-/// typed values `values` -- by spelling or by the key's equality (module docs).
-pub fn matches(key: &[KeyColumn], pk: &str, pk_values: &[String], values: &[String]) -> String {
-    if exact(key) {
-        return format!("{pk} = {}", json(key, values));
+/// `value` in the key column's collation.
+fn collated(c: &KeyColumn, value: &str) -> String {
+    match &c.collation {
+        Some(coll) => format!("({value}) COLLATE {coll}"),
+        None => format!("({value})"),
     }
-    let collated = |vals: &[String]| -> String {
-        let parts: Vec<String> = key
-            .iter()
-            .zip(vals)
-            .map(|(c, v)| match &c.collation {
-                Some(coll) => format!("({v}) COLLATE {coll}"),
-                None => format!("({v})"),
-            })
-            .collect();
+}
+
+/// The `khash` of the key of typed values `values`: each column's hash seeded with the
+/// hash of the columns before it (NULL where keys are found by spelling; 0 if no key
+/// column's type can be hashed -- a scan of the table's tombstones then).
+pub fn khash(key: &[KeyColumn], values: &[String]) -> String {
+    if exact(key) {
+        return "NULL::int8".into();
+    }
+    key.iter().zip(values).fold("0::int8".into(), |seed, (c, v)| match &c.hash {
+        Some(f) => format!("{f}({}, {seed})", collated(c, v)),
+        None => seed,
+    })
+}
+
+/// SQL: the tombstone `{at}pk` (`at`: "" or a table alias and a dot), whose typed
+/// values are `pk_values`, is the key of typed values `values` (module documentation).
+pub fn matches(key: &[KeyColumn], at: &str, pk_values: &[String], values: &[String]) -> String {
+    let spelled = format!("{at}pk = {}", json(key, values));
+    if exact(key) {
+        return spelled;
+    }
+    let row = |vals: &[String]| -> String {
+        let parts: Vec<String> = key.iter().zip(vals).map(|(c, v)| collated(c, v)).collect();
         format!("({})", parts.join(", "))
     };
-    format!("{} = {}", collated(pk_values), collated(values))
+    format!("(({at}khash = {} AND {} = {}) OR {spelled})", khash(key, values), row(pk_values), row(values))
 }
 
 /// SQL that writes the tombstone of typed key `values` of table `relid` with stamp
 /// `hlc`, node `node` and vector `vv` (SQL expressions), replacing the key's tombstone;
 /// `old_values` reads the typed key of a stored tombstone `o.pk`.
-/// Where keys are not found by spelling, it removes the key's tombstone first and keeps
-/// its spelling when it is the same deletion (a vector merged into it), so that every
-/// node spells a key's tombstone as the delete that made it.
 pub fn put_sql(
     relid: pg_sys::Oid,
     key: &[KeyColumn],
@@ -116,21 +141,37 @@ pub fn put_sql(
 ) -> String {
     let relid = u32::from(relid);
     let upsert = "ON CONFLICT (relid, pk) DO UPDATE SET hlc = excluded.hlc, node = excluded.node, vv = excluded.vv, \
-                  deleted_at = excluded.deleted_at";
+                  khash = excluded.khash, deleted_at = excluded.deleted_at";
     let spelled = json(key, values);
+    let khash = khash(key, values);
     if exact(key) {
         return format!(
             "INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
              VALUES ({relid}::pg_catalog.oid, {spelled}, {hlc}, {node}, {vv}) {upsert}"
         );
     }
-    let found = matches(key, "o.pk", old_values, values);
+    let found = matches(key, "o.", old_values, values);
     format!(
         "WITH old AS (DELETE FROM mmr.tombstone o WHERE o.relid = {relid}::pg_catalog.oid AND {found} \
                       RETURNING o.pk, o.hlc, o.node) \
-         INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv) \
+         INSERT INTO mmr.tombstone AS t (relid, pk, hlc, node, vv, khash) \
          SELECT {relid}::pg_catalog.oid, \
                 coalesce((SELECT old.pk FROM old WHERE old.hlc = {hlc} AND old.node = {node} LIMIT 1), {spelled}), \
-                {hlc}, {node}, {vv} {upsert}"
+                {hlc}, {node}, {vv}, {khash} {upsert}"
     )
+}
+
+/// Gives the tombstones of `relid` their `khash` (tombstones copied from a member by a
+/// join, which computes its own: the member may be of a release without it).
+pub fn fill(relid: pg_sys::Oid) -> Result<()> {
+    let key = key_columns(relid)?;
+    if exact(&key) {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE mmr.tombstone o SET khash = {} WHERE o.relid = {}::pg_catalog.oid",
+        khash(&key, &values_of(&key, "o.pk")),
+        u32::from(relid)
+    );
+    Spi::run(&sql).map_err(|e| MmrError::Spi(format!("hashing the tombstones' keys: {e}")))
 }

@@ -213,10 +213,15 @@ impl Shape {
         format!("(SELECT {}) r", cols.join(", "))
     }
 
-    /// The tombstone key `pk` (a jsonb expression) is the key of typed values `values`
-    /// (see tombstone_key.rs).
-    pub fn tombstone_match(&self, pk: &str, values: &[String]) -> String {
-        crate::tombstone_key::matches(&self.key, pk, &self.key_values(pk), values)
+    /// The tombstone `{at}pk` (`at`: "" or an alias and a dot) is the key of typed
+    /// values `values` (see tombstone_key.rs).
+    pub fn tombstone_match(&self, at: &str, values: &[String]) -> String {
+        crate::tombstone_key::matches(&self.key, at, &self.key_values(&format!("{at}pk")), values)
+    }
+
+    /// The `khash` of a tombstone of the key of typed values `values`.
+    pub fn tombstone_khash(&self, values: &[String]) -> String {
+        crate::tombstone_key::khash(&self.key, values)
     }
 
     /// Writes the tombstone of the key of typed values `values` (tombstone_key::put_sql).

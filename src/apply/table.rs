@@ -166,7 +166,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     // vectors, the versions found (stamps, nodes), and `n` more text[].
     let written = |n: usize| [vec![int4, int8s, texts, int8s, texts, int8s, int4s], vec![texts; n]].concat();
     let tombstone_where =
-        format!("relid = {}::oid AND {}", u32::from(relid), shape.tombstone_match("pk", &shape.key_values("$1")));
+        format!("relid = {}::oid AND {}", u32::from(relid), shape.tombstone_match("", &shape.key_values("$1")));
 
     Ok(ApplyTable {
         lock_row: prepare(
@@ -329,7 +329,7 @@ fn tombstoned_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
         "SELECT k.n FROM {} WHERE EXISTS (SELECT 1 FROM mmr.tombstone tb WHERE tb.relid = {}::oid AND {})",
         keys_given(shape),
         u32::from(relid),
-        shape.tombstone_match("tb.pk", &shape.key_texts_typed("k"))
+        shape.tombstone_match("tb.", &shape.key_texts_typed("k"))
     )
 }
 
@@ -399,14 +399,15 @@ fn bulk_delete_sql(shape: &rowsql::Shape, relid: pg_sys::Oid) -> String {
     let keys = numbered("k", shape.pk.len()).iter().map(|k| format!("w.{k}")).collect::<Vec<_>>().join(", ");
     format!(
         "WITH d AS (DELETE FROM {name} AS x USING {to_write} WHERE {found} RETURNING w.n, w.h, w.vv, {keys}), \
-         t AS (INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv) \
-               SELECT {relid}::oid, {key}, d.h, $1, d.vv::int8[] FROM d) \
+         t AS (INSERT INTO mmr.tombstone (relid, pk, hlc, node, vv, khash) \
+               SELECT {relid}::oid, {key}, d.h, $1, d.vv::int8[], {khash} FROM d) \
          SELECT n FROM d",
         name = shape.name,
         to_write = to_write("k", shape.pk.len()),
         found = AS_FOUND,
         relid = u32::from(relid),
         key = shape.key_json_of_texts("d"),
+        khash = shape.tombstone_khash(&shape.key_texts_typed("d")),
     )
 }
 

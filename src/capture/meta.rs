@@ -112,7 +112,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     let tomb_key = crate::tombstone_key::key_columns(relid)?;
     let params = |first: usize| -> Vec<String> { (0..pk.len()).map(|i| format!("${}", first + i)).collect() };
     let tombstone_of =
-        crate::tombstone_key::matches(&tomb_key, "pk", &crate::tombstone_key::values_of(&tomb_key, "pk"), &params(1));
+        crate::tombstone_key::matches(&tomb_key, "", &crate::tombstone_key::values_of(&tomb_key, "pk"), &params(1));
     let take_tombstone = latest(format!(
         "DELETE FROM mmr.tombstone WHERE relid = {}::pg_catalog.oid AND {tombstone_of} RETURNING vv",
         u32::from(relid),

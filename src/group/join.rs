@@ -574,7 +574,8 @@ impl Drop for CopyFile {
     }
 }
 
-/// Capture and apply look for tombstones only in tables known to have some.
+/// Capture and apply look for tombstones only in tables known to have some; the copied
+/// tombstones get their key hashes.
 fn note_tombstones() -> Result<()> {
     let relids = Spi::get_one::<Vec<pg_sys::Oid>>(
         "SELECT array_agg(DISTINCT r) FROM (SELECT relid::oid AS r FROM mmr.tombstone \
@@ -584,6 +585,7 @@ fn note_tombstones() -> Result<()> {
     .unwrap_or_default();
     for r in relids {
         crate::pg::shmem::note_tombstones(r);
+        crate::tombstone_key::fill(r)?;
     }
     Ok(())
 }

@@ -138,9 +138,13 @@ CREATE TABLE mmr.tombstone (
     -- tombstone may be dropped once every node has applied all of them (see prune.rs).
     vv bigint[] NOT NULL,
     deleted_at timestamptz NOT NULL DEFAULT now(),
+    -- Keys whose equality ignores spelling (citext, nondeterministic collations) are
+    -- found by this hash and then their equality (tombstone_key.rs); NULL for others.
+    khash bigint,
     PRIMARY KEY (relid, pk)
 );
 COMMENT ON TABLE mmr.tombstone IS 'Deleted rows: key, stamp and version vector of the deletion.';
+CREATE INDEX tombstone_khash ON mmr.tombstone (relid, khash) WHERE khash IS NOT NULL;
 
 CREATE TABLE mmr.conflicts (
     id bigserial PRIMARY KEY,
