@@ -11,8 +11,8 @@
 //! `khash`, the key's hash by its types' hash functions (equal keys hash alike, as hash
 //! joins need), and is found through that index and then the key's own equality; each
 //! key has one tombstone, spelled as the delete that made it. Tombstones written before
-//! `khash` existed (0.2.0), or before a key column changed type, are still found by
-//! their spelling.
+//! `khash` existed (0.2.0) are still found by their spelling. (A key column's type or
+//! collation cannot change while the table is replicated: replicated DDL refuses it.)
 
 use crate::error::{MmrError, Result};
 use pgrx::prelude::*;
