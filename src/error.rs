@@ -34,6 +34,11 @@ pub enum MmrError {
     TemporaryTable(String),
     UnloggedTable(String),
     NoPrimaryKey(String),
+    /// A primary-key column that is a generated column: the table and the column.
+    GeneratedKey {
+        tbl: String,
+        column: String,
+    },
     /// A unique index (primary key, UNIQUE or exclusion constraint) checked at commit:
     /// the table, the constraint, and its definition made immediate.
     DeferrableUnique {
@@ -170,6 +175,7 @@ impl MmrError {
             | KeyChangedByTrigger(_)
             | TwoPhaseCommit
             | TriggerAfterStamp { .. }
+            | GeneratedKey { .. }
             | DeferrableUnique { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             NoPrimaryKey(_) | ReservedColumn { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
@@ -213,6 +219,9 @@ impl MmrError {
             TemporaryTable(tbl) => format!("cannot replicate temporary table \"{tbl}\""),
             UnloggedTable(tbl) => format!("cannot replicate unlogged table \"{tbl}\""),
             NoPrimaryKey(tbl) => format!("table \"{tbl}\" has no primary key"),
+            GeneratedKey { tbl, column } => {
+                format!("primary-key column \"{column}\" of table \"{tbl}\" is a generated column")
+            }
             DeferrableUnique { tbl, constraint, .. } => {
                 format!("constraint \"{constraint}\" of table \"{tbl}\" is deferrable")
             }
@@ -278,6 +287,11 @@ impl MmrError {
             InvalidNodeId(_) => Some("node_id must be between 1 and 1023 and unique in the group.".into()),
             InvalidName { .. } => Some("Names are 1 to 63 characters: letters, digits, '_', '-' and '.'.".into()),
             NoPrimaryKey(_) => Some("mmr identifies rows across nodes by their primary key.".into()),
+            GeneratedKey { .. } => Some(
+                "mmr identifies rows across nodes by their primary key, and sends rows without their generated \
+                 columns (each node computes its own)."
+                    .into(),
+            ),
             DeferrableUnique { .. } => Some(
                 "mmr applies other nodes' changes with INSERT ... ON CONFLICT, which cannot use a unique or exclusion \
                  constraint checked at commit (PostgreSQL's own logical replication cannot use a deferrable key either)."
@@ -322,6 +336,9 @@ impl MmrError {
             }
             TemporaryTable(_) | UnloggedTable(_) => "Replicate an ordinary (logged, permanent) table.".into(),
             NoPrimaryKey(tbl) => format!("Add one with ALTER TABLE {tbl} ADD PRIMARY KEY (...), on every node."),
+            GeneratedKey { .. } => "Make the columns it is computed from the primary key, or a plain column (filled \
+                 by the application or a trigger), on every node."
+                .into(),
             DeferrableUnique { tbl, constraint, immediate } => format!(
                 "Make it immediate on every node: ALTER TABLE {tbl} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {immediate} \
                  (foreign keys that reference it must be dropped first and created again).",

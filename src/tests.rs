@@ -379,6 +379,7 @@ mod tests {
     fn bad_input_is_rejected_and_changes_nothing() {
         run("CREATE TABLE ok_t (id int PRIMARY KEY, v int)");
         run("CREATE TABLE nopk (id int, v int)");
+        run("CREATE TABLE genk (a int NOT NULL, id int GENERATED ALWAYS AS (a * 10) STORED PRIMARY KEY)");
         run("CREATE UNLOGGED TABLE unl (id int PRIMARY KEY)");
         run("CREATE TEMP TABLE tmp (id int PRIMARY KEY)");
         run("CREATE VIEW vw AS SELECT 1 AS id");
@@ -412,6 +413,11 @@ mod tests {
         assert_rejected("SELECT mmr.init_node('n1', 1, 'not a conninfo')", "22023", "invalid connection string");
         assert_rejected("SELECT mmr.init_node('other', 2)", "42710", "already initialized");
         assert_rejected("SELECT mmr.replicate('nopk')", "42P16", "has no primary key");
+        assert_rejected(
+            "SELECT mmr.replicate('genk')",
+            "0A000",
+            "column \"id\" of table \"public.genk\" is a generated",
+        );
         assert_rejected("SELECT mmr.replicate('unl')", "0A000", "unlogged");
         assert_rejected("SELECT mmr.replicate('tmp')", "0A000", "temporary");
         assert_rejected("SELECT mmr.replicate('vw')", "42809", "is a view");

@@ -146,6 +146,9 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
     if primary_key(tbl)?.is_empty() {
         return Err(MmrError::NoPrimaryKey(name.into()));
     }
+    if let Some(column) = generated_key_column(tbl)? {
+        return Err(MmrError::GeneratedKey { tbl: name.into(), column });
+    }
     if let Some((constraint, immediate)) = crate::capture::meta::deferrable_unique(tbl)? {
         return Err(MmrError::DeferrableUnique { tbl: name.into(), constraint, immediate });
     }
@@ -175,6 +178,20 @@ fn check_table(tbl: pg_sys::Oid, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A primary-key column of `tbl` that is a generated column, if any: rows travel
+/// without their generated columns, so apply could not find a row by such a key.
+fn generated_key_column(tbl: pg_sys::Oid) -> Result<Option<String>> {
+    Spi::get_one_with_args::<String>(
+        concat!(
+            "SELECT (SELECT a.attname::text FROM ",
+            crate::primary_key_columns!(),
+            " WHERE i.indrelid = $1 AND i.indisprimary AND a.attgenerated <> '' ORDER BY k.n LIMIT 1)"
+        ),
+        &[tbl.into()],
+    )
+    .map_err(spi)
 }
 
 /// Checks that `resolver` is `f(local t, remote t, remote_old t, info mmr.conflict_info) RETURNS t`
