@@ -284,6 +284,18 @@ unsafe fn table_of_names(names: *mut pg_sys::List, drop_last: usize) -> pg_sys::
     }
 }
 
+/// The ordinary tables of schema `name` (none if there is no such schema).
+fn tables_in_schema(name: &str) -> Vec<pg_sys::Oid> {
+    Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
+        "SELECT coalesce(array_agg(c.oid), '{}') FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
 /// The tables a statement names.
 ///
 /// # Safety
@@ -320,6 +332,10 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                         if !(*s).relation.is_null() =>
                     {
                         vec![table_of((*s).relation)]
+                    }
+                    // Renames every table in it: replicated like renaming each one.
+                    OBJECT_SCHEMA if !(*s).subname.is_null() => {
+                        tables_in_schema(&std::ffi::CStr::from_ptr((*s).subname).to_string_lossy())
                     }
                     _ => vec![],
                 }
