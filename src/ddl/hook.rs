@@ -126,7 +126,9 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
         if tables.is_empty() {
             return Ok(None);
         }
-        if tables.len() != named.len() && (*stmt).type_ == pg_sys::NodeTag::T_DropStmt {
+        let drops_tables = (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
+            && (*(stmt as *mut pg_sys::DropStmt)).removeType != pg_sys::ObjectType::OBJECT_SCHEMA;
+        if tables.len() != named.len() && drops_tables {
             return Err(unsafe_ddl(
                 "it drops replicated and other tables at once",
                 "Drop the replicated tables in a statement of their own.",
@@ -322,6 +324,11 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                     OBJECT_TRIGGER => {
                         list::<pg_sys::List>((*s).objects).into_iter().map(|n| table_of_names(n, 1)).collect()
                     }
+                    // With CASCADE it drops every table in it: replicated like DROP TABLE.
+                    OBJECT_SCHEMA => list::<pg_sys::String>((*s).objects)
+                        .into_iter()
+                        .flat_map(|n| tables_in_schema(&CStr::from_ptr((*n).sval).to_string_lossy()))
+                        .collect(),
                     _ => vec![],
                 }
             }
@@ -335,7 +342,7 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                     }
                     // Renames every table in it: replicated like renaming each one.
                     OBJECT_SCHEMA if !(*s).subname.is_null() => {
-                        tables_in_schema(&std::ffi::CStr::from_ptr((*s).subname).to_string_lossy())
+                        tables_in_schema(&CStr::from_ptr((*s).subname).to_string_lossy())
                     }
                     _ => vec![],
                 }

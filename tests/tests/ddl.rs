@@ -412,6 +412,7 @@ fn owner_ddl_with_its_settings_and_fill_after_a_rewrite() {
 /// ALTER SCHEMA ... RENAME of a schema that holds replicated tables, typed on one node,
 /// renames it on every member, in order with the data: changes a lagging member wrote
 /// under the old name still apply everywhere, and writes go on under the new name.
+/// DROP SCHEMA ... CASCADE then drops it on every member.
 #[test]
 fn a_schema_rename_replicates_while_a_node_lags() {
     let c = group("ddl_schema_rename", 3);
@@ -453,4 +454,16 @@ fn a_schema_rename_replicates_while_a_node_lags() {
         );
     }
     assert_converged(&c, "shop.item");
+    // DROP SCHEMA ... CASCADE drops its replicated tables everywhere, like DROP TABLE
+    // (and the rest of the schema with them: n1's table of its own there too).
+    c.exec(0, "CREATE TABLE shop.scratch (x int)");
+    c.exec(1, "DROP SCHEMA shop CASCADE");
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT to_regnamespace('shop') IS NULL", SYNC);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.replicated_table WHERE relid::text LIKE 'shop.%'"), 0);
+    }
+    c.exec(2, "INSERT INTO t VALUES (5000, 'after the drop')");
+    c.sync(SYNC);
+    no_set_aside(&c);
+    assert_converged(&c, "t");
 }
