@@ -67,7 +67,10 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bo
     let (keys, values): (i32, i32) = if hot() { (12, 6) } else { (40, 30) };
     let k: i32 = rng.gen_range(1..=keys);
     let v: i32 = rng.gen_range(0..1000);
-    let r = match rng.gen_range(0..14) {
+    // A citext key in a random spelling: equal keys written differently on each node.
+    let spelled: String =
+        format!("key{k}").chars().map(|c| if rng.gen_bool(0.5) { c.to_ascii_uppercase() } else { c }).collect();
+    let r = match rng.gen_range(0..17) {
         0..=2 => db.execute("INSERT INTO kv VALUES ($1, $2, $3)", &[&k, &v, &who]).map(|_| ()),
         3..=6 => db.execute("UPDATE kv SET v = $2, who = $3 WHERE k = $1", &[&k, &v, &who]).map(|_| ()),
         7 => db.execute("DELETE FROM kv WHERE k = $1", &[&k]).map(|_| ()),
@@ -88,6 +91,14 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bo
             )
             .map(|_| ()),
         11 => db.execute("DELETE FROM rich WHERE k = $1", &[&k]).map(|_| ()),
+        13 | 14 => db
+            .execute(
+                "INSERT INTO ci VALUES ($1::text::citext, $2, $3) ON CONFLICT (k) DO UPDATE SET v = excluded.v, who = excluded.who",
+                &[&spelled, &v, &who],
+            )
+            .map(|_| ()),
+        15 => db.execute("DELETE FROM ci WHERE k = $1::text::citext", &[&spelled]).map(|_| ()),
+        16 => db.execute("UPDATE ci SET v = $2 WHERE k = $1::text::citext", &[&spelled, &v]).map(|_| ()),
         12 if late => db
             .execute("INSERT INTO late VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v", &[&k, &v])
             .map(|_| ()),
@@ -108,7 +119,8 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bo
 /// Scenario 3: three writers per node, each through the application role with random
 /// session settings, do random inserts, updates and deletes over a small key space --
 /// plain rows, counters merged by mmr.merge_counters, rows of date/interval/timestamptz/
-/// float/bytea values and a secondary UNIQUE column that keys fight over, and a table that n3 replicates
+/// float/bytea values and a secondary UNIQUE column that keys fight over, rows of a
+/// citext key each writer spells its own way, and a table that n3 replicates
 /// only halfway through -- while links are cut and healed at random. After healing,
 /// every node holds identical rows, every counter increment is counted once, and
 /// nothing is left set aside. Run with several seeds; each is printed.
@@ -126,6 +138,10 @@ fn run_random(seed: u64) {
         let mut cl = c.lock().unwrap();
         cl.replicated_table("CREATE TABLE kv (k int PRIMARY KEY, v int, who text)", "kv");
         cl.replicated_table("CREATE TABLE counters (id int PRIMARY KEY, n bigint)", "counters");
+        for i in 0..3 {
+            cl.exec(i, "CREATE EXTENSION citext");
+        }
+        cl.replicated_table("CREATE TABLE ci (k citext PRIMARY KEY, v int, who text)", "ci");
         cl.replicated_table(
             // email is UNIQUE, contended by every writer (MMR_CHAOS_UNIQUE=0: a plain
             // column). Seed 101 found two divergences of held-aside versions (a local
@@ -230,7 +246,7 @@ fn run_random(seed: u64) {
     for i in 1..3 {
         assert_eq!(shadows(&cl, i), shadows(&cl, 0), "held-aside versions differ between n1 and n{}", i + 1);
     }
-    for t in ["kv", "counters", "rich", "late"] {
+    for t in ["kv", "counters", "rich", "late", "ci"] {
         assert_converged(&cl, t);
     }
     assert_eq!(cl.int(0, "SELECT sum(n)::bigint FROM counters"), increments, "counter increments lost or doubled");
