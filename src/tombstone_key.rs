@@ -26,7 +26,11 @@ pub struct KeyColumn {
     pub typ: String,
     /// The key index's collation of the column, as SQL (`"schema"."name"`).
     pub collation: Option<String>,
-    /// Whether equal values are equal jsonb (see the module documentation).
+    /// Whether equal values print alike (the key index's operator class promises that
+    /// equal values are identical: its `equalimage` function, a deterministic collation).
+    pub same_text: bool,
+    /// Whether equal values are equal jsonb: they print alike, or are numbers, which
+    /// jsonb compares by value (see the module documentation).
     pub exact: bool,
     /// The type's 64-bit hash function (`hash(value, seed)`), qualified.
     pub hash: Option<String>,
@@ -41,9 +45,10 @@ pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
         let rows = client.select(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     CASE WHEN c.oid IS NOT NULL THEN c.oid::pg_catalog.regcollation::text END, \
-                    t.typcategory = 'N' OR (coalesce(c.collisdeterministic, true) AND EXISTS ( \
+                    coalesce(c.collisdeterministic, true) AND EXISTS ( \
                         SELECT 1 FROM pg_catalog.pg_amproc p WHERE p.amprocfamily = oc.opcfamily \
-                          AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype)), \
+                          AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype), \
+                    t.typcategory = 'N', \
                     (SELECT pg_catalog.format('%I.%I', hn.nspname, hp.proname) \
                        FROM pg_catalog.pg_opclass ho \
                        JOIN pg_catalog.pg_amproc ha ON ha.amprocfamily = ho.opcfamily AND ha.amprocnum = 2 \
@@ -69,8 +74,9 @@ pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
                 name: row.get::<String>(1)?.unwrap_or_default(),
                 typ: row.get::<String>(2)?.unwrap_or_default(),
                 collation: row.get::<String>(3)?,
-                exact: row.get::<bool>(4)?.unwrap_or(false),
-                hash: row.get::<String>(5)?,
+                same_text: row.get::<bool>(4)?.unwrap_or(false),
+                exact: row.get::<bool>(4)?.unwrap_or(false) || row.get::<bool>(5)?.unwrap_or(false),
+                hash: row.get::<String>(6)?,
             });
         }
         Ok::<_, pgrx::spi::SpiError>(out)
@@ -81,6 +87,11 @@ pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
 /// Whether tombstones of this key are found by their spelling.
 pub fn exact(key: &[KeyColumn]) -> bool {
     key.iter().all(|c| c.exact)
+}
+
+/// Whether equal keys print alike (pg/keylock.rs hashes their text).
+pub fn spelled_alike(key: &[KeyColumn]) -> bool {
+    key.iter().all(|c| c.same_text)
 }
 
 /// The key of typed values `values` (in key order) as tombstones store it.

@@ -994,7 +994,7 @@ fn insert_where_absent(
 /// key's version held aside (pg/keylock.rs).
 fn lock_key(t: &ApplyTable, ch: &Change) -> Result<()> {
     let values = t.key_layout.values(ch.image()?).map_err(|e| internal(format!("{}: {e}", t.name)))?;
-    crate::pg::keylock::lock(t.relid, &values, crate::pg::keylock::Mode::Shadow);
+    crate::pg::keylock::lock(t.relid, &values, t.keys_spelled_alike, crate::pg::keylock::Mode::Shadow);
     Ok(())
 }
 

@@ -63,6 +63,8 @@ pub struct ApplyTable {
     pub bulk_insert: OwnedPreparedStatement,
     /// How a row image reads as the key columns' values outside SQL.
     pub key_layout: mmr_core::image::Layout,
+    /// Whether equal keys print alike (see pg/keylock.rs).
+    pub keys_spelled_alike: bool,
     /// The (1-based) positions of the keys that have a tombstone, of the keys given
     /// as one `text[]` per key column ($1, $2, ...: the key columns' text, in key order).
     pub bulk_tombstoned: OwnedPreparedStatement,
@@ -269,6 +271,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
         },
         layout: shape.layout(),
         key_layout: shape.key_layout(),
+        keys_spelled_alike: crate::tombstone_key::spelled_alike(&shape.key),
         update_columns: image_cols.iter().enumerate().filter(|(_, c)| !c.identity_always).map(|(i, _)| i).collect(),
         copy_columns: image_cols
             .iter()

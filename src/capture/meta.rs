@@ -34,6 +34,8 @@ pub struct TableMeta {
     /// Whether the table has a unique index besides its primary key: apply may hold a
     /// version of a key aside for it (a shadow), so inserts take the key's lock.
     pub may_shadow: bool,
+    /// Whether equal keys print alike (see pg/keylock.rs).
+    pub keys_spelled_alike: bool,
     /// The vector of a key's tombstone: $1.. the key columns.
     pub read_tombstone: LatestPlan,
     /// Removes the tombstone of a key, returning its vector: $1.. the key columns.
@@ -178,6 +180,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
         key_columns,
         key_layout,
         may_shadow,
+        keys_spelled_alike: crate::tombstone_key::spelled_alike(&tomb_key),
         read_tombstone,
         take_tombstone,
         read_shadow,

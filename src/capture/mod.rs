@@ -255,7 +255,7 @@ unsafe fn lock_key(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapT
     unsafe { encode::push_row(&mut image, rel, &meta.key_columns, tuple, None) };
     let values = meta.key_layout.values(&image).map_err(|e| MmrError::Internal(format!("{}: {e}", meta.name)))?;
     // SAFETY: an open relation.
-    keylock::lock(unsafe { (*rel).rd_id }, &values, keylock::Mode::Insert);
+    keylock::lock(unsafe { (*rel).rd_id }, &values, meta.keys_spelled_alike, keylock::Mode::Insert);
     Ok(())
 }
 

@@ -21,9 +21,10 @@
 //! keys, so that a transaction inserting many rows holds a few locks per table (one per
 //! key would exhaust the lock table); keys that share a slot only wait for each other
 //! while apply holds a version aside, which is rare. Only tables with a unique index
-//! besides the primary key take it. Keys equal but written differently (a numeric key
-//! given with another scale, a float's -0 and 0) may fall in different slots: for
-//! them the race stays open.
+//! besides the primary key take it. Where keys equal but written differently exist (a
+//! numeric key given with another scale, a float's -0 and 0, citext, a case-blind
+//! collation: `tombstone_key::spelled_alike`), every key of the table takes one slot,
+//! so that they meet: inserts share it, only apply holding a version aside waits.
 
 use mmr_core::image::key_hash;
 use pgrx::pg_sys;
@@ -45,12 +46,13 @@ pub enum Mode {
 
 /// Takes the lock of the key `values` (as `Layout::values` reads them from a row image)
 /// of table `relid` until the end of the transaction, waiting for a conflicting holder.
-pub fn lock(relid: pg_sys::Oid, values: &[Option<Cow<'_, str>>], mode: Mode) {
+/// `spelled_alike`: whether the table's equal keys print alike.
+pub fn lock(relid: pg_sys::Oid, values: &[Option<Cow<'_, str>>], spelled_alike: bool, mode: Mode) {
     let tag = pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set for every backend that runs mmr's code.
         locktag_field1: u32::from(unsafe { pg_sys::MyDatabaseId }),
         locktag_field2: u32::from(relid),
-        locktag_field3: key_hash(values) % STRIPES,
+        locktag_field3: if spelled_alike { key_hash(values) % STRIPES } else { 0 },
         locktag_field4: MMR_KEY_LOCK,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,

@@ -93,8 +93,9 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bo
         11 => db.execute("DELETE FROM rich WHERE k = $1", &[&k]).map(|_| ()),
         13 | 14 => db
             .execute(
-                "INSERT INTO ci VALUES ($1::text::citext, $2, $3) ON CONFLICT (k) DO UPDATE SET v = excluded.v, who = excluded.who",
-                &[&spelled, &v, &who],
+                "INSERT INTO ci VALUES ($1::text::citext, $2, $3, $2 % $4) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v, who = excluded.who, u = excluded.u",
+                &[&spelled, &v, &who, &values],
             )
             .map(|_| ()),
         15 => db.execute("DELETE FROM ci WHERE k = $1::text::citext", &[&spelled]).map(|_| ()),
@@ -120,7 +121,8 @@ fn random_write(db: &mut postgres::Client, rng: &mut StdRng, who: &str, late: bo
 /// session settings, do random inserts, updates and deletes over a small key space --
 /// plain rows, counters merged by mmr.merge_counters, rows of date/interval/timestamptz/
 /// float/bytea values and a secondary UNIQUE column that keys fight over, rows of a
-/// citext key each writer spells its own way, and a table that n3 replicates
+/// citext key each writer spells its own way (with a contended UNIQUE column too), and
+/// a table that n3 replicates
 /// only halfway through -- while links are cut and healed at random. After healing,
 /// every node holds identical rows, every counter increment is counted once, and
 /// nothing is left set aside. Run with several seeds; each is printed.
@@ -141,7 +143,7 @@ fn run_random(seed: u64) {
         for i in 0..3 {
             cl.exec(i, "CREATE EXTENSION citext");
         }
-        cl.replicated_table("CREATE TABLE ci (k citext PRIMARY KEY, v int, who text)", "ci");
+        cl.replicated_table("CREATE TABLE ci (k citext PRIMARY KEY, v int, who text, u int UNIQUE)", "ci");
         cl.replicated_table(
             // email is UNIQUE, contended by every writer (MMR_CHAOS_UNIQUE=0: a plain
             // column). Seed 101 found two divergences of held-aside versions (a local
