@@ -110,6 +110,7 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
                 | pg_sys::NodeTag::T_RenameStmt
                 | pg_sys::NodeTag::T_CommentStmt
                 | pg_sys::NodeTag::T_AlterObjectSchemaStmt
+                | pg_sys::NodeTag::T_AlterEnumStmt
         );
         let wanted = match mode() {
             Mode::Normal => crate::gucs::ddl_replication(),
@@ -286,6 +287,24 @@ unsafe fn table_of_names(names: *mut pg_sys::List, drop_last: usize) -> pg_sys::
     }
 }
 
+/// The ordinary tables with a column of type `typ`, an array of it or a domain over it.
+fn tables_using_type(typ: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    if typ == pg_sys::InvalidOid {
+        return vec![];
+    }
+    Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
+        "WITH RECURSIVE ty(oid) AS (SELECT $1 UNION SELECT t.oid FROM pg_catalog.pg_type t, ty \
+                                     WHERE t.typbasetype = ty.oid OR t.typelem = ty.oid) \
+         SELECT coalesce(array_agg(DISTINCT a.attrelid), '{}') FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind = 'r' \
+         WHERE a.atttypid IN (SELECT oid FROM ty) AND a.attnum > 0 AND NOT a.attisdropped",
+        &[typ.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
 /// The ordinary tables of schema `name` (none if there is no such schema).
 fn tables_in_schema(name: &str) -> Vec<pg_sys::Oid> {
     Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
@@ -315,6 +334,14 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                 }
             }
             pg_sys::NodeTag::T_IndexStmt => vec![table_of((*(stmt as *mut pg_sys::IndexStmt)).relation)],
+            // A value added to (or renamed in) an enum that a replicated table's column
+            // holds: other nodes must know it before rows with it arrive.
+            pg_sys::NodeTag::T_AlterEnumStmt => {
+                let names = (*(stmt as *mut pg_sys::AlterEnumStmt)).typeName;
+                let typ =
+                    pg_sys::LookupTypeNameOid(std::ptr::null_mut(), pg_sys::makeTypeNameFromNameList(names), true);
+                tables_using_type(typ)
+            }
             pg_sys::NodeTag::T_DropStmt => {
                 let s = stmt as *mut pg_sys::DropStmt;
                 match (*s).removeType {

@@ -467,3 +467,39 @@ fn a_schema_rename_replicates_while_a_node_lags() {
     no_set_aside(&c);
     assert_converged(&c, "t");
 }
+
+/// ALTER TYPE ... ADD VALUE of an enum a replicated table holds, typed on one node,
+/// runs on every member before the rows that use the new value: written right after it
+/// (in the same batch that reaches the others), they apply there without being set
+/// aside. RENAME VALUE too.
+#[test]
+fn an_enum_value_added_on_one_node_reaches_the_others_before_its_rows() {
+    let c = group("ddl_enum", 3);
+    c.exec(
+        0,
+        "BEGIN; SELECT mmr.replicate_ddl($$CREATE TYPE mood AS ENUM ('sad', 'ok'); \
+                                          CREATE TABLE feeling (id int PRIMARY KEY, m mood, ms mood[])$$); \
+         SELECT mmr.replicate('feeling'); COMMIT",
+    );
+    for i in 0..c.len() {
+        c.wait_until(
+            i,
+            "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = to_regclass('feeling'))",
+            SYNC,
+        );
+    }
+    c.exec(1, "ALTER TYPE mood ADD VALUE 'happy'");
+    c.exec(1, "INSERT INTO feeling VALUES (1, 'happy', '{ok,happy}')");
+    c.exec(1, "ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'");
+    c.exec(1, "INSERT INTO feeling VALUES (2, 'blue', '{blue}')");
+    c.sync(SYNC);
+    no_set_aside(&c);
+    for i in 0..c.len() {
+        assert_eq!(
+            c.text(i, "SELECT string_agg(id || ' ' || m || ' ' || ms::text, ',' ORDER BY id) FROM feeling"),
+            "1 happy {ok,happy},2 blue {blue}"
+        );
+        assert_eq!(c.text(i, "SELECT enum_range(NULL::mood)::text"), "{blue,ok,happy}");
+    }
+    assert_converged(&c, "feeling");
+}
