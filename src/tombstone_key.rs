@@ -22,15 +22,17 @@ use pgrx::spi::quote_literal;
 pub struct KeyColumn {
     /// The column's name, as stored (the tombstone's jsonb key).
     pub name: String,
-    /// `format_type` of the column.
+    /// The column's type, qualified (capture's statements must not depend on the
+    /// session's search_path), without its modifier (equality and hashing ignore it).
     pub typ: String,
-    /// The key index's collation of the column, as SQL (`"schema"."name"`).
+    /// The key index's collation of the column, qualified.
     pub collation: Option<String>,
     /// Whether equal values print alike (the key index's operator class promises that
     /// equal values are identical: its `equalimage` function, a deterministic collation).
     pub same_text: bool,
-    /// Whether equal values are equal jsonb: they print alike, or are numbers, which
-    /// jsonb compares by value (see the module documentation).
+    /// Whether tombstones are found by spelling: equal values are equal jsonb (they
+    /// print alike, or are numbers, which jsonb compares by value), or jsonb does not
+    /// hold them as text (see `key_columns`).
     pub exact: bool,
     /// The type's 64-bit hash function (`hash(value, seed)`), qualified.
     pub hash: Option<String>,
@@ -39,16 +41,20 @@ pub struct KeyColumn {
 /// The primary-key columns of `relid`, in key order. Equality is the key index's
 /// operator class: equal values are equal jsonb when the class promises equal values
 /// are identical (its `equalimage` support function, with a deterministic collation),
-/// or the values are numbers.
+/// or the values are numbers. Keys jsonb holds as arrays, objects or JSON (array,
+/// composite, json and jsonb columns) are found by spelling, as they always were: their
+/// typed values cannot be read back with `->>` and a cast.
 pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    CASE WHEN c.oid IS NOT NULL THEN c.oid::pg_catalog.regcollation::text END, \
+            "SELECT a.attname::text, pg_catalog.format('%I.%I', atn.nspname, at.typname), \
+                    CASE WHEN c.oid IS NOT NULL THEN pg_catalog.format('%I.%I', cn.nspname, c.collname) END, \
                     coalesce(c.collisdeterministic, true) AND EXISTS ( \
                         SELECT 1 FROM pg_catalog.pg_amproc p WHERE p.amprocfamily = oc.opcfamily \
                           AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype), \
-                    t.typcategory = 'N', \
+                    at.typcategory IN ('N', 'A', 'C') \
+                      OR coalesce(nullif(at.typbasetype, 0), at.oid) IN ('pg_catalog.json'::pg_catalog.regtype, \
+                                                                        'pg_catalog.jsonb'::pg_catalog.regtype), \
                     (SELECT pg_catalog.format('%I.%I', hn.nspname, hp.proname) \
                        FROM pg_catalog.pg_opclass ho \
                        JOIN pg_catalog.pg_amproc ha ON ha.amprocfamily = ho.opcfamily AND ha.amprocnum = 2 \
@@ -62,8 +68,10 @@ pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
                    WITH ORDINALITY AS k(attnum, cls, coll, n) \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
              JOIN pg_catalog.pg_opclass oc ON oc.oid = k.cls \
-             JOIN pg_catalog.pg_type t ON t.oid = oc.opcintype \
+             JOIN pg_catalog.pg_type at ON at.oid = a.atttypid \
+             JOIN pg_catalog.pg_namespace atn ON atn.oid = at.typnamespace \
              LEFT JOIN pg_catalog.pg_collation c ON c.oid = k.coll \
+             LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = c.collnamespace \
              WHERE i.indrelid = $1 AND i.indisprimary AND k.n <= i.indnkeyatts ORDER BY k.n",
             None,
             &[relid.into()],

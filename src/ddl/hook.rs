@@ -127,9 +127,7 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
         if tables.is_empty() {
             return Ok(None);
         }
-        let drops_tables = (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
-            && (*(stmt as *mut pg_sys::DropStmt)).removeType != pg_sys::ObjectType::OBJECT_SCHEMA;
-        if tables.len() != named.len() && drops_tables {
+        if tables.len() != named.len() && (*stmt).type_ == pg_sys::NodeTag::T_DropStmt {
             return Err(unsafe_ddl(
                 "it drops replicated and other tables at once",
                 "Drop the replicated tables in a statement of their own.",
@@ -334,8 +332,8 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                 }
             }
             pg_sys::NodeTag::T_IndexStmt => vec![table_of((*(stmt as *mut pg_sys::IndexStmt)).relation)],
-            // A value added to (or renamed in) an enum that a replicated table's column
-            // holds: other nodes must know it before rows with it arrive.
+            // A value added to an enum that a replicated table's column holds: other
+            // nodes must know it before rows with it arrive (renaming one is refused).
             pg_sys::NodeTag::T_AlterEnumStmt => {
                 let names = (*(stmt as *mut pg_sys::AlterEnumStmt)).typeName;
                 let typ =
@@ -351,11 +349,6 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                     OBJECT_TRIGGER => {
                         list::<pg_sys::List>((*s).objects).into_iter().map(|n| table_of_names(n, 1)).collect()
                     }
-                    // With CASCADE it drops every table in it: replicated like DROP TABLE.
-                    OBJECT_SCHEMA => list::<pg_sys::String>((*s).objects)
-                        .into_iter()
-                        .flat_map(|n| tables_in_schema(&CStr::from_ptr((*n).sval).to_string_lossy()))
-                        .collect(),
                     _ => vec![],
                 }
             }
@@ -440,6 +433,16 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid) -> Result<(
                 "CREATE INDEX CONCURRENTLY cannot run in the group's order (inside a transaction)",
                 concurrently,
             )),
+            // A label in flight (or in a tombstone, a set-aside change) under the old
+            // name could not be read where the rename ran first; nothing maps it.
+            pg_sys::NodeTag::T_AlterEnumStmt if !(*(stmt as *mut pg_sys::AlterEnumStmt)).oldVal.is_null() => {
+                Err(unsafe_ddl(
+                    "it renames a value of an enum a replicated table holds: changes on their way with the old \
+                     value could not be read where the rename ran first",
+                    "Add the new value (ALTER TYPE ... ADD VALUE, replicated), update the rows to it, and stop \
+                     using the old one.",
+                ))
+            }
             pg_sys::NodeTag::T_DropStmt => {
                 let s = stmt as *mut pg_sys::DropStmt;
                 if (*s).concurrent {
