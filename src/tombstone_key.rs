@@ -4,7 +4,7 @@
 //! jsonb compares by value -- a tombstone is found by its `pk`, through the index.
 //!
 //! Where it is not -- citext, a text column with a nondeterministic (case- or
-//! accent-blind) collation, interval, arrays -- two nodes can write one key spelled two
+//! accent-blind) collation, interval -- two nodes can write one key spelled two
 //! ways ('abc' deleted on one node while 'ABC' is inserted on another), and a
 //! tombstone found by spelling would be missed where the other spelling arrives: the
 //! nodes would settle the key differently. For such tables a tombstone also carries
@@ -47,43 +47,44 @@ pub struct KeyColumn {
 pub fn key_columns(relid: pg_sys::Oid) -> Result<Vec<KeyColumn>> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT a.attname::text, pg_catalog.format('%I.%I', atn.nspname, at.typname), \
-                    CASE WHEN c.oid IS NOT NULL THEN pg_catalog.format('%I.%I', cn.nspname, c.collname) END, \
-                    coalesce(c.collisdeterministic, true) AND EXISTS ( \
-                        SELECT 1 FROM pg_catalog.pg_amproc p WHERE p.amprocfamily = oc.opcfamily \
-                          AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype), \
-                    at.typcategory IN ('N', 'A', 'C') \
-                      OR coalesce(nullif(at.typbasetype, 0), at.oid) IN ('pg_catalog.json'::pg_catalog.regtype, \
-                                                                        'pg_catalog.jsonb'::pg_catalog.regtype), \
-                    (SELECT pg_catalog.format('%I.%I', hn.nspname, hp.proname) \
-                       FROM pg_catalog.pg_opclass ho \
-                       JOIN pg_catalog.pg_amproc ha ON ha.amprocfamily = ho.opcfamily AND ha.amprocnum = 2 \
-                            AND ha.amproclefttype = ho.opcintype \
-                       JOIN pg_catalog.pg_proc hp ON hp.oid = ha.amproc \
-                       JOIN pg_catalog.pg_namespace hn ON hn.oid = hp.pronamespace \
-                      WHERE ho.opcmethod = (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'hash') AND ho.opcdefault \
-                        AND ho.opcintype = oc.opcintype LIMIT 1) \
-             FROM pg_catalog.pg_index i \
-             CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[], i.indcollation::oid[]) \
-                   WITH ORDINALITY AS k(attnum, cls, coll, n) \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             JOIN pg_catalog.pg_opclass oc ON oc.oid = k.cls \
-             JOIN pg_catalog.pg_type at ON at.oid = a.atttypid \
-             JOIN pg_catalog.pg_namespace atn ON atn.oid = at.typnamespace \
-             LEFT JOIN pg_catalog.pg_collation c ON c.oid = k.coll \
-             LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = c.collnamespace \
-             WHERE i.indrelid = $1 AND i.indisprimary AND k.n <= i.indnkeyatts ORDER BY k.n",
+            concat!(
+                "SELECT a.attname::text, pg_catalog.format('%I.%I', atn.nspname, at.typname), \
+                        CASE WHEN c.oid IS NOT NULL THEN pg_catalog.format('%I.%I', cn.nspname, c.collname) END, \
+                        coalesce(c.collisdeterministic, true) AND EXISTS ( \
+                            SELECT 1 FROM pg_catalog.pg_amproc p WHERE p.amprocfamily = oc.opcfamily \
+                              AND p.amprocnum = 4 AND p.amproclefttype = oc.opcintype), \
+                        at.typcategory IN ('N', 'A', 'C') \
+                          OR coalesce(nullif(at.typbasetype, 0), at.oid) IN ('pg_catalog.json'::pg_catalog.regtype, \
+                                                                            'pg_catalog.jsonb'::pg_catalog.regtype), \
+                        (SELECT pg_catalog.format('%I.%I', hn.nspname, hp.proname) \
+                           FROM pg_catalog.pg_opclass ho \
+                           JOIN pg_catalog.pg_amproc ha ON ha.amprocfamily = ho.opcfamily AND ha.amprocnum = 2 \
+                                AND ha.amproclefttype = ho.opcintype \
+                           JOIN pg_catalog.pg_proc hp ON hp.oid = ha.amproc \
+                           JOIN pg_catalog.pg_namespace hn ON hn.oid = hp.pronamespace \
+                          WHERE ho.opcmethod = (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'hash') \
+                            AND ho.opcdefault AND ho.opcintype = oc.opcintype LIMIT 1) \
+                 FROM ",
+                crate::primary_key_columns!(),
+                " JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[k.n - 1] \
+                 JOIN pg_catalog.pg_type at ON at.oid = a.atttypid \
+                 JOIN pg_catalog.pg_namespace atn ON atn.oid = at.typnamespace \
+                 LEFT JOIN pg_catalog.pg_collation c ON c.oid = i.indcollation[k.n - 1] \
+                 LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = c.collnamespace \
+                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n"
+            ),
             None,
             &[relid.into()],
         )?;
         let mut out = Vec::new();
         for row in rows {
+            let same_text = row.get::<bool>(4)?.unwrap_or(false);
             out.push(KeyColumn {
                 name: row.get::<String>(1)?.unwrap_or_default(),
                 typ: row.get::<String>(2)?.unwrap_or_default(),
                 collation: row.get::<String>(3)?,
-                same_text: row.get::<bool>(4)?.unwrap_or(false),
-                exact: row.get::<bool>(4)?.unwrap_or(false) || row.get::<bool>(5)?.unwrap_or(false),
+                same_text,
+                exact: same_text || row.get::<bool>(5)?.unwrap_or(false),
                 hash: row.get::<String>(6)?,
             });
         }

@@ -96,12 +96,11 @@ pub fn shape(client: &SpiClient<'_>, relid: pg_sys::Oid, name: &str) -> Result<S
             None => dropped.push(old),
         }
     }
-    let pk: Vec<String> =
-        crate::capture::meta::primary_key(relid)?.into_iter().map(|(_, _, n)| quote_identifier(n)).collect();
-    if pk.is_empty() {
+    let key = crate::tombstone_key::key_columns(relid)?;
+    if key.is_empty() {
         return Err(MmrError::NoPrimaryKey(name.into()));
     }
-    let key = crate::tombstone_key::key_columns(relid)?;
+    let pk = key.iter().map(|c| quote_identifier(&c.name)).collect();
     Ok(Shape { name: name.into(), cols, pk, dropped, key })
 }
 

@@ -146,6 +146,18 @@ fn wait_or_explain(c: &Cluster, i: usize, query: &str) {
     }
 }
 
+/// Runs `ddl` on every member with replicate_ddl from n1 and replicates `table` in the
+/// same transaction (as README says to create a table), then waits until every member
+/// replicates it.
+fn create_replicated(c: &Cluster, ddl: &str, table: &str) {
+    c.exec(0, &format!("BEGIN; SELECT mmr.replicate_ddl($${ddl}$$); SELECT mmr.replicate('{table}'); COMMIT"));
+    for i in 0..c.len() {
+        let replicated =
+            format!("SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = to_regclass('{table}'))");
+        c.wait_until(i, &replicated, SYNC);
+    }
+}
+
 fn no_set_aside(c: &Cluster) {
     for i in 0..c.len() {
         assert_eq!(
@@ -415,17 +427,8 @@ fn owner_ddl_with_its_settings_and_fill_after_a_rewrite() {
 #[test]
 fn a_schema_rename_replicates_while_a_node_lags() {
     let c = group("ddl_schema_rename", 3);
-    c.exec(
-        0,
-        "BEGIN; SELECT mmr.replicate_ddl($$CREATE SCHEMA app; CREATE TABLE app.item (id int PRIMARY KEY, v text)$$); \
-         SELECT mmr.replicate('app.item'); COMMIT",
-    );
+    create_replicated(&c, "CREATE SCHEMA app; CREATE TABLE app.item (id int PRIMARY KEY, v text)", "app.item");
     for i in 0..c.len() {
-        c.wait_until(
-            i,
-            "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = to_regclass('app.item'))",
-            SYNC,
-        );
         c.exec(i, "GRANT USAGE ON SCHEMA app TO PUBLIC; GRANT ALL ON ALL TABLES IN SCHEMA app TO PUBLIC");
     }
     c.app(0).batch_execute("INSERT INTO app.item VALUES (1, 'one')").unwrap();
@@ -462,19 +465,11 @@ fn a_schema_rename_replicates_while_a_node_lags() {
 #[test]
 fn an_enum_value_added_on_one_node_reaches_the_others_before_its_rows() {
     let c = group("ddl_enum", 3);
-    c.exec(
-        0,
-        "BEGIN; SELECT mmr.replicate_ddl($$CREATE TYPE mood AS ENUM ('sad', 'ok'); \
-                                          CREATE TABLE feeling (id int PRIMARY KEY, m mood, ms mood[])$$); \
-         SELECT mmr.replicate('feeling'); COMMIT",
+    create_replicated(
+        &c,
+        "CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE TABLE feeling (id int PRIMARY KEY, m mood, ms mood[])",
+        "feeling",
     );
-    for i in 0..c.len() {
-        c.wait_until(
-            i,
-            "SELECT EXISTS (SELECT 1 FROM mmr.replicated_table WHERE relid = to_regclass('feeling'))",
-            SYNC,
-        );
-    }
     c.exec(1, "ALTER TYPE mood ADD VALUE 'happy'");
     c.exec(1, "INSERT INTO feeling VALUES (1, 'happy', '{ok,happy}'), (2, 'sad', '{sad}')");
     // Renaming a value is refused: changes on their way with the old one could not be read.
