@@ -113,6 +113,12 @@ pub enum MmrError {
     Donor(String),
     /// A parted node tried to pull.
     Parted(String),
+    /// This node's database went back in time (restored from a backup, WAL lost): what
+    /// showed it. It serves no peer any more (queue/history.rs).
+    HistoryLost(String),
+    /// A consumer asks from a point of this node's queue before one it reported
+    /// having reached: its database went back in time.
+    ConsumerWentBack(String),
     /// A DDL statement on a replicated table that cannot be replicated safely.
     UnsafeDdl {
         what: String,
@@ -188,6 +194,7 @@ impl MmrError {
             UnknownMember(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             Donor(_) => Code::ERRCODE_CONNECTION_FAILURE,
             Parted(_) => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            HistoryLost(_) | ConsumerWentBack(_) => Code::ERRCODE_DATA_CORRUPTED,
             UnsafeDdl { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             DdlLock { .. } => Code::ERRCODE_LOCK_NOT_AVAILABLE,
             DdlRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
@@ -268,6 +275,11 @@ impl MmrError {
             UnknownMember(name) => format!("\"{name}\" is not a member of the group"),
             Donor(msg) => format!("cannot join through this member: {msg}"),
             Parted(name) => format!("node \"{name}\" has been parted from the group; its pulls are refused"),
+            HistoryLost(what) => format!("this node's database went back in time ({what}); it serves no peer any more"),
+            ConsumerWentBack(name) => format!(
+                "node \"{name}\" asks for this node's changes from before the point it had reached: its database \
+                 went back in time (restored from a backup, or WAL lost); its pulls are refused"
+            ),
             UnsafeDdl { what, .. } => format!("cannot replicate this statement: {what}"),
             DdlLock { message, .. } => message.clone(),
             DdlRole(role) => format!("role \"{role}\", which ran this DDL on its origin, does not exist here"),
@@ -394,6 +406,10 @@ impl MmrError {
                 .into(),
             Parted(_) => "A parted node cannot come back: drop and create the extension there, and join it \
                  with mmr.join_group under a new name and node id."
+                .into(),
+            HistoryLost(_) | ConsumerWentBack(_) => "Changes that node made after the point it went back to exist only \
+                 on its peers. Part it (SELECT mmr.part_node('<its name>') on another member), then drop and create \
+                 the extension there, empty its replicated tables and join it again under a new name and node id."
                 .into(),
             _ => return None,
         })

@@ -11,6 +11,7 @@
 //! Ticks (`mmr.tick`) are snapshots taken in order (creation is serialized), so that a
 //! consumer far behind gets its backlog in bounded batches.
 
+pub mod history;
 pub mod prune;
 
 use crate::catalog;
@@ -55,6 +56,8 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         None => None,
     };
     check_consumer(consumer)?;
+    // Before its position counts for anything (below, and in synchronous commits).
+    history::check_pull(consumer, from.as_ref())?;
     // The consumer committed everything in its position before it asked: synchronous
     // commits waiting for it need not wait for this pull's own commit (src/sync.rs).
     if let Some(pos) = &from {

@@ -590,3 +590,112 @@ fn a_joiner_finds_copied_tombstones_of_case_blind_keys() {
     assert_group_converged(&c, &[0, 1, 2]);
     assert_converged(&c, "ci");
 }
+
+/// Copies node `i`'s data directory (stopped cleanly first) aside: a cold backup.
+fn backup(c: &Cluster, i: usize) -> std::path::PathBuf {
+    c.stop_node(i);
+    let to = c.nodes[i].data().with_extension("backup");
+    let status = std::process::Command::new("cp").arg("-a").arg(c.nodes[i].data()).arg(&to).status().unwrap();
+    assert!(status.success());
+    c.start_node(i);
+    to
+}
+
+/// Puts the backup `from` back as node `i`'s data directory and starts it.
+fn restore(c: &Cluster, i: usize, from: &std::path::Path) {
+    c.stop_node(i);
+    std::fs::remove_dir_all(c.nodes[i].data()).unwrap();
+    std::fs::rename(from, c.nodes[i].data()).unwrap();
+    c.start_node(i);
+}
+
+/// A node restored from a backup has lost what it wrote and applied since; its peers
+/// have both. Carrying on would skip its new changes on the peers (its transaction ids
+/// run again through numbers their positions count as applied) and the peers' changes
+/// it lost (pruned, as it had reported them applied): a silent divergence. Instead the
+/// pulls are refused both ways with a message that says what happened and the way out,
+/// also once its ids have passed the peers' positions and after a restart; parted and
+/// joined again under a new name, the server converges with the group.
+#[test]
+fn a_node_restored_from_a_backup_is_refused_until_it_joins_again() {
+    let c = group("restored", 3);
+    join(&c, 1, 0);
+    join(&c, 2, 0);
+    let insert = |i: usize, from: i64, to: i64, v: &str| {
+        c.app(i)
+            .execute("INSERT INTO t (id, v) SELECT g, $3 FROM generate_series($1::bigint, $2::bigint) g", &[&from, &to, &v])
+            .unwrap();
+    };
+    insert(0, 1, 100, "before the backup");
+    sync_nodes(&c, &[0, 1, 2]);
+    let backup = backup(&c, 0);
+    insert(0, 101, 200, "n1, after the backup");
+    insert(1, 1001, 1100, "n2, after the backup");
+    insert(2, 2001, 2100, "n3, after the backup");
+    sync_nodes(&c, &[0, 1, 2]);
+    // Applied everywhere, so pruned: nobody could send them to n1 again.
+    for i in 0..3 {
+        c.wait_until(i, "SELECT count(*) = 0 FROM mmr.queue", SYNC);
+    }
+    restore(&c, 0, &backup);
+    insert(0, 201, 210, "n1, after the restore");
+    insert(1, 1101, 1110, "n2, after the restore");
+    let went_back = |peer: &str| {
+        format!("SELECT EXISTS (SELECT 1 FROM mmr.peers WHERE name = '{peer}' AND last_error LIKE '%went back in time%')")
+    };
+    // n2 and n3 refuse what n1 would serve; n1's pulls are refused by both.
+    c.wait_until(1, &went_back("n1"), SYNC);
+    c.wait_until(2, &went_back("n1"), SYNC);
+    c.wait_until(0, &went_back("n2"), SYNC);
+    c.wait_until(0, &went_back("n3"), SYNC);
+    c.wait_until(0, "SELECT history_lost IS NOT NULL FROM mmr.node", SYNC);
+    // n1's transaction ids pass what n2 had applied of them; after a restart too, n1
+    // serves n2 nothing.
+    let (tick, position) = {
+        let row = c
+            .connect(1)
+            .query_one("SELECT tick, position::text FROM mmr.peer_progress WHERE peer = 'n1'", &[])
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, String>(1))
+    };
+    c.exec(
+        0,
+        &format!(
+            "DO $$ BEGIN WHILE pg_current_xact_id() < pg_snapshot_xmax('{position}') LOOP COMMIT; END LOOP; END $$"
+        ),
+    );
+    c.restart_node(0);
+    insert(0, 211, 220, "n1, after its ids passed");
+    let refused = c
+        .connect(0)
+        .query("SELECT * FROM mmr.pull('n2', $1, $2::text::pg_snapshot, 100, 0)", &[&tick, &position])
+        .map(|_| ())
+        .map_err(|e| error_text(&e))
+        .unwrap_err();
+    assert!(refused.starts_with("XX001") && refused.contains("went back in time"), "{refused}");
+    c.wait_until(1, &went_back("n1"), SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM t WHERE id > 200 AND id < 1000"), 0, "n2 took n1's new rows");
+
+    // The way out: part it, and join the server again as a new node.
+    c.exec(1, "SELECT mmr.part_node('n1')");
+    wait_parted(&c, &[1, 2], "n1");
+    c.exec(
+        0,
+        &format!(
+            "DROP EXTENSION mmr CASCADE; DROP TABLE t, counters; CREATE EXTENSION mmr; \
+             SELECT mmr.init_node('n1b', 11, '{}')",
+            c.nodes[0].dsn()
+        ),
+    );
+    create_tables(&c, 0);
+    join(&c, 0, 1);
+    sync_nodes(&c, &[0, 1, 2]);
+    assert_group_converged(&c, &[0, 1, 2]);
+    // Every row the peers had is there; n1's rows written after the restore are lost
+    // with its old history (they reached no one).
+    assert_eq!(
+        c.text(0, "SELECT string_agg(v || ': ' || n, ', ' ORDER BY v) FROM (SELECT v, count(*) n FROM t GROUP BY v) s"),
+        "before the backup: 100, n1, after the backup: 100, n2, after the backup: 100, n2, after the restore: 10, \
+         n3, after the backup: 100"
+    );
+}
