@@ -108,7 +108,3 @@ ALTER FUNCTION mmr.ddl_history() STABLE;
 -- found by their spelling.
 ALTER TABLE mmr.tombstone ADD COLUMN khash bigint;
 CREATE INDEX tombstone_khash ON mmr.tombstone (relid, khash) WHERE khash IS NOT NULL;
-
--- A node whose database went back in time (restored from a backup) stops serving its
--- peers, for good, once one of them shows it (src/queue/history.rs).
-ALTER TABLE mmr.node ADD COLUMN history_lost text;

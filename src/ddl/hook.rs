@@ -285,21 +285,27 @@ unsafe fn table_of_names(names: *mut pg_sys::List, drop_last: usize) -> pg_sys::
     }
 }
 
-/// The ordinary tables with a column of type `typ`, an array of it or a domain over it.
+/// The ordinary tables with a column of type `typ` or of a type built on it: an array,
+/// a domain, a range, a composite type with such an attribute, and so on. (An error
+/// raises: a statement must not stay on this node because the look failed.)
 fn tables_using_type(typ: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     if typ == pg_sys::InvalidOid {
         return vec![];
     }
     Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
-        "WITH RECURSIVE ty(oid) AS (SELECT $1 UNION SELECT t.oid FROM pg_catalog.pg_type t, ty \
-                                     WHERE t.typbasetype = ty.oid OR t.typelem = ty.oid) \
+        "WITH RECURSIVE ty(oid) AS (SELECT $1 UNION SELECT t.oid FROM ty, pg_catalog.pg_type t \
+                                     LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid \
+                                     LEFT JOIN pg_catalog.pg_attribute ca ON ca.attrelid = t.typrelid AND t.typtype = 'c' \
+                                          AND ca.attnum > 0 AND NOT ca.attisdropped \
+                                     WHERE t.typbasetype = ty.oid OR t.typelem = ty.oid OR r.rngsubtype = ty.oid \
+                                        OR ca.atttypid = ty.oid) \
          SELECT coalesce(array_agg(DISTINCT a.attrelid), '{}') FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind = 'r' \
          WHERE a.atttypid IN (SELECT oid FROM ty) AND a.attnum > 0 AND NOT a.attisdropped",
         &[typ.into()],
     )
-    .ok()
-    .flatten()
+    .map_err(spi)
+    .or_raise()
     .unwrap_or_default()
 }
 
@@ -310,8 +316,8 @@ fn tables_in_schema(name: &str) -> Vec<pg_sys::Oid> {
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
         &[name.into()],
     )
-    .ok()
-    .flatten()
+    .map_err(spi)
+    .or_raise()
     .unwrap_or_default()
 }
 

@@ -101,10 +101,6 @@ pub struct Shared {
     applied_top: AtomicUsize,
     /// The database whose entries `applied` holds (the launcher's), once loaded.
     applied_db: AtomicU32,
-    /// A consumer's position this node's xids had not reached, and where they were:
-    /// this database went back in time (queue/history.rs); 0 until seen.
-    history_seen: AtomicU64,
-    history_here: AtomicU64,
     /// Number of entries of the `open_stamps` array that follows this struct.
     pub n_open_stamps: usize,
 }
@@ -605,20 +601,4 @@ pub fn tombstones_known() -> bool {
 /// Called by the launcher once every table with tombstones has been noted.
 pub fn set_tombstones_known() {
     shared().tomb_ready.store(true, Ordering::SeqCst);
-}
-
-/// Notes that a consumer reported a position up to xid `seen` while this node's
-/// transactions ended at `here` (see queue/history.rs). The first one noted stays.
-pub fn note_history_lost(seen: u64, here: u64) {
-    let s = shared();
-    if s.history_seen.compare_exchange(0, seen, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-        s.history_here.store(here, Ordering::SeqCst);
-    }
-}
-
-/// What `note_history_lost` noted since the server started, if anything.
-pub fn history_lost() -> Option<(u64, u64)> {
-    let s = shared();
-    let seen = s.history_seen.load(Ordering::SeqCst);
-    (seen != 0).then(|| (seen, s.history_here.load(Ordering::SeqCst)))
 }

@@ -29,10 +29,7 @@ END $$;
 CREATE TABLE mmr.node (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     name text NOT NULL,
-    node_id integer NOT NULL CHECK (node_id BETWEEN 1 AND 1023),
-    -- Set when a peer showed that this database went back in time (restored from a
-    -- backup, WAL lost): from then on it serves no peer (src/queue/history.rs).
-    history_lost text
+    node_id integer NOT NULL CHECK (node_id BETWEEN 1 AND 1023)
 );
 COMMENT ON TABLE mmr.node IS 'This server''s identity in the replication group; set once by mmr.init_node.';
 

@@ -68,9 +68,6 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                 }
                 if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                     l.last_housekeeping = Instant::now();
-                    if let Err(e) = txn::run(crate::queue::history::keep) {
-                        pgrx::warning!("mmr: recording that this database went back in time failed: {e}");
-                    }
                     if let Err(e) = txn::run(crate::queue::prune::housekeeping) {
                         pgrx::warning!("mmr: housekeeping failed: {e}");
                     }

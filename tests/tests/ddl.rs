@@ -470,8 +470,25 @@ fn an_enum_value_added_on_one_node_reaches_the_others_before_its_rows() {
         "CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE TABLE feeling (id int PRIMARY KEY, m mood, ms mood[])",
         "feeling",
     );
-    c.exec(1, "ALTER TYPE mood ADD VALUE 'happy'");
+    // Enums only held inside a composite type, and inside a range type.
+    create_replicated(
+        &c,
+        "CREATE TYPE sky AS ENUM ('grey'); CREATE TYPE day AS (at date, s sky); \
+         CREATE TABLE diary (id int PRIMARY KEY, d day)",
+        "diary",
+    );
+    create_replicated(
+        &c,
+        "CREATE TYPE level AS ENUM ('low'); CREATE TYPE levels AS RANGE (subtype = level); \
+         CREATE TABLE span (id int PRIMARY KEY, r levels)",
+        "span",
+    );
+    for add in ["mood ADD VALUE 'happy'", "sky ADD VALUE 'blue'", "level ADD VALUE 'high'"] {
+        c.exec(1, &format!("ALTER TYPE {add}"));
+    }
     c.exec(1, "INSERT INTO feeling VALUES (1, 'happy', '{ok,happy}'), (2, 'sad', '{sad}')");
+    c.exec(1, "INSERT INTO diary VALUES (1, ('2026-12-07', 'blue'))");
+    c.exec(1, "INSERT INTO span VALUES (1, '[low,high]')");
     // Renaming a value is refused: changes on their way with the old one could not be read.
     let e = c.connect(1).batch_execute("ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'").unwrap_err();
     assert!(error_text(&e).starts_with("0A000"), "{}", error_text(&e));
@@ -483,6 +500,9 @@ fn an_enum_value_added_on_one_node_reaches_the_others_before_its_rows() {
             "1 happy {ok,happy},2 sad {sad}"
         );
         assert_eq!(c.text(i, "SELECT enum_range(NULL::mood)::text"), "{sad,ok,happy}");
+        assert_eq!(c.text(i, "SELECT (d).s::text || ' ' || (SELECT r::text FROM span) FROM diary"), "blue [low,high]");
     }
     assert_converged(&c, "feeling");
+    assert_converged(&c, "diary");
+    assert_converged(&c, "span");
 }
