@@ -108,3 +108,7 @@ ALTER FUNCTION mmr.ddl_history() STABLE;
 -- found by their spelling.
 ALTER TABLE mmr.tombstone ADD COLUMN khash bigint;
 CREATE INDEX tombstone_khash ON mmr.tombstone (relid, khash) WHERE khash IS NOT NULL;
+
+-- A peer whose database went back in time (restored from a backup) is no longer
+-- pulled from once it shows it (src/queue/history.rs).
+ALTER TABLE mmr.peer ADD COLUMN went_back text;

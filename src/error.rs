@@ -113,9 +113,14 @@ pub enum MmrError {
     Donor(String),
     /// A parted node tried to pull.
     Parted(String),
-    /// This node's database went back in time (restored from a backup, WAL lost): what
-    /// showed it. It serves no peer any more (queue/history.rs).
-    HistoryLost(String),
+    /// This node's database went back in time (restored from a backup, WAL lost): this
+    /// node's name and what showed it (queue/history.rs).
+    HistoryLost {
+        node: String,
+        what: String,
+    },
+    /// A pull reached a standby (a server in recovery).
+    Standby,
     /// A consumer asks from a point of this node's queue before one it reported
     /// having reached: its database went back in time.
     ConsumerWentBack(String),
@@ -194,7 +199,8 @@ impl MmrError {
             UnknownMember(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             Donor(_) => Code::ERRCODE_CONNECTION_FAILURE,
             Parted(_) => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            HistoryLost(_) | ConsumerWentBack(_) => Code::ERRCODE_DATA_CORRUPTED,
+            HistoryLost { .. } | ConsumerWentBack(_) => Code::ERRCODE_DATA_CORRUPTED,
+            Standby => Code::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             UnsafeDdl { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             DdlLock { .. } => Code::ERRCODE_LOCK_NOT_AVAILABLE,
             DdlRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
@@ -275,10 +281,12 @@ impl MmrError {
             UnknownMember(name) => format!("\"{name}\" is not a member of the group"),
             Donor(msg) => format!("cannot join through this member: {msg}"),
             Parted(name) => format!("node \"{name}\" has been parted from the group; its pulls are refused"),
-            HistoryLost(what) => format!("this node's database went back in time ({what}); it serves no peer any more"),
+            HistoryLost { node, what } => format!("{} ({what}); its pulls are refused", history_lost_of(node)),
+            Standby => "this server is a standby (in recovery): it serves no pulls".into(),
             ConsumerWentBack(name) => format!(
-                "node \"{name}\" asks for this node's changes from before the point it had reached: its database \
-                 went back in time (restored from a backup, or WAL lost); its pulls are refused"
+                "node \"{name}\" asks for this node's changes from before the point it had reached, and changes \
+                 since may have been pruned here: its database went back in time (restored from a backup, or WAL \
+                 lost), or it forgot this node as a peer; its pulls are refused"
             ),
             UnsafeDdl { what, .. } => format!("cannot replicate this statement: {what}"),
             DdlLock { message, .. } => message.clone(),
@@ -407,10 +415,19 @@ impl MmrError {
             Parted(_) => "A parted node cannot come back: drop and create the extension there, and join it \
                  with mmr.join_group under a new name and node id."
                 .into(),
-            HistoryLost(_) | ConsumerWentBack(_) => "Changes that node made after the point it went back to exist only \
-                 on its peers. Part it (SELECT mmr.part_node('<its name>') on another member), then drop and create \
-                 the extension there, empty its replicated tables and join it again under a new name and node id."
-                .into(),
+            Standby => "Point the peer's conninfo at the primary server.".into(),
+            ConsumerWentBack(name) => format!(
+                "If it was restored from a backup: changes it made after that point exist only on its peers; part it \
+                 (SELECT mmr.part_node('{name}') on another member), then drop and create the extension there, empty \
+                 its replicated tables and join it again under a new name and node id. If it only removed this node \
+                 as a peer and added it again: to start over, remove each node as the other's peer on both \
+                 (mmr.remove_peer), then add them again."
+            ),
+            HistoryLost { node, .. } => format!(
+                "Changes that node made after the point it went back to exist only on its peers. Part it \
+                 (SELECT mmr.part_node('{node}') on another member), then drop and create the extension there, \
+                 empty its replicated tables and join it again under a new name and node id."
+            ),
             _ => return None,
         })
     }
@@ -433,6 +450,17 @@ impl std::fmt::Display for MmrError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message())
     }
+}
+
+/// How a `HistoryLost` error of node `node` begins.
+fn history_lost_of(node: &str) -> String {
+    format!("the database of node \"{node}\" went back in time")
+}
+
+/// Whether an error a peer sent is its `HistoryLost`, raised as node `node`: its
+/// database went back in time (queue/history.rs).
+pub fn is_history_lost(sqlstate: &str, message: &str, node: &str) -> bool {
+    sqlstate == sqlstate_text(Code::ERRCODE_DATA_CORRUPTED) && message.starts_with(&history_lost_of(node))
 }
 
 /// For `.map_err`: a failed statement of mmr's own (SPI).

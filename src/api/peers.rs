@@ -61,8 +61,12 @@ fn set_paused(name: &str, paused: bool) -> Result<()> {
     if !peer_exists(name)? {
         return Err(MmrError::UnknownPeer(name.into()));
     }
-    Spi::run_with_args("UPDATE mmr.peer SET paused = $2 WHERE name = $1", &[name.into(), paused.into()])
-        .map_err(spi)?;
+    // Resuming also overrides a peer's having gone back in time (queue/history.rs).
+    Spi::run_with_args(
+        "UPDATE mmr.peer SET paused = $2, went_back = CASE WHEN $2 THEN went_back END WHERE name = $1",
+        &[name.into(), paused.into()],
+    )
+    .map_err(spi)?;
     crate::pg::xact::note_peers_changed();
     Ok(())
 }

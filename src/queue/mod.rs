@@ -57,7 +57,7 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
     };
     check_consumer(consumer)?;
     // Before its position counts for anything (below, and in synchronous commits).
-    history::check_pull(consumer, from.as_ref())?;
+    history::check_pull(&me.name, consumer, from.as_ref())?;
     // The consumer committed everything in its position before it asked: synchronous
     // commits waiting for it need not wait for this pull's own commit (src/sync.rs).
     if let Some(pos) = &from {

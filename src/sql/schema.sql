@@ -38,7 +38,11 @@ CREATE TABLE mmr.peer (
     conninfo text NOT NULL,
     paused boolean NOT NULL DEFAULT false,
     node_id integer,
-    added_at timestamptz NOT NULL DEFAULT now()
+    added_at timestamptz NOT NULL DEFAULT now(),
+    -- Set when the peer showed that its database went back in time (restored from a
+    -- backup): nothing is pulled from it any more (src/queue/history.rs); resume_peer
+    -- clears it.
+    went_back text
 );
 COMMENT ON TABLE mmr.peer IS 'Servers this node pulls changes from (mmr.add_peer). node_id is learned at first contact.';
 

@@ -83,6 +83,8 @@ struct Position {
 struct PeerConfig {
     conninfo: String,
     node_id: Option<i32>,
+    /// Why nothing is pulled from the peer any more: its database went back in time.
+    went_back: Option<String>,
 }
 
 struct Worker {
@@ -183,6 +185,8 @@ enum Stop {
     Exit,
     /// Something failed: report, back off, reconnect.
     Failed { state: &'static str, error: String },
+    /// The peer's database went back in time (queue/history.rs): report, pull nothing.
+    WentBack(String),
     /// The connection failed while a batch was read: as `Failed`, but nothing says the
     /// batch itself cannot be applied.
     Network(String),
@@ -206,6 +210,12 @@ impl Worker {
                 Stop::Exit => return,
                 Stop::Network(error) => ("error", error),
                 Stop::Failed { state, error } => (state, error),
+                Stop::WentBack(error) => {
+                    // Until a DBA parts the peer or resumes it (resume_peer clears it).
+                    report_error(&self.peer, "went_back", &error);
+                    super::sleep(Duration::from_secs(5));
+                    continue;
+                }
             };
             // In the server log too (as PostgreSQL's own apply workers do), not only in
             // mmr.peers, which shows the last error alone.
@@ -230,6 +240,9 @@ impl Worker {
     /// One connection's life: connect, then pull and apply until something fails.
     fn session(&mut self) -> Stop {
         let Some(cfg) = self.config() else { return Stop::Exit };
+        if let Some(why) = cfg.went_back {
+            return Stop::WentBack(why);
+        }
         shmem::update_peer_status(&self.peer, |s| s.set_state("connecting"));
         let app = format!("mmr {} from {}", self.me.name, self.peer);
         let mut conn = match PeerConn::connect(&cfg.conninfo, &app, gucs::connect_timeout()) {
@@ -293,7 +306,7 @@ impl Worker {
         let me = self.me.clone();
         txn::run(move || {
             kept::one::<pgrx::JsonB>(
-                "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id) FROM mmr.peer \
+                "SELECT jsonb_build_object('conninfo', conninfo, 'node_id', node_id, 'went_back', went_back) FROM mmr.peer \
                  WHERE name = $1 AND NOT paused \
                    AND EXISTS (SELECT 1 FROM mmr.node WHERE name = $2 AND node_id = $3)",
                 &[TEXT, TEXT, INT4],
@@ -306,6 +319,7 @@ impl Worker {
         .map(|j| PeerConfig {
             conninfo: j.0["conninfo"].as_str().unwrap_or_default().to_string(),
             node_id: j.0["node_id"].as_i64().map(|v| v as i32),
+            went_back: j.0["went_back"].as_str().map(String::from),
         })
     }
 
@@ -342,7 +356,7 @@ impl Worker {
             &[Some(&self.me.name), Some(&tick), pos.snap.as_deref(), Some(&batch), Some(&wait_ms)],
         )
         .map_err(|e| Stop::Failed { state: "error", error: e })?;
-        let header = match conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })? {
+        let header = match conn.next_row().map_err(|e| self.pull_refused(conn, e))? {
             Some(row) if row.first().cloned().flatten().as_deref() == Some("H") => {
                 let meta = row.get(3).cloned().flatten().unwrap_or_default();
                 PullHeader::parse(&meta).map_err(|e| {
@@ -383,6 +397,30 @@ impl Worker {
         self.batch_limit = next_batch_limit(limit, applied, contended.is_some());
         yield_to_local_writers(contended);
         Ok(applied.max(1))
+    }
+
+    /// The error a pull ended with; if the peer says its database went back in time,
+    /// recorded so that nothing is pulled from it any more (see queue/history.rs).
+    fn pull_refused(&self, conn: &mut PeerConn, error: String) -> Stop {
+        let Some(se) = conn.take_server_error() else {
+            return Stop::Failed { state: "error", error };
+        };
+        if !crate::error::is_history_lost(&se.sqlstate, &se.message, &self.peer) {
+            return Stop::Failed { state: "error", error };
+        }
+        let (peer, why) = (self.peer.clone(), se.message.clone());
+        let recorded = txn::run(move || {
+            Spi::run_with_args(
+                "UPDATE mmr.peer SET went_back = coalesce(went_back, $2) WHERE name = $1",
+                &[peer.into(), why.into()],
+            )
+            .map_err(spi)
+        });
+        pgrx::warning!("mmr: peer \"{}\": {}; nothing is pulled from it any more", self.peer, se.message);
+        match recorded {
+            Ok(()) => Stop::WentBack(se.message),
+            Err(e) => Stop::Failed { state: "error", error: format!("{}; recording it failed: {e}", se.message) },
+        }
     }
 
     /// The peer must be who we think it is: the name we know it by, and a node id that
