@@ -63,6 +63,9 @@ struct ConsumerSlot {
     xmax: u64,
     nxip: usize,
     xip: [u64; CONSUMER_XIP],
+    /// The consumer reported a position from before the one it had reached: its
+    /// database went back in time (queue/history.rs).
+    went_back: bool,
 }
 
 #[repr(C)]
@@ -346,6 +349,8 @@ pub fn publish_consumer(consumer: &str, pos: &Snapshot) {
             slot.in_use = true;
             put_str(&mut slot.name, consumer);
         }
+        // It passed the checks of queue/history.rs.
+        slot.went_back = false;
         let n = pos.xip.len().min(CONSUMER_XIP);
         slot.xmin = pos.xmin;
         // Past the kept in-progress ids, nothing counts as finished.
@@ -371,6 +376,29 @@ pub fn consumer_positions(names: &[String]) -> Vec<Option<Snapshot>> {
             })
         })
         .collect()
+}
+
+/// Notes that `consumer`'s database went back in time (queue/history.rs): this node's
+/// worker pulling from it stops. A consumer never published has a slot made for it,
+/// with nothing finished in its position.
+pub fn note_consumer_went_back(consumer: &str) {
+    let _g = LockGuard::acquire(Lock::Consumers, true);
+    // SAFETY: exclusive lock held; the slots live in shared memory.
+    let slots = unsafe { &mut (*shared_mut()).consumers };
+    let Some(idx) = named_or_free(slots, consumer, |s| s.in_use.then_some(&s.name[..])) else { return };
+    let slot = &mut slots[idx];
+    if !slot.in_use {
+        *slot = ConsumerSlot { in_use: true, xmin: 0, xmax: 0, nxip: 0, ..*slot };
+        put_str(&mut slot.name, consumer);
+    }
+    slot.went_back = true;
+}
+
+/// Whether `note_consumer_went_back` noted `consumer`, and it has not published a
+/// position since.
+pub fn consumer_went_back(consumer: &str) -> bool {
+    let _g = LockGuard::acquire(Lock::Consumers, false);
+    shared().consumers.iter().any(|s| s.in_use && s.went_back && get_str(&s.name) == consumer)
 }
 
 /// Forgets a removed peer's published position.

@@ -17,7 +17,9 @@
 //!   pruned (prune.rs), and positions only move forward; so a position that covers no
 //!   peer's recorded position, its own earlier one included, may lack pruned changes,
 //!   and the pull is refused. That lasts by itself: a position moves only by being
-//!   served. A consumer without a recorded position is new (a joiner's position is
+//!   served. This node's worker stops pulling from that consumer too, and records it
+//!   as the peer's refusal would (its ids may have passed this node's position in its
+//!   queue already: the first check would not see it). A consumer without a recorded position is new (a joiner's position is
 //!   made safe by the join, group/join.rs). One that reports no position after it had
 //!   one is refused too: a backup taken before its first batch from this node has none.
 //!   (So is a node that removed this one as a peer and added it again, which would
@@ -29,6 +31,7 @@
 
 use crate::error::{damaged, spi, MmrError, Result};
 use crate::pg::kept::{self, TEXT};
+use crate::pg::shmem;
 use mmr_core::snapshot::Snapshot;
 use pgrx::prelude::*;
 
@@ -60,7 +63,7 @@ pub fn check_pull(me: &str, consumer: &str, from: Option<&Snapshot>) -> Result<(
     .map_err(spi)?;
     let Some(from) = from else {
         return match own {
-            Some(_) => Err(MmrError::ConsumerWentBack(consumer.into())),
+            Some(_) => went_back(consumer),
             None => Ok(()),
         };
     };
@@ -68,7 +71,10 @@ pub fn check_pull(me: &str, consumer: &str, from: Option<&Snapshot>) -> Result<(
     if from.xmax > here {
         return Err(MmrError::HistoryLost {
             node: me.into(),
-            what: format!("node \"{consumer}\" has applied its transactions up to id {}, its own end at {here}", from.xmax),
+            what: format!(
+                "node \"{consumer}\" has applied its transactions up to id {}, its own end at {here}",
+                from.xmax
+            ),
         });
     }
     let Some(own) = own else {
@@ -83,5 +89,12 @@ pub fn check_pull(me: &str, consumer: &str, from: Option<&Snapshot>) -> Result<(
             return Ok(());
         }
     }
+    went_back(consumer)
+}
+
+/// The refusal of a consumer that went back in time; this node's worker pulling from
+/// it reads the note and stops (worker/peer.rs).
+fn went_back(consumer: &str) -> Result<()> {
+    shmem::note_consumer_went_back(consumer);
     Err(MmrError::ConsumerWentBack(consumer.into()))
 }

@@ -346,6 +346,11 @@ impl Worker {
 
     /// One pull: returns the number of changes applied.
     fn round(&mut self, conn: &mut PeerConn, node_id: &mut Option<i32>, wait: Duration) -> Result<usize, Stop> {
+        // Refused as a consumer here for having gone back in time: what it would
+        // serve cannot be trusted either (queue/history.rs).
+        if shmem::consumer_went_back(&self.peer) {
+            return Err(self.record_went_back(MmrError::ConsumerWentBack(self.peer.clone()).to_string()));
+        }
         let pos = self.position()?;
         let tick = pos.tick.to_string();
         let limit = self.batch_limit.max(gucs::batch_size());
@@ -408,18 +413,24 @@ impl Worker {
         if !crate::error::is_history_lost(&se.sqlstate, &se.message, &self.peer) {
             return Stop::Failed { state: "error", error };
         }
-        let (peer, why) = (self.peer.clone(), se.message.clone());
+        self.record_went_back(se.message)
+    }
+
+    /// Records that the peer's database went back in time, `why`: nothing is pulled
+    /// from it any more (`mmr.peer.went_back`; resume_peer clears it).
+    fn record_went_back(&self, why: String) -> Stop {
+        let (peer, text) = (self.peer.clone(), why.clone());
         let recorded = txn::run(move || {
             Spi::run_with_args(
                 "UPDATE mmr.peer SET went_back = coalesce(went_back, $2) WHERE name = $1",
-                &[peer.into(), why.into()],
+                &[peer.into(), text.into()],
             )
             .map_err(spi)
         });
-        pgrx::warning!("mmr: peer \"{}\": {}; nothing is pulled from it any more", self.peer, se.message);
+        pgrx::warning!("mmr: peer \"{}\": {why}; nothing is pulled from it any more", self.peer);
         match recorded {
-            Ok(()) => Stop::WentBack(se.message),
-            Err(e) => Stop::Failed { state: "error", error: format!("{}; recording it failed: {e}", se.message) },
+            Ok(()) => Stop::WentBack(why),
+            Err(e) => Stop::Failed { state: "error", error: format!("{why}; recording it failed: {e}") },
         }
     }
 

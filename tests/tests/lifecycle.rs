@@ -623,7 +623,10 @@ fn a_node_restored_from_a_backup_is_refused_until_it_joins_again() {
     join(&c, 2, 0);
     let insert = |i: usize, from: i64, to: i64, v: &str| {
         c.app(i)
-            .execute("INSERT INTO t (id, v) SELECT g, $3 FROM generate_series($1::bigint, $2::bigint) g", &[&from, &to, &v])
+            .execute(
+                "INSERT INTO t (id, v) SELECT g, $3 FROM generate_series($1::bigint, $2::bigint) g",
+                &[&from, &to, &v],
+            )
             .unwrap();
     };
     insert(0, 1, 100, "before the backup");
@@ -641,33 +644,50 @@ fn a_node_restored_from_a_backup_is_refused_until_it_joins_again() {
     for i in 0..3 {
         c.wait_until(i, "SELECT count(*) = 0 FROM mmr.queue", SYNC);
     }
+    // n3 does not pull from n1 until n1's ids have passed its position there.
+    c.exec(2, "SELECT mmr.pause_peer('n1')");
     restore(&c, 0, &backup);
     insert(0, 201, 210, "n1, after the restore");
     insert(1, 1101, 1110, "n2, after the restore");
     let went_back = |peer: &str| {
-        format!("SELECT EXISTS (SELECT 1 FROM mmr.peers WHERE name = '{peer}' AND last_error LIKE '%went back in time%')")
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM mmr.peers WHERE name = '{peer}' AND last_error LIKE '%went back in time%')"
+        )
     };
-    // n2 and n3 refuse what n1 would serve, and keep it; n1's pulls are refused by both.
-    for i in [1, 2] {
-        c.wait_until(i, "SELECT went_back IS NOT NULL FROM mmr.peer WHERE name = 'n1'", SYNC);
-    }
+    // n2 refuses what n1 would serve, and keeps it; n1's pulls are refused by n2 and n3.
+    c.wait_until(1, "SELECT went_back IS NOT NULL FROM mmr.peer WHERE name = 'n1'", SYNC);
     c.wait_until(0, &went_back("n2"), SYNC);
     c.wait_until(0, &went_back("n3"), SYNC);
-    // Once n1's transaction ids have passed what n2 had applied of them, n1 would serve
-    // n2 its new rows from n2's old position, skipping some: n2 does not ask, also
-    // after a restart.
-    let position = c.text(1, "SELECT position::text FROM mmr.peer_progress WHERE peer = 'n1'");
+    // Once n1's transaction ids have passed what n2 and n3 had applied of them, n1
+    // would serve them its new rows from their old positions, skipping some.
+    let position = |i: usize| c.text(i, "SELECT position::text FROM mmr.peer_progress WHERE peer = 'n1'");
+    let (position2, position3) = (position(1), position(2));
     c.exec(
         0,
         &format!(
-            "DO $$ BEGIN WHILE pg_current_xact_id() < pg_snapshot_xmax('{position}') LOOP COMMIT; END LOOP; END $$"
+            "DO $$ BEGIN WHILE pg_current_xact_id() < greatest(pg_snapshot_xmax('{position2}'), \
+                                                         pg_snapshot_xmax('{position3}')) \
+               LOOP COMMIT; END LOOP; END $$"
         ),
     );
     insert(0, 211, 220, "n1, after its ids passed");
+    // n3 never saw n1's refusal, but it refused n1's pulls: it does not pull from n1
+    // either, once resumed.
+    c.exec(2, "SELECT mmr.resume_peer('n1')");
+    c.wait_until(2, "SELECT went_back IS NOT NULL FROM mmr.peer WHERE name = 'n1'", SYNC);
+    c.wait_until(2, "SELECT state = 'went_back' FROM mmr.peers WHERE name = 'n1'", SYNC);
+    assert_eq!(position(2), position3);
+    // n2 does not ask either, also after a restart.
     c.restart_node(1);
-    c.wait_until(1, "SELECT state = 'went_back' AND last_error LIKE '%went back in time%' FROM mmr.peers WHERE name = 'n1'", SYNC);
-    assert_eq!(c.text(1, "SELECT position::text FROM mmr.peer_progress WHERE peer = 'n1'"), position);
-    assert_eq!(c.int(1, "SELECT count(*) FROM t WHERE id > 200 AND id < 1000"), 0, "n2 took n1's new rows");
+    c.wait_until(
+        1,
+        "SELECT state = 'went_back' AND last_error LIKE '%went back in time%' FROM mmr.peers WHERE name = 'n1'",
+        SYNC,
+    );
+    assert_eq!(position(1), position2);
+    for i in [1, 2] {
+        assert_eq!(c.int(i, "SELECT count(*) FROM t WHERE id > 200 AND id < 1000"), 0, "n1's new rows reached a peer");
+    }
     c.wait_until(0, &went_back("n2"), SYNC);
 
     // The way out: part it, and join the server again as a new node.
