@@ -134,6 +134,17 @@ pub fn tick_for_write() -> i64 {
     tick()
 }
 
+/// `tick_for_write`, above `own` too: the entry of this node in the vector of the row
+/// being written. A standby promoted after a crash starts from a high-water mark older
+/// than the last stamps its primary handed out; a stamp at or below this node's entry
+/// would leave the vector as it was, and peers would take the write for one they have.
+pub fn tick_for_write_after(own: i64) -> i64 {
+    if own >= current() {
+        observe(own);
+    }
+    tick_for_write()
+}
+
 /// Whether the current transaction has stamped rows (see `xact.rs`).
 pub fn wrote_stamps() -> bool {
     REGISTERED.with(|r| r.get())

@@ -379,7 +379,7 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
             row_vv(rel, &meta, td.tg_trigtuple)?
         }
     };
-    let hlc = clock::tick_for_write();
+    let hlc = clock::tick_for_write_after(base.get(node as i64));
     let vv = base.stamped(node as i64, hlc);
     if !is_insert {
         // Updates are captured here rather than in an AFTER trigger, which would cost
@@ -458,7 +458,7 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
             })?;
             if let Some(t) = taken.filter(|t| !matches!(t.compare(&vv), Causality::Before | Causality::Equal)) {
                 let node = catalog::node_id()?;
-                hlc = clock::tick_for_write();
+                hlc = clock::tick_for_write_after(t.get(node as i64));
                 vv = t.stamped(node as i64, hlc);
                 let mut cols = [meta.att_hlc, meta.att_vv];
                 let mut values = [pg_sys::Datum::from(hlc), int8_array_datum(&vv.to_flat())];
@@ -476,8 +476,9 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
 /// `old` must be a valid tuple of `rel`.
 unsafe fn record_delete(meta: &TableMeta, rel: pg_sys::Relation, node: i32, old: pg_sys::HeapTuple) -> Result<()> {
     // SAFETY: guaranteed by the caller.
-    let hlc = clock::tick_for_write();
-    let vv = unsafe { row_vv(rel, meta, old)? }.stamped(node as i64, hlc);
+    let row = unsafe { row_vv(rel, meta, old)? };
+    let hlc = clock::tick_for_write_after(row.get(node as i64));
+    let vv = row.stamped(node as i64, hlc);
     let mut args: Vec<DatumWithOid> = vec![hlc.into(), node.into(), vv.to_flat().into()];
     // SAFETY: guaranteed by the caller.
     args.extend(unsafe { key_args(rel, meta, old) });

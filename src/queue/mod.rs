@@ -286,10 +286,13 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
 pub(crate) fn flush_commits_before_now() {
     // SAFETY: reading the insert position and flushing WAL up to it are plain calls
     // of a backend in a transaction; wal_segment_size is set at startup.
-    unsafe {
-        let insert = pg_sys::GetXLogInsertRecPtr();
-        pg_sys::XLogFlush(end_of_wal_before(insert, pg_sys::wal_segment_size as u64));
-    }
+    let end = unsafe {
+        let end = end_of_wal_before(pg_sys::GetXLogInsertRecPtr(), pg_sys::wal_segment_size as u64);
+        pg_sys::XLogFlush(end);
+        end
+    };
+    // And on synchronous standbys: one promoted must have what peers act on.
+    crate::pg::syncrep::wait_for_standbys(end);
 }
 
 /// The end of the WAL written before the insert position `insert`. They differ when

@@ -111,7 +111,7 @@ fn delete(spec: &super::Spec, me: i32, pk: &str, base: &VersionVector) -> Result
     if crate::catalog::select_opt::<i32>(&present, &[JsonB(pk_json).into()]).map_err(spi)?.is_some() {
         return Ok(false);
     }
-    let hlc = crate::clock::tick_for_write();
+    let hlc = crate::clock::tick_for_write_after(base.get(me as i64));
     let vv = base.stamped(me as i64, hlc);
     // In capture's encoding; the old row is the key (this node has no other columns).
     let change = crate::apply::Change {

@@ -372,6 +372,11 @@ impl Worker {
             _ => return Err(internal("the peer's mmr.pull returned no header").into()),
         };
         let peer_node = self.check_identity(&header, node_id)?;
+        // Never stamp below what a peer has applied of this node's writes (a standby
+        // promoted after a crash starts from an older high-water mark: clock.rs).
+        if let Some(&mine) = header.report.applied.get(&self.me.name) {
+            clock::observe(mine);
+        }
         let Some((to_tick, to_snap)) = header.batch_end().map(|(t, s)| (t, s.to_string())) else {
             // Caught up. Drain the (empty) rest of the result.
             while conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })?.is_some() {}

@@ -43,11 +43,16 @@ pub fn run<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// after instead: what they wrote becomes visible a flush earlier (replication lag),
 /// and is still durable before anything acts on it -- a worker notes an applied stamp
 /// (applied.rs) or reports a position to a peer (which prunes on it) only after
-/// `run` returns. (A commit that wrote nothing leaves `XactLastCommitEnd` where it
-/// was, already flushed: then this costs a comparison.)
+/// `run` returns. Synchronous standbys get it too (pg/syncrep.rs). (A commit that
+/// wrote nothing leaves `XactLastCommitEnd` where it was, already flushed: then this
+/// costs a comparison.)
 fn flush_commit() {
     // SAFETY: reading a backend global and flushing WAL, outside a transaction.
-    unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) }
+    let lsn = unsafe {
+        pg_sys::XLogFlush(pg_sys::XactLastCommitEnd);
+        pg_sys::XactLastCommitEnd
+    };
+    crate::pg::syncrep::wait_for_standbys(lsn);
 }
 
 fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {

@@ -80,7 +80,15 @@ impl Node {
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
+
+    /// Where `Cluster::add_sync_standby` puts the node's standby.
+    fn standby_data(&self) -> PathBuf {
+        self.dir.join("standby")
+    }
 }
+
+/// The application_name a node's standby streams with (synchronous_standby_names).
+const STANDBY: &str = "standby";
 
 /// The notices a connection received (see `Node::connect_with_notices`).
 #[derive(Clone, Default)]
@@ -419,6 +427,68 @@ impl Cluster {
         }
     }
 
+    /// Gives node `i` a synchronous physical standby: a base backup streaming from it on
+    /// its own port, named in the node's `synchronous_standby_names` (so every commit
+    /// there waits for it). Returns once the standby is in sync.
+    pub fn add_sync_standby(&self, i: usize) {
+        let node = &self.nodes[i];
+        let dir = node.standby_data();
+        let bin = node.bin.lock().unwrap().clone();
+        run(as_postgres_in(&bin, "pg_basebackup").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            dir.to_str().unwrap(),
+            "-X",
+            "stream",
+            "--no-sync",
+        ]));
+        let conf = format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={STANDBY}'\nport = {}\n",
+            node.port,
+            free_port()
+        );
+        let auto = dir.join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&auto).unwrap_or_default() + &conf;
+        std::fs::write(&auto, text).unwrap();
+        std::fs::write(dir.join("standby.signal"), "").unwrap();
+        run(Command::new("chown").args(["-R", "postgres", dir.to_str().unwrap()]));
+        let log = node.dir.join("standby.log");
+        run(as_postgres_in(&bin, "pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D", dir.to_str().unwrap()])
+            .args(["-l", log.to_str().unwrap()]));
+        self.exec(i, &format!("ALTER SYSTEM SET synchronous_standby_names = '{STANDBY}'"));
+        self.exec(i, "SELECT pg_reload_conf()");
+        let in_sync = format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE application_name = '{STANDBY}' AND sync_state = 'sync')"
+        );
+        self.wait_until(i, &in_sync, Duration::from_secs(60));
+    }
+
+    /// Fails node `i` over to its standby (`add_sync_standby`): a crash of the node
+    /// (kill -9), then the standby promoted in its place -- its data directory and port,
+    /// so that peers, proxies and clients reach it as they reached the node.
+    pub fn fail_over(&self, i: usize) {
+        self.kill9(i);
+        let node = &self.nodes[i];
+        let bin = node.bin.lock().unwrap().clone();
+        let standby = node.standby_data();
+        run(as_postgres_in(&bin, "pg_ctl").args(["stop", "-w", "-m", "fast", "-D", standby.to_str().unwrap()]));
+        std::fs::rename(node.data(), node.dir.join("failed")).unwrap();
+        std::fs::rename(&standby, node.data()).unwrap();
+        // The standby's own port was the last line of postgresql.auto.conf.
+        let auto = node.data().join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&auto).unwrap();
+        let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("port = ")).collect();
+        std::fs::write(&auto, kept.join("\n") + "\n").unwrap();
+        self.start_node(i);
+        run(as_postgres_in(&bin, "pg_ctl").args(["promote", "-w", "-D", node.data().to_str().unwrap()]));
+    }
+
     /// Polls `query` (a boolean) on node `i` until it is true; panics after `timeout`.
     pub fn wait_until(&self, i: usize, query: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -601,9 +671,11 @@ impl Drop for Cluster {
             }
         }
         for n in &self.nodes {
-            let _ = as_postgres("pg_ctl")
-                .args(["stop", "-w", "-m", "immediate", "-D", n.data().to_str().unwrap()])
-                .output();
+            for data in [n.data(), n.standby_data()] {
+                let _ = as_postgres("pg_ctl")
+                    .args(["stop", "-w", "-m", "immediate", "-D", data.to_str().unwrap()])
+                    .output();
+            }
         }
         if keep_files {
             eprintln!("kept {}", self.root.display());

@@ -713,3 +713,30 @@ fn a_node_restored_from_a_backup_is_refused_until_it_joins_again() {
          n3, after the backup: 100"
     );
 }
+
+/// A node with a synchronous standby fails over to it (kill -9, the standby promoted in
+/// its place) while every node writes. The promoted standby carries on as the node: no
+/// peer refuses it as having gone back in time (what peers acted on had reached the
+/// standby: pg/syncrep.rs), every write the node acknowledged is everywhere, and the
+/// group converges.
+#[test]
+fn a_failover_to_a_synchronous_standby_carries_on() {
+    let c = group("failover", 3);
+    join(&c, 1, 0);
+    join(&c, 2, 0);
+    c.add_sync_standby(0);
+    let writers = vec![Writers::start(&c, 0, 1), Writers::start(&c, 1, 1), Writers::start(&c, 2, 1)];
+    wait_rows(&c, 0, 600);
+    c.fail_over(0);
+    // The writers of n1 carry on against the promoted standby.
+    let rows = c.int(0, "SELECT count(*) FROM t");
+    wait_rows(&c, 0, rows + 300);
+    let acked = Writers::stop_all(writers);
+    assert_settled(&c, &[0, 1, 2], &acked);
+    for i in 0..3 {
+        assert_eq!(
+            c.text(i, "SELECT coalesce(string_agg(name, ','), '') FROM mmr.peer WHERE went_back IS NOT NULL"),
+            ""
+        );
+    }
+}
