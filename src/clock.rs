@@ -140,7 +140,9 @@ pub fn tick_for_write() -> i64 {
 /// would leave the vector as it was, and peers would take the write for one they have.
 pub fn tick_for_write_after(own: i64) -> i64 {
     if own >= current() {
-        observe(own);
+        // Not past mmr.max_clock_skew: a damaged entry must not carry the clock away
+        // (peers would hold back every later change of this node).
+        let _ = observe_checked(own);
     }
     tick_for_write()
 }

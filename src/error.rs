@@ -121,6 +121,11 @@ pub enum MmrError {
     },
     /// A pull reached a standby (a server in recovery).
     Standby,
+    /// The synchronous standbys did not confirm WAL up to `lsn` in time (pg/syncrep.rs).
+    StandbyWait {
+        lsn: u64,
+        waited: std::time::Duration,
+    },
     /// A consumer asks from a point of this node's queue before one it reported
     /// having reached: its database went back in time.
     ConsumerWentBack(String),
@@ -201,6 +206,7 @@ impl MmrError {
             Parted(_) => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             HistoryLost { .. } | ConsumerWentBack(_) => Code::ERRCODE_DATA_CORRUPTED,
             Standby => Code::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            StandbyWait { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             UnsafeDdl { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             DdlLock { .. } => Code::ERRCODE_LOCK_NOT_AVAILABLE,
             DdlRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
@@ -283,6 +289,13 @@ impl MmrError {
             Parted(name) => format!("node \"{name}\" has been parted from the group; its pulls are refused"),
             HistoryLost { node, what } => format!("{} ({what}); its pulls are refused", history_lost_of(node)),
             Standby => "this server is a standby (in recovery): it serves no pulls".into(),
+            StandbyWait { lsn, waited } => format!(
+                "the synchronous standbys have not confirmed WAL up to {:X}/{:X} after {} ms; nothing is served \
+                 until they have",
+                lsn >> 32,
+                lsn & 0xffff_ffff,
+                waited.as_millis()
+            ),
             ConsumerWentBack(name) => format!(
                 "node \"{name}\" asks for this node's changes from before the point it had reached, and changes \
                  since may have been pruned here: its database went back in time (restored from a backup, or WAL \
@@ -416,6 +429,9 @@ impl MmrError {
                  with mmr.join_group under a new name and node id."
                 .into(),
             Standby => "Point the peer's conninfo at the primary server.".into(),
+            StandbyWait { .. } => "Check the standbys synchronous_standby_names names (pg_stat_replication): mmr \
+                 serves peers only what a promoted synchronous standby would have, as commits wait for them."
+                .into(),
             ConsumerWentBack(name) => format!(
                 "If it was restored from a backup: changes it made after that point exist only on its peers; part it \
                  (SELECT mmr.part_node('{name}') on another member), then drop and create the extension there, empty \

@@ -717,7 +717,7 @@ mod tests {
             }
         }
         assert!(landed, "could not place the WAL insert position just past a page header");
-        crate::queue::flush_commits_before_now();
+        crate::queue::flush_commits_before_now().unwrap();
         let seg: u64 = 16 * 1024 * 1024;
         assert_eq!(crate::queue::end_of_wal_before(3 * seg + 40, seg), 3 * seg);
         assert_eq!(crate::queue::end_of_wal_before(3 * seg + 8192 + 24, seg), 3 * seg + 8192);

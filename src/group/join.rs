@@ -212,7 +212,7 @@ fn snapshot() -> Result<pgrx::JsonB> {
         Spi::get_one::<String>("SELECT pg_catalog.pg_current_snapshot()::text").map_err(spi)?.unwrap_or_default();
     // The snapshot becomes the joiner's position in this node's queue: as for a tick,
     // what it shows committed must be durable before anyone acts on it (queue/history.rs).
-    crate::queue::flush_commits_before_now();
+    crate::queue::flush_commits_before_now()?;
     let (tick, tick_stable) = Spi::get_two::<i64, i64>(
         "SELECT coalesce(max(id), 0), coalesce((SELECT stable_hlc FROM mmr.tick ORDER BY id DESC LIMIT 1), 0) FROM mmr.tick",
     )

@@ -6,66 +6,52 @@
 //! does not wait for standbys; this does, when `synchronous_standby_names` names some.
 //! Without it, a standby promoted after a crash could lack what the peers acted on,
 //! and they would refuse it as a node that went back in time (queue/history.rs).
+//!
+//! It watches the standbys' confirmed flush position (`WalSndCtl`) on the latch rather
+//! than queueing as a committing backend does (`SyncRepWaitForLSN`): that wait expects
+//! interrupts held and ignores a lost client, and a pull stuck in it -- with a standby
+//! down -- would hold its connection slot while its peer reconnected again and again.
 
+use crate::error::{MmrError, Result};
 use pgrx::pg_sys;
-use std::ffi::CStr;
+use std::time::{Duration, Instant};
 
 /// Waits until the synchronous standbys, if any, have flushed WAL up to `lsn` (which
-/// this server has flushed already). Returns at once when none are configured. Does
-/// not return before they have it: PostgreSQL ends the wait early when the backend is
-/// told to exit (it exits here, before anyone acts on the commit) or its query is
-/// cancelled (it waits again).
-pub fn wait_for_standbys(lsn: pg_sys::XLogRecPtr) {
-    // SAFETY: reading GUC globals and waiting as a committing backend does; both are
-    // plain backend calls, in or out of a transaction.
-    unsafe {
-        let names = pg_sys::SyncRepStandbyNames;
-        if pg_sys::max_wal_senders == 0 || names.is_null() || *names == 0 {
-            return;
-        }
-        loop {
-            wait(lsn);
-            pgrx::check_for_interrupts!();
-            if standbys_have(lsn) {
-                return;
-            }
-        }
+/// this server has flushed already): for as long as it takes when `limit` is `None`
+/// (a worker after its commit, as a commit waits), else up to `limit`. Returns at once
+/// when none are configured. Exits with the process (postmaster death, terminate),
+/// before anyone acts on what it waited for.
+pub fn wait_for_standbys(lsn: pg_sys::XLogRecPtr, limit: Option<Duration>) -> Result<()> {
+    if !configured() {
+        return Ok(());
     }
+    let start = Instant::now();
+    let mut nap = Duration::from_millis(1);
+    // SAFETY: see `standbys_have`.
+    while !unsafe { standbys_have(lsn) } {
+        if limit.is_some_and(|l| start.elapsed() >= l) {
+            return Err(MmrError::StandbyWait { lsn, waited: start.elapsed() });
+        }
+        crate::pg::latch::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
-/// One `SyncRepWaitForLSN`, which follows the session's synchronous_commit: when the
-/// session commits asynchronously (mmr's workers and pulls do), it is `on` for this
-/// wait alone.
-///
-/// # Safety
-/// A backend call, as in `wait_for_standbys`.
-unsafe fn wait(lsn: pg_sys::XLogRecPtr) {
+/// Whether `synchronous_standby_names` names standbys (and WAL can be sent to them).
+fn configured() -> bool {
+    // SAFETY: reading GUC globals of this backend.
     unsafe {
-        let local = pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_LOCAL_FLUSH as i32;
-        if pg_sys::synchronous_commit > local {
-            pg_sys::SyncRepWaitForLSN(lsn, false);
-            return;
-        }
-        let name = c"synchronous_commit";
-        let before = CStr::from_ptr(pg_sys::GetConfigOption(name.as_ptr(), false, false)).to_owned();
-        let set = |value: &CStr| {
-            pg_sys::SetConfigOption(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-            )
-        };
-        set(c"on");
-        pg_sys::SyncRepWaitForLSN(lsn, false);
-        set(&before);
+        let names = pg_sys::SyncRepStandbyNames;
+        pg_sys::max_wal_senders > 0 && !names.is_null() && *names != 0
     }
 }
 
 /// Whether the synchronous standbys have flushed `lsn`, or none are defined (any more).
 ///
 /// # Safety
-/// Reads WalSndCtl in shared memory, as SyncRepWaitForLSN does before taking its lock.
+/// Reads WalSndCtl in shared memory without its lock, as SyncRepWaitForLSN does
+/// first: the position only grows, and a stale read costs one more nap.
 unsafe fn standbys_have(lsn: pg_sys::XLogRecPtr) -> bool {
     unsafe {
         let ctl = pg_sys::WalSndCtl;

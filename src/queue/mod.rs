@@ -262,7 +262,7 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
     let snap = kept::one::<String>("SELECT pg_current_snapshot()::text", &[], &[])
         .map_err(spi)?
         .ok_or_else(|| internal("no snapshot"))?;
-    flush_commits_before_now();
+    flush_commits_before_now()?;
     ticks(
         "WITH t AS (INSERT INTO mmr.tick (snap, hlc, stable_hlc, last_qid) \
                    VALUES ($3::pg_snapshot, $1, $2, (SELECT last_value FROM mmr.queue_id_seq)) \
@@ -283,7 +283,7 @@ fn create_tick(tick: i64, from: Option<&Snapshot>) -> Result<Tick> {
 /// writers committed synchronously (already flushed), which is why the pull itself
 /// commits asynchronously: the consumer's position and the tick are bookkeeping that
 /// the next pull writes again (see `pull_begin`).
-pub(crate) fn flush_commits_before_now() {
+pub(crate) fn flush_commits_before_now() -> Result<()> {
     // SAFETY: reading the insert position and flushing WAL up to it are plain calls
     // of a backend in a transaction; wal_segment_size is set at startup.
     let end = unsafe {
@@ -291,9 +291,13 @@ pub(crate) fn flush_commits_before_now() {
         pg_sys::XLogFlush(end);
         end
     };
-    // And on synchronous standbys: one promoted must have what peers act on.
-    crate::pg::syncrep::wait_for_standbys(end);
+    // And on synchronous standbys: one promoted must have what peers act on. Up to a
+    // limit: a pull (or a join) fails rather than wait on a standby that is down.
+    crate::pg::syncrep::wait_for_standbys(end, Some(STANDBY_WAIT))
 }
+
+/// How long a pull, the ticker or a join's snapshot waits for synchronous standbys.
+const STANDBY_WAIT: Duration = Duration::from_secs(10);
 
 /// The end of the WAL written before the insert position `insert`. They differ when
 /// `insert` is just past a page header (the next record would start there): WAL ends

@@ -52,7 +52,8 @@ fn flush_commit() {
         pg_sys::XLogFlush(pg_sys::XactLastCommitEnd);
         pg_sys::XactLastCommitEnd
     };
-    crate::pg::syncrep::wait_for_standbys(lsn);
+    // As long as it takes, as a commit waits (no limit: it cannot fail).
+    let _ = crate::pg::syncrep::wait_for_standbys(lsn, None);
 }
 
 fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {

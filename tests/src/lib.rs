@@ -434,6 +434,10 @@ impl Cluster {
         let node = &self.nodes[i];
         let dir = node.standby_data();
         let bin = node.bin.lock().unwrap().clone();
+        // Named first: commits wait for the standby once the checkpointer has taken
+        // the setting (nothing says when), and the base backup's checkpoint comes after.
+        self.exec(i, &format!("ALTER SYSTEM SET synchronous_standby_names = '{STANDBY}'"));
+        self.exec(i, "SELECT pg_reload_conf()");
         run(as_postgres_in(&bin, "pg_basebackup").args([
             "-h",
             "127.0.0.1",
@@ -461,12 +465,21 @@ impl Cluster {
         run(as_postgres_in(&bin, "pg_ctl")
             .args(["start", "-w", "-t", "60", "-D", dir.to_str().unwrap()])
             .args(["-l", log.to_str().unwrap()]));
-        self.exec(i, &format!("ALTER SYSTEM SET synchronous_standby_names = '{STANDBY}'"));
-        self.exec(i, "SELECT pg_reload_conf()");
         let in_sync = format!(
             "SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE application_name = '{STANDBY}' AND sync_state = 'sync')"
         );
         self.wait_until(i, &in_sync, Duration::from_secs(60));
+    }
+
+    /// Stops (`"stop"`) or starts (`"start"`) node `i`'s standby (`add_sync_standby`).
+    pub fn standby_ctl(&self, i: usize, action: &str) {
+        let node = &self.nodes[i];
+        let bin = node.bin.lock().unwrap().clone();
+        let dir = node.standby_data();
+        let log = node.dir.join("standby.log");
+        run(as_postgres_in(&bin, "pg_ctl")
+            .args([action, "-w", "-t", "60", "-D", dir.to_str().unwrap()])
+            .args(if action == "start" { vec!["-l", log.to_str().unwrap()] } else { vec!["-m", "fast"] }));
     }
 
     /// Fails node `i` over to its standby (`add_sync_standby`): a crash of the node
@@ -480,10 +493,12 @@ impl Cluster {
         run(as_postgres_in(&bin, "pg_ctl").args(["stop", "-w", "-m", "fast", "-D", standby.to_str().unwrap()]));
         std::fs::rename(node.data(), node.dir.join("failed")).unwrap();
         std::fs::rename(&standby, node.data()).unwrap();
-        // The standby's own port was the last line of postgresql.auto.conf.
+        // Without the standby's own port, and without a synchronous standby of its own
+        // (it has none; an HA manager changes the setting the same way).
         let auto = node.data().join("postgresql.auto.conf");
         let text = std::fs::read_to_string(&auto).unwrap();
-        let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("port = ")).collect();
+        let kept: Vec<&str> =
+            text.lines().filter(|l| !l.starts_with("port = ") && !l.starts_with("synchronous_standby_names")).collect();
         std::fs::write(&auto, kept.join("\n") + "\n").unwrap();
         self.start_node(i);
         run(as_postgres_in(&bin, "pg_ctl").args(["promote", "-w", "-D", node.data().to_str().unwrap()]));

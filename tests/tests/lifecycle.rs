@@ -715,7 +715,7 @@ fn a_node_restored_from_a_backup_is_refused_until_it_joins_again() {
 }
 
 /// A node with a synchronous standby fails over to it (kill -9, the standby promoted in
-/// its place) while every node writes. The promoted standby carries on as the node: no
+/// its place) while every node writes -- after the standby was down for a while. The promoted standby carries on as the node: no
 /// peer refuses it as having gone back in time (what peers acted on had reached the
 /// standby: pg/syncrep.rs), every write the node acknowledged is everywhere, and the
 /// group converges.
@@ -725,6 +725,22 @@ fn a_failover_to_a_synchronous_standby_carries_on() {
     join(&c, 1, 0);
     join(&c, 2, 0);
     c.add_sync_standby(0);
+    // While the standby is down, n1 serves nothing new (a promoted standby would lack
+    // it) and its peers say why; once it is back, the change flows.
+    c.standby_ctl(0, "stop");
+    c.exec(0, "SET synchronous_commit = local; INSERT INTO t (id, v) VALUES (-1, 'standby down')");
+    for i in [1, 2] {
+        c.wait_until(
+            i,
+            "SELECT last_error LIKE '%synchronous standbys have not confirmed%' FROM mmr.peers WHERE name = 'n1'",
+            SYNC,
+        );
+        assert_eq!(c.int(i, "SELECT count(*) FROM t WHERE id = -1"), 0);
+    }
+    c.standby_ctl(0, "start");
+    for i in [1, 2] {
+        c.wait_until(i, "SELECT count(*) = 1 FROM t WHERE id = -1", SYNC);
+    }
     let writers = vec![Writers::start(&c, 0, 1), Writers::start(&c, 1, 1), Writers::start(&c, 2, 1)];
     wait_rows(&c, 0, 600);
     c.fail_over(0);
