@@ -343,12 +343,7 @@ pub fn publish_consumer(consumer: &str, pos: &Snapshot) {
         let _g = LockGuard::acquire(Lock::Consumers, true);
         // SAFETY: exclusive lock held; the slots live in shared memory.
         let slots = unsafe { &mut (*shared_mut()).consumers };
-        let Some(idx) = named_or_free(slots, consumer, |s| s.in_use.then_some(&s.name[..])) else { return };
-        let slot = &mut slots[idx];
-        if !slot.in_use {
-            slot.in_use = true;
-            put_str(&mut slot.name, consumer);
-        }
+        let Some(slot) = consumer_slot(slots, consumer) else { return };
         // It passed the checks of queue/history.rs.
         slot.went_back = false;
         let n = pos.xip.len().min(CONSUMER_XIP);
@@ -385,13 +380,21 @@ pub fn note_consumer_went_back(consumer: &str) {
     let _g = LockGuard::acquire(Lock::Consumers, true);
     // SAFETY: exclusive lock held; the slots live in shared memory.
     let slots = unsafe { &mut (*shared_mut()).consumers };
-    let Some(idx) = named_or_free(slots, consumer, |s| s.in_use.then_some(&s.name[..])) else { return };
+    if let Some(slot) = consumer_slot(slots, consumer) {
+        slot.went_back = true;
+    }
+}
+
+/// `consumer`'s slot, taken if it has none (with nothing finished in its position);
+/// `None` when every slot is taken. Callers hold `Lock::Consumers` exclusively.
+fn consumer_slot<'a>(slots: &'a mut [ConsumerSlot], consumer: &str) -> Option<&'a mut ConsumerSlot> {
+    let idx = named_or_free(slots, consumer, |s| s.in_use.then_some(&s.name[..]))?;
     let slot = &mut slots[idx];
     if !slot.in_use {
-        *slot = ConsumerSlot { in_use: true, xmin: 0, xmax: 0, nxip: 0, ..*slot };
+        *slot = ConsumerSlot { in_use: true, xmin: 0, xmax: 0, nxip: 0, went_back: false, ..*slot };
         put_str(&mut slot.name, consumer);
     }
-    slot.went_back = true;
+    Some(slot)
 }
 
 /// Whether `note_consumer_went_back` noted `consumer`, and it has not published a

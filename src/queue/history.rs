@@ -19,9 +19,10 @@
 //!   and the pull is refused. That lasts by itself: a position moves only by being
 //!   served. This node's worker stops pulling from that consumer too, and records it
 //!   as the peer's refusal would (its ids may have passed this node's position in its
-//!   queue already: the first check would not see it). A consumer without a recorded position is new (a joiner's position is
-//!   made safe by the join, group/join.rs). One that reports no position after it had
-//!   one is refused too: a backup taken before its first batch from this node has none.
+//!   queue already: the first check would not see it). A consumer without a recorded
+//!   position is new (a joiner's position is made safe by the join, group/join.rs).
+//!   One that reports no position after it had one is refused too: a backup taken
+//!   before its first batch from this node has none.
 //!   (So is a node that removed this one as a peer and added it again, which would
 //!   have been safe: the hint says how to start that peering over on both sides.)
 //!
