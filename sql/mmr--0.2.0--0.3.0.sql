@@ -112,3 +112,33 @@ CREATE INDEX tombstone_khash ON mmr.tombstone (relid, khash) WHERE khash IS NOT 
 -- A peer whose database went back in time (restored from a backup) is no longer
 -- pulled from once it shows it (src/queue/history.rs).
 ALTER TABLE mmr.peer ADD COLUMN went_back text;
+
+-- A row's version vector takes less room (src/api/vv.rs, mmr_core::vv): mmr_vv holds
+-- it as bytea, 9-10 bytes per node, instead of a bigint[] (16 bytes per node and a
+-- 20-byte header). Every replicated table, mmr's own included, is rewritten once.
+CREATE FUNCTION "vv_array"(
+	"vv" bytea /* &[u8] */
+) RETURNS bigint[] /* alloc::vec::Vec<i64> */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'vv_array_wrapper';
+CREATE FUNCTION "_vv_bytea"(
+	"flat" bigint[] /* alloc::vec::Vec<core::option::Option<i64>> */
+) RETURNS bytea /* alloc::vec::Vec<u8> */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_vv_bytea_wrapper';
+REVOKE EXECUTE ON FUNCTION mmr.vv_array(bytea), mmr._vv_bytea(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mmr.vv_array(bytea) TO PUBLIC;
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT relid::regclass FROM mmr.replicated_table ORDER BY relid LOOP
+        EXECUTE pg_catalog.format(
+            'ALTER TABLE %s ALTER COLUMN mmr_vv DROP DEFAULT, '
+            'ALTER COLUMN mmr_vv TYPE bytea USING mmr._vv_bytea(mmr_vv), '
+            'ALTER COLUMN mmr_vv SET DEFAULT %L::bytea', t, '');
+    END LOOP;
+END
+$$;

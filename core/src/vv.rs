@@ -8,9 +8,12 @@
 //! counter, but never repeat, so a key that was deleted, forgotten everywhere and
 //! written again cannot be mistaken for its earlier life.
 //!
-//! Stored form: a flat `bigint[]` of `(node_id, stamp)` pairs sorted by node id with no
-//! zero entries, e.g. `{1,S1,2,S2}`. The form is canonical, so equal vectors have equal
-//! column values on every node.
+//! Stored forms, both canonical (equal vectors have equal values on every node):
+//! * in a row's `mmr_vv bytea` ([`VersionVector::to_bytes`]), per entry by node id the
+//!   node id as a LEB128 varint and the stamp as 8 bytes little-endian: 10 bytes per
+//!   node instead of a `bigint[]`'s 16 plus a 20-byte header, on every row;
+//! * elsewhere (tombstones, the wire, messages) a flat `bigint[]` of `(node_id, stamp)`
+//!   pairs sorted by node id with no zero entries, e.g. `{1,S1,2,S2}`.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -76,6 +79,59 @@ impl VersionVector {
     /// The stored flat form.
     pub fn to_flat(&self) -> Vec<i64> {
         self.entries.iter().flat_map(|&(n, c)| [n, c]).collect()
+    }
+
+    /// The compact form stored in a row's `mmr_vv` (see the module documentation).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10 * self.entries.len());
+        for &(node, stamp) in &self.entries {
+            let mut n = node as u64;
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+            out.extend_from_slice(&stamp.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads the compact form, rejecting what [`VersionVector::from_flat`] rejects and
+    /// truncated or overlong input.
+    pub fn from_bytes(mut bytes: &[u8]) -> Result<Self, VvError> {
+        let mut flat = Vec::with_capacity(bytes.len() / 5);
+        while !bytes.is_empty() {
+            let (mut node, mut shift) = (0u64, 0u32);
+            loop {
+                let (&b, rest) = bytes.split_first().ok_or_else(|| VvError("version vector truncated".into()))?;
+                bytes = rest;
+                if shift > 63 {
+                    return Err(VvError("version vector node id too long".into()));
+                }
+                node |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            let (stamp, rest) =
+                bytes.split_first_chunk::<8>().ok_or_else(|| VvError("version vector truncated".into()))?;
+            bytes = rest;
+            flat.extend([node as i64, i64::from_le_bytes(*stamp)]);
+        }
+        Self::from_flat(&flat)
+    }
+
+    /// The compact form as a `bytea` literal (`\x` and hex digits).
+    pub fn to_bytea_text(&self) -> String {
+        use std::fmt::Write;
+        let bytes = self.to_bytes();
+        let mut out = String::with_capacity(2 + 2 * bytes.len());
+        out.push_str("\\x");
+        for b in bytes {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
     }
 
     /// Parses the PostgreSQL text form of a `bigint[]`, e.g. `{1,3,2,5}`.
@@ -207,6 +263,32 @@ mod tests {
         assert_eq!(v.to_pg_array(), "{1,3,2,5}");
         assert_eq!(VersionVector::parse_pg_array("{1,3,2,5}").unwrap(), v);
         assert_eq!(VersionVector::parse_pg_array("{}").unwrap(), VersionVector::new());
+    }
+
+    #[test]
+    fn bytes_roundtrip_and_size() {
+        for flat in [&[][..], &[1, 3], &[1, 3, 2, 5], &[5, i64::MAX, 200, 1, 1023, 7_000_000_000_000_000], &[-1, 4]] {
+            let v = vv(flat);
+            assert_eq!(VersionVector::from_bytes(&v.to_bytes()).unwrap(), v, "{flat:?}");
+        }
+        assert_eq!(vv(&[1, 3, 2, 5]).to_bytes().len(), 18);
+        assert_eq!(vv(&[300, 3]).to_bytes(), vec![0xac, 0x02, 3, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(vv(&[1, 258]).to_bytea_text(), "\\x010201000000000000");
+        assert!(VersionVector::new().to_bytes().is_empty());
+    }
+
+    #[test]
+    fn rejects_damaged_bytes() {
+        assert!(VersionVector::from_bytes(&[1, 3, 0, 0]).is_err());
+        assert!(VersionVector::from_bytes(&[0x81]).is_err());
+        assert!(VersionVector::from_bytes(&[0xff; 11]).is_err());
+        let mut two = vv(&[2, 1]).to_bytes();
+        two.extend(vv(&[1, 1]).to_bytes());
+        assert!(VersionVector::from_bytes(&two).is_err());
+        assert!(VersionVector::from_bytes(&vv(&[1, 1]).to_bytes()[..8]).is_err());
+        let mut zero = vv(&[1, 1]).to_bytes();
+        zero[1] = 0;
+        assert!(VersionVector::from_bytes(&zero).is_err());
     }
 
     #[test]

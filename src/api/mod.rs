@@ -5,3 +5,4 @@ mod conflicts;
 mod node;
 mod peers;
 pub mod tables;
+mod vv;

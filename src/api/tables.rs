@@ -278,7 +278,7 @@ fn replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) -> Result<()> {
     let ddl = format!(
         "ALTER TABLE {name} ADD COLUMN mmr_hlc bigint NOT NULL DEFAULT 0, \
            ADD COLUMN mmr_node integer NOT NULL DEFAULT 0, \
-           ADD COLUMN mmr_vv bigint[] NOT NULL DEFAULT '{{}}'; \
+           ADD COLUMN mmr_vv bytea NOT NULL DEFAULT ''; \
          CREATE TRIGGER zz_mmr_stamp BEFORE INSERT OR UPDATE OR DELETE ON {name} \
            FOR EACH ROW EXECUTE FUNCTION mmr.stamp(); \
          CREATE TRIGGER zz_mmr_capture AFTER INSERT ON {name} \

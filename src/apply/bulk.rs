@@ -41,6 +41,7 @@ use crate::clock;
 use crate::error::{internal, spi, MmrError, Result};
 use mmr_core::decide::{decide, Decision, Local, Op, Version};
 use mmr_core::image::{push_copy_field, ImageError};
+use mmr_core::vv::VersionVector;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use std::borrow::Cow;
@@ -221,13 +222,16 @@ impl Applier {
         }
         let written = crate::pg::subxact::run_coded(|| {
             let keys = (t.key_layout.len(), |ch| image_values(t, &t.key_layout, ch));
-            let mut written = self.write_set(t, &t.bulk_delete, run, found, &deletes, keys)?;
+            // Deletes pass the vectors for tombstones, updates for rows (see ApplyTable).
+            let set = (&t.bulk_delete, VersionVector::to_pg_array as fn(&VersionVector) -> String);
+            let mut written = self.write_set(t, set, run, found, &deletes, keys)?;
             let columns = |ch| {
                 let mut values = image_values(t, &t.layout, ch)?;
                 Ok(t.update_columns.iter().map(|&i| values[i].take()).collect())
             };
             let columns = (t.update_columns.len(), columns);
-            written.extend(self.write_set(t, &t.bulk_update, run, found, &updates, columns)?);
+            let set = (&t.bulk_update, VersionVector::to_bytea_text as fn(&VersionVector) -> String);
+            written.extend(self.write_set(t, set, run, found, &updates, columns)?);
             Ok(written)
         });
         // Whatever failed (a unique collision, or a change that cannot be applied at
@@ -245,12 +249,12 @@ impl Applier {
     }
 
     /// Runs `stmt` (bulk_update or bulk_delete) over the changes at positions `ks` of
-    /// the run, with the `n` text columns `columns` reads out of each; returns the
-    /// positions it wrote.
+    /// the run, their vectors written by `vv_text`, with the `n` text columns `columns`
+    /// reads out of each; returns the positions it wrote.
     fn write_set<'a>(
         &self,
         t: &ApplyTable,
-        stmt: &pgrx::spi::OwnedPreparedStatement,
+        (stmt, vv_text): (&pgrx::spi::OwnedPreparedStatement, fn(&VersionVector) -> String),
         run: &'a [Change],
         found: &[Option<Found>],
         ks: &[usize],
@@ -263,7 +267,7 @@ impl Applier {
         let ctids: Vec<String> =
             ks.iter().map(|&k| found[k].as_ref().map(|f| f.ctid.clone()).unwrap_or_default()).collect();
         let hlcs: Vec<i64> = ks.iter().map(|&k| run[k].hlc).collect();
-        let vvs: Vec<String> = ks.iter().map(|&k| run[k].vv.to_pg_array()).collect();
+        let vvs: Vec<String> = ks.iter().map(|&k| vv_text(&run[k].vv)).collect();
         let (found_hlcs, found_nodes): (Vec<i64>, Vec<i32>) =
             ks.iter().map(|&k| found[k].as_ref().map(|f| (f.version.hlc, f.version.node)).unwrap_or_default()).unzip();
         let mut args: Vec<DatumWithOid<'static>> = vec![
@@ -319,7 +323,9 @@ fn copy_data<'a>(t: &ApplyTable, changes: impl Iterator<Item = &'a Change> + Clo
             push_copy_field(&mut data, v.as_deref());
             data.push('\t');
         }
-        let _ = writeln!(data, "{}\t{origin}\t{}", ch.hlc, ch.vv.to_pg_array());
+        let _ = write!(data, "{}\t{origin}\t", ch.hlc);
+        push_copy_field(&mut data, Some(&ch.vv.to_bytea_text()));
+        data.push('\n');
     }
     Ok(data)
 }
@@ -357,7 +363,7 @@ fn entries<'a>(run: impl IntoIterator<Item = &'a Change>) -> Result<Image> {
             if i > 0 { "," } else { "" },
             ch.image()?,
             ch.hlc,
-            ch.vv.to_pg_array()
+            ch.vv.to_bytea_text().replace('\\', "\\\\")
         );
     }
     arr.push(']');

@@ -754,7 +754,7 @@ fn write_lww(
         (Side::Remote, _, local) => write_row(client, t, image, stamp, local)?,
         // The local version stays; it has now seen the remote one.
         (Side::Local, _, Local::Row(_)) => {
-            client.update(&t.set_row_vv, None, &[image.arg(), c.vv.to_flat().into()]).map_err(spi)?;
+            client.update(&t.set_row_vv, None, &[image.arg(), c.vv.to_bytes().into()]).map_err(spi)?;
             Written::Done
         }
         // The local deletion stays; it has now seen the remote version.
@@ -851,7 +851,7 @@ enum Written {
 /// The version in columns `at` (stamp), `at + 1` (node) and `at + 2` (vector) of a
 /// statement's row reading table `tbl`.
 fn version_at(r: &pgrx::spi::SpiHeapTupleData, at: usize, tbl: &str) -> Result<Version> {
-    let vv = VersionVector::from_flat(&r.get::<Vec<i64>>(at + 2).map_err(spi)?.unwrap_or_default())
+    let vv = VersionVector::from_bytes(&r.get::<Vec<u8>>(at + 2).map_err(spi)?.unwrap_or_default())
         .map_err(|e| damaged(format!("{tbl}: version vector: {e}")))?;
     Ok(Version { hlc: r.get(at).map_err(spi)?.unwrap_or(0), node: r.get(at + 1).map_err(spi)?.unwrap_or(0), vv })
 }
@@ -923,7 +923,7 @@ fn write_row(
     (hlc, node, vv): Stamp<'_>,
     local: &Local,
 ) -> Result<Written> {
-    let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
+    let args = [image.arg(), hlc.into(), node.into(), vv.to_bytes().into()];
     let fail = |e: pgrx::spi::SpiError| internal(format!("applying a change to {}: {e}", t.name));
     if let Local::Row(_) = local {
         client.update(&t.update_row, None, &args).map_err(fail)?;
@@ -976,11 +976,11 @@ fn insert_where_absent(
         Some((
             r.get::<i64>(1).map_err(spi)?.unwrap_or(0),
             r.get::<i32>(2).map_err(spi)?.unwrap_or(0),
-            r.get::<Vec<i64>>(3).map_err(spi)?.unwrap_or_default(),
+            r.get::<Vec<u8>>(3).map_err(spi)?.unwrap_or_default(),
         ))
     };
     let was = match held {
-        Local::Tombstone(v) => Some((v.hlc, v.node, v.vv.to_flat())),
+        Local::Tombstone(v) => Some((v.hlc, v.node, v.vv.to_bytes())),
         _ => None,
     };
     if now != was {
@@ -1020,7 +1020,7 @@ fn write_delete(
         // this table has tombstones, and look for ours.
         crate::pg::shmem::note_tombstones(t.relid);
         let (hlc, node, vv) = stamp;
-        let args = [image.arg(), hlc.into(), node.into(), vv.to_flat().into()];
+        let args = [image.arg(), hlc.into(), node.into(), vv.to_bytes().into()];
         if insert_where_absent(client, t, image, &args, local, true)? == Written::Raced {
             return Ok(Written::Raced);
         }

@@ -395,7 +395,7 @@ fn _discard_set_aside(id: i64) {
             "INSERT INTO mmr.ddl (origin, seq, command, settings, role, issued_at, mmr_hlc, mmr_node, mmr_vv) \
              SELECT (n ->> 'origin')::int, (n ->> 'seq')::bigint, n ->> 'command', (n ->> 'settings')::jsonb, \
                     n ->> 'role', (n ->> 'issued_at')::timestamptz, (c ->> 'h')::bigint, a.origin, \
-                    ARRAY(SELECT pg_catalog.jsonb_array_elements_text(c -> 'v')::bigint) \
+                    mmr._vv_bytea(ARRAY(SELECT pg_catalog.jsonb_array_elements_text(c -> 'v')::bigint)) \
              FROM mmr.set_aside a CROSS JOIN LATERAL (SELECT a.change::jsonb AS c) x \
              CROSS JOIN LATERAL (SELECT x.c -> 'n' AS n) y \
              WHERE a.id = $1 AND a.tbl = 'mmr.ddl' AND a.op = 'I' ON CONFLICT DO NOTHING",

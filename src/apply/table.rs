@@ -23,13 +23,15 @@ pub struct ApplyTable {
     pub resolver: Option<(String, OwnedPreparedStatement)>,
     /// `SELECT mmr_hlc, mmr_node, mmr_vv ... FOR UPDATE` of the row with the image's key.
     pub lock_row: OwnedPreparedStatement,
-    /// `SELECT hlc, node, vv ... FOR UPDATE` of the key's tombstone.
+    /// `SELECT hlc, node, vv ... FOR UPDATE` of the key's tombstone (vv as `mmr_vv`
+    /// holds it, like every statement here that reads a version).
     pub lock_tombstone: OwnedPreparedStatement,
     /// The same, without the lock.
     pub read_tombstone: OwnedPreparedStatement,
     /// The local row as a row image (for conflict records and `resolve_conflict`).
     pub row_json: OwnedPreparedStatement,
-    /// Overwrites the (locked) row from the image: $2 hlc, $3 node, $4 vv.
+    /// Overwrites the (locked) row from the image: $2 hlc, $3 node, $4 vv (`bytea`,
+    /// as `mmr_vv` holds it; tombstones hold a `bigint[]`).
     pub update_row: OwnedPreparedStatement,
     /// Inserts the row from the image unless the key exists: $2 hlc, $3 node, $4 vv.
     /// Inserting one row while another transaction inserts the same key waits for it,
@@ -55,7 +57,7 @@ pub struct ApplyTable {
     pub copy_columns: Vec<String>,
     /// The set-wise statements (apply/bulk.rs) read a run of changes as entries: $1 a
     /// jsonb array of {"r": image, "h": stamp, "v": vector} (stamp and vector as
-    /// strings: `bigint` and `bigint[]` literals), numbered from 1; $2 the origin node.
+    /// strings: `bigint` and `bytea` literals), numbered from 1; $2 the origin node.
     ///
     /// Inserts every entry unless its key exists (ON CONFLICT DO NOTHING), returning
     /// the positions of the entries it did not insert: their key exists, or repeats an
@@ -74,7 +76,7 @@ pub struct ApplyTable {
     pub find_rows: OwnedPreparedStatement,
     /// Overwrites rows `find_rows` found: $1 the origin node, $2 the (1-based) positions
     /// of the changes, $3 the ctids their rows were found at, $4 their stamps, $5 their
-    /// vectors (`bigint[]` literals), $6 and $7 the stamps and nodes of the versions
+    /// vectors (`bytea` literals), $6 and $7 the stamps and nodes of the versions
     /// found, then one `text[]` per column it sets (`update_columns`). Returns the
     /// positions written: a change whose row is no longer that version at that ctid (a
     /// local write committed since it was read, or this transaction moved the row) is
@@ -83,8 +85,9 @@ pub struct ApplyTable {
     /// before the fix of late 2025 recheck every condition but the ctid.
     pub bulk_update: OwnedPreparedStatement,
     /// Deletes rows `find_rows` found and writes their tombstones (none may exist yet: a
-    /// key has its row or its tombstone): arguments as `bulk_update`, with one `text[]`
-    /// per key column instead of the columns; result as `bulk_update`.
+    /// key has its row or its tombstone): arguments as `bulk_update`, but the vectors as
+    /// `bigint[]` literals and one `text[]` per key column instead of the columns;
+    /// result as `bulk_update`.
     pub bulk_delete: OwnedPreparedStatement,
     /// The positions (in `layout`) of the columns `bulk_update` sets, in its order:
     /// the image columns but GENERATED ALWAYS identity columns.
@@ -148,6 +151,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let int8 = PgOid::from(pg_sys::INT8OID);
     let int4 = PgOid::from(pg_sys::INT4OID);
     let int8s = PgOid::from(pg_sys::INT8ARRAYOID);
+    let bytea = PgOid::from(pg_sys::BYTEAOID);
     let int4s = PgOid::from(pg_sys::INT4ARRAYOID);
     let text = PgOid::from(pg_sys::TEXTOID);
     let texts = PgOid::from(pg_sys::TEXTARRAYOID);
@@ -176,10 +180,13 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
             &[jsonb],
         )?,
         lock_tombstone: prepare(
-            format!("SELECT hlc, node, vv FROM mmr.tombstone WHERE {tombstone_where} FOR UPDATE"),
+            format!("SELECT hlc, node, mmr._vv_bytea(vv) FROM mmr.tombstone WHERE {tombstone_where} FOR UPDATE"),
             &[jsonb],
         )?,
-        read_tombstone: prepare(format!("SELECT hlc, node, vv FROM mmr.tombstone WHERE {tombstone_where}"), &[jsonb])?,
+        read_tombstone: prepare(
+            format!("SELECT hlc, node, mmr._vv_bytea(vv) FROM mmr.tombstone WHERE {tombstone_where}"),
+            &[jsonb],
+        )?,
         row_json: prepare(
             format!("SELECT {} FROM {name} x WHERE {}", shape.image_of_alias("x"), shape.key_match("$1")),
             &[jsonb],
@@ -193,7 +200,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
                 src = shape.source("$1"),
                 key = shape.key_match("$1")
             ),
-            &[jsonb, int8, int4, int8s],
+            &[jsonb, int8, int4, bytea],
         )?,
         insert_row: prepare(
             format!(
@@ -202,7 +209,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
                 src = shape.source("$1"),
                 pk = shape.pk.join(", "),
             ),
-            &[jsonb, int8, int4, int8s],
+            &[jsonb, int8, int4, bytea],
         )?,
         claim_row: prepare(
             format!(
@@ -210,12 +217,12 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
                  SELECT {rcols}, $2, $3, $4 FROM {src} ON CONFLICT DO NOTHING",
                 src = shape.source("$1"),
             ),
-            &[jsonb, int8, int4, int8s],
+            &[jsonb, int8, int4, bytea],
         )?,
         delete_row: prepare(format!("DELETE FROM {name} x WHERE {}", shape.key_match("$1")), &[jsonb])?,
         set_row_vv: prepare(
             format!("UPDATE {name} x SET mmr_vv = $2 WHERE {}", shape.key_match("$1")),
-            &[jsonb, int8s],
+            &[jsonb, bytea],
         )?,
         put_tombstone: prepare(
             shape.put_tombstone(relid, &shape.key_values("$1"), ("$2::int8", "$3::int4", "$4::int8[]")),
@@ -312,7 +319,7 @@ fn bulk_insert_sql(shape: &rowsql::Shape, cols: &str, overriding: &str) -> Strin
     format!(
         "WITH e AS (SELECT e.v, e.n FROM {ENTRIES}), \
          ins AS (INSERT INTO {name} AS x ({cols}, mmr_hlc, mmr_node, mmr_vv) {overriding} \
-                 SELECT {vals}, (e.v ->> 'h')::int8, $2, (e.v ->> 'v')::int8[] \
+                 SELECT {vals}, (e.v ->> 'h')::int8, $2, (e.v ->> 'v')::bytea \
                  FROM e ORDER BY e.n ON CONFLICT ({pk}) DO NOTHING RETURNING {pk}), \
          keyed AS (SELECT e.n, {keyed}, row_number() OVER (PARTITION BY {key_list} ORDER BY e.n) AS seen FROM e) \
          SELECT keyed.n FROM keyed \
@@ -389,7 +396,7 @@ fn bulk_update_sql(shape: &rowsql::Shape) -> String {
     let sets: Vec<String> =
         cols.iter().enumerate().map(|(i, c)| format!("{} = (w.v{i})::{}, ", c.ident, c.typ)).collect();
     format!(
-        "UPDATE {name} AS x SET {sets} mmr_hlc = w.h, mmr_node = $1, mmr_vv = w.vv::int8[] \
+        "UPDATE {name} AS x SET {sets} mmr_hlc = w.h, mmr_node = $1, mmr_vv = w.vv::bytea \
          FROM {to_write} WHERE {found} RETURNING w.n",
         name = shape.name,
         to_write = to_write("v", cols.len()),

@@ -75,51 +75,15 @@ unsafe fn attr(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, att: i32) -> Opt
 /// # Safety
 /// As for [`attr`].
 unsafe fn row_vv(rel: pg_sys::Relation, meta: &TableMeta, tuple: pg_sys::HeapTuple) -> Result<VersionVector> {
-    // SAFETY: guaranteed by the caller; mmr_vv is a bigint[].
-    let flat = unsafe { attr(rel, tuple, meta.att_vv).map(|d| int8_array(d)) };
-    let flat = flat.transpose().map_err(|e| MmrError::Damaged(format!("{}: mmr_vv: {e}", meta.name)))?;
-    VersionVector::from_flat(&flat.unwrap_or_default())
+    // SAFETY: guaranteed by the caller; mmr_vv is a bytea, read in place.
+    let bytes = unsafe { attr(rel, tuple, meta.att_vv).and_then(|d| <&[u8]>::from_datum(d, false)) };
+    VersionVector::from_bytes(bytes.unwrap_or_default())
         .map_err(|e| MmrError::Damaged(format!("{}: mmr_vv: {e}", meta.name)))
 }
 
-/// Reads a one-dimensional `bigint[]` without NULLs (what mmr_vv always holds) straight
-/// from its bytes: this runs for every written row.
-///
-/// # Safety
-/// `d` must be a non-null `bigint[]` datum.
-unsafe fn int8_array(d: pg_sys::Datum) -> std::result::Result<Vec<i64>, &'static str> {
-    // SAFETY: guaranteed by the caller; the layout is PostgreSQL's ArrayType header,
-    // then dims and lower bounds (one each), then the 8-byte aligned data.
-    unsafe {
-        let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *const pg_sys::ArrayType;
-        match (*arr).ndim {
-            0 => return Ok(Vec::new()),
-            1 if (*arr).dataoffset == 0 && (*arr).elemtype == pg_sys::INT8OID => {}
-            _ => return Err("not a one-dimensional bigint[] without NULLs"),
-        }
-        let dims = (arr as *const u8).add(std::mem::size_of::<pg_sys::ArrayType>()) as *const i32;
-        let n = *dims as usize;
-        // ARR_OVERHEAD_NONULLS(1): header + dims + lbound, rounded up to 8.
-        let offset = (std::mem::size_of::<pg_sys::ArrayType>() + 2 * std::mem::size_of::<i32>()).next_multiple_of(8);
-        let data = (arr as *const u8).add(offset) as *const i64;
-        Ok(std::slice::from_raw_parts(data, n).to_vec())
-    }
-}
-
-/// Builds a `bigint[]` datum in the current memory context.
-fn int8_array_datum(values: &[i64]) -> pg_sys::Datum {
-    let mut datums: Vec<pg_sys::Datum> = values.iter().map(|&v| pg_sys::Datum::from(v)).collect();
-    // SAFETY: construct_array copies the values into a new palloc'd array.
-    unsafe {
-        pg_sys::Datum::from(pg_sys::construct_array(
-            datums.as_mut_ptr(),
-            datums.len() as i32,
-            pg_sys::INT8OID,
-            8,
-            true,
-            pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char,
-        ))
-    }
+/// A `bytea` datum holding the stored form of `vv`, in the current memory context.
+fn vv_datum(vv: &VersionVector) -> pg_sys::Datum {
+    vv.to_bytes().as_slice().into_datum().expect("a bytea is never NULL")
 }
 
 /// # Safety
@@ -398,7 +362,7 @@ unsafe fn stamp(td: &pg_sys::TriggerData) -> Result<pg_sys::Datum> {
         }
     }
     let mut cols = [meta.att_hlc, meta.att_node, meta.att_vv];
-    let mut values = [pg_sys::Datum::from(hlc), pg_sys::Datum::from(node), int8_array_datum(&vv.to_flat())];
+    let mut values = [pg_sys::Datum::from(hlc), pg_sys::Datum::from(node), vv_datum(&vv)];
     let mut nulls = [false; 3];
     // SAFETY: builds a modified copy of the trigger's new tuple in the current (per-tuple)
     // memory context, outside any SPI connection, as the trigger manager expects.
@@ -461,7 +425,7 @@ unsafe fn capture(td: &pg_sys::TriggerData) -> Result<()> {
                 hlc = clock::tick_for_write_after(t.get(node as i64));
                 vv = t.stamped(node as i64, hlc);
                 let mut cols = [meta.att_hlc, meta.att_vv];
-                let mut values = [pg_sys::Datum::from(hlc), int8_array_datum(&vv.to_flat())];
+                let mut values = [pg_sys::Datum::from(hlc), vv_datum(&vv)];
                 restamp::rewrite(rel, new, &mut cols, &mut values);
             }
         }

@@ -76,6 +76,10 @@ struct Progress {
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 struct DonorState {
     protocol: i64,
+    /// The donor's mmr version (absent before 0.3.0). The copy carries mmr's columns as
+    /// the donor stores them (`mmr_vv` changed form in 0.3.0), so both must be on one.
+    #[serde(default)]
+    version: Option<String>,
     node: String,
     node_id: i32,
     hlc: i64,
@@ -235,6 +239,7 @@ fn snapshot() -> Result<pgrx::JsonB> {
     }
     let state = DonorState {
         protocol: PROTOCOL_VERSION,
+        version: Some(env!("CARGO_PKG_VERSION").into()),
         node: me.name,
         node_id: me.node_id,
         hlc: clock::current(),
@@ -359,6 +364,14 @@ fn donor_state(conn: &mut PeerConn) -> Result<DonorState> {
         return Err(MmrError::Donor(format!(
             "the member speaks mmr protocol {}, this node {PROTOCOL_VERSION}; upgrade both to the same version",
             state.protocol
+        )));
+    }
+    let mine = env!("CARGO_PKG_VERSION");
+    if state.version.as_deref() != Some(mine) {
+        return Err(MmrError::Donor(format!(
+            "the member runs mmr {}, this node {mine}: a node joins through a member of its own version \
+             (finish upgrading the group first)",
+            state.version.as_deref().unwrap_or("older than 0.3.0")
         )));
     }
     Ok(state)

@@ -449,7 +449,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA mmr FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA mmr FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA mmr FROM PUBLIC;
 GRANT USAGE ON SCHEMA mmr TO PUBLIC;
-GRANT EXECUTE ON FUNCTION mmr.hlc_now(), mmr.hlc_to_timestamptz(bigint) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION mmr.hlc_now(), mmr.hlc_to_timestamptz(bigint), mmr.vv_array(bytea) TO PUBLIC;
 -- What mmr.prefer_node reads, in any session.
 GRANT SELECT ON mmr.setting TO PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.commit_token(), mmr.wait_for_token(text, interval), mmr._wait_for_token(text, bigint),

@@ -228,7 +228,7 @@ CREATE TABLE mmr.resolution_log (
     resolved_at timestamptz NOT NULL DEFAULT now(),
     mmr_hlc bigint NOT NULL DEFAULT 0,
     mmr_node integer NOT NULL DEFAULT 0,
-    mmr_vv bigint[] NOT NULL DEFAULT '{}'
+    mmr_vv bytea NOT NULL DEFAULT ''
 );
 COMMENT ON TABLE mmr.resolution_log IS 'Decisions taken with mmr.resolve_conflict, replicated to every node.';
 INSERT INTO mmr.replicated_table (relid) VALUES ('mmr.resolution_log');
@@ -249,7 +249,7 @@ CREATE TABLE mmr.member (
     changed_at timestamptz NOT NULL DEFAULT now(),
     mmr_hlc bigint NOT NULL DEFAULT 0,
     mmr_node integer NOT NULL DEFAULT 0,
-    mmr_vv bigint[] NOT NULL DEFAULT '{}'
+    mmr_vv bytea NOT NULL DEFAULT ''
 );
 COMMENT ON TABLE mmr.member IS 'Members of the replication group and their state, replicated to every member.';
 
@@ -300,7 +300,7 @@ CREATE TABLE mmr.ddl (
     issued_at timestamptz NOT NULL DEFAULT now(),
     mmr_hlc bigint NOT NULL DEFAULT 0,
     mmr_node integer NOT NULL DEFAULT 0,
-    mmr_vv bigint[] NOT NULL DEFAULT '{}',
+    mmr_vv bytea NOT NULL DEFAULT '',
     PRIMARY KEY (origin, seq)
 );
 COMMENT ON TABLE mmr.ddl IS 'DDL run with mmr.replicate_ddl or typed on a replicated table, replicated to every member.';

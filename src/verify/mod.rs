@@ -152,7 +152,7 @@ impl Spec {
         };
         let tomb_key = self.key_of_json("x.pk");
         format!(
-            "SELECT {kj}, 'r', x.mmr_node, x.mmr_hlc, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({row}, 'UTF8')), 'hex'), x.mmr_vv FROM {name} x WHERE {rows} \
+            "SELECT {kj}, 'r', x.mmr_node, x.mmr_hlc, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({row}, 'UTF8')), 'hex'), mmr.vv_array(x.mmr_vv) FROM {name} x WHERE {rows} \
              UNION ALL \
              SELECT x.pk::text, 't', x.node, x.hlc, NULL, x.vv FROM mmr.tombstone x \
              WHERE x.relid = {relid}::oid AND {tombs}",

@@ -83,19 +83,19 @@ fn rewrite(spec: &super::Spec, pk: &str, base: &VersionVector, seen: (i64, i64))
         Ok::<_, pgrx::spi::SpiError>(Some((
             r.get::<i64>(1)?.unwrap_or(0),
             r.get::<i64>(2)?.unwrap_or(0),
-            r.get::<Vec<i64>>(3)?.unwrap_or_default(),
+            r.get::<Vec<u8>>(3)?.unwrap_or_default(),
         )))
     })
     .map_err(spi)?;
     let Some((_, _, held)) = now.filter(|(n, s, _)| (*n, *s) == seen) else { return Ok(false) };
-    let held = VersionVector::from_flat(&held).map_err(crate::error::damaged)?;
+    let held = VersionVector::from_bytes(&held).map_err(crate::error::damaged)?;
     let base = repair_base([base, &held]);
     let raise = format!("UPDATE {} x SET mmr_vv = $2 WHERE {key}", spec.name);
     let write = format!("UPDATE {} x SET mmr_hlc = x.mmr_hlc WHERE {key}", spec.name);
     {
         let _replica = crate::pg::settings::Scope::enter();
         crate::pg::settings::set_saved("session_replication_role", "replica")?;
-        Spi::run_with_args(&raise, &[JsonB(pk.clone()).into(), base.to_flat().into()]).map_err(spi)?;
+        Spi::run_with_args(&raise, &[JsonB(pk.clone()).into(), base.to_bytes().into()]).map_err(spi)?;
     }
     crate::pg::settings::set_saved("session_replication_role", "origin")?;
     Spi::run_with_args(&write, &[JsonB(pk).into()]).map_err(spi)?;

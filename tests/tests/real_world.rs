@@ -585,7 +585,7 @@ fn a_local_insert_meets_the_version_apply_is_holding_aside() {
     assert_eq!(c.text(1, "SELECT string_agg(k || u || v, ',' ORDER BY k) FROM t"), "1a0,37b7");
     let n1_id = c.int(0, "SELECT node_id::int8 FROM mmr.nodes WHERE is_local");
     let continued = format!(
-        "SELECT count(*) FROM t, unnest(t.mmr_vv) WITH ORDINALITY e(x, i) WHERE t.k = 37 AND i % 2 = 1 AND x = {n1_id}"
+        "SELECT count(*) FROM t, unnest(mmr.vv_array(t.mmr_vv)) WITH ORDINALITY e(x, i) WHERE t.k = 37 AND i % 2 = 1 AND x = {n1_id}"
     );
     assert_eq!(c.int(1, &continued), 1, "the insert did not continue the held version's history");
     c.sync(SYNC);

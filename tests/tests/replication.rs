@@ -122,8 +122,8 @@ fn causally_later_change_applies_without_conflict() {
 
 /// A row's vector holds exactly a write of node 1 (A) and, after it, node 2's (B) latest
 /// write, which made the row: entries are the stamps of those writes.
-const VV_OF_A_THEN_B: &str = "array_length(mmr_vv, 1) = 4 AND mmr_vv[1] = 1 AND mmr_vv[3] = 2 \
-                              AND mmr_vv[4] = mmr_hlc AND mmr_vv[2] < mmr_hlc";
+const VV_OF_A_THEN_B: &str = "SELECT array_length(v, 1) = 4 AND v[1] = 1 AND v[3] = 2 AND v[4] = mmr_hlc \
+                              AND v[2] < mmr_hlc FROM (SELECT mmr.vv_array(mmr_vv) AS v) vv";
 
 /// Invariant 7: applying a change never captures it again (no loops) and user
 /// triggers do not fire on apply.

@@ -595,7 +595,7 @@ fn join(r: &mut Report) {
             .unwrap();
     scratch
         .batch_execute(&format!(
-            "{ddl}; ALTER TABLE t ADD COLUMN mmr_hlc bigint, ADD COLUMN mmr_node int, ADD COLUMN mmr_vv bigint[]"
+            "{ddl}; ALTER TABLE t ADD COLUMN mmr_hlc bigint, ADD COLUMN mmr_node int, ADD COLUMN mmr_vv bytea"
         ))
         .unwrap();
     let dump = format!(

@@ -1,0 +1,26 @@
+//! A row's version vector in SQL. `mmr_vv` holds it in a compact binary form
+//! (`mmr_core::vv`); these read and write it as the flat `bigint[]` of `(node, stamp)`
+//! pairs mmr uses everywhere else.
+
+use crate::error::MmrError;
+use mmr_core::vv::VersionVector;
+use pgrx::prelude::*;
+
+/// The `(node, stamp)` pairs of a row's `mmr_vv`, by node id: `{1,S1,2,S2}`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn vv_array(vv: &[u8]) -> Vec<i64> {
+    VersionVector::from_bytes(vv)
+        .map(|v| v.to_flat())
+        .unwrap_or_else(|e| MmrError::Damaged(format!("mmr_vv: {e}")).raise())
+}
+
+/// The stored form of a vector given as flat pairs. Internal: apply and the upgrade
+/// script write `mmr_vv` with it.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _vv_bytea(flat: Vec<Option<i64>>) -> Vec<u8> {
+    let flat: Option<Vec<i64>> = flat.into_iter().collect();
+    flat.ok_or_else(|| "a NULL element".to_string())
+        .and_then(|f| VersionVector::from_flat(&f).map_err(|e| e.to_string()))
+        .map(|v| v.to_bytes())
+        .unwrap_or_else(|e| MmrError::Damaged(format!("version vector: {e}")).raise())
+}
