@@ -112,7 +112,7 @@ mod tests {
         run("INSERT INTO cap VALUES (1, 'a')");
         flush();
         // A node's entry in the vector is the stamp of its latest write.
-        assert_eq!(text("SELECT (mmr_vv = ARRAY[7, mmr_hlc])::text FROM cap WHERE id = 1"), "true");
+        assert_eq!(text("SELECT (mmr.vv_array(mmr_vv) = ARRAY[7, mmr_hlc])::text FROM cap WHERE id = 1"), "true");
         assert_eq!(one::<i32>("SELECT mmr_node FROM cap WHERE id = 1"), Some(7));
         assert_eq!(
             text(
@@ -167,7 +167,7 @@ mod tests {
         // Give the row a write of node 3 in its history (as if applied from node 3), to
         // see the vector carried on: only this node's entry changes.
         run("SET session_replication_role = replica");
-        run("UPDATE cap SET mmr_vv = ARRAY[3, 5] || mmr_vv WHERE id = 2");
+        run("UPDATE cap SET mmr_vv = mmr._vv_bytea(ARRAY[3, 5] || mmr.vv_array(mmr_vv)) WHERE id = 2");
         run("RESET session_replication_role");
         run("DELETE FROM cap WHERE id = 2");
         flush();
@@ -187,7 +187,7 @@ mod tests {
 
         // Re-inserting a deleted key continues the tombstone's vector and removes it.
         run("INSERT INTO cap VALUES (2, 'again')");
-        assert_eq!(text("SELECT (mmr_vv = ARRAY[3, 5, 7, mmr_hlc])::text FROM cap WHERE id = 2"), "true");
+        assert_eq!(text("SELECT (mmr.vv_array(mmr_vv) = ARRAY[3, 5, 7, mmr_hlc])::text FROM cap WHERE id = 2"), "true");
         assert_eq!(one::<i64>("SELECT count(*) FROM mmr.tombstone WHERE pk = '{\"id\": 2}'"), Some(0));
 
         // Every change got a stamp of its own.
@@ -195,8 +195,8 @@ mod tests {
         assert!(one::<bool>("SELECT count(DISTINCT hlc) = count(*) FROM mmr.queued_changes").unwrap());
 
         // A user cannot forge the mmr columns: they are recomputed.
-        run("UPDATE cap SET mmr_vv = '{7,100}', mmr_hlc = 1 WHERE id = 2");
-        assert_eq!(text("SELECT (mmr_vv = ARRAY[3, 5, 7, mmr_hlc])::text FROM cap WHERE id = 2"), "true");
+        run("UPDATE cap SET mmr_vv = mmr._vv_bytea('{7,100}'), mmr_hlc = 1 WHERE id = 2");
+        assert_eq!(text("SELECT (mmr.vv_array(mmr_vv) = ARRAY[3, 5, 7, mmr_hlc])::text FROM cap WHERE id = 2"), "true");
         assert!(one::<bool>("SELECT mmr_hlc > 1 FROM cap WHERE id = 2").unwrap());
     }
 
@@ -206,11 +206,14 @@ mod tests {
         run("CREATE TABLE pre (id int PRIMARY KEY, v text)");
         run("INSERT INTO pre SELECT g, 'x' FROM generate_series(1, 10) g");
         run("SELECT mmr.replicate('pre')");
-        assert_eq!(text("SELECT DISTINCT concat_ws(' ', mmr_hlc, mmr_node, mmr_vv::text) FROM pre"), "0 0 {}");
+        assert_eq!(
+            text("SELECT DISTINCT concat_ws(' ', mmr_hlc, mmr_node, mmr.vv_array(mmr_vv)::text) FROM pre"),
+            "0 0 {}"
+        );
         // Only the replicate call itself is queued (the members run it too).
         assert_eq!(one::<i64>("SELECT count(*) FROM mmr.queued_changes WHERE tbl <> 'mmr.ddl'"), Some(0));
         run("UPDATE pre SET v = 'y' WHERE id = 3");
-        assert_eq!(text("SELECT (mmr_vv = ARRAY[1, mmr_hlc])::text FROM pre WHERE id = 3"), "true");
+        assert_eq!(text("SELECT (mmr.vv_array(mmr_vv) = ARRAY[1, mmr_hlc])::text FROM pre WHERE id = 3"), "true");
         run("SELECT mmr.unreplicate('pre')");
         assert_eq!(one::<i64>("SELECT count(*) FROM pre"), Some(10));
         assert_eq!(
