@@ -137,3 +137,22 @@ pub fn select_opt<T: FromDatum + IntoDatum>(
         }
     })
 }
+
+/// Refuses a replicated table whose `mmr_vv` is not a `bytea`: made by an mmr before
+/// 0.3.0 and never updated (a dump restored into this version). Its vectors would be
+/// read as garbage.
+pub fn check_vv_form(relid: pg_sys::Oid, name: &str) -> Result<()> {
+    // SAFETY: syscache lookups inside a transaction.
+    let typ = unsafe {
+        let att = pg_sys::get_attnum(relid, c"mmr_vv".as_ptr());
+        if att == pg_sys::InvalidAttrNumber as pg_sys::AttrNumber {
+            return Ok(());
+        }
+        pg_sys::get_atttype(relid, att)
+    };
+    if typ == pg_sys::BYTEAOID {
+        Ok(())
+    } else {
+        Err(MmrError::OldVectorForm(name.into()))
+    }
+}

@@ -48,6 +48,8 @@ pub enum MmrError {
     },
     AlreadyReplicated(String),
     NotReplicated(String),
+    /// A replicated table whose `mmr_vv` is not in this version's form (catalog.rs).
+    OldVectorForm(String),
     ReservedColumn {
         tbl: String,
         column: String,
@@ -170,7 +172,9 @@ impl MmrError {
 
     fn code(&self) -> Code {
         match self {
-            NotPreloaded | NodeNotInitialized | CatalogVersion { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            NotPreloaded | NodeNotInitialized | CatalogVersion { .. } | OldVectorForm(_) => {
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             NodeAlreadyInitialized { .. } | PeerExists(_) | AlreadyReplicated(_) => Code::ERRCODE_DUPLICATE_OBJECT,
             InvalidNodeId(_) | InvalidName { .. } | PeerIsSelf(_) | BadConninfo(_) => {
                 Code::ERRCODE_INVALID_PARAMETER_VALUE
@@ -222,6 +226,10 @@ impl MmrError {
         match self {
             NotPreloaded => "mmr must be loaded via shared_preload_libraries".into(),
             NodeNotInitialized => "this node has no mmr identity yet".into(),
+            OldVectorForm(tbl) => format!(
+                "replicated table {tbl} holds its version vectors (mmr_vv) in the form of mmr before 0.3.0, which \
+                 this version does not read"
+            ),
             CatalogVersion { catalog, build } => {
                 format!("the server runs mmr {build}, but the extension in this database is still at version {catalog}")
             }
@@ -353,6 +361,11 @@ impl MmrError {
             NotPreloaded => "Add mmr to shared_preload_libraries in postgresql.conf and restart the server.".into(),
             NodeNotInitialized => "Run SELECT mmr.init_node('<name>', <node_id>) on this server first.".into(),
             CatalogVersion { .. } => "Run ALTER EXTENSION mmr UPDATE (as a superuser) to finish the upgrade.".into(),
+            OldVectorForm(tbl) => format!(
+                "It comes from a dump of an older mmr: restore the dump under that version and run ALTER EXTENSION \
+                 mmr UPDATE there, or SELECT mmr.unreplicate('{tbl}') and mmr.replicate('{tbl}') again (the rows \
+                 start with no history)."
+            ),
             NodeAlreadyInitialized { .. } => "To start over, DROP EXTENSION mmr CASCADE and create it again.".into(),
             InvalidNodeId(_) => "Pick an unused id between 1 and 1023.".into(),
             InvalidName { what, .. } => format!("Pick a {what} name such as 'db1' or 'paris-2'."),

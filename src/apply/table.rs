@@ -145,6 +145,7 @@ fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let resolver: Option<pg_sys::Oid> = row.get(2).map_err(spi)?;
     // Use this node's spelling of the name from here on (same table, quoted the same way).
     let name = crate::capture::meta::qualified_name(relid)?;
+    crate::catalog::check_vv_form(relid, &name)?;
     let shape = rowsql::shape(client, relid, &name)?;
 
     let jsonb = PgOid::from(pg_sys::JSONBOID);

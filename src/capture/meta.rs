@@ -89,6 +89,7 @@ fn build(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Result<TableMeta> {
     let att_hlc = attnum(rel, "mmr_hlc").ok_or_else(|| missing("mmr_hlc"))?;
     let att_node = attnum(rel, "mmr_node").ok_or_else(|| missing("mmr_node"))?;
     let att_vv = attnum(rel, "mmr_vv").ok_or_else(|| missing("mmr_vv"))?;
+    crate::catalog::check_vv_form(relid, &name)?;
     let pk = primary_key(relid)?;
     if pk.is_empty() {
         return Err(MmrError::NoPrimaryKey(name));
