@@ -130,15 +130,26 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_vv_bytea_wrapper';
 REVOKE EXECUTE ON FUNCTION mmr.vv_array(bytea), mmr._vv_bytea(bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.vv_array(bytea) TO PUBLIC;
+-- (A table an earlier one converted -- an inheritance child -- is left alone; a view on
+-- the column stops the update, saying what to do.)
 DO $$
 DECLARE
     t regclass;
 BEGIN
-    FOR t IN SELECT relid::regclass FROM mmr.replicated_table ORDER BY relid LOOP
-        EXECUTE pg_catalog.format(
-            'ALTER TABLE %s ALTER COLUMN mmr_vv DROP DEFAULT, '
-            'ALTER COLUMN mmr_vv TYPE bytea USING mmr._vv_bytea(mmr_vv), '
-            'ALTER COLUMN mmr_vv SET DEFAULT %L::bytea', t, '');
+    FOR t IN SELECT r.relid::regclass FROM mmr.replicated_table r
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = r.relid AND a.attname = 'mmr_vv'
+              WHERE a.atttypid = 'bigint[]'::regtype ORDER BY r.relid LOOP
+        BEGIN
+            EXECUTE pg_catalog.format(
+                'ALTER TABLE %s ALTER COLUMN mmr_vv DROP DEFAULT, '
+                'ALTER COLUMN mmr_vv TYPE bytea USING mmr._vv_bytea(mmr_vv), '
+                'ALTER COLUMN mmr_vv SET DEFAULT %L::bytea', t, '');
+        EXCEPTION WHEN feature_not_supported OR dependent_objects_still_exist THEN
+            RAISE EXCEPTION 'mmr 0.3.0 stores mmr_vv as bytea, and the column of % cannot be converted: %', t, SQLERRM
+                USING ERRCODE = SQLSTATE,
+                      HINT = 'Drop the views or rules that use the table''s mmr_vv column (a view made with SELECT * '
+                             'does), run ALTER EXTENSION mmr UPDATE again, then create them again.';
+        END;
     END LOOP;
 END
 $$;

@@ -362,9 +362,9 @@ impl MmrError {
             NodeNotInitialized => "Run SELECT mmr.init_node('<name>', <node_id>) on this server first.".into(),
             CatalogVersion { .. } => "Run ALTER EXTENSION mmr UPDATE (as a superuser) to finish the upgrade.".into(),
             OldVectorForm(tbl) => format!(
-                "It comes from a dump of an older mmr: restore the dump under that version and run ALTER EXTENSION \
-                 mmr UPDATE there, or SELECT mmr.unreplicate('{tbl}') and mmr.replicate('{tbl}') again (the rows \
-                 start with no history)."
+                "It comes from a dump of an older mmr. Convert it on this node, as ALTER EXTENSION mmr UPDATE does: \
+                 SET mmr.ddl_replication = off; ALTER TABLE {tbl} ALTER COLUMN mmr_vv DROP DEFAULT, ALTER COLUMN \
+                 mmr_vv TYPE bytea USING mmr._vv_bytea(mmr_vv), ALTER COLUMN mmr_vv SET DEFAULT ''"
             ),
             NodeAlreadyInitialized { .. } => "To start over, DROP EXTENSION mmr CASCADE and create it again.".into(),
             InvalidNodeId(_) => "Pick an unused id between 1 and 1023.".into(),

@@ -216,6 +216,16 @@ mod tests {
             assert_rejected(write, "55000", "in the form of mmr before 0.3.0");
         }
         assert_eq!(text("SELECT string_agg(v, ',') FROM oldform"), "dumped");
+        // The hint's conversion, and the table is written again, its vector kept.
+        let hint = error_of("UPDATE oldform SET v = 'x'").unwrap();
+        let fix = hint.split("this node, as ALTER EXTENSION mmr UPDATE does: ").nth(1).unwrap();
+        run(fix);
+        run("RESET mmr.ddl_replication");
+        run("UPDATE oldform SET v = 'converted'");
+        assert_eq!(
+            text("SELECT concat_ws(' ', v, (mmr.vv_array(mmr_vv) = ARRAY[1, mmr_hlc])::text) FROM oldform"),
+            "converted true"
+        );
     }
 
     #[pg_test]

@@ -105,8 +105,9 @@ impl VersionVector {
             loop {
                 let (&b, rest) = bytes.split_first().ok_or_else(|| VvError("version vector truncated".into()))?;
                 bytes = rest;
-                if shift > 63 {
-                    return Err(VvError("version vector node id too long".into()));
+                // Canonical: no trailing zero groups, nothing past 64 bits.
+                if (shift > 0 && b == 0) || (shift == 63 && b > 1) || shift > 63 {
+                    return Err(VvError("version vector node id not in its shortest form".into()));
                 }
                 node |= u64::from(b & 0x7f) << shift;
                 shift += 7;
@@ -282,6 +283,11 @@ mod tests {
         assert!(VersionVector::from_bytes(&[1, 3, 0, 0]).is_err());
         assert!(VersionVector::from_bytes(&[0x81]).is_err());
         assert!(VersionVector::from_bytes(&[0xff; 11]).is_err());
+        // Overlong forms of node 1, and bits past 64.
+        assert!(VersionVector::from_bytes(&[0x81, 0x00, 1, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let mut wide = vec![0xff; 9];
+        wide.extend([0x02, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(VersionVector::from_bytes(&wide).is_err());
         let mut two = vv(&[2, 1]).to_bytes();
         two.extend(vv(&[1, 1]).to_bytes());
         assert!(VersionVector::from_bytes(&two).is_err());

@@ -54,9 +54,15 @@ impl Spec {
         let shape = Spi::connect(|c| rowsql::shape(c, relid, &name))?;
         let mut cols: Vec<&rowsql::Col> = shape.cols.iter().collect();
         cols.sort_by(|a, b| a.raw.cmp(&b.raw));
-        let row_text =
-            format!("ROW({})::text", cols.iter().map(|c| format!("x.{}", c.ident)).collect::<Vec<_>>().join(", "));
-        let columns = cols.iter().map(|c| format!("{} {}", c.ident, c.typ)).collect::<Vec<_>>().join(", ");
+        // mmr_vv as the flat pairs it held before 0.3.0, so that nodes of both versions
+        // render it alike (a group is verified while it is being upgraded too).
+        let render = |c: &rowsql::Col| match c.raw.as_str() {
+            "mmr_vv" => ("mmr.vv_array(x.mmr_vv)".to_string(), format!("{} bigint[]", c.ident)),
+            _ => (format!("x.{}", c.ident), format!("{} {}", c.ident, c.typ)),
+        };
+        let (values, columns): (Vec<String>, Vec<String>) = cols.iter().map(|c| render(c)).unzip();
+        let row_text = format!("ROW({})::text", values.join(", "));
+        let columns = columns.join(", ");
         Ok(Spec {
             columns,
             row_text,

@@ -108,8 +108,18 @@ fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
     let vectors = |vv: &str| format!("SELECT string_agg(id || ':' || {vv}::text, ' ' ORDER BY id) FROM t");
     let old_vectors = old.text(0, &vectors("mmr_vv"));
     assert!(old_vectors.contains(":{"), "{old_vectors}");
+    // A view that shows mmr_vv stops the update (the column changes form), saying what
+    // to do; nothing changes.
+    old.exec(0, "CREATE VIEW tv AS SELECT * FROM t");
     old.restart_on(0, Cluster::system_bin());
     wait_for_log(&old, "ALTER EXTENSION mmr UPDATE");
+    let e = old.connect(0).batch_execute("ALTER EXTENSION mmr UPDATE").unwrap_err();
+    let e = e.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "0A000", "{}", e.message());
+    assert!(e.message().contains("public.t") || e.message().contains(" t "), "{}", e.message());
+    assert!(e.hint().unwrap_or_default().contains("Drop the views"), "{:?}", e.hint());
+    assert_eq!(old.text(0, "SELECT extversion FROM pg_extension WHERE extname = 'mmr'"), "0.1.0");
+    old.exec(0, "DROP VIEW tv");
     old.exec(0, "ALTER EXTENSION mmr UPDATE");
     assert_eq!(old.int(0, "SELECT count(*) FROM t"), 9);
     // Rows keep their vectors, in the compact form of 0.3.0.
