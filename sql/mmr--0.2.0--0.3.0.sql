@@ -128,7 +128,13 @@ CREATE FUNCTION "_vv_bytea"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_vv_bytea_wrapper';
-REVOKE EXECUTE ON FUNCTION mmr.vv_array(bytea), mmr._vv_bytea(bigint[]) FROM PUBLIC;
+CREATE FUNCTION "_vv_text"(
+	"vv" bytea /* &[u8] */
+) RETURNS TEXT /* alloc::string::String */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_vv_text_wrapper';
+REVOKE EXECUTE ON FUNCTION mmr.vv_array(bytea), mmr._vv_bytea(bigint[]), mmr._vv_text(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mmr.vv_array(bytea) TO PUBLIC;
 -- (A table an earlier one converted -- an inheritance child -- is left alone; a view on
 -- the column stops the update, saying what to do.)

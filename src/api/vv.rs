@@ -14,6 +14,15 @@ fn vv_array(vv: &[u8]) -> Vec<i64> {
         .unwrap_or_else(|e| MmrError::Damaged(format!("mmr_vv: {e}")).raise())
 }
 
+/// `vv_array(vv)::text`, without making the array: verify renders every row's `mmr_vv`
+/// with it (verify/mod.rs).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _vv_text(vv: &[u8]) -> String {
+    VersionVector::from_bytes(vv)
+        .map(|v| v.to_pg_array())
+        .unwrap_or_else(|e| MmrError::Damaged(format!("mmr_vv: {e}")).raise())
+}
+
 /// The stored form of a vector given as flat pairs. Internal: apply and the upgrade
 /// script write `mmr_vv` with it.
 #[pg_extern(immutable, strict, parallel_safe)]
