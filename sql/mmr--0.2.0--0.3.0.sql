@@ -142,9 +142,10 @@ DO $$
 DECLARE
     t regclass;
 BEGIN
-    FOR t IN SELECT r.relid::regclass FROM mmr.replicated_table r
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = r.relid AND a.attname = 'mmr_vv'
-              WHERE a.atttypid = 'bigint[]'::regtype ORDER BY r.relid LOOP
+    FOR t IN SELECT relid::regclass FROM mmr.replicated_table ORDER BY relid LOOP
+        -- Looked up here, not in the loop's query: that one reads the catalog as it was.
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = t
+                                     AND a.attname = 'mmr_vv' AND a.atttypid = 'bigint[]'::regtype);
         BEGIN
             EXECUTE pg_catalog.format(
                 'ALTER TABLE %s ALTER COLUMN mmr_vv DROP DEFAULT, '
