@@ -139,12 +139,18 @@ pub fn tick_for_write() -> i64 {
 /// than the last stamps its primary handed out; a stamp at or below this node's entry
 /// would leave the vector as it was, and peers would take the write for one they have.
 pub fn tick_for_write_after(own: i64) -> i64 {
+    observe_own(own);
+    tick_for_write()
+}
+
+/// Moves the clock up to `own`, a stamp this node handed out before (its entry in a
+/// row's vector, or what a peer reports having applied of it): a promoted standby's
+/// clock may be behind it. Not past mmr.max_clock_skew: a damaged entry must not carry
+/// the clock away (peers would hold back every later change of this node).
+pub fn observe_own(own: i64) {
     if own >= current() {
-        // Not past mmr.max_clock_skew: a damaged entry must not carry the clock away
-        // (peers would hold back every later change of this node).
         let _ = observe_checked(own);
     }
-    tick_for_write()
 }
 
 /// Whether the current transaction has stamped rows (see `xact.rs`).

@@ -9,18 +9,19 @@ use pgrx::prelude::*;
 /// The `(node, stamp)` pairs of a row's `mmr_vv`, by node id: `{1,S1,2,S2}`.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn vv_array(vv: &[u8]) -> Vec<i64> {
-    VersionVector::from_bytes(vv)
-        .map(|v| v.to_flat())
-        .unwrap_or_else(|e| MmrError::Damaged(format!("mmr_vv: {e}")).raise())
+    stored(vv).to_flat()
 }
 
 /// `vv_array(vv)::text`, without making the array: verify renders every row's `mmr_vv`
 /// with it (verify/mod.rs).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn _vv_text(vv: &[u8]) -> String {
-    VersionVector::from_bytes(vv)
-        .map(|v| v.to_pg_array())
-        .unwrap_or_else(|e| MmrError::Damaged(format!("mmr_vv: {e}")).raise())
+    stored(vv).to_pg_array()
+}
+
+/// The vector `mmr_vv` holds, or an error saying it is damaged.
+fn stored(vv: &[u8]) -> VersionVector {
+    VersionVector::from_bytes(vv).unwrap_or_else(|e| MmrError::Damaged(format!("mmr_vv: {e}")).raise())
 }
 
 /// The stored form of a vector given as flat pairs. Internal: apply and the upgrade

@@ -357,14 +357,9 @@ fn image_values<'a>(
 fn entries<'a>(run: impl IntoIterator<Item = &'a Change>) -> Result<Image> {
     let mut arr = String::from("[");
     for (i, ch) in run.into_iter().enumerate() {
-        let _ = write!(
-            arr,
-            "{}{{\"r\":{},\"h\":\"{}\",\"v\":\"{}\"}}",
-            if i > 0 { "," } else { "" },
-            ch.image()?,
-            ch.hlc,
-            ch.vv.to_bytea_text().replace('\\', "\\\\")
-        );
+        let _ = write!(arr, "{}{{\"r\":{},\"h\":\"{}\",\"v\":", if i > 0 { "," } else { "" }, ch.image()?, ch.hlc);
+        mmr_core::json::push_json_string(&mut arr, &ch.vv.to_bytea_text());
+        arr.push('}');
     }
     arr.push(']');
     jsonb_arg(&arr)

@@ -374,9 +374,8 @@ impl Worker {
         let peer_node = self.check_identity(&header, node_id)?;
         // Never stamp below what a peer has applied of this node's writes (a standby
         // promoted after a crash starts from an older high-water mark: clock.rs).
-        if let Some(&mine) = header.report.applied.get(&self.me.name).filter(|&&m| m >= clock::current()) {
-            // Within mmr.max_clock_skew only, as any stamp a peer sends.
-            let _ = clock::observe_checked(mine);
+        if let Some(&mine) = header.report.applied.get(&self.me.name) {
+            clock::observe_own(mine);
         }
         let Some((to_tick, to_snap)) = header.batch_end().map(|(t, s)| (t, s.to_string())) else {
             // Caught up. Drain the (empty) rest of the result.
