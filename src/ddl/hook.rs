@@ -4,8 +4,11 @@
 //!
 //! Replicated when they name a replicated table (or an index of one): ALTER TABLE,
 //! ALTER INDEX, CREATE INDEX, DROP INDEX, DROP TABLE, COMMENT ON (table, column, index,
-//! constraint), ALTER ... RENAME, ALTER TABLE ... SET SCHEMA. Not with
-//! `SET mmr.ddl_replication = off` (the DBA then runs it on every node).
+//! constraint), ALTER ... RENAME, ALTER TABLE ... SET SCHEMA; ALTER SCHEMA ... RENAME and
+//! DROP SCHEMA of a schema holding one; ALTER TYPE ... ADD VALUE of an enum and ALTER
+//! DOMAIN of a domain a replicated table's column holds. Not with
+//! `SET mmr.ddl_replication = off` (the DBA then runs it on every node). Other DROP,
+//! ALTER TABLE and RENAME statements are checked after they run (`guard.rs`).
 //!
 //! Refused (SQLSTATE 0A000), each for a reason a hint gives:
 //! * ADD COLUMN with a default that is not immutable (`now()`, `random()`, a sequence,
@@ -22,7 +25,9 @@
 //! * one DROP naming replicated and other tables at once (the others may not exist on
 //!   other nodes);
 //! * a deferrable primary-key, unique or exclusion constraint (apply's ON CONFLICT
-//!   cannot use one).
+//!   cannot use one);
+//! * ALTER TYPE ... ADD / DROP / ALTER ATTRIBUTE of a composite type a replicated table
+//!   holds (values on their way in the old shape could not be read where it ran first).
 
 use super::{mode, Mode};
 use crate::error::{spi, MmrError, OrRaise, Result};
@@ -73,6 +78,10 @@ unsafe extern "C-unwind" fn process_utility(
     };
     // SAFETY: the statement and its text come from PostgreSQL for this call.
     match unsafe { inspect(pstmt, query) }.or_raise() {
+        // SAFETY: as above.
+        None if super::guard::watched(unsafe { (*(*pstmt).utilityStmt).type_ }) && mmr_installed() => {
+            super::guard::run_checked(run).or_raise()
+        }
         None => run(),
         Some(plan) => {
             let exec = || {
@@ -111,6 +120,7 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
                 | pg_sys::NodeTag::T_CommentStmt
                 | pg_sys::NodeTag::T_AlterObjectSchemaStmt
                 | pg_sys::NodeTag::T_AlterEnumStmt
+                | pg_sys::NodeTag::T_AlterDomainStmt
         );
         let wanted = match mode() {
             Mode::Normal => crate::gucs::ddl_replication(),
@@ -127,7 +137,11 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
         if tables.is_empty() {
             return Ok(None);
         }
-        if tables.len() != named.len() && (*stmt).type_ == pg_sys::NodeTag::T_DropStmt {
+        // (DROP SCHEMA ... CASCADE drops whatever the schema holds, on every member.)
+        if tables.len() != named.len()
+            && (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
+            && (*(stmt as *mut pg_sys::DropStmt)).removeType != pg_sys::ObjectType::OBJECT_SCHEMA
+        {
             return Err(unsafe_ddl(
                 "it drops replicated and other tables at once",
                 "Drop the replicated tables in a statement of their own.",
@@ -206,7 +220,7 @@ fn refuse_rename_after_stamp(
 
 /// Whether mmr is installed in this database and may look at statements now (not while
 /// an extension script runs, nor outside a transaction).
-fn mmr_installed() -> bool {
+pub(super) fn mmr_installed() -> bool {
     // SAFETY: reading backend state and a catalog lookup inside a transaction.
     unsafe {
         !pg_sys::creating_extension
@@ -334,8 +348,21 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                 let s = stmt as *mut pg_sys::AlterTableStmt;
                 match (*s).objtype {
                     OBJECT_TABLE | OBJECT_INDEX => vec![table_of((*s).relation)],
+                    // ALTER TYPE ... ADD / DROP / ALTER ATTRIBUTE of a composite type:
+                    // about the tables that hold it (and refused for them).
+                    OBJECT_TYPE => match table_of((*s).relation) {
+                        rel if rel == pg_sys::InvalidOid => vec![],
+                        rel => tables_using_type(pg_sys::get_rel_type_id(rel)),
+                    },
                     _ => vec![],
                 }
+            }
+            // A domain's constraints and default: the tables using it must agree on them.
+            pg_sys::NodeTag::T_AlterDomainStmt => {
+                let names = (*(stmt as *mut pg_sys::AlterDomainStmt)).typeName;
+                let typ =
+                    pg_sys::LookupTypeNameOid(std::ptr::null_mut(), pg_sys::makeTypeNameFromNameList(names), true);
+                tables_using_type(typ)
             }
             pg_sys::NodeTag::T_IndexStmt => vec![table_of((*(stmt as *mut pg_sys::IndexStmt)).relation)],
             // A value added to an enum that a replicated table's column holds: other
@@ -355,6 +382,11 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                     OBJECT_TRIGGER => {
                         list::<pg_sys::List>((*s).objects).into_iter().map(|n| table_of_names(n, 1)).collect()
                     }
+                    // Drops every table in it: replicated like dropping each one.
+                    OBJECT_SCHEMA => list::<pg_sys::String>((*s).objects)
+                        .into_iter()
+                        .flat_map(|n| tables_in_schema(&CStr::from_ptr((*n).sval).to_string_lossy()))
+                        .collect(),
                     _ => vec![],
                 }
             }
@@ -482,6 +514,17 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid) -> Result<(
                     ));
                 }
                 Ok(())
+            }
+            pg_sys::NodeTag::T_AlterTableStmt
+                if (*(stmt as *mut pg_sys::AlterTableStmt)).objtype == pg_sys::ObjectType::OBJECT_TYPE =>
+            {
+                Err(unsafe_ddl(
+                    "it changes the attributes of a composite type a replicated table holds: values on their way in \
+                     the type's old shape could not be read where the change ran first",
+                    "Stop writing values of the type, wait until every node has applied them (mmr.wait_for_peers() on \
+                     each), then run it on every node with SET mmr.ddl_replication = off. Or give a new column a new \
+                     type, fill it, and drop the old column.",
+                ))
             }
             pg_sys::NodeTag::T_AlterTableStmt => {
                 for cmd in list::<pg_sys::AlterTableCmd>((*(stmt as *mut pg_sys::AlterTableStmt)).cmds) {

@@ -23,6 +23,7 @@
 //! unless `mmr.ddl_replication` is off), and `mmr.replicate` / `unreplicate` /
 //! `set_resolver`, which queue their own call (`api/tables.rs`).
 
+mod guard;
 pub mod hook;
 pub mod lock;
 pub mod shape;

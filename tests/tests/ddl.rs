@@ -506,3 +506,96 @@ fn an_enum_value_added_on_one_node_reaches_the_others_before_its_rows() {
     assert_converged(&c, "diary");
     assert_converged(&c, "span");
 }
+
+/// The SQLSTATE and message of `sql` run on node `i`, which must fail.
+fn refused(c: &Cluster, i: usize, sql: &str) -> String {
+    let e = c.connect(i).batch_execute(sql).expect_err(sql);
+    let text = error_text(&e);
+    assert!(text.starts_with("0A000"), "{sql}: {text}");
+    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default().to_string();
+    assert!(hint.contains("mmr.ddl_replication = off"), "{sql}: hint {hint:?}");
+    format!("{text} HINT: {hint}")
+}
+
+/// Statements that change a replicated table without naming it. DROP SCHEMA and ALTER
+/// DOMAIN replicate; ALTER TYPE of a composite type a table holds is refused (values
+/// in its old shape would not read); DROP TYPE ... CASCADE, DROP OWNED and ALTER TABLE
+/// of an inheritance parent are refused and change nothing, and the hint's way,
+/// `mmr.replicate_ddl`, runs them on every member. Statements that change no replicated
+/// table are left alone.
+#[test]
+fn statements_that_reach_a_replicated_table_through_another_object() {
+    let c = group("ddl_other_objects", 2);
+    for i in 0..c.len() {
+        c.exec(i, "CREATE ROLE keeper");
+    }
+    create_replicated(
+        &c,
+        "CREATE SCHEMA app; GRANT USAGE ON SCHEMA app TO PUBLIC; \
+         CREATE DOMAIN positive AS int; CREATE TYPE pair AS (a int, b text); CREATE TYPE tag AS ENUM ('x'); \
+         CREATE TABLE app.item (id int PRIMARY KEY, n positive, p pair, tg tag); \
+         GRANT ALL ON app.item TO PUBLIC",
+        "app.item",
+    );
+    create_replicated(
+        &c,
+        "CREATE TABLE base (id int PRIMARY KEY, v text); CREATE TABLE kid (PRIMARY KEY (id)) INHERITS (base)",
+        "kid",
+    );
+    create_replicated(&c, "CREATE TABLE owned (id int PRIMARY KEY); ALTER TABLE owned OWNER TO keeper", "owned");
+    c.app(0).batch_execute("INSERT INTO app.item VALUES (1, 5, '(1,one)', 'x')").unwrap();
+    c.exec(0, "INSERT INTO kid VALUES (1, 'kid')");
+    c.sync(SYNC);
+
+    // ALTER DOMAIN typed on n2 reaches n1, in order with n2's rows.
+    c.exec(1, "ALTER DOMAIN positive ADD CONSTRAINT positive_check CHECK (VALUE > 0)");
+    c.exec(1, "ALTER DOMAIN positive SET DEFAULT 1");
+    c.app(1).batch_execute("INSERT INTO app.item (id, p) VALUES (2, '(2,two)')").unwrap();
+    c.wait_until(0, "SELECT n = 1 FROM app.item WHERE id = 2", SYNC);
+    let e = c.app(0).batch_execute("INSERT INTO app.item (id, n) VALUES (3, -1)").unwrap_err();
+    assert!(error_text(&e).starts_with("23514"), "{}", error_text(&e));
+
+    // A composite type's attributes: refused, the type unchanged.
+    let e = refused(&c, 0, "ALTER TYPE pair ADD ATTRIBUTE z int");
+    assert!(e.contains("old shape"), "{e}");
+    assert_eq!(c.text(0, "SELECT '(3,three)'::pair::text"), "(3,three)");
+
+    // Through CASCADE, DROP OWNED and an inheritance parent: refused, nothing changed.
+    let before: Vec<String> = ["app.item", "kid", "owned"].iter().map(|t| schema(&c, 0, t)).collect();
+    for sql in ["DROP TYPE tag CASCADE", "DROP OWNED BY keeper", "ALTER TABLE base ADD COLUMN extra int"] {
+        let e = refused(&c, 0, sql);
+        assert!(e.contains("without naming it") && e.contains("mmr.replicate_ddl"), "{sql}: {e}");
+    }
+    let e = refused(&c, 0, "ALTER TABLE base RENAME COLUMN v TO w");
+    assert!(e.contains("kid"), "{e}");
+    let after: Vec<String> = ["app.item", "kid", "owned"].iter().map(|t| schema(&c, 0, t)).collect();
+    assert_eq!(before, after);
+    // What touches no replicated table is left alone.
+    c.exec(0, "CREATE TABLE scratch (id int); ALTER TABLE scratch ADD COLUMN v text; DROP TABLE scratch");
+    c.exec(0, "CREATE TYPE unused AS (a int); ALTER TYPE unused ADD ATTRIBUTE b int; DROP TYPE unused");
+
+    // The hint's way: on every member.
+    c.exec(0, "SELECT mmr.replicate_ddl('DROP TYPE tag CASCADE')");
+    c.exec(0, "SELECT mmr.replicate_ddl('ALTER TABLE base ADD COLUMN extra int')");
+    c.exec(0, "INSERT INTO kid (id, v, extra) VALUES (2, 'kid', 7)");
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attname = 'tg' AND attrelid = 'app.item'::regclass AND NOT attisdropped)", SYNC);
+        c.wait_until(i, "SELECT extra = 7 FROM kid WHERE id = 2", SYNC);
+    }
+    // mmr.ddl_replication = off: this node only, as asked.
+    c.exec(1, "SET mmr.ddl_replication = off; DROP OWNED BY keeper");
+    c.wait_until(1, "SELECT to_regclass('owned') IS NULL", SYNC);
+    assert_eq!(c.text(0, "SELECT to_regclass('owned')::text"), "owned");
+    c.exec(0, "SET mmr.ddl_replication = off; DROP OWNED BY keeper");
+
+    // DROP SCHEMA ... CASCADE typed on n2 drops the schema's tables on every member.
+    c.sync(SYNC);
+    c.exec(1, "DROP SCHEMA app CASCADE");
+    for i in 0..c.len() {
+        c.wait_until(i, "SELECT to_regnamespace('app') IS NULL", SYNC);
+        assert_eq!(c.int(i, "SELECT count(*) FROM mmr.replicated_table WHERE relid::text LIKE 'app.%'"), 0);
+    }
+    c.sync(SYNC);
+    no_set_aside(&c);
+    assert_converged(&c, "kid");
+}
