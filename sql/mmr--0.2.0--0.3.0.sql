@@ -160,3 +160,81 @@ BEGIN
     END LOOP;
 END
 $$;
+
+---------------------------------------------------------------------------------------
+-- Made after 0.2.0 was released, but put into the 0.1.0 -> 0.2.0 script only: a node
+-- installed from the 0.2.0 release lacks them, one that came from 0.1.0 through the
+-- newer script has them. Each statement leaves what it finds in place.
+
+-- The preferred node of mmr.prefer_node is group state (mmr.set_preferred_node runs on
+-- every member in DDL order), not the per-node setting mmr.preferred_node.
+CREATE TABLE IF NOT EXISTS mmr.setting (
+    name text PRIMARY KEY,
+    value text NOT NULL
+);
+COMMENT ON TABLE mmr.setting IS 'Group-wide settings of conflict resolution (mmr.set_preferred_node).';
+SELECT pg_catalog.pg_extension_config_dump('mmr.setting', '');
+GRANT SELECT ON mmr.setting TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION "_set_preferred_node"(
+	"node_id" INT /* Option < i32 > */
+) RETURNS void
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_set_preferred_node_wrapper';
+
+CREATE OR REPLACE FUNCTION mmr.set_preferred_node(node_id integer) RETURNS void
+LANGUAGE sql AS $$ SELECT mmr._set_preferred_node(node_id) $$;
+COMMENT ON FUNCTION mmr.set_preferred_node(integer) IS
+    'The node whose versions mmr.prefer_node keeps (NULL: none), on every member.';
+REVOKE EXECUTE ON FUNCTION mmr._set_preferred_node(integer), mmr.set_preferred_node(integer) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION mmr.prefer_node(local anyelement, remote anyelement, remote_old anyelement, info mmr.conflict_info)
+RETURNS anyelement LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    preferred int := (SELECT value::int FROM mmr.setting WHERE name = 'preferred_node');
+BEGIN
+    IF info.remote_node = preferred AND info.local_node IS DISTINCT FROM preferred THEN
+        RETURN remote;
+    ELSIF info.local_node = preferred AND info.remote_node <> preferred THEN
+        RETURN local;
+    END IF;
+    RETURN mmr.lww(local, remote, info);
+END
+$$;
+
+-- 0.2.0 read the preferred node from the setting, as 0.1.0 did: the setting, if the
+-- group has none yet.
+INSERT INTO mmr.setting (name, value)
+SELECT 'preferred_node', s FROM (SELECT current_setting('mmr.preferred_node', true) AS s) x
+WHERE coalesce(s, '0') NOT IN ('', '0')
+ON CONFLICT (name) DO NOTHING;
+
+-- An idle, caught-up peer shows lag_seconds 0.
+CREATE OR REPLACE VIEW mmr.peers AS
+SELECT p.name,
+       p.node_id,
+       mmr._mask_conninfo(p.conninfo) AS conninfo,
+       CASE WHEN m.state IN ('parting', 'parted') THEN m.state
+            WHEN p.paused THEN 'paused' ELSE coalesce(s.state, 'stopped') END AS state,
+       s.last_error,
+       s.last_contact,
+       nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0) AS applied_hlc,
+       s.lag_changes,
+       -- Caught up: the peer said, within the last poll, that it had nothing more for
+       -- us. Otherwise the age of what we have applied of it.
+       CASE WHEN s.lag_changes = 0 AND s.state = 'streaming'
+                 AND s.last_contact > clock_timestamp() - 2 * current_setting('mmr.poll_wait')::interval
+                                      - interval '1 s'
+            THEN 0::double precision
+            ELSE extract(epoch FROM clock_timestamp() - mmr.hlc_to_timestamptz(
+                     nullif(greatest(coalesce(pp.watermark, 0), coalesce(s.watermark, 0)), 0)))::double precision
+       END AS lag_seconds,
+       (SELECT count(*) FROM mmr.set_aside a WHERE a.origin = p.node_id) AS set_aside
+FROM mmr.peer p
+LEFT JOIN mmr.peer_progress pp ON pp.peer = p.name
+LEFT JOIN mmr._peer_status() s ON s.name = p.name
+LEFT JOIN mmr.member m ON m.name = p.name;
+COMMENT ON VIEW mmr.peers IS
+    'Peers of this node: connection, state, last error, and how far behind this node is in applying their changes. '
+    'applied_hlc: every change of the peer stamped below it has been applied here; '
+    'lag_seconds: 0 when the peer said within the last poll that it has nothing more, else the age of that stamp; lag_changes: changes the peer still had queued at the last contact.';

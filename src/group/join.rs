@@ -33,6 +33,12 @@ use crate::peer::conn::PeerConn;
 use crate::pg::settings;
 use mmr_core::wire::PROTOCOL_VERSION;
 use pgrx::prelude::*;
+
+/// The form of the join's copy, in the donor's snapshot (`DonorState::protocol`). It was
+/// the pull protocol's number (2) until mmr 0.3.0, which copies `mmr_vv` as a `bytea`:
+/// a 0.2.0 node, which checks this number first, then refuses a 0.3.0 donor before
+/// anything changes, rather than failing in the middle of the copy.
+const JOIN_PROTOCOL: i64 = 3;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -238,7 +244,7 @@ fn snapshot() -> Result<pgrx::JsonB> {
         tables.push(table_info(relid)?);
     }
     let state = DonorState {
-        protocol: PROTOCOL_VERSION,
+        protocol: JOIN_PROTOCOL,
         version: Some(env!("CARGO_PKG_VERSION").into()),
         node: me.name,
         node_id: me.node_id,
@@ -360,18 +366,18 @@ fn donor_state(conn: &mut PeerConn) -> Result<DonorState> {
     let text = rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
     let state: DonorState =
         serde_json::from_str(&text).map_err(|e| MmrError::Protocol(format!("join snapshot: {e}")))?;
-    if state.protocol != PROTOCOL_VERSION {
-        return Err(MmrError::Donor(format!(
-            "the member speaks mmr protocol {}, this node {PROTOCOL_VERSION}; upgrade both to the same version",
-            state.protocol
-        )));
-    }
     let mine = env!("CARGO_PKG_VERSION");
     if state.version.as_deref() != Some(mine) {
         return Err(MmrError::Donor(format!(
             "the member runs mmr {}, this node {mine}: a node joins through a member of its own version \
              (finish upgrading the group first)",
             state.version.as_deref().unwrap_or("older than 0.3.0")
+        )));
+    }
+    if state.protocol != JOIN_PROTOCOL {
+        return Err(MmrError::Donor(format!(
+            "the member speaks mmr join protocol {}, this node {JOIN_PROTOCOL}; upgrade both to the same version",
+            state.protocol
         )));
     }
     Ok(state)

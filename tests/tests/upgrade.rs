@@ -1,6 +1,7 @@
-//! Upgrades: a node created on mmr 0.1.0 (built from its commit by
+//! Upgrades: a node created on mmr 0.1.0 or 0.2.0 (built from its commit by
 //! scripts/old-release.sh, cached) is restarted on this build and updated with
-//! `ALTER EXTENSION mmr UPDATE`; a group is upgraded one node at a time while it writes.
+//! `ALTER EXTENSION mmr UPDATE`; a group is upgraded one node at a time while it writes,
+//! checked with `mmr.verify` and joined by a new node while its versions are mixed.
 
 use mmr_tests::{assert_converged, Cluster, Options};
 use std::collections::BTreeSet;
@@ -8,18 +9,19 @@ use std::process::Command;
 use std::time::Duration;
 
 const SYNC: Duration = Duration::from_secs(90);
-/// The commit the 0.1.0 release was cut from.
+/// The commits the releases were cut from.
 const V010: (&str, &str) = ("0.1.0", "5718995");
+const V020: (&str, &str) = ("0.2.0", "5fa7b97");
 
-/// The bin directory of a PostgreSQL 15 tree with mmr 0.1.0 installed.
-fn old_bin() -> String {
-    mmr_tests::stdout_of(Command::new(mmr_tests::repo_root().join("scripts/old-release.sh")).args([V010.0, V010.1]))
+/// The bin directory of a PostgreSQL 15 tree with that release of mmr installed.
+fn old_bin((version, commit): (&str, &str)) -> String {
+    mmr_tests::stdout_of(Command::new(mmr_tests::repo_root().join("scripts/old-release.sh")).args([version, commit]))
         .trim()
         .to_string()
 }
 
 fn on_old() -> Options {
-    Options { bin: Some(old_bin()), ..Options::default() }
+    Options { bin: Some(old_bin(V010)), ..Options::default() }
 }
 
 /// Everything that makes up the extension's catalog, one line per fact: each member
@@ -154,8 +156,12 @@ fn the_upgrade_script_gives_the_catalog_of_a_fresh_install() {
     ] {
         assert!(fresh.iter().any(|l| l.starts_with(needle)), "no {needle:?} in the catalog");
     }
-    let missing: Vec<_> = fresh.difference(&upgraded).collect();
-    let extra: Vec<_> = upgraded.difference(&fresh).collect();
+    assert_same_catalog(&upgraded, &fresh);
+}
+
+fn assert_same_catalog(upgraded: &BTreeSet<String>, fresh: &BTreeSet<String>) {
+    let missing: Vec<_> = fresh.difference(upgraded).collect();
+    let extra: Vec<_> = upgraded.difference(fresh).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "the upgraded catalog differs from a fresh one.\nonly in the fresh one:\n{}\nonly in the upgraded one:\n{}",
@@ -235,4 +241,91 @@ fn a_group_upgraded_one_node_at_a_time_keeps_every_row() {
     assert_eq!(c.text(0, "SELECT string_agg(id::text, ',' ORDER BY id) FROM t WHERE id >= 9000"), "9100,9101,9102");
     assert!(c.int(0, "SELECT count(*) FROM mmr.conflicts") + c.int(2, "SELECT count(*) FROM mmr.conflicts") > 0);
     assert_eq!(c.text(1, "SELECT v FROM t WHERE id = 7"), "n3 later");
+}
+
+/// Differing rows `mmr.verify('t')` on node `i` finds, per peer ("peer:n", by name).
+fn differing(c: &Cluster, i: usize) -> String {
+    c.text(i, "SELECT string_agg(peer || ':' || differing, ' ' ORDER BY peer) FROM mmr.verify('t')")
+}
+
+/// Scenario: a 0.2.0 group (the release before this one), upgraded one node at a time
+/// while the application writes on every node. While versions are mixed: changes flow
+/// both ways, `mmr.verify` from either version finds the tables equal (and finds a
+/// real difference), and a node of the new version joins through the member of its
+/// own version -- refused, with a clear message and nothing changed, through the old
+/// one (and an old node is refused by a new member). At the end everything converges, mmr's columns included.
+#[test]
+fn a_0_2_0_group_upgraded_node_by_node_verifies_and_joins() {
+    let c =
+        Cluster::start_with("rolling_020", 3, Options { dsn: true, bin: Some(old_bin(V020)), ..Options::default() });
+    assert_eq!(c.text(0, "SELECT extversion FROM pg_extension WHERE extname = 'mmr'"), "0.2.0");
+    c.exec(0, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)");
+    c.exec(0, "SELECT mmr.replicate('t')");
+    c.exec(0, "INSERT INTO t SELECT g, 'n1', g FROM generate_series(1, 100) g");
+    c.copy_schema(0, 1, &["t"]);
+    c.exec(1, &format!("SELECT mmr.join_group('{}')", c.nodes[0].dsn()));
+    c.exec(1, "INSERT INTO t SELECT g, 'n2', g FROM generate_series(101, 200) g");
+    c.sync(SYNC);
+
+    let sys = Cluster::system_bin();
+    c.restart_on(0, sys);
+    su(&c, 0, "ALTER EXTENSION mmr UPDATE");
+    // The catalog of a fresh install, from a node created on 0.2.0.
+    let fresh = Cluster::start("rolling_020_fresh", 1);
+    assert_same_catalog(&catalog(&c, 0), &catalog(&fresh, 0));
+    drop(fresh);
+    // Both write, the same rows too, and delete.
+    c.exec(0, "UPDATE t SET v = 'n1 new', n = n + 1 WHERE id BETWEEN 1 AND 150");
+    c.exec(1, "UPDATE t SET v = 'n2 new', n = n + 2 WHERE id BETWEEN 100 AND 200");
+    c.exec(1, "DELETE FROM t WHERE id BETWEEN 190 AND 195");
+    c.exec(0, "INSERT INTO t SELECT g, 'n1 late', g FROM generate_series(1001, 1100) g");
+    c.sync(SYNC);
+    // (n3 is not a member yet.)
+    let image = |i: usize| mmr_tests::table_image(&mut c.connect(i), "(SELECT id, v, n, mmr_hlc, mmr_node FROM t)");
+    assert_eq!(image(0), image(1));
+    // verify across versions, from either side (n3 has no table yet: not a member).
+    assert_eq!(differing(&c, 0), "n2:0");
+    assert_eq!(differing(&c, 1), "n1:0");
+    // A row changed on n2 behind mmr's back is found from the new version.
+    su(&c, 1, "SET session_replication_role = replica; UPDATE t SET v = 'drift' WHERE id = 7");
+    assert_eq!(differing(&c, 0), "n2:1");
+    su(&c, 1, "SET session_replication_role = replica; UPDATE t SET v = 'n1 new' WHERE id = 7");
+    assert_eq!(differing(&c, 0), "n2:0");
+
+    // n3, of the old version and not yet a member: the new member refuses it before
+    // anything changes (0.2.0 checks the join's protocol first).
+    let members = "SELECT count(*) FROM mmr.member";
+    let before = c.int(0, members);
+    let e = c.connect(2).batch_execute(&format!("SELECT mmr.join_group('{}')", c.nodes[0].dsn())).unwrap_err();
+    let text = mmr_tests::error_text(&e);
+    assert!(text.contains("protocol 3, this node 2"), "{text}");
+    assert_eq!(c.int(0, members), before, "the refused join changed the membership");
+    // Given this build: refused by the old member, it joins through the new one.
+    c.restart_on(2, sys);
+    su(&c, 2, "ALTER EXTENSION mmr UPDATE");
+    c.copy_schema(0, 2, &["t"]);
+    let before = c.int(1, members);
+    let e = c.connect(2).batch_execute(&format!("SELECT mmr.join_group('{}')", c.nodes[1].dsn())).unwrap_err();
+    let text = mmr_tests::error_text(&e);
+    assert!(text.contains("older than 0.3.0") && text.contains("its own version"), "{text}");
+    assert_eq!(c.int(1, members), before, "the refused join changed the membership");
+    assert_eq!(c.int(2, "SELECT count(*) FROM t"), 0);
+    c.exec(2, &format!("SELECT mmr.join_group('{}')", c.nodes[0].dsn()));
+    c.exec(2, "INSERT INTO t VALUES (3000, 'n3', 0)");
+    c.exec(1, "UPDATE t SET v = 'n2 after the join' WHERE id = 3");
+    c.sync(SYNC);
+    assert_converged(&c, "(SELECT id, v, n, mmr_hlc, mmr_node FROM t)");
+
+    c.restart_on(1, sys);
+    su(&c, 1, "ALTER EXTENSION mmr UPDATE");
+    for i in 0..3 {
+        c.exec(i, &format!("UPDATE t SET n = n + 10 WHERE id % 3 = {i}"));
+    }
+    c.sync(SYNC);
+    assert_converged(&c, "t");
+    for i in 0..3 {
+        assert_eq!(c.text(i, "SELECT extversion FROM pg_extension WHERE extname = 'mmr'"), env!("CARGO_PKG_VERSION"));
+        assert!(differing(&c, i).split(' ').all(|p| p.ends_with(":0")), "{}", differing(&c, i));
+    }
+    assert_eq!(c.int(0, "SELECT count(*) FROM t"), 200 - 6 + 100 + 1);
 }
