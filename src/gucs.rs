@@ -104,8 +104,8 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"mmr.preferred_node",
-        c"Deprecated: read once by ALTER EXTENSION mmr UPDATE from 0.1.0.",
-        c"The preferred node is group state since 0.2.0: SELECT mmr.set_preferred_node(id) on any member.",
+        c"Deprecated: read once by ALTER EXTENSION mmr UPDATE from 0.1.0 or 0.2.0.",
+        c"The preferred node is group state since 0.3.0: SELECT mmr.set_preferred_node(id) on any member.",
         &PREFERRED_NODE,
         0,
         1023,

@@ -7,8 +7,10 @@
 //! constraint), ALTER ... RENAME, ALTER TABLE ... SET SCHEMA; ALTER SCHEMA ... RENAME and
 //! DROP SCHEMA of a schema holding one; ALTER TYPE ... ADD VALUE of an enum and ALTER
 //! DOMAIN of a domain a replicated table's column holds. Not with
-//! `SET mmr.ddl_replication = off` (the DBA then runs it on every node). Other DROP,
-//! ALTER TABLE and RENAME statements are checked after they run (`guard.rs`).
+//! `SET mmr.ddl_replication = off` (the DBA then runs it on every node). Other
+//! statements that may change a replicated table without naming it (CASCADE, DROP
+//! OWNED, ALTER or RENAME of an inheritance parent) are checked after they run
+//! (`guard.rs`).
 //!
 //! Refused (SQLSTATE 0A000), each for a reason a hint gives:
 //! * ADD COLUMN with a default that is not immutable (`now()`, `random()`, a sequence,
@@ -22,8 +24,9 @@
 //! * changes to mmr's columns (`mmr_hlc`, `mmr_node`, `mmr_vv`) or triggers (`zz_mmr_*`),
 //!   and anything that leaves the table without its primary key, with another one, or
 //!   not logged: replication depends on them;
-//! * one DROP naming replicated and other tables at once (the others may not exist on
-//!   other nodes);
+//! * one DROP naming replicated and other tables, or schemas with and without them, at
+//!   once (the others may not exist on other nodes);
+//! * ATTACH PARTITION of a replicated table (partitioned tables are not replicated);
 //! * a deferrable primary-key, unique or exclusion constraint (apply's ON CONFLICT
 //!   cannot use one);
 //! * ALTER TYPE ... ADD / DROP / ALTER ATTRIBUTE of a composite type a replicated table
@@ -79,7 +82,10 @@ unsafe extern "C-unwind" fn process_utility(
     // SAFETY: the statement and its text come from PostgreSQL for this call.
     match unsafe { inspect(pstmt, query) }.or_raise() {
         // SAFETY: as above.
-        None if super::guard::watched(unsafe { (*(*pstmt).utilityStmt).type_ }) && mmr_installed() => {
+        None if super::guard::may_watch(unsafe { (*(*pstmt).utilityStmt).type_ })
+            && mmr_installed()
+            && unsafe { super::guard::watched((*pstmt).utilityStmt) }.or_raise() =>
+        {
             super::guard::run_checked(run).or_raise()
         }
         None => run(),
@@ -137,7 +143,20 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
         if tables.is_empty() {
             return Ok(None);
         }
-        // (DROP SCHEMA ... CASCADE drops whatever the schema holds, on every member.)
+        // (DROP SCHEMA ... CASCADE drops whatever the schema holds, on every member; but
+        // a schema without a replicated table may not exist on other nodes.)
+        if (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
+            && (*(stmt as *mut pg_sys::DropStmt)).removeType == pg_sys::ObjectType::OBJECT_SCHEMA
+        {
+            for name in list::<pg_sys::String>((*(stmt as *mut pg_sys::DropStmt)).objects) {
+                if replicated(&tables_in_schema(&CStr::from_ptr((*name).sval).to_string_lossy()))?.is_empty() {
+                    return Err(unsafe_ddl(
+                        "it drops schemas with and without replicated tables at once",
+                        "Drop the schemas that hold replicated tables in a statement of their own.",
+                    ));
+                }
+            }
+        }
         if tables.len() != named.len()
             && (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
             && (*(stmt as *mut pg_sys::DropStmt)).removeType != pg_sys::ObjectType::OBJECT_SCHEMA
@@ -254,7 +273,7 @@ unsafe fn statement_text(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi
 ///
 /// # Safety
 /// `l` must be NIL or a valid pointer list.
-unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
+pub(super) unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
     if l.is_null() {
         return Vec::new();
     }
@@ -266,7 +285,7 @@ unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
 ///
 /// # Safety
 /// `rv` must be a valid RangeVar.
-unsafe fn table_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
+pub(super) unsafe fn table_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
     // SAFETY: guaranteed by the caller; lookups only (no lock: the statement takes its own).
     unsafe {
         let oid = pg_sys::RangeVarGetRelidExtended(
@@ -347,7 +366,18 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
             pg_sys::NodeTag::T_AlterTableStmt => {
                 let s = stmt as *mut pg_sys::AlterTableStmt;
                 match (*s).objtype {
-                    OBJECT_TABLE | OBJECT_INDEX => vec![table_of((*s).relation)],
+                    // With the table ATTACH PARTITION makes a partition (refused for a
+                    // replicated one).
+                    OBJECT_TABLE | OBJECT_INDEX => std::iter::once(table_of((*s).relation))
+                        .chain(
+                            list::<pg_sys::AlterTableCmd>((*s).cmds)
+                                .into_iter()
+                                .filter(|c| {
+                                    (**c).subtype == pg_sys::AlterTableType::AT_AttachPartition && !(**c).def.is_null()
+                                })
+                                .map(|c| table_of((*((*c).def as *mut pg_sys::PartitionCmd)).name)),
+                        )
+                        .collect(),
                     // ALTER TYPE ... ADD / DROP / ALTER ATTRIBUTE of a composite type:
                     // about the tables that hold it (and refused for them).
                     OBJECT_TYPE => match table_of((*s).relation) {
@@ -537,6 +567,12 @@ unsafe fn refuse_unsafe(stmt: *mut pg_sys::Node, table: pg_sys::Oid) -> Result<(
                         {
                             return Err(unsafe_ddl("it changes a trigger of mmr's", MMR_OWN))
                         }
+                        AT_AttachPartition => {
+                            return Err(unsafe_ddl(
+                                "it makes a replicated table a partition (partitioned tables are not replicated)",
+                                "Run mmr.unreplicate on the table first.",
+                            ))
+                        }
                         AT_EnableTrigAll | AT_DisableTrigAll | AT_EnableTrigUser | AT_DisableTrigUser => {
                             return Err(unsafe_ddl(
                                 "it enables or disables every trigger, mmr's among them",
@@ -626,21 +662,29 @@ unsafe fn literal_of_the_moment(def: *mut pg_sys::ColumnDef) -> bool {
     }
 }
 
-/// Runs the statement and refuses what it did, if unsafe: the refusals only the result
-/// shows (a new column's default, the key, persistence, a deferrable constraint). Refusing
-/// aborts the statement.
+/// Runs the statement and refuses a deferrable unique constraint it left on one of
+/// the tables it names (apply's ON CONFLICT cannot use one). The refusals its effect on
+/// the shape of any replicated table calls for are `refuse_unsafe_changes`, which
+/// judges every replicated statement. Refusing aborts the statement.
 fn checked(tables: &[pg_sys::Oid], run: impl FnOnce() -> Result<()>) -> Result<()> {
-    let before = {
-        let _su = AsSuperuser::enter();
-        super::shape::shapes(Some(tables))?
-    };
     run()?;
     let _su = AsSuperuser::enter();
-    let after = super::shape::shapes(Some(tables))?;
-    for (relid, change) in super::shape::changes(&before, &after) {
-        if change.dropped {
-            continue;
+    for (relid, shape) in super::shape::shapes(Some(tables))? {
+        if let Some((constraint, immediate)) = crate::capture::meta::deferrable_unique(relid)? {
+            return Err(MmrError::DeferrableUnique { tbl: shape.name, constraint, immediate });
         }
+    }
+    Ok(())
+}
+
+/// Refuses what a replicated statement did to replicated tables, if unsafe -- whether
+/// it named them or reached them another way (an inheritance parent, CASCADE): a new
+/// column's default, the key, persistence.
+pub(super) fn refuse_unsafe_changes(
+    changes: &[(pg_sys::Oid, mmr_core::schema::ShapeChange)],
+    after: &[(pg_sys::Oid, mmr_core::schema::TableShape)],
+) -> Result<()> {
+    for (relid, change) in changes.iter().filter(|(_, c)| !c.dropped) {
         if change.key_changed {
             return Err(unsafe_ddl(
                 "it changes the primary key of a replicated table (mmr identifies rows by it)",
@@ -648,18 +692,13 @@ fn checked(tables: &[pg_sys::Oid], run: impl FnOnce() -> Result<()>) -> Result<(
             ));
         }
         for (attnum, name) in &change.added_columns {
-            if let Some(why) = unsafe_new_column(relid, *attnum)? {
+            if let Some(why) = unsafe_new_column(*relid, *attnum)? {
                 return Err(unsafe_ddl(
                     &format!("new column \"{name}\" {why}: existing rows would get another value on each node"),
                     "Add the column with a constant default (or none), then ALTER COLUMN ... SET DEFAULT for new \
                      rows: values written later travel with the rows.",
                 ));
             }
-        }
-    }
-    for (relid, shape) in &after {
-        if let Some((constraint, immediate)) = crate::capture::meta::deferrable_unique(*relid)? {
-            return Err(MmrError::DeferrableUnique { tbl: shape.name.clone(), constraint, immediate });
         }
     }
     if after.iter().any(|(_, s)| s.persistence != 'p') {

@@ -86,7 +86,7 @@ pub fn replicate(command: &str, exec: impl FnOnce() -> Result<()>) -> Result<()>
     lock::acquire()?;
     record(command)?;
     let _mode = InMode::enter(Mode::Replicating);
-    shape::tracking_names(exec)
+    shape::tracking_names(exec, hook::refuse_unsafe_changes)
 }
 
 /// The session settings a command's text is read under: names resolve through
@@ -152,7 +152,8 @@ pub fn run_applied(image: &str) -> Result<()> {
     // (55P03: the batch is tried again).
     crate::pg::settings::set_saved("lock_timeout", "5s")?;
     let _role = AsRole::enter(&e.role)?;
-    shape::tracking_names(|| Spi::run(&e.command).map_err(spi))
+    // (Judged on its origin already.)
+    shape::tracking_names(|| Spi::run(&e.command).map_err(spi), |_, _| Ok(()))
 }
 
 /// Runs as another role until dropped (as SECURITY DEFINER functions do).

@@ -61,9 +61,14 @@ pub fn changes(
         .collect()
 }
 
-/// Runs `exec` (a replicated statement, here or applied) and remembers the names it
-/// took away from replicated tables.
-pub fn tracking_names<R>(exec: impl FnOnce() -> Result<R>) -> Result<R> {
+/// What a statement did to the replicated tables: each changed one's change, and the
+/// shapes of all of them after it.
+pub type Judge = fn(&[(pg_sys::Oid, ShapeChange)], &[(pg_sys::Oid, TableShape)]) -> Result<()>;
+
+/// Runs `exec` (a replicated statement, here or applied), lets `judge` refuse what it
+/// did to the replicated tables -- all of them, named by it or not -- and remembers the
+/// names it took away.
+pub fn tracking_names<R>(exec: impl FnOnce() -> Result<R>, judge: Judge) -> Result<R> {
     let before = {
         let _su = AsSuperuser::enter();
         shapes(None)?
@@ -71,8 +76,11 @@ pub fn tracking_names<R>(exec: impl FnOnce() -> Result<R>) -> Result<R> {
     let out = exec()?;
     let _su = AsSuperuser::enter();
     let relids: Vec<pg_sys::Oid> = before.iter().map(|(r, _)| *r).collect();
-    for (relid, change) in changes(&before, &shapes(Some(&relids))?) {
-        remember(relid, &change)?;
+    let after = shapes(Some(&relids))?;
+    let changed = changes(&before, &after);
+    judge(&changed, &after)?;
+    for (relid, change) in &changed {
+        remember(*relid, change)?;
     }
     Ok(out)
 }

@@ -33,14 +33,14 @@ use crate::peer::conn::PeerConn;
 use crate::pg::settings;
 use mmr_core::wire::PROTOCOL_VERSION;
 use pgrx::prelude::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 /// The form of the join's copy, in the donor's snapshot (`DonorState::protocol`). It was
 /// the pull protocol's number (2) until mmr 0.3.0, which copies `mmr_vv` as a `bytea`:
 /// a 0.2.0 node, which checks this number first, then refuses a 0.3.0 donor before
 /// anything changes, rather than failing in the middle of the copy.
 const JOIN_PROTOCOL: i64 = 3;
-use std::io::Write;
-use std::time::{Duration, Instant};
 
 /// The definition of a table as the join compares it: user columns (name, type,
 /// generated) by name, and the primary key. The same query on both sides, under the
