@@ -6,7 +6,8 @@
 //! ALTER INDEX, CREATE INDEX, DROP INDEX, DROP TABLE, COMMENT ON (table, column, index,
 //! constraint), ALTER ... RENAME, ALTER TABLE ... SET SCHEMA; ALTER SCHEMA ... RENAME and
 //! DROP SCHEMA of a schema holding one; ALTER TYPE ... ADD VALUE of an enum and ALTER
-//! DOMAIN of a domain a replicated table's column holds. Not with
+//! DOMAIN (and RENAME of, or COMMENT ON, a constraint) of a domain a replicated table's
+//! column holds. Not with
 //! `SET mmr.ddl_replication = off` (the DBA then runs it on every node). Other
 //! statements that may change a replicated table without naming it (CASCADE, DROP
 //! OWNED, ALTER or RENAME of an inheritance parent) are checked after they run
@@ -318,6 +319,15 @@ unsafe fn table_of_names(names: *mut pg_sys::List, drop_last: usize) -> pg_sys::
     }
 }
 
+/// The type a type name names (invalid if there is none).
+///
+/// # Safety
+/// `name` must be a valid TypeName.
+unsafe fn type_of(name: *mut pg_sys::TypeName) -> pg_sys::Oid {
+    // SAFETY: guaranteed by the caller; a lookup only.
+    unsafe { pg_sys::LookupTypeNameOid(std::ptr::null_mut(), name, true) }
+}
+
 /// The ordinary tables with a column of type `typ` or of a type built on it: an array,
 /// a domain, a range, a composite type with such an attribute, and so on. (An error
 /// raises: a statement must not stay on this node because the look failed.)
@@ -390,18 +400,14 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
             // A domain's constraints and default: the tables using it must agree on them.
             pg_sys::NodeTag::T_AlterDomainStmt => {
                 let names = (*(stmt as *mut pg_sys::AlterDomainStmt)).typeName;
-                let typ =
-                    pg_sys::LookupTypeNameOid(std::ptr::null_mut(), pg_sys::makeTypeNameFromNameList(names), true);
-                tables_using_type(typ)
+                tables_using_type(type_of(pg_sys::makeTypeNameFromNameList(names)))
             }
             pg_sys::NodeTag::T_IndexStmt => vec![table_of((*(stmt as *mut pg_sys::IndexStmt)).relation)],
             // A value added to an enum that a replicated table's column holds: other
             // nodes must know it before rows with it arrive (renaming one is refused).
             pg_sys::NodeTag::T_AlterEnumStmt => {
                 let names = (*(stmt as *mut pg_sys::AlterEnumStmt)).typeName;
-                let typ =
-                    pg_sys::LookupTypeNameOid(std::ptr::null_mut(), pg_sys::makeTypeNameFromNameList(names), true);
-                tables_using_type(typ)
+                tables_using_type(type_of(pg_sys::makeTypeNameFromNameList(names)))
             }
             pg_sys::NodeTag::T_DropStmt => {
                 let s = stmt as *mut pg_sys::DropStmt;
@@ -432,6 +438,11 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                     OBJECT_SCHEMA if !(*s).subname.is_null() => {
                         tables_in_schema(&CStr::from_ptr((*s).subname).to_string_lossy())
                     }
+                    // A constraint of a domain a replicated table uses (later ALTER
+                    // DOMAIN statements name it: every member must know it by one name).
+                    OBJECT_DOMCONSTRAINT => {
+                        tables_using_type(type_of(pg_sys::makeTypeNameFromNameList((*s).object as *mut pg_sys::List)))
+                    }
                     _ => vec![],
                 }
             }
@@ -441,6 +452,11 @@ unsafe fn relations(stmt: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                 match (*s).objtype {
                     OBJECT_TABLE | OBJECT_INDEX => vec![table_of_names(names, 0)],
                     OBJECT_COLUMN | OBJECT_TABCONSTRAINT => vec![table_of_names(names, 1)],
+                    // COMMENT ON CONSTRAINT ... ON DOMAIN: (the domain's TypeName, the name).
+                    OBJECT_DOMCONSTRAINT => match list::<pg_sys::TypeName>(names).first() {
+                        Some(&typ) => tables_using_type(type_of(typ)),
+                        None => vec![],
+                    },
                     _ => vec![],
                 }
             }

@@ -468,7 +468,7 @@ fn load(conn: &mut PeerConn, me: &str, state: &DonorState) -> Result<u64> {
             };
             // (Quietly: dropping what a schema dump brought along reports what is not there.)
             let quiet = settings::Scope::enter();
-            Spi::run("SELECT pg_catalog.set_config('client_min_messages', 'warning', true)").map_err(spi)?;
+            settings::set_saved("client_min_messages", "warning")?;
             crate::api::tables::adopt(relid, resolver)?;
             drop(quiet);
         }

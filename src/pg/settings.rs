@@ -76,9 +76,10 @@ pub fn fix_for_transaction() -> std::result::Result<(), pgrx::spi::SpiError> {
     Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
 }
 
-/// While it lives, settings changed with `set_config(.., true)` are scoped to it: they
-/// return to their values when it is dropped (a GUC nest level, as a function's `SET`
-/// clause makes one), or when an ERROR aborts the transaction.
+/// While it lives, settings changed with `set_saved` are scoped to it: they return to
+/// their values when it is dropped (a GUC nest level, as a function's `SET` clause makes
+/// one), or when an ERROR aborts the transaction. (Not those of `set_config(.., true)`:
+/// leaving a nest level that commits hands them on to the one outside.)
 pub struct Scope {
     level: i32,
     /// Whether a plain `SET` made inside outlives it (as after a function call), or
@@ -180,9 +181,6 @@ fn already_fixed(bit: usize) -> bool {
     }
 }
 
-/// The settings in `needs` switched to their fixed values until dropped (a GUC nest
-/// level, as a function's `SET` clause makes one). When an ERROR unwinds, the
-/// (sub)transaction abort restores them instead.
 /// Sets a setting until the enclosing `Scope` ends (as `SET` in a function does).
 pub fn set_saved(name: &str, value: &str) -> crate::error::Result<()> {
     let bad = |_| crate::error::MmrError::Protocol(format!("setting {name} holds a zero byte"));
@@ -210,6 +208,9 @@ fn save(name: &CStr, value: &CStr) {
     }
 }
 
+/// The settings in `needs` switched to their fixed values until dropped (a GUC nest
+/// level, as a function's `SET` clause makes one). When an ERROR unwinds, the
+/// (sub)transaction abort restores them instead.
 pub struct Fixed {
     nest: Option<i32>,
 }

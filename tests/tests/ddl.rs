@@ -20,9 +20,12 @@ fn group(test: &str, n: usize) -> Cluster {
     for i in 1..n {
         c.copy_schema(0, i, &["t"]);
         let dsn = c.nodes[0].dsn();
-        c.connect(i)
-            .execute("SELECT mmr.join_group($1)", &[&dsn])
+        let (mut db, notices) = c.nodes[i].connect_with_notices("postgres");
+        db.execute("SELECT mmr.join_group($1)", &[&dsn])
             .unwrap_or_else(|e| panic!("join of {}: {}", c.nodes[i].name, error_text(&e)));
+        // Progress: a NOTICE per table, the user's too (README).
+        let notices = notices.take();
+        assert!(notices.iter().any(|n| n.contains("copied 100 rows of public.t")), "{notices:?}");
     }
     c.sync(SYNC);
     c
@@ -554,6 +557,14 @@ fn statements_that_reach_a_replicated_table_through_another_object() {
     c.wait_until(0, "SELECT n = 1 FROM app.item WHERE id = 2", SYNC);
     let e = c.app(0).batch_execute("INSERT INTO app.item (id, n) VALUES (3, -1)").unwrap_err();
     assert!(error_text(&e).starts_with("23514"), "{}", error_text(&e));
+    // Its constraint renamed and commented on n2, then dropped by the new name on n1.
+    c.exec(1, "ALTER DOMAIN positive RENAME CONSTRAINT positive_check TO above_zero");
+    c.exec(1, "COMMENT ON CONSTRAINT above_zero ON DOMAIN positive IS 'more than nothing'");
+    let commented = "SELECT obj_description(oid, 'pg_constraint') = 'more than nothing' FROM pg_constraint \
+                     WHERE conname = 'above_zero'";
+    c.wait_until(0, commented, SYNC);
+    c.exec(0, "ALTER DOMAIN positive DROP CONSTRAINT above_zero");
+    c.wait_until(1, "SELECT NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'above_zero')", SYNC);
 
     // A composite type's attributes: refused, the type unchanged.
     let e = refused(&c, 0, "ALTER TYPE pair ADD ATTRIBUTE z int");
