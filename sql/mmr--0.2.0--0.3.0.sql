@@ -238,3 +238,25 @@ COMMENT ON VIEW mmr.peers IS
     'Peers of this node: connection, state, last error, and how far behind this node is in applying their changes. '
     'applied_hlc: every change of the peer stamped below it has been applied here; '
     'lag_seconds: 0 when the peer said within the last poll that it has nothing more, else the age of that stamp; lag_changes: changes the peer still had queued at the last contact.';
+
+-- mmr.grant_pull(NULL) says what is missing (it failed with a syntax error).
+CREATE OR REPLACE FUNCTION mmr.grant_pull(role regrole, peer text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'mmr.grant_pull was given no role' USING ERRCODE = '22004',
+            HINT = 'Pass the role the other members pull with, e.g. mmr.grant_pull(''mmr_pull'').';
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA mmr TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.relay(text, text, pg_snapshot, boolean) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.ddl_lock(text), mmr.ddl_unlock(), mmr.ddl_history() TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.verify_ranges(text, jsonb, jsonb, jsonb, jsonb), '
+                   'mmr.verify_keys(text, jsonb, jsonb, jsonb, jsonb), mmr.verify_tombstones(text, jsonb, boolean), '
+                   'mmr.verify_columns(text) TO %s', role);
+    IF peer IS NOT NULL THEN
+        INSERT INTO mmr.pull_binding (consumer, role) VALUES (peer, role)
+        ON CONFLICT (consumer) DO UPDATE SET role = excluded.role, bound_at = now();
+    END IF;
+END
+$$;

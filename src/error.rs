@@ -83,6 +83,11 @@ pub enum MmrError {
     },
     BadChoice(String),
     BadRow(String),
+    /// An argument an API function cannot take as it is: the message and a hint.
+    BadArgument {
+        message: String,
+        hint: String,
+    },
     ClockSkew {
         ahead_ms: u64,
         limit_ms: u64,
@@ -187,7 +192,7 @@ impl MmrError {
             Protocol(_) => Code::ERRCODE_PROTOCOL_VIOLATION,
             Spi(_) => Code::ERRCODE_INTERNAL_ERROR,
             Damaged(_) => Code::ERRCODE_DATA_CORRUPTED,
-            BadChoice(_) | BadRow(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            BadChoice(_) | BadRow(_) | BadArgument { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             TemporaryTable(_)
             | UnloggedTable(_)
@@ -280,6 +285,7 @@ impl MmrError {
             }
             BadChoice(c) => format!("invalid choice \"{c}\""),
             BadRow(kind) => format!("the row to keep must be a JSON object of column values, not {kind}"),
+            BadArgument { message, .. } => message.clone(),
             ClockSkew { ahead_ms, limit_ms } => {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
             }
@@ -420,11 +426,12 @@ impl MmrError {
                  the apply workers do, looking again at rows other transactions commit meanwhile."
                 .into(),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),
-            JoinTable { .. } => "Create the group's tables on the new node from a member's definitions \
-                 (pg_dump --schema-only), empty, then run mmr.join_group again; nothing was changed."
+            JoinTable { .. } => "Create the group's tables and their resolver functions on the new node from a \
+                 member's definitions (pg_dump --schema-only; with --table it leaves functions out), tables \
+                 empty, then run mmr.join_group again; nothing was changed."
                 .into(),
             GroupState { hint, .. } => hint.clone(),
-            UnsafeDdl { hint, .. } | DdlLock { hint, .. } => hint.clone(),
+            UnsafeDdl { hint, .. } | DdlLock { hint, .. } | BadArgument { hint, .. } => hint.clone(),
             DdlRole(role) => format!("CREATE ROLE {role} here; the statement is retried from mmr.set_aside."),
             UnknownColumn { .. } => "It comes from a node that already runs a DDL statement this node has not \
                  applied yet; it waits in mmr.set_aside and applies once that statement arrives."

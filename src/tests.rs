@@ -93,10 +93,19 @@ mod tests {
         assert_rejected("SELECT mmr.wait_for_token('5:77')", "42704", "node id 5");
         // The preferred node: checked, and kept in the group's settings.
         assert_rejected("SELECT mmr.set_preferred_node(4000)", "22023", "out of range");
-        run("SELECT mmr.set_preferred_node(3)");
-        assert_eq!(text("SELECT value FROM mmr.setting WHERE name = 'preferred_node'"), "3");
+        assert_rejected("SELECT mmr.set_preferred_node(3)", "22023", "node id 3 is not");
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.setting"), Some(0));
+        run("SELECT mmr.set_preferred_node(1023)");
+        assert_eq!(text("SELECT value FROM mmr.setting WHERE name = 'preferred_node'"), "1023");
         run("SELECT mmr.set_preferred_node(NULL)");
         assert_eq!(one::<i64>("SELECT count(*) FROM mmr.setting"), Some(0));
+        // Bad input to other functions: a clear error (22023), nothing done.
+        let ddl = one::<i64>("SELECT count(*) FROM mmr.ddl");
+        assert_rejected("SELECT mmr.hlc_to_timestamptz(-1)", "22023", "not a stamp");
+        assert_rejected("SELECT mmr.vv_array('\\xff')", "22023", "not a version vector");
+        assert_rejected("SELECT mmr.replicate_ddl(' ; ')", "22023", "no statement");
+        assert_rejected("SELECT mmr.grant_pull(NULL)", "22004", "no role");
+        assert_eq!(one::<i64>("SELECT count(*) FROM mmr.ddl"), ddl);
         // Synchronous commit is an ordinary setting, per transaction too.
         run("SET LOCAL mmr.synchronous_commit = 'majority'");
         assert_eq!(text("SHOW mmr.synchronous_commit"), "majority");
@@ -430,6 +439,7 @@ mod tests {
         assert_rejected("SELECT mmr.init_node('bad name', 1)", "22023", "invalid node name");
         assert_rejected("SELECT mmr.init_node('n', 0)", "22023", "out of range");
         assert_rejected("SELECT mmr.init_node('n', 1024)", "22023", "out of range");
+        assert_rejected("SELECT mmr.init_node('n', 1, 'host=127.0.0.1 port=notaport')", "22023", "invalid port");
         assert_eq!(catalog_state(), before);
 
         run("SELECT mmr.init_node('n1', 1)");

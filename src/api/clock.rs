@@ -14,9 +14,18 @@ fn hlc_now() -> i64 {
 /// The wall-clock time of a stamp (its millisecond part).
 #[pg_extern(immutable, parallel_safe, strict)]
 fn hlc_to_timestamptz(hlc: i64) -> TimestampWithTimeZone {
-    let unix_us = mmr_core::hlc::millis(hlc.max(0) as u64) as i64 * 1000;
-    TimestampWithTimeZone::try_from(unix_us - PG_EPOCH_OFFSET_US)
-        .unwrap_or_else(|_| MmrError::InvalidName { what: "stamp", name: hlc.to_string() }.raise())
+    let bad = || {
+        MmrError::BadArgument {
+            message: format!("{hlc} is not a stamp of mmr's clock"),
+            hint: "Stamps are what mmr.hlc_now() returns and rows carry in mmr_hlc: 0 or more.".into(),
+        }
+        .raise()
+    };
+    if hlc < 0 {
+        bad();
+    }
+    let unix_us = mmr_core::hlc::millis(hlc as u64) as i64 * 1000;
+    TimestampWithTimeZone::try_from(unix_us - PG_EPOCH_OFFSET_US).unwrap_or_else(|_| bad())
 }
 
 /// Advances this node's clock past `stamp`, as receiving a change stamped `stamp` does.

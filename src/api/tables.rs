@@ -44,7 +44,29 @@ fn _set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
 fn _set_preferred_node(node_id: Option<i32>) {
     let node_id = node_id.filter(|&n| n != 0);
     let call = || Ok(format!("SELECT mmr.set_preferred_node({})", node_id.map_or("NULL".into(), |n| n.to_string())));
-    group_wide(call, || set_preferred_node(node_id), || set_preferred_node(node_id)).or_raise()
+    let here = || {
+        known_node(node_id)?;
+        set_preferred_node(node_id)
+    };
+    group_wide(call, here, || set_preferred_node(node_id)).or_raise()
+}
+
+/// Refuses a preferred node nobody here knows of (not this node, a member or a peer).
+fn known_node(node_id: Option<i32>) -> Result<()> {
+    let Some(n) = node_id.filter(|n| (1..=1023).contains(n)) else { return Ok(()) };
+    let known = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM mmr.node WHERE node_id = $1) OR EXISTS (SELECT 1 FROM mmr.member WHERE node_id = $1) \
+             OR EXISTS (SELECT 1 FROM mmr.peer WHERE node_id = $1)",
+        &[n.into()],
+    )
+    .map_err(spi)?;
+    match known {
+        Some(true) => Ok(()),
+        _ => Err(MmrError::BadArgument {
+            message: format!("node id {n} is not this node's, a member's or a peer's"),
+            hint: "SELECT name, node_id FROM mmr.nodes lists the group's nodes.".into(),
+        }),
+    }
 }
 
 fn set_preferred_node(node_id: Option<i32>) -> Result<()> {

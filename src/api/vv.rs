@@ -19,9 +19,15 @@ fn _vv_text(vv: &[u8]) -> String {
     stored(vv).to_pg_array()
 }
 
-/// The vector `mmr_vv` holds, or an error saying it is damaged.
+/// The vector `mmr_vv` holds, or an error saying these bytes are not one.
 fn stored(vv: &[u8]) -> VersionVector {
-    VersionVector::from_bytes(vv).unwrap_or_else(|e| MmrError::Damaged(format!("mmr_vv: {e}")).raise())
+    VersionVector::from_bytes(vv).unwrap_or_else(|e| {
+        MmrError::BadArgument {
+            message: format!("not a version vector of mmr_vv: {e}"),
+            hint: "Pass a row's mmr_vv column as mmr stores it.".into(),
+        }
+        .raise()
+    })
 }
 
 /// The stored form of a vector given as flat pairs. Internal: apply and the upgrade

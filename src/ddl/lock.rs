@@ -221,9 +221,11 @@ fn wait_for_history(me: i32, members: &mut [Member], deadline: Instant) -> Resul
                 message: format!(
                     "cannot replicate DDL yet: {who} has applied {has} of node {origin}'s {want} DDL statements"
                 ),
-                hint: "It may still be on its way (try again), or have failed there: see mmr.set_aside on that \
-                       member (tbl mmr.ddl)."
-                    .into(),
+                hint: format!(
+                    "It may still be on its way (try again), or have failed there: see mmr.set_aside {} (tbl \
+                     mmr.ddl).",
+                    if who == "this node" { "here" } else { "on that member" }
+                ),
             });
         }
         crate::pg::latch::sleep(Duration::from_millis(50));

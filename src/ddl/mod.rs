@@ -193,6 +193,13 @@ impl Drop for AsRole {
 /// applied, the command just runs: the outer statement carries it everywhere.
 #[pg_extern(volatile)]
 fn _replicate_ddl(command: &str) {
+    if command.trim().trim_matches(';').trim().is_empty() {
+        MmrError::BadArgument {
+            message: "mmr.replicate_ddl was given no statement".into(),
+            hint: "Pass the DDL to run on every member, e.g. mmr.replicate_ddl('CREATE INDEX ...').".into(),
+        }
+        .raise()
+    }
     let run = || Spi::run(command).map_err(spi);
     if mode() != Mode::Normal {
         return run().or_raise();

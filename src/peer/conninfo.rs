@@ -32,8 +32,21 @@ pub fn parse(conninfo: &str) -> Result<Vec<(String, String)>, String> {
             p = p.add(1);
         }
         pq_sys::PQconninfoFree(opts);
+        check_ports(&out)?;
         Ok(out)
     }
+}
+
+/// libpq checks ports only when it connects; a dsn is stored and spread to every
+/// member long before that: a port that is no number is refused at once.
+fn check_ports(options: &[(String, String)]) -> Result<(), String> {
+    for (_, ports) in options.iter().filter(|(k, _)| k == "port") {
+        // One per host, comma-separated; an empty one means the default.
+        if let Some(bad) = ports.split(',').map(str::trim).find(|p| !p.is_empty() && p.parse::<u16>().is_err()) {
+            return Err(format!("invalid port \"{bad}\" in the connection string"));
+        }
+    }
+    Ok(())
 }
 
 /// The connection string with any password replaced by `********`, for display.

@@ -115,6 +115,10 @@ COMMENT ON VIEW mmr.queued_changes IS
 CREATE FUNCTION mmr.grant_pull(role regrole, peer text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'mmr.grant_pull was given no role' USING ERRCODE = '22004',
+            HINT = 'Pass the role the other members pull with, e.g. mmr.grant_pull(''mmr_pull'').';
+    END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA mmr TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.relay(text, text, pg_snapshot, boolean) TO %s', role);
