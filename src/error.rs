@@ -83,6 +83,8 @@ pub enum MmrError {
     },
     BadChoice(String),
     BadRow(String),
+    /// A required argument of an API function was NULL (its name).
+    NullArgument(&'static str),
     /// An argument an API function cannot take as it is: the message and a hint.
     BadArgument {
         message: String,
@@ -193,6 +195,7 @@ impl MmrError {
             Spi(_) => Code::ERRCODE_INTERNAL_ERROR,
             Damaged(_) => Code::ERRCODE_DATA_CORRUPTED,
             BadChoice(_) | BadRow(_) | BadArgument { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            NullArgument(_) => Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             NotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             TemporaryTable(_)
             | UnloggedTable(_)
@@ -286,6 +289,7 @@ impl MmrError {
             BadChoice(c) => format!("invalid choice \"{c}\""),
             BadRow(kind) => format!("the row to keep must be a JSON object of column values, not {kind}"),
             BadArgument { message, .. } => message.clone(),
+            NullArgument(name) => format!("{name} must not be NULL"),
             ClockSkew { ahead_ms, limit_ms } => {
                 format!("stamp is {ahead_ms} ms ahead of the local clock (mmr.max_clock_skew is {limit_ms} ms)")
             }
@@ -432,6 +436,7 @@ impl MmrError {
                 .into(),
             GroupState { hint, .. } => hint.clone(),
             UnsafeDdl { hint, .. } | DdlLock { hint, .. } | BadArgument { hint, .. } => hint.clone(),
+            NullArgument(name) => format!("Pass a value for {name}."),
             DdlRole(role) => format!("CREATE ROLE {role} here; the statement is retried from mmr.set_aside."),
             UnknownColumn { .. } => "It comes from a node that already runs a DDL statement this node has not \
                  applied yet; it waits in mmr.set_aside and applies once that statement arrives."
@@ -469,6 +474,11 @@ impl MmrError {
     }
 
     /// Raises the error as a PostgreSQL ERROR (aborts the statement; never returns).
+    /// `arg`, an argument a function needs, or the error that it is NULL.
+    pub fn required<T>(arg: Option<T>, name: &'static str) -> T {
+        arg.unwrap_or_else(|| MmrError::NullArgument(name).raise())
+    }
+
     pub fn raise(self) -> ! {
         let mut report = ErrorReport::new(self.code(), self.message(), "mmr");
         if let Some(d) = self.detail() {

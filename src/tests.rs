@@ -440,6 +440,8 @@ mod tests {
         assert_rejected("SELECT mmr.init_node('n', 0)", "22023", "out of range");
         assert_rejected("SELECT mmr.init_node('n', 1024)", "22023", "out of range");
         assert_rejected("SELECT mmr.init_node('n', 1, 'host=127.0.0.1 port=notaport')", "22023", "invalid port");
+        assert_rejected("SELECT mmr.init_node(NULL, 1)", "22004", "name must not be NULL");
+        assert_rejected("SELECT mmr.init_node('n', NULL)", "22004", "node_id must not be NULL");
         assert_eq!(catalog_state(), before);
 
         run("SELECT mmr.init_node('n1', 1)");
@@ -483,6 +485,9 @@ mod tests {
         assert_rejected("SELECT mmr.replicate('ok_t')", "42710", "already replicated");
         assert_rejected("SELECT mmr.unreplicate('nopk')", "42704", "is not replicated");
         assert_rejected("SELECT mmr.set_resolver('nopk', NULL)", "42704", "is not replicated");
+        assert_rejected("SELECT mmr.replicate(NULL)", "22004", "tbl must not be NULL");
+        assert_rejected("SELECT mmr.set_resolver(NULL, NULL)", "22004", "tbl must not be NULL");
+        assert_rejected("SELECT mmr.resolve_conflict(NULL, 'local')", "22004", "id must not be NULL");
         assert_rejected(
             "SELECT mmr.set_resolver('ok_t', 'bad_args(int,int,int,int)')",
             "42P13",

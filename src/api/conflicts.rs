@@ -13,8 +13,8 @@ use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 
 #[pg_extern]
-fn _resolve_conflict(id: i64, choice: Option<&str>, row: Option<JsonB>) {
-    resolve(id, choice, row.map(|r| r.0)).or_raise()
+fn _resolve_conflict(id: Option<i64>, choice: Option<&str>, row: Option<JsonB>) {
+    resolve(MmrError::required(id, "id"), choice, row.map(|r| r.0)).or_raise()
 }
 
 struct Pending {

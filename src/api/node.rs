@@ -9,7 +9,8 @@ use pgrx::prelude::*;
 /// or be joined). Name and id are set once; running it again with the same name and id
 /// changes only the dsn (and tells the group).
 #[pg_extern]
-fn init_node(name: &str, node_id: i32, dsn: default!(Option<&str>, "NULL")) {
+fn init_node(name: Option<&str>, node_id: Option<i32>, dsn: default!(Option<&str>, "NULL")) {
+    let (name, node_id) = (MmrError::required(name, "name"), MmrError::required(node_id, "node_id"));
     init(name, node_id, dsn).or_raise()
 }
 

@@ -14,7 +14,8 @@ const MMR_COLUMNS: [&str; 3] = ["mmr_hlc", "mmr_node", "mmr_vv"];
 // table replicated already sets its resolver, unreplicating one that is not does nothing.
 
 #[pg_extern]
-fn _replicate(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
+fn _replicate(tbl: Option<pg_sys::Oid>, resolver: Option<pg_sys::Oid>) {
+    let tbl = MmrError::required(tbl, "tbl");
     let applied = || match is_replicated(tbl)? {
         true => set_resolver(tbl, resolver),
         false => replicate(tbl, resolver),
@@ -34,7 +35,8 @@ fn _unreplicate(tbl: pg_sys::Oid) {
 }
 
 #[pg_extern]
-fn _set_resolver(tbl: pg_sys::Oid, resolver: Option<pg_sys::Oid>) {
+fn _set_resolver(tbl: Option<pg_sys::Oid>, resolver: Option<pg_sys::Oid>) {
+    let tbl = MmrError::required(tbl, "tbl");
     let call = || Ok(format!("SELECT mmr.set_resolver({}, {})", table_literal(tbl)?, resolver_literal(resolver)?));
     group_wide(call, || set_resolver(tbl, resolver), || set_resolver(tbl, resolver)).or_raise()
 }
