@@ -54,11 +54,13 @@ fn _set_preferred_node(node_id: Option<i32>) {
 }
 
 /// Refuses a preferred node nobody here knows of (not this node, a member or a peer).
+/// A peer added with `add_peer` that has not been reached yet has no id here: while
+/// there is one, any id may be its.
 fn known_node(node_id: Option<i32>) -> Result<()> {
     let Some(n) = node_id.filter(|n| (1..=1023).contains(n)) else { return Ok(()) };
     let known = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM mmr.node WHERE node_id = $1) OR EXISTS (SELECT 1 FROM mmr.member WHERE node_id = $1) \
-             OR EXISTS (SELECT 1 FROM mmr.peer WHERE node_id = $1)",
+             OR EXISTS (SELECT 1 FROM mmr.peer WHERE node_id = $1 OR node_id IS NULL)",
         &[n.into()],
     )
     .map_err(spi)?;

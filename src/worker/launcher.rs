@@ -5,7 +5,7 @@
 
 use super::txn;
 use crate::catalog;
-use crate::error::{spi, Result};
+use crate::error::{spi, MmrError, Result};
 use crate::gucs;
 use crate::pg::shmem;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
@@ -68,19 +68,15 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                 }
                 if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                     l.last_housekeeping = Instant::now();
-                    if let Err(e) = txn::run(crate::queue::prune::housekeeping) {
-                        pgrx::warning!("mmr: housekeeping failed: {e}");
-                    }
-                    if let Err(e) = txn::run(|| crate::apply::set_aside::retry(None, false)) {
-                        pgrx::warning!("mmr: retrying set-aside changes failed: {e}");
-                    }
-                    if let Err(e) = txn::run(|| {
+                    warn_on_failure("housekeeping", txn::run(crate::queue::prune::housekeeping));
+                    let retried = txn::run(|| crate::apply::set_aside::retry(None, false).map(|_| ()));
+                    warn_on_failure("retrying set-aside changes", retried);
+                    let followed = txn::run(|| {
                         crate::applied::note_parted()?;
                         crate::group::member::sync_peers()?;
                         crate::group::part::advance()
-                    }) {
-                        pgrx::warning!("mmr: following the group's membership failed: {e}");
-                    }
+                    });
+                    warn_on_failure("following the group's membership", followed);
                 }
             }
             // The extension is not (yet) installed in mmr.database.
@@ -88,6 +84,15 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
             Err(e) => pgrx::warning!("mmr launcher: {e}"),
         }
         shmem::wait_for(shmem::Wakeup::Config, seq, TICK_EVERY.as_millis() as i64);
+    }
+}
+
+/// Warns that a periodic task failed -- unless this node has no identity yet: before
+/// mmr.init_node there is nothing to do, and not worth a warning every 2 s.
+fn warn_on_failure(task: &str, result: Result<()>) {
+    match result {
+        Ok(()) | Err(MmrError::NodeNotInitialized) => {}
+        Err(e) => pgrx::warning!("mmr: {task} failed: {e}"),
     }
 }
 
