@@ -49,7 +49,7 @@ pub unsafe fn watched(stmt: *mut pg_sys::Node) -> Result<bool> {
             pg_sys::NodeTag::T_DropStmt => Ok(cascade((*(stmt as *mut pg_sys::DropStmt)).behavior)),
             pg_sys::NodeTag::T_AlterTableStmt => {
                 let s = stmt as *mut pg_sys::AlterTableStmt;
-                let cmds = super::hook::list::<pg_sys::AlterTableCmd>((*s).cmds);
+                let cmds = super::tree::list::<pg_sys::AlterTableCmd>((*s).cmds);
                 Ok(cmds.iter().any(|c| cascade((**c).behavior)) || has_children((*s).relation)?)
             }
             pg_sys::NodeTag::T_RenameStmt => {
@@ -67,7 +67,7 @@ pub unsafe fn watched(stmt: *mut pg_sys::Node) -> Result<bool> {
 /// `rv` must be a valid RangeVar.
 unsafe fn has_children(rv: *mut pg_sys::RangeVar) -> Result<bool> {
     // SAFETY: guaranteed by the caller.
-    let relid = unsafe { super::hook::table_of(rv) };
+    let relid = unsafe { super::tree::table_of(rv) };
     if relid == pg_sys::InvalidOid {
         return Ok(false);
     }
@@ -84,7 +84,7 @@ pub fn run_checked(run: impl FnOnce()) -> Result<()> {
     };
     run();
     // DROP EXTENSION mmr takes the catalog with it: nothing is replicated any more.
-    if before.is_empty() || !super::hook::mmr_installed() {
+    if before.is_empty() || !super::tree::mmr_installed() {
         return Ok(());
     }
     let (after, locked) = {

@@ -27,6 +27,7 @@ mod guard;
 pub mod hook;
 pub mod lock;
 pub mod shape;
+mod tree;
 
 use crate::catalog;
 use crate::error::{spi, MmrError, OrRaise, Result};
