@@ -473,12 +473,12 @@ impl MmrError {
         })
     }
 
-    /// Raises the error as a PostgreSQL ERROR (aborts the statement; never returns).
     /// `arg`, an argument a function needs, or the error that it is NULL.
     pub fn required<T>(arg: Option<T>, name: &'static str) -> T {
         arg.unwrap_or_else(|| MmrError::NullArgument(name).raise())
     }
 
+    /// Raises the error as a PostgreSQL ERROR (aborts the statement; never returns).
     pub fn raise(self) -> ! {
         let mut report = ErrorReport::new(self.code(), self.message(), "mmr");
         if let Some(d) = self.detail() {

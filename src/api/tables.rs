@@ -47,8 +47,9 @@ fn _set_preferred_node(node_id: Option<i32>) {
     let node_id = node_id.filter(|&n| n != 0);
     let call = || Ok(format!("SELECT mmr.set_preferred_node({})", node_id.map_or("NULL".into(), |n| n.to_string())));
     let here = || {
-        known_node(node_id)?;
-        set_preferred_node(node_id)
+        // After its range check; refusing rolls the setting back.
+        set_preferred_node(node_id)?;
+        known_node(node_id)
     };
     group_wide(call, here, || set_preferred_node(node_id)).or_raise()
 }
@@ -57,7 +58,7 @@ fn _set_preferred_node(node_id: Option<i32>) {
 /// A peer added with `add_peer` that has not been reached yet has no id here: while
 /// there is one, any id may be its.
 fn known_node(node_id: Option<i32>) -> Result<()> {
-    let Some(n) = node_id.filter(|n| (1..=1023).contains(n)) else { return Ok(()) };
+    let Some(n) = node_id else { return Ok(()) };
     let known = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM mmr.node WHERE node_id = $1) OR EXISTS (SELECT 1 FROM mmr.member WHERE node_id = $1) \
              OR EXISTS (SELECT 1 FROM mmr.peer WHERE node_id = $1 OR node_id IS NULL)",

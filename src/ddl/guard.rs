@@ -133,7 +133,8 @@ fn locked_relations() -> Result<Vec<pg_sys::Oid>> {
 fn signatures(relids: Option<Vec<pg_sys::Oid>>) -> Result<Vec<(pg_sys::Oid, String, String)>> {
     Spi::connect(|c| {
         let rows = c.select(
-            "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), concat_ws(' / ', \
+            concat!(
+                "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), concat_ws(' / ', \
                (SELECT string_agg(concat_ws(' ', a.attnum, a.attname, a.atttypid::oid::int8, a.atttypmod, \
                                             a.attcollation::oid::int8, a.attnotnull, a.attidentity, a.attgenerated), \
                                   ',' ORDER BY a.attnum) \
@@ -144,11 +145,9 @@ fn signatures(relids: Option<Vec<pg_sys::Oid>>) -> Result<Vec<(pg_sys::Oid, Stri
                (SELECT string_agg(concat_ws(' ', x.relname, i.indkey, i.indclass, i.indisunique, i.indisprimary, \
                                             i.indexprs, i.indpred), ',' ORDER BY x.relname) \
                   FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid \
-                  WHERE i.indrelid = c.oid)) \
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE CASE WHEN $1::oid[] IS NULL \
-                        THEN c.oid IN (SELECT r.relid FROM mmr.replicated_table r) AND n.nspname <> 'mmr' \
-                        ELSE c.oid = ANY ($1) END",
+                  WHERE i.indrelid = c.oid))",
+                crate::replicated_or_given!()
+            ),
             None,
             &[relids.into()],
         )?;

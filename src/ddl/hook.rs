@@ -145,24 +145,19 @@ unsafe fn inspect(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_cha
         if tables.is_empty() {
             return Ok(None);
         }
+        let drop_stmt = ((*stmt).type_ == pg_sys::NodeTag::T_DropStmt).then_some(stmt as *mut pg_sys::DropStmt);
         // (DROP SCHEMA ... CASCADE drops whatever the schema holds, on every member; but
         // a schema without a replicated table may not exist on other nodes.)
-        if (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
-            && (*(stmt as *mut pg_sys::DropStmt)).removeType == pg_sys::ObjectType::OBJECT_SCHEMA
-        {
-            for name in list::<pg_sys::String>((*(stmt as *mut pg_sys::DropStmt)).objects) {
-                if replicated(&tables_in_schema(&CStr::from_ptr((*name).sval).to_string_lossy()))?.is_empty() {
-                    return Err(unsafe_ddl(
-                        "it drops schemas with and without replicated tables at once",
-                        "Drop the schemas that hold replicated tables in a statement of their own.",
-                    ));
-                }
+        let schemas = drop_stmt.filter(|&d| (*d).removeType == pg_sys::ObjectType::OBJECT_SCHEMA).map(|d| (*d).objects);
+        for name in list::<pg_sys::String>(schemas.unwrap_or(std::ptr::null_mut())) {
+            if replicated(&tables_in_schema(&CStr::from_ptr((*name).sval).to_string_lossy()))?.is_empty() {
+                return Err(unsafe_ddl(
+                    "it drops schemas with and without replicated tables at once",
+                    "Drop the schemas that hold replicated tables in a statement of their own.",
+                ));
             }
         }
-        if tables.len() != named.len()
-            && (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
-            && (*(stmt as *mut pg_sys::DropStmt)).removeType != pg_sys::ObjectType::OBJECT_SCHEMA
-        {
+        if tables.len() != named.len() && drop_stmt.is_some() && schemas.is_none() {
             return Err(unsafe_ddl(
                 "it drops replicated and other tables at once",
                 "Drop the replicated tables in a statement of their own.",

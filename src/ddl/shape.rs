@@ -7,6 +7,20 @@ use crate::pg::superuser::AsSuperuser;
 use mmr_core::schema::{diff, ShapeChange, TableShape};
 use pgrx::prelude::*;
 
+/// For catalog queries about tables before and after a statement: `FROM` this gives
+/// each table as `c` (its `pg_class` row) and its schema as `n` -- with `$1` NULL, every
+/// replicated user table (mmr's own are left alone); else those of the `oid[]` `$1` that
+/// still exist (one dropped since is left out).
+#[macro_export]
+macro_rules! replicated_or_given {
+    () => {
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE CASE WHEN $1::oid[] IS NULL \
+                     THEN c.oid IN (SELECT r.relid FROM mmr.replicated_table r) AND n.nspname <> 'mmr' \
+                     ELSE c.oid = ANY ($1) END"
+    };
+}
+
 /// The shapes of the given tables (all replicated user tables with `None`). A table
 /// that no longer exists is left out.
 pub fn shapes(relids: Option<&[pg_sys::Oid]>) -> Result<Vec<(pg_sys::Oid, TableShape)>> {
@@ -22,10 +36,8 @@ pub fn shapes(relids: Option<&[pg_sys::Oid]>) -> Result<Vec<(pg_sys::Oid, TableS
                     ARRAY(SELECT a.attname::text FROM ",
                 crate::primary_key_columns!(),
                 " WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.n) \
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE CASE WHEN $1::oid[] IS NULL \
-                        THEN c.oid IN (SELECT r.relid FROM mmr.replicated_table r) AND n.nspname <> 'mmr' \
-                        ELSE c.oid = ANY ($1) END"
+",
+                crate::replicated_or_given!()
             ),
             None,
             &[ids.into()],
