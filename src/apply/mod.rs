@@ -45,6 +45,7 @@ pub mod table;
 
 use crate::clock;
 use crate::error::{damaged, internal, spi, MmrError, Result};
+use crate::pg::subxact::Failure;
 use mmr_core::decide::{
     decide, tombstone_outlived, with_forgotten_writes, Conflict, Decision, Local, Op, Side, Skip, Version,
 };
@@ -325,7 +326,7 @@ impl Applier {
         &mut self,
         ch: &Change,
         key: Option<String>,
-        failure: Option<&crate::pg::subxact::Failure>,
+        failure: Option<&Failure>,
         waits_for: Option<i64>,
     ) -> Result<()> {
         let id = set_aside::put(ch, self.peer_node, key.as_deref(), failure, waits_for)?;
@@ -361,7 +362,7 @@ impl Applier {
     /// against its key's shadow first, as when it arrived -- applied against the table
     /// alone, a key whose version is held aside would look absent, and the change's
     /// version would replace it instead of being merged with it.
-    pub fn retry_change(&mut self, ch: Change) -> std::result::Result<(), crate::pg::subxact::Failure> {
+    pub fn retry_change(&mut self, ch: Change) -> std::result::Result<(), Failure> {
         let key = self.key_of(&ch);
         let mark = self.shadowed.len();
         // One subtransaction, so that a change that fails again leaves its shadow as
@@ -458,7 +459,7 @@ impl Applier {
 
     /// Applies one change in a subtransaction. A collision on a secondary unique index
     /// with a row of another key is settled as a conflict (see `settle_unique`).
-    pub fn try_apply(&mut self, ch: &Change) -> std::result::Result<(), crate::pg::subxact::Failure> {
+    pub fn try_apply(&mut self, ch: &Change) -> std::result::Result<(), Failure> {
         match crate::pg::subxact::run_coded(|| self.apply(ch)) {
             Err(f) if f.sqlstate == "23505" => match crate::pg::subxact::run_coded(|| self.settle_unique(ch)) {
                 Ok(true) => Ok(()),
@@ -703,13 +704,29 @@ impl Applier {
             Local::Absent => None,
         };
         let (written, resolution, resolver, note) = match (&t.resolver, c.kind.resolvable()) {
-            (Some((name, stmt)), true) => match call_resolver(client, stmt, ch, image, local, self.peer_node, c) {
-                Ok((result, deferred)) => {
-                    let w = write_result(client, t, image, result.as_deref(), c, held)?;
-                    (w, if deferred { "pending" } else { "merged" }, name.as_str(), None)
+            (Some((name, stmt)), true) => {
+                match call_resolver(client, (name, stmt), ch, image, local, self.peer_node, c) {
+                    Ok((result, deferred)) => {
+                        let w = write_result(client, t, image, result.as_deref(), c, held)?;
+                        (w, if deferred { "pending" } else { "merged" }, name.as_str(), None)
+                    }
+                    // An error that says nothing about the conflict (a deadlock, a
+                    // cancel, no memory) may not happen on the other nodes: falling back
+                    // here would make this node's outcome differ. The batch is tried again.
+                    Err(f) if set_aside::transient(&f.sqlstate) => {
+                        let key = Some(key_text(client, t, image)?);
+                        return Err(MmrError::ApplyFailed {
+                            tbl: t.name.clone(),
+                            key,
+                            sqlstate: f.sqlstate,
+                            message: f.message,
+                        });
+                    }
+                    Err(f) => {
+                        (write_lww(client, t, ch, image, held, c)?, "lww_fallback", name.as_str(), Some(f.message))
+                    }
                 }
-                Err(msg) => (write_lww(client, t, ch, image, held, c)?, "lww_fallback", name.as_str(), Some(msg)),
-            },
+            }
             _ => {
                 let res = if c.winner == Side::Remote { "remote_wins" } else { "local_wins" };
                 (write_lww(client, t, ch, image, held, c)?, res, "last_write_wins", None)
@@ -791,28 +808,28 @@ fn _defer() {
 }
 
 /// Calls the table's resolver in a subtransaction. Returns its result (row json, or
-/// None to delete) and whether it deferred to a person; `Err` with the error text if it
+/// None to delete) and whether it deferred to a person; `Err` with the error if it
 /// raised or changed the key.
 fn call_resolver(
     client: &mut SpiClient<'_>,
-    stmt: &pgrx::spi::OwnedPreparedStatement,
+    (resolver, stmt): (&str, &pgrx::spi::OwnedPreparedStatement),
     ch: &Change,
     image: Image,
     local: Option<&Version>,
     peer_node: i32,
     c: &Conflict,
-) -> std::result::Result<(Option<String>, bool), String> {
+) -> Result<(Option<String>, bool), Failure> {
     let remote = match (ch.op, ch.new_row.as_deref()) {
         (Op::Delete, _) | (_, None) => None,
-        (_, Some(r)) => Some(jsonb_arg(r).map_err(|e| e.to_string())?),
+        (_, Some(r)) => Some(jsonb_arg(r).map_err(Failure::from)?),
     };
-    let old = match ch.old_image().map_err(|e| e.to_string())? {
-        Some(o) => Some(jsonb_arg(&o).map_err(|e| e.to_string())?),
+    let old = match ch.old_image().map_err(Failure::from)? {
+        Some(o) => Some(jsonb_arg(&o).map_err(Failure::from)?),
         None => None,
     };
     let opt = |i: Option<Image>| i.map(Image::arg).unwrap_or_else(|| DatumWithOid::null_oid(pg_sys::JSONBOID));
     DEFERRED.with(|d| d.set(false));
-    let result = crate::pg::subxact::run(|| {
+    let result = crate::pg::subxact::run_coded(|| {
         let rows = client
             .update(
                 stmt,
@@ -828,11 +845,12 @@ fn call_resolver(
                     ch.hlc.into(),
                 ],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(spi)?;
         let r = rows.first();
-        let row: Option<pgrx::JsonB> = r.get(1).map_err(|e| e.to_string())?;
-        if r.get::<bool>(2).map_err(|e| e.to_string())? != Some(true) {
-            return Err("the resolver returned a row with a different primary key".into());
+        let row: Option<pgrx::JsonB> = r.get(1).map_err(spi)?;
+        if r.get::<bool>(2).map_err(spi)? != Some(true) {
+            let problem = "it returned a row with a different primary key".into();
+            return Err(MmrError::BadResolver { resolver: resolver.into(), problem });
         }
         Ok(row.map(|j| j.0.to_string()))
     })?;

@@ -118,10 +118,20 @@ thread_local! {
 }
 
 /// The replicated table peers call `name`, or `NotReplicated` (the batch is then held
-/// back until the DBA replicates the table here too).
+/// back until the DBA replicates the table here too). Locked for the rest of the
+/// transaction (apply writes it anyway), so its statements fit the table as it is.
 pub fn lookup(client: &SpiClient<'_>, name: &str) -> Result<Rc<ApplyTable>> {
-    CACHE.with(|c| c.get_or_build(&name.to_string(), || build(client, name).map(|t| (t.relid, t))))
+    let mode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    let relid_of = || -> Result<Option<pg_sys::Oid>> {
+        client.select(&format!("SELECT {NAMED}"), Some(1), &[name.into()]).map_err(spi)?.first().get(1).map_err(spi)
+    };
+    CACHE.with(|c| c.get_locked(&name.to_string(), mode, relid_of, || build(client, name).map(|t| (t.relid, t))))
 }
+
+/// The table a peer's name `$1` stands for here: the table of that name, or the one
+/// an alias gives it (after a rename).
+const NAMED: &str =
+    "coalesce(pg_catalog.to_regclass($1), (SELECT a.relid FROM mmr.table_alias a WHERE a.name = $1))::oid";
 
 /// Drops every cached table (after an error: plans may refer to a dropped table).
 pub fn forget_all() {
@@ -131,8 +141,7 @@ pub fn forget_all() {
 fn build(client: &SpiClient<'_>, name: &str) -> Result<ApplyTable> {
     let row = client
         .select(
-            "SELECT r.relid::oid, r.resolver::oid FROM mmr.replicated_table r \
-             WHERE r.relid = coalesce(pg_catalog.to_regclass($1), (SELECT a.relid FROM mmr.table_alias a WHERE a.name = $1))",
+            &format!("SELECT r.relid::oid, r.resolver::oid FROM mmr.replicated_table r WHERE r.relid = {NAMED}"),
             Some(1),
             &[name.into()],
         )

@@ -50,6 +50,12 @@ fn ensure_registered() {
     }
 }
 
+/// Locks a table's oid for the rest of the transaction (a dropped table's oid too).
+fn lock(relid: pg_sys::Oid, mode: pg_sys::LOCKMODE) {
+    // SAFETY: takes a heavyweight lock, released at the end of the transaction.
+    unsafe { pg_sys::LockRelationOid(relid, mode) };
+}
+
 fn still_valid(relid: pg_sys::Oid, built: u64) -> bool {
     let table = INVALIDATED.with(|m| m.borrow().get(&relid).copied().unwrap_or(0));
     built > table && built > ALL_INVALIDATED.with(|a| a.get())
@@ -84,6 +90,46 @@ impl<K: std::hash::Hash + Eq + Clone, T> RelCache<K, T> {
         let value = Rc::new(value);
         self.entries.borrow_mut().insert(key.clone(), (relid, built, value.clone()));
         Ok(value)
+    }
+
+    /// As `get_or_build`, for a caller about to use the table in this transaction: the
+    /// table is locked in `mode` before its cached value is checked or a new one is
+    /// built, so that no DDL can change it until the transaction ends. A lookup alone
+    /// could hand out a value the table has outgrown (invalidations are read when a
+    /// lock is taken), or build one from a definition that changes halfway through
+    /// (its columns read, then a statement prepared against more of them): a plan made
+    /// from it fails, e.g. a row of the old columns cast to the table's type.
+    /// `relid_of` finds the table `key` names now, if any.
+    pub fn get_locked<E>(
+        &self,
+        key: &K,
+        mode: pg_sys::LOCKMODE,
+        relid_of: impl Fn() -> Result<Option<pg_sys::Oid>, E>,
+        build: impl Fn() -> Result<(pg_sys::Oid, T), E>,
+    ) -> Result<Rc<T>, E> {
+        ensure_registered();
+        let cached = self.entries.borrow().get(key).map(|(relid, built, v)| (*relid, *built, v.clone()));
+        if let Some((relid, built, value)) = cached {
+            lock(relid, mode);
+            if still_valid(relid, built) {
+                return Ok(value);
+            }
+        }
+        self.entries.borrow_mut().remove(key);
+        loop {
+            let locked = relid_of()?;
+            if let Some(relid) = locked {
+                lock(relid, mode);
+            }
+            let built = bump();
+            let (relid, value) = build()?;
+            // Else the name moved to another table before the lock was granted.
+            if locked == Some(relid) {
+                let value = Rc::new(value);
+                self.entries.borrow_mut().insert(key.clone(), (relid, built, value.clone()));
+                return Ok(value);
+            }
+        }
     }
 
     pub fn clear(&self) {

@@ -14,13 +14,20 @@ pub struct Failure {
     pub message: String,
 }
 
+impl From<crate::error::MmrError> for Failure {
+    fn from(e: crate::error::MmrError) -> Failure {
+        Failure { sqlstate: e.sqlstate(), message: e.to_string() }
+    }
+}
+
 /// As `run`, for mmr code: the error comes back with its SQLSTATE.
 pub fn run_coded<R>(f: impl FnOnce() -> crate::error::Result<R>) -> Result<R, Failure> {
     let mut coded = None;
     let out = run(|| {
         f().map_err(|e| {
-            let m = e.to_string();
-            coded = Some(Failure { sqlstate: e.sqlstate(), message: m.clone() });
+            let failure = Failure::from(e);
+            let m = failure.message.clone();
+            coded = Some(failure);
             m
         })
     });

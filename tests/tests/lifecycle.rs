@@ -92,7 +92,10 @@ impl Writers {
                         }
                         let ctr = (k % 20 + 1) as i32;
                         match db.execute("UPDATE counters SET n = n + 1 WHERE id = $1", &[&ctr]) {
-                            Ok(_) => incs += 1,
+                            Ok(1) => incs += 1,
+                            // The row is always there: an increment that updates
+                            // nothing would be counted but not made.
+                            Ok(n) => panic!("an increment of counter {ctr} updated {n} rows"),
                             Err(e) if e.as_db_error().is_none() => {
                                 uncertain += 1;
                                 // The node went away: wait for it to come back.
@@ -192,6 +195,16 @@ fn assert_group_converged(c: &Cluster, nodes: &[usize]) {
 /// applied twice anywhere.
 fn assert_settled(c: &Cluster, nodes: &[usize], acked: &Acked) {
     sync_nodes(c, nodes);
+    // merge_counters settles every conflict of the counters; a fallback to
+    // last-write-wins (the resolver raised) would drop an increment.
+    for &i in nodes {
+        let unmerged = c.text(
+            i,
+            "SELECT coalesce(string_agg(format('%s %s %s', pk, resolution, note), '; '), '') \
+             FROM mmr.conflicts WHERE tbl LIKE '%counters' AND resolution <> 'merged'",
+        );
+        assert_eq!(unmerged, "", "{}: counters conflicts not merged", c.nodes[i].name);
+    }
     assert_all_there(c, nodes, acked);
     assert_group_converged(c, nodes);
     for &i in nodes {

@@ -1,6 +1,9 @@
 //! Custom conflict resolvers and conflicts settled by a person, on real clusters.
 
 use mmr_tests::{assert_converged, error_text, Cluster};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 const SYNC: Duration = Duration::from_secs(90);
@@ -66,6 +69,68 @@ fn counter_increments_on_three_partitioned_nodes_add_up() {
             ) > 0
         );
     }
+}
+
+/// Two nodes increment the same counters, as the application role in sessions with
+/// their own settings, while a third adds columns to the table (replicated DDL): every
+/// increment counts once on every node, and every conflict is merged. (Apply used to
+/// look the table up before locking it: a column added in between made it call the
+/// resolver with rows of the table's old shape, which failed with "cannot cast type
+/// record to account", and last-write-wins lost an increment on that node only.)
+#[test]
+fn counters_merge_while_columns_are_added() {
+    let mut c = Cluster::start("resolver_ddl", 3);
+    c.replicated_table("CREATE TABLE account (id int PRIMARY KEY, balance bigint)", "account");
+    set_resolver_everywhere(&c, "account", "mmr.merge_counters(anyelement, anyelement, anyelement, mmr.conflict_info)");
+    c.mesh();
+    c.exec(0, "INSERT INTO account SELECT g, 0 FROM generate_series(1, 4) g");
+    c.sync(SYNC);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [0, 1]
+        .into_iter()
+        .map(|i| {
+            let conninfo = c.nodes[i].conninfo().replace("user=postgres", "user=app");
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+                db.batch_execute("SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Pacific/Chatham'").unwrap();
+                let (mut acked, mut k) = (0i64, 0i64);
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let id = (k % 4 + 1) as i32;
+                    // A deadlock with apply is what applications meet too: go on.
+                    match db.execute("UPDATE account SET balance = balance + 1 WHERE id = $1", &[&id]) {
+                        Ok(1) => acked += 1,
+                        Ok(n) => panic!("an increment updated {n} rows"),
+                        Err(_) => {}
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    for round in 0..12 {
+        c.exec(2, &format!("ALTER TABLE account ADD COLUMN extra{round} int"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked: i64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    // A change that names a column before the statement adding it has arrived is set
+    // aside until it has (and counts as received for wait_for_peers).
+    c.sync(SYNC);
+    for i in 0..3 {
+        c.wait_until(i, "SELECT NOT EXISTS (SELECT 1 FROM mmr.set_aside)", SYNC);
+    }
+    assert_converged(&c, "account");
+    for i in 0..3 {
+        let unmerged = c.text(
+            i,
+            "SELECT coalesce(string_agg(resolution || ' ' || coalesce(note, ''), '; '), '') \
+             FROM mmr.conflicts WHERE resolution <> 'merged'",
+        );
+        assert_eq!(unmerged, "", "on n{}", i + 1);
+        assert_eq!(c.int(i, "SELECT sum(balance)::bigint FROM account"), acked, "on n{}", i + 1);
+    }
+    assert!(c.int(0, "SELECT count(*) FROM mmr.conflicts") > 0, "no conflict was met");
 }
 
 const TAGS_RESOLVER: &str = "
@@ -139,6 +204,41 @@ fn raising_resolver_falls_back_to_lww_and_replication_goes_on() {
     c.exec(1, "INSERT INTO t VALUES (2, 'after')");
     c.sync(SYNC);
     assert_eq!(c.int(0, "SELECT count(*) FROM t"), 2);
+}
+
+/// A resolver that fails for a reason that says nothing about the rows (here a
+/// serialization failure, the first time it is called on each node): the batch is
+/// applied again and the resolver decides, instead of last-write-wins on that node only.
+#[test]
+fn a_resolver_failing_for_a_passing_reason_is_called_again() {
+    let mut c = Cluster::start("raising_once", 2);
+    c.replicated_table("CREATE TABLE account (id int PRIMARY KEY, balance bigint)", "account");
+    for i in 0..2 {
+        // A sequence is not rolled back with the failed attempt: it counts the calls.
+        c.exec(
+            i,
+            "CREATE SEQUENCE calls; \
+             CREATE FUNCTION flaky(l account, r account, o account, i mmr.conflict_info) RETURNS account \
+             LANGUAGE plpgsql AS $$ BEGIN \
+               IF nextval('public.calls') = 1 THEN \
+                 RAISE EXCEPTION 'not now' USING ERRCODE = 'serialization_failure'; \
+               END IF; \
+               RETURN mmr.merge_counters(l, r, o, i); END $$",
+        );
+        c.exec(i, "SELECT mmr.set_resolver('account', 'flaky(account, account, account, mmr.conflict_info)')");
+    }
+    c.mesh();
+    partitioned_writes(
+        &mut c,
+        "INSERT INTO account VALUES (1, 100)",
+        &[(0, "UPDATE account SET balance = balance + 1"), (1, "UPDATE account SET balance = balance + 10")],
+    );
+    assert_converged(&c, "account");
+    for i in 0..2 {
+        assert_eq!(c.int(i, "SELECT balance FROM account"), 111, "on n{}", i + 1);
+        assert_eq!(c.text(i, "SELECT string_agg(resolution, ', ') FROM mmr.conflicts"), "merged", "on n{}", i + 1);
+        assert!(c.int(i, "SELECT last_value FROM calls") >= 2, "on n{}", i + 1);
+    }
 }
 
 /// Registering a resolver with a wrong signature fails with a clear error and keeps
