@@ -98,6 +98,9 @@ pub enum MmrError {
     /// A function that applies changes was called in a REPEATABLE READ or SERIALIZABLE
     /// transaction (its name).
     NeedsReadCommitted(&'static str),
+    /// A function that waits for peers was called in a transaction that has written
+    /// replicated changes, which no peer can have before it commits (its name).
+    OwnWritesUncommitted(&'static str),
     /// A change could not be applied for a reason that may pass (the batch is retried).
     ApplyFailed {
         tbl: String,
@@ -209,6 +212,7 @@ impl MmrError {
             BadResolver { .. } => Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
             ClockSkew { .. } => Code::ERRCODE_DATA_EXCEPTION,
             NeedsReadCommitted(_) => Code::ERRCODE_INVALID_TRANSACTION_STATE,
+            OwnWritesUncommitted(_) => Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
             ApplyFailed { .. } => Code::ERRCODE_T_R_SERIALIZATION_FAILURE,
             PeerIdentity(_) => Code::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             JoinTable { .. } => Code::ERRCODE_INVALID_TABLE_DEFINITION,
@@ -295,6 +299,9 @@ impl MmrError {
             }
             TwoPhaseCommit => "cannot PREPARE a transaction that wrote to replicated tables".into(),
             NeedsReadCommitted(f) => format!("{f} must run at READ COMMITTED isolation"),
+            OwnWritesUncommitted(f) => {
+                format!("{f} cannot wait for this transaction's own changes to replicated tables: they are not committed")
+            }
             ApplyFailed { tbl, key, sqlstate, message } => {
                 let key = key.as_deref().map(|k| format!(" key {k}")).unwrap_or_default();
                 format!("applying a change to {tbl}{key} failed ({sqlstate}): {message}; will retry")
@@ -429,6 +436,7 @@ impl MmrError {
             NeedsReadCommitted(_) => "Call it outside a REPEATABLE READ or SERIALIZABLE transaction: it applies changes as \
                  the apply workers do, looking again at rows other transactions commit meanwhile."
                 .into(),
+            OwnWritesUncommitted(f) => format!("COMMIT first, then call {f} outside the transaction that wrote."),
             ClockSkew { .. } => "Fix the clocks (NTP) of the nodes, or raise mmr.max_clock_skew.".into(),
             JoinTable { .. } => "Create the group's tables and their resolver functions on the new node from a \
                  member's definitions (pg_dump --schema-only; with --table it leaves functions out), tables \

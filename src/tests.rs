@@ -517,6 +517,11 @@ mod tests {
         );
         assert_eq!(catalog_state(), before);
 
+        // Waiting for peers in a transaction that wrote is refused: no peer can have
+        // changes not committed yet (tests/sync.rs: it answers in one that did not).
+        run("INSERT INTO ok_t VALUES (1, 1)");
+        assert_rejected("SELECT mmr.wait_for_peers('1 s')", "25001", "not committed");
+
         // The good resolver is accepted; the password is masked in the view.
         run("SELECT mmr.set_resolver('ok_t', 'good(ok_t,ok_t,ok_t,mmr.conflict_info)')");
         assert_eq!(

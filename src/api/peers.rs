@@ -127,6 +127,11 @@ fn _peer_status() -> TableIterator<
 /// cannot see what the calling transaction has not committed.
 #[pg_extern(volatile)]
 fn _wait_for_peers(timeout_ms: i64) -> bool {
+    // It would answer for what was committed before, and a caller would take the answer
+    // for their own changes too.
+    if crate::capture::buffer::has_changes() {
+        MmrError::OwnWritesUncommitted("mmr.wait_for_peers").raise();
+    }
     let snap = Spi::get_one::<String>("SELECT pg_current_snapshot()::text")
         .ok()
         .flatten()

@@ -153,6 +153,11 @@ pub fn queued() -> bool {
     QUEUED.with(|q| q.get())
 }
 
+/// Whether the current transaction has captured changes (queued or still in memory).
+pub fn has_changes() -> bool {
+    queued() || ENTRIES.with(|e| !e.borrow().is_empty())
+}
+
 /// Whether the transaction now ending wrote queue rows; resets it.
 pub fn take_queued() -> bool {
     QUEUED.with(|q| q.replace(false))

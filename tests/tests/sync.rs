@@ -53,8 +53,23 @@ fn with_all_a_commit_is_visible_everywhere_when_it_returns() {
     )
     .unwrap();
     assert_eq!(notices.take(), Vec::<String>::new());
+    // A DBA's wait_for_peers in a transaction block (as drivers open one for every
+    // statement): it answers for what was committed before -- and refuses to answer
+    // in the transaction that wrote, whose changes no peer can have yet.
+    let mut dba = c.connect(0);
+    dba.batch_execute("INSERT INTO t VALUES (100, 'before')").unwrap();
+    dba.batch_execute("BEGIN").unwrap();
+    assert!(dba.query_one("SELECT mmr.wait_for_peers('30 s')", &[]).unwrap().get::<_, bool>(0));
+    assert!(has_row(&mut b, 100) && has_row(&mut d, 100));
+    dba.batch_execute("INSERT INTO t VALUES (101, 'in the block')").unwrap();
+    let e = dba.query_one("SELECT mmr.wait_for_peers('30 s')", &[]).unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "25001", "{}", error_text(&e));
+    assert!(db.hint().unwrap_or_default().contains("COMMIT first"), "{}", error_text(&e));
+    dba.batch_execute("ROLLBACK").unwrap();
     c.sync(SYNC);
     assert_converged(&c, "t");
+    assert!(!has_row(&mut b, 101));
 }
 
 /// Waits until the backend of `app` running `insert` is in mmr's commit wait; its pid.
