@@ -549,6 +549,8 @@ fn statements_that_reach_a_replicated_table_through_another_object() {
     c.app(0).batch_execute("INSERT INTO app.item VALUES (1, 5, '(1,one)', 'x')").unwrap();
     c.exec(0, "INSERT INTO kid VALUES (1, 'kid')");
     c.sync(SYNC);
+    // Applications keep writing on every node throughout.
+    let writers = Writers::start(&c);
 
     // ALTER DOMAIN typed on n2 reaches n1, in order with n2's rows.
     c.exec(1, "ALTER DOMAIN positive ADD CONSTRAINT positive_check CHECK (VALUE > 0)");
@@ -622,7 +624,10 @@ fn statements_that_reach_a_replicated_table_through_another_object() {
         c.wait_until(i, "SELECT to_regnamespace('app') IS NULL", SYNC);
         assert_eq!(c.int(i, "SELECT count(*) FROM mmr.replicated_table WHERE relid::text LIKE 'app.%'"), 0);
     }
+    let acked = writers.stop();
     c.sync(SYNC);
     no_set_aside(&c);
     assert_converged(&c, "kid");
+    assert_all_there(&c, &acked);
+    assert_converged(&c, "t");
 }
