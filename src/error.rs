@@ -300,7 +300,9 @@ impl MmrError {
             TwoPhaseCommit => "cannot PREPARE a transaction that wrote to replicated tables".into(),
             NeedsReadCommitted(f) => format!("{f} must run at READ COMMITTED isolation"),
             OwnWritesUncommitted(f) => {
-                format!("{f} cannot wait for this transaction's own changes to replicated tables: they are not committed")
+                format!(
+                    "{f} cannot wait for this transaction's own changes to replicated tables: they are not committed"
+                )
             }
             ApplyFailed { tbl, key, sqlstate, message } => {
                 let key = key.as_deref().map(|k| format!(" key {k}")).unwrap_or_default();

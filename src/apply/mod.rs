@@ -154,6 +154,8 @@ pub struct Stats {
     pub conflicts: i64,
     /// Changes set aside (see set_aside.rs).
     pub set_aside: i64,
+    /// Replicated DDL statements run.
+    pub ddl: i64,
 }
 
 /// Applies the changes of one peer inside the worker's current transaction.
@@ -601,7 +603,8 @@ impl Applier {
                     Decision::Apply if ch.op == Op::Insert && t.name == crate::ddl::TABLE => {
                         // The statement runs in the transaction that applies its row.
                         crate::ddl::run_applied(ch.image()?)?;
-                        self.stats.applied += 1
+                        self.stats.applied += 1;
+                        self.stats.ddl += 1
                     }
                     Decision::Apply => self.stats.applied += 1,
                     Decision::Skip(why) => {

@@ -60,6 +60,17 @@ fn yield_to_local_writers(contended: Option<Duration>) {
     }
 }
 
+/// Tries the set-aside changes again now, in the transaction of a batch that ran DDL:
+/// a statement may be what they wait for (a column they name). Then this node
+/// acknowledges the statement only with them applied, and `mmr.wait_for_peers` on its
+/// origin covers them -- instead of their waiting for the launcher's next round. One
+/// that fails again stays set aside; if trying fails as a whole, the launcher tries later.
+fn retry_set_aside_after_ddl() {
+    if let Err(f) = crate::pg::subxact::run_coded(|| apply::set_aside::retry(None, true)) {
+        pgrx::log!("mmr: trying set-aside changes again after DDL failed: {}", f.message);
+    }
+}
+
 /// Whether a session of this node's applications waits for a lock the current (apply)
 /// transaction holds: a row it locked, or a tuple lock queued behind one.
 fn local_sessions_wait_on_us() -> Result<bool> {
@@ -543,6 +554,9 @@ impl Worker {
                 }
             }
             applier.finish()?;
+            if applier.stats.ddl > 0 {
+                retry_set_aside_after_ddl();
+            }
             relay.store()?;
             let watermark = apply::set_aside::cap(peer_node, header.stable)?;
             kept::run(

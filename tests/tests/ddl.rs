@@ -226,8 +226,12 @@ fn typed_ddl_drop_and_rename_while_a_node_lags() {
     c.wait_until(0, "SELECT v2 = 'from n3' FROM t WHERE id = 1", SYNC);
     c.wait_until(0, "SELECT v2 = 'new on n3' FROM t WHERE id = 9001", SYNC);
 
+    // The change set aside for the column goes in with the statement that makes it:
+    // once n1's wait_for_peers says n3 has n1's statements, n3 has n2's change too.
     c.exec(2, "SELECT mmr.resume_peer('n1')");
-    c.wait_until(2, "SELECT v2 = 'from n2' FROM t WHERE id = 2", SYNC);
+    let waited: bool = c.connect(0).query_one("SELECT mmr.wait_for_peers('60 s')", &[]).unwrap().get(0);
+    assert!(waited);
+    assert_eq!(c.text(2, "SELECT v2 FROM t WHERE id = 2"), "from n2");
     c.sync(SYNC);
     no_set_aside(&c);
     assert_same_schema(&c, "t");
