@@ -85,11 +85,21 @@ impl<K: std::hash::Hash + Eq + Clone, T> RelCache<K, T> {
         // Stale entries are dropped here, at a point where none of their plans can be
         // running.
         self.entries.borrow_mut().remove(key);
+        self.build_entry(key, build).map(|(_, value)| value)
+    }
+
+    /// Builds `key`'s value and caches it (stamped before building: an invalidation
+    /// that arrives meanwhile makes it stale); returns it with its table's oid.
+    fn build_entry<E>(
+        &self,
+        key: &K,
+        build: impl FnOnce() -> Result<(pg_sys::Oid, T), E>,
+    ) -> Result<(pg_sys::Oid, Rc<T>), E> {
         let built = bump();
         let (relid, value) = build()?;
         let value = Rc::new(value);
         self.entries.borrow_mut().insert(key.clone(), (relid, built, value.clone()));
-        Ok(value)
+        Ok((relid, value))
     }
 
     /// As `get_or_build`, for a caller about to use the table in this transaction: the
@@ -121,12 +131,10 @@ impl<K: std::hash::Hash + Eq + Clone, T> RelCache<K, T> {
             if let Some(relid) = locked {
                 lock(relid, mode);
             }
-            let built = bump();
-            let (relid, value) = build()?;
-            // Else the name moved to another table before the lock was granted.
+            let (relid, value) = self.build_entry(key, &build)?;
+            // Else the name moved to another table before the lock was granted (the
+            // entry stays cached: it is checked, under a lock, like any other).
             if locked == Some(relid) {
-                let value = Rc::new(value);
-                self.entries.borrow_mut().insert(key.clone(), (relid, built, value.clone()));
                 return Ok(value);
             }
         }

@@ -187,8 +187,8 @@ fn raising_resolver_falls_back_to_lww_and_replication_goes_on() {
             "CREATE FUNCTION boom(l t, r t, o t, i mmr.conflict_info) RETURNS t LANGUAGE plpgsql AS \
              $$ BEGIN RAISE EXCEPTION 'resolver exploded for %', l.id; END $$",
         );
-        c.exec(i, "SELECT mmr.set_resolver('t', 'boom(t, t, t, mmr.conflict_info)')");
     }
+    set_resolver_everywhere(&c, "t", "boom(t, t, t, mmr.conflict_info)");
     c.mesh();
     partitioned_writes(
         &mut c,
@@ -228,8 +228,8 @@ fn a_resolver_failing_for_a_passing_reason_is_called_again() {
                END IF; \
                RETURN mmr.merge_counters(l, r, o, i); END $$",
         );
-        c.exec(i, "SELECT mmr.set_resolver('account', 'flaky(account, account, account, mmr.conflict_info)')");
     }
+    set_resolver_everywhere(&c, "account", "flaky(account, account, account, mmr.conflict_info)");
     c.mesh();
     partitioned_writes(
         &mut c,
