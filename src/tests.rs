@@ -816,6 +816,27 @@ mod tests {
         );
         let (t2, p2, rows) = pull(&t1, &lit(&p1));
         assert_eq!(rows, "1000+999", "the late commit is served in the next batch, whole");
+        // A pull sent ahead, from a position not committed yet, records the one it
+        // acknowledges; one that acknowledges more than it is served from is refused.
+        let ahead = |at: (&str, &str), acked: (&str, &str)| {
+            format!(
+                "SELECT count(*) FROM mmr.pull('c', {}, {}, 100, 0, {}, {})",
+                at.0,
+                lit(at.1),
+                acked.0,
+                lit(acked.1)
+            )
+        };
+        s.query("s0", &ahead((&t2, &p2), (&t1, &p1)));
+        assert_eq!(s.query("s0", "SELECT tick FROM mmr.consumer WHERE name = 'c'"), t1);
+        s.exec(
+            "s0",
+            "CREATE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN others THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        );
+        let refused = s.query("s0", &format!("SELECT pg_temp.error_of({})", lit(&ahead((&t1, &p1), (&t2, &p2)))));
+        assert!(refused.starts_with("08P01") && refused.contains("behind the one it acknowledges"), "{refused}");
+        assert_eq!(s.query("s0", "SELECT tick FROM mmr.consumer WHERE name = 'c'"), t1);
         let (t3, _, rows) = pull(&t2, &lit(&p2));
         assert_eq!((t3.as_str(), rows.as_str()), ("", ""), "nothing is served twice");
         // The consumer's reported position is recorded for pruning and wait_for_peers.

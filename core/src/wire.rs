@@ -82,6 +82,11 @@ pub struct PullHeader {
     /// Changes still queued beyond the batch (counted up to a bound).
     pub pending: i64,
     pub report: Report,
+    /// The serving node takes pulls that acknowledge a position behind the one they
+    /// are served from (`mmr.pull`'s `acked_tick`, `acked`), so a consumer catching
+    /// up can ask for the next batch while it applies this one. Absent: mmr 0.2.0.
+    #[serde(default)]
+    pub acks: bool,
 }
 
 impl PullHeader {
@@ -152,6 +157,7 @@ mod tests {
             as_of: "2026-12-01 10:00:00+00".into(),
             pending: 0,
             report: Report { applied: BTreeMap::from([("n2".into(), 50)]), self_stamp: 101 },
+            acks: true,
         }
     }
 
@@ -167,6 +173,13 @@ mod tests {
         let mut v = header().to_json();
         v.as_object_mut().unwrap().remove("protocol");
         assert_eq!(PullHeader::parse(&v.to_string()).unwrap().protocol, 1);
+    }
+
+    #[test]
+    fn a_header_of_a_node_that_takes_no_separate_acknowledgement_says_so() {
+        let mut v = header().to_json();
+        v.as_object_mut().unwrap().remove("acks");
+        assert!(!PullHeader::parse(&v.to_string()).unwrap().acks);
     }
 
     #[test]

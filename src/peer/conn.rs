@@ -176,6 +176,11 @@ impl PeerConn {
         self.last_server_error.take()
     }
 
+    /// The SQLSTATE of the error the server sent for the last failed query, if any.
+    pub fn server_sqlstate(&self) -> Option<&str> {
+        self.last_server_error.as_ref().map(|e| e.sqlstate.as_str())
+    }
+
     /// Sets the longest silence tolerated while waiting for a reply.
     pub fn set_read_timeout(&mut self, t: Duration) {
         self.read_timeout = t;

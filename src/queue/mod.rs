@@ -40,27 +40,66 @@ struct Tick {
 /// the position the consumer reports (it has applied everything visible in it), picks
 /// or creates the tick that ends the batch, waiting up to `wait_ms` for new changes.
 /// Returns the batch header as jsonb; `mmr.pull` then returns the batch's rows.
+///
+/// A consumer catching up asks for the next batch while it still applies the one
+/// before (worker/peer.rs): it is served from the end of that batch, `position`, but
+/// reports what it has committed, (`acked_tick`, `acked`) -- only that counts as
+/// applied here (pruning, synchronous commits). `acked_tick` NULL: `position` is
+/// committed.
 #[pg_extern(volatile)]
-fn _pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i32, wait_ms: i32) -> JsonB {
-    pull_begin(consumer, tick, position, max_changes, wait_ms).or_raise()
+fn _pull_begin_acked(
+    consumer: &str,
+    tick: i64,
+    position: Option<&str>,
+    max_changes: i32,
+    wait_ms: i32,
+    acked_tick: Option<i64>,
+    acked: Option<&str>,
+) -> JsonB {
+    let acked = acked_tick.map(|t| (t, acked));
+    pull_begin(consumer, (tick, position), max_changes, wait_ms, acked).or_raise()
 }
 
-fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i32, wait_ms: i32) -> Result<JsonB> {
+/// `_pull_begin_acked` without a separate acknowledgement: what `mmr.pull` called up to
+/// 0.2.0, kept for the catalog of a node restarted on this build that has not run
+/// `ALTER EXTENSION mmr UPDATE` yet, whose peers still pull from it.
+#[pg_extern(volatile)]
+fn _pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i32, wait_ms: i32) -> JsonB {
+    pull_begin(consumer, (tick, position), max_changes, wait_ms, None).or_raise()
+}
+
+/// A position in this node's queue: a tick and the snapshot (NULL: nothing applied yet).
+type At<'a> = (i64, Option<&'a str>);
+
+fn parse_position(p: Option<&str>) -> Result<Option<Snapshot>> {
+    p.map(|p| Snapshot::parse(p).map_err(|e| MmrError::Protocol(format!("position: {e}")))).transpose()
+}
+
+fn pull_begin(consumer: &str, at: At, max_changes: i32, wait_ms: i32, acked: Option<At>) -> Result<JsonB> {
     // SAFETY: reading a backend global.
     if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
         return Err(MmrError::Protocol("mmr.pull must run at READ COMMITTED isolation".into()));
     }
     let me = catalog::require_node()?;
-    let from = match position {
-        Some(p) => Some(Snapshot::parse(p).map_err(|e| MmrError::Protocol(format!("position: {e}")))?),
-        None => None,
-    };
+    let (tick, position) = at;
+    let from = parse_position(position)?;
+    let (acked_tick, acked_position) = acked.unwrap_or(at);
+    let committed = parse_position(acked_position)?;
+    if let Some(c) = &committed {
+        if !from.as_ref().is_some_and(|f| f.covers(c)) {
+            return Err(MmrError::Protocol("a pull's position is behind the one it acknowledges".into()));
+        }
+    }
     check_consumer(consumer)?;
-    // Before its position counts for anything (below, and in synchronous commits).
-    history::check_pull(&me.name, consumer, from.as_ref())?;
+    // Before its position counts for anything (below, and in synchronous commits); the
+    // position served from too, if ahead: its xmax must be one this node has reached.
+    history::check_pull(&me.name, consumer, committed.as_ref())?;
+    if acked.is_some() {
+        history::check_pull(&me.name, consumer, from.as_ref())?;
+    }
     // The consumer committed everything in its position before it asked: synchronous
     // commits waiting for it need not wait for this pull's own commit (src/sync.rs).
-    if let Some(pos) = &from {
+    if let Some(pos) = &committed {
         shmem::publish_consumer(consumer, pos);
     }
     // Before the stable stamp below: so that when nothing is pending, that stamp
@@ -88,7 +127,7 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
     };
 
     // After the tick: its flush need not cover this write.
-    record_consumer(consumer, tick, position)?;
+    record_consumer(consumer, acked_tick, acked_position)?;
     let pending = match &to {
         Some(t) => pending_changes(&t.snap)?,
         None => 0,
@@ -126,6 +165,7 @@ fn pull_begin(consumer: &str, tick: i64, position: Option<&str>, max_changes: i3
         as_of,
         pending,
         report,
+        acks: true,
     };
     Ok(JsonB(header.to_json()))
 }

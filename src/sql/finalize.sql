@@ -70,7 +70,8 @@ COMMENT ON VIEW mmr.peers IS
 -- transaction and in commit order: a transaction comes after every transaction it
 -- waited for, because it queued its last change after they committed.
 CREATE FUNCTION mmr.pull(consumer text, tick bigint, pos pg_snapshot,
-                         max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000)
+                         max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000,
+                         acked_tick bigint DEFAULT NULL, acked pg_snapshot DEFAULT NULL)
 RETURNS TABLE (kind "char", xid xid8, changes text, meta jsonb, applied bigint[])
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 #variable_conflict use_column
@@ -78,7 +79,7 @@ DECLARE
     header jsonb;
     to_snap pg_snapshot;
 BEGIN
-    header := mmr._pull_begin(consumer, tick, pos::text, max_changes, wait_ms);
+    header := mmr._pull_begin_acked(consumer, tick, pos::text, max_changes, wait_ms, acked_tick, acked::text);
     RETURN QUERY SELECT 'H'::"char", NULL::xid8, NULL::text, header, NULL::bigint[];
     IF header->>'to_snap' IS NULL THEN
         RETURN;
@@ -95,9 +96,10 @@ BEGIN
         ORDER BY max(q.id) OVER (PARTITION BY q.xid), q.id;
 END
 $$;
-COMMENT ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) IS
+COMMENT ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer, bigint, pg_snapshot) IS
     'Called by peers: the next batch of this node''s changes after a position, in commit order. '
-    'max_changes counts queue rows: transactions, or 1000-change chunks of large ones.';
+    'max_changes counts queue rows: transactions, or 1000-change chunks of large ones. '
+    'acked_tick and acked: the position the peer has committed, if it asks ahead of it (NULL: pos).';
 
 -- The queue, one row per change, for people.
 CREATE VIEW mmr.queued_changes AS
@@ -120,7 +122,7 @@ BEGIN
             HINT = 'Pass the role the other members pull with, e.g. mmr.grant_pull(''mmr_pull'').';
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA mmr TO %s', role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.pull(text, bigint, pg_snapshot, integer, integer, bigint, pg_snapshot) TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.relay(text, text, pg_snapshot, boolean) TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.ddl_lock(text), mmr.ddl_unlock(), mmr.ddl_history() TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION mmr.verify_ranges(text, jsonb, jsonb, jsonb, jsonb), '

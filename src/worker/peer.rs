@@ -7,6 +7,12 @@
 //! reports the new position to the peer at once (it prunes and answers
 //! `mmr.wait_for_peers` from it). Any error: report it, roll back, drop the connection,
 //! back off, reconnect.
+//!
+//! While a backlog lasts, the next batch is asked for before this one is applied (once
+//! its rows are all read): the peer cuts and reads it while this node applies, instead
+//! of each side waiting for the other. That pull is served from the end of the batch
+//! being applied but acknowledges only the position committed here, so the peer
+//! counts nothing as applied that a crash here could still undo.
 
 use super::txn;
 use crate::apply::{self, Applier, Change};
@@ -34,6 +40,11 @@ const MAX_YIELD: Duration = Duration::from_millis(250);
 
 /// The largest batch a worker asks for (queue rows, see `next_batch_limit`).
 const MAX_BATCH: i32 = 50_000;
+
+/// A batch is read whole before it is applied, so that the next can be asked for
+/// meanwhile, if its rows take at most this much memory; a larger one is applied as
+/// it arrives.
+const READ_AHEAD_BYTES: usize = 64 << 20;
 
 /// The batch size to ask for next, after a batch of `applied` changes asked with
 /// `limit`. Batches that fill up double, up to `MAX_BATCH`: a catch-up of many small
@@ -119,6 +130,14 @@ struct Worker {
     batch_limit: i32,
     /// When this worker last looked for a part to relay for (group/part.rs).
     last_relay_check: Option<std::time::Instant>,
+    /// A pull sent ahead on this session's connection (see the module documentation),
+    /// with the batch size it asked for.
+    ahead: Option<i32>,
+    /// The last batch held locks this node's sessions waited for: the next one is not
+    /// asked for ahead, so that it can be kept small.
+    contended: bool,
+    /// The peer refused a pull sent ahead: none is sent again by this worker.
+    ahead_refused: bool,
     /// The configuration sequence at the last `still_wanted` check, and the peer count.
     checked: std::cell::Cell<Option<(u64, i64)>>,
 }
@@ -177,7 +196,12 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         retry_now: false,
         progressed: false,
         batch_limit: 0,
-        last_relay_check: None,
+        // The first look a second after the start, after the first pull has checked
+        // who the peer is.
+        last_relay_check: Some(std::time::Instant::now()),
+        ahead: None,
+        contended: false,
+        ahead_refused: false,
         checked: Default::default(),
     }
     .run();
@@ -287,6 +311,7 @@ impl Worker {
         }
         let mut wait = Duration::ZERO;
         let mut node_id = cfg.node_id;
+        self.ahead = None;
         loop {
             super::check_interrupts_and_reload();
             match self.round(&mut conn, &mut node_id, wait) {
@@ -296,7 +321,9 @@ impl Worker {
                 }
                 Err(stop) => return stop,
             }
-            if self.last_relay_check.is_none_or(|t| t.elapsed() >= RELAY_CHECK_EVERY) {
+            // (Not while a pull sent ahead occupies the connection: none is sent once a
+            // check is due.)
+            if self.ahead.is_none() && self.relay_check_due() {
                 self.last_relay_check = Some(std::time::Instant::now());
                 if let Err(e) = crate::group::part::relay_from(&mut conn, &self.me, &self.peer) {
                     return Stop::Failed { state: "error", error: format!("relaying for a part: {e}") };
@@ -363,16 +390,18 @@ impl Worker {
             return Err(self.record_went_back(MmrError::ConsumerWentBack(self.peer.clone()).to_string()));
         }
         let pos = self.position()?;
-        let tick = pos.tick.to_string();
-        let limit = self.batch_limit.max(gucs::batch_size());
-        let batch = limit.to_string();
-        let wait_ms = wait.as_millis().to_string();
-        conn.send(
-            "SELECT kind, xid, changes, meta, applied FROM mmr.pull($1, $2, $3, $4, $5)",
-            &[Some(&self.me.name), Some(&tick), pos.snap.as_deref(), Some(&batch), Some(&wait_ms)],
-        )
-        .map_err(|e| Stop::Failed { state: "error", error: e })?;
-        let header = match conn.next_row().map_err(|e| self.pull_refused(conn, e))? {
+        let sent_ahead = self.ahead.is_some();
+        let limit = self.send_pull(conn, &pos, wait)?;
+        let first = conn.next_row().map_err(|e| {
+            // Not allowed to this role, say: pulls go on one at a time.
+            let not_here = matches!(conn.server_sqlstate(), Some("42501" | "42883" | "42725"));
+            if sent_ahead && not_here {
+                self.ahead_refused = true;
+                pgrx::log!("mmr: peer \"{}\" refused a pull sent ahead, none is sent again: {e}", self.peer);
+            }
+            self.pull_refused(conn, e)
+        })?;
+        let header = match first {
             Some(row) if row.first().cloned().flatten().as_deref() == Some("H") => {
                 let meta = row.get(3).cloned().flatten().unwrap_or_default();
                 PullHeader::parse(&meta).map_err(|e| {
@@ -395,29 +424,95 @@ impl Worker {
             self.store_idle_progress(&header, peer_node)?;
             return Ok(0);
         };
-        let (applied, watermark, contended) = match self.apply_batch(conn, &header, peer_node, to_tick, &to_snap) {
-            Ok(done) => {
-                self.careful = false;
-                done
-            }
-            Err(Stop::Failed { state, error }) => {
-                // Something in the batch could not be applied: the next try, at once,
-                // sets it aside.
-                self.retry_now = !self.careful;
-                self.careful = true;
-                return Err(Stop::Failed { state, error });
-            }
-            Err(Stop::Network(error)) => return Err(Stop::Failed { state: "error", error }),
-            Err(stop) => return Err(stop),
-        };
+        let mut rows =
+            BatchRows::read(conn, READ_AHEAD_BYTES).map_err(|e| Stop::Failed { state: "error", error: e })?;
+        if rows.complete
+            && header.acks
+            && header.pending > 0
+            && !self.contended
+            && !self.ahead_refused
+            && !self.relay_check_due()
+        {
+            let next_limit = next_batch_limit(limit, rows.buffered.len(), false);
+            self.ask_ahead(conn, &pos, (to_tick, &to_snap), next_limit)?;
+        }
+        let (applied, watermark, contended) =
+            match self.apply_batch(conn, &mut rows, &header, peer_node, to_tick, &to_snap) {
+                Ok(done) => {
+                    self.careful = false;
+                    done
+                }
+                Err(Stop::Failed { state, error }) => {
+                    // Something in the batch could not be applied: the next try, at once,
+                    // sets it aside.
+                    self.retry_now = !self.careful;
+                    self.careful = true;
+                    return Err(Stop::Failed { state, error });
+                }
+                Err(Stop::Network(error)) => return Err(Stop::Failed { state: "error", error }),
+                Err(stop) => return Err(stop),
+            };
         // Committed and flushed with the new position (txn::run): see applied.rs.
         crate::applied::note(peer_node, watermark);
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, applied.max(1));
         self.batch_limit = next_batch_limit(limit, applied, contended.is_some());
+        self.contended = contended.is_some();
         yield_to_local_writers(contended);
         Ok(applied.max(1))
+    }
+
+    /// Sends the pull from `pos`, waiting up to `wait` for changes, unless one was sent
+    /// ahead: that one was served from the end of the batch before, committed since --
+    /// from `pos` too. Returns the batch size asked for.
+    fn send_pull(&mut self, conn: &mut PeerConn, pos: &Position, wait: Duration) -> Result<i32, Stop> {
+        if let Some(limit) = self.ahead.take() {
+            return Ok(limit);
+        }
+        let limit = self.batch_limit.max(gucs::batch_size());
+        conn.send(
+            "SELECT kind, xid, changes, meta, applied FROM mmr.pull($1, $2, $3, $4, $5)",
+            &[
+                Some(&self.me.name),
+                Some(&pos.tick.to_string()),
+                pos.snap.as_deref(),
+                Some(&limit.to_string()),
+                Some(&wait.as_millis().to_string()),
+            ],
+        )
+        .map_err(|e| Stop::Failed { state: "error", error: e })?;
+        Ok(limit)
+    }
+
+    fn relay_check_due(&self) -> bool {
+        self.last_relay_check.is_none_or(|t| t.elapsed() >= RELAY_CHECK_EVERY)
+    }
+
+    /// Sends the pull of the batch after the one ending at `end`, which is not applied
+    /// yet: served from `end`, acknowledging `committed` (see the module documentation).
+    /// Its wait is 0: the peer said more was queued.
+    fn ask_ahead(
+        &mut self,
+        conn: &mut PeerConn,
+        committed: &Position,
+        end: (i64, &str),
+        limit: i32,
+    ) -> Result<(), Stop> {
+        conn.send(
+            "SELECT kind, xid, changes, meta, applied FROM mmr.pull($1, $2, $3, $4, 0, $5, $6)",
+            &[
+                Some(&self.me.name),
+                Some(&end.0.to_string()),
+                Some(end.1),
+                Some(&limit.to_string()),
+                Some(&committed.tick.to_string()),
+                committed.snap.as_deref(),
+            ],
+        )
+        .map_err(|e| Stop::Failed { state: "error", error: e })?;
+        self.ahead = Some(limit);
+        Ok(())
     }
 
     /// The error a pull ended with; if the peer says its database went back in time,
@@ -494,6 +589,7 @@ impl Worker {
     fn apply_batch(
         &self,
         conn: &mut PeerConn,
+        rows: &mut BatchRows,
         header: &PullHeader,
         peer_node: i32,
         to_tick: i64,
@@ -518,7 +614,7 @@ impl Worker {
             let mut n = 0usize;
             let mut max_hlc = 0i64;
             loop {
-                let row = match conn.next_row() {
+                let row = match rows.next(conn) {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(e) => {
@@ -657,6 +753,38 @@ impl Worker {
             s.set_contact(now, pending);
             s.set_watermark(stable);
         });
+    }
+}
+
+/// The rows of a batch: read whole before it is applied if they fit in the memory
+/// given, else the first of them, the rest then read from the connection as applied.
+struct BatchRows {
+    buffered: std::collections::VecDeque<crate::peer::conn::Row>,
+    /// All of the batch's rows are in `buffered`: the connection is free.
+    complete: bool,
+}
+
+impl BatchRows {
+    fn read(conn: &mut PeerConn, max_bytes: usize) -> std::result::Result<BatchRows, String> {
+        let mut rows = BatchRows { buffered: Default::default(), complete: false };
+        let mut bytes = 0;
+        while bytes <= max_bytes {
+            let Some(row) = conn.next_row()? else {
+                rows.complete = true;
+                break;
+            };
+            bytes += row.iter().flatten().map(String::len).sum::<usize>();
+            rows.buffered.push_back(row);
+        }
+        Ok(rows)
+    }
+
+    fn next(&mut self, conn: &mut PeerConn) -> std::result::Result<Option<crate::peer::conn::Row>, String> {
+        match self.buffered.pop_front() {
+            Some(row) => Ok(Some(row)),
+            None if self.complete => Ok(None),
+            None => conn.next_row(),
+        }
     }
 }
 

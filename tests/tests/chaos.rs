@@ -516,3 +516,59 @@ fn the_applied_record_does_not_go_back_after_a_crash() {
     c.sync(SYNC);
     assert_converged(&c, "t");
 }
+
+/// A node catching up asks for its next batch while it applies one (worker/peer.rs).
+/// That pull acknowledges only what the node has committed: the serving node records
+/// no further position, prunes nothing the node could still lose, and a crash of the
+/// node right there loses and repeats nothing. (n2 pulls n1's backlog in small batches,
+/// and its apply waits behind a lock: its first batch read, the next asked for.)
+#[test]
+fn a_pull_sent_ahead_acknowledges_only_what_is_committed() {
+    let c = Cluster::meshed_with_t("ahead", 2);
+    c.exec(1, "ALTER SYSTEM SET mmr.batch_size = 50");
+    c.exec(1, "SELECT pg_reload_conf()");
+    c.exec(0, "INSERT INTO t VALUES (0, 'before')");
+    c.sync(SYNC);
+    // The backlog is queued whole before n2 pulls again.
+    c.exec(1, "SELECT mmr.pause_peer('n1')");
+    let mut app = c.app(0);
+    for i in 1..=1000 {
+        app.execute("INSERT INTO t VALUES ($1, 'queued')", &[&i]).unwrap();
+    }
+    let mut blocker = c.connect(1);
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
+    c.exec(1, "SELECT mmr.resume_peer('n1')");
+    // n2 waits for the lock with a batch read; n1 has served the pull sent ahead.
+    c.wait_until(
+        1,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+           WHERE NOT l.granted AND a.application_name = 'mmr apply from n1')",
+        SYNC,
+    );
+    c.wait_until(
+        0,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'mmr n2 from n1' \
+           AND state = 'idle' AND query LIKE '%mmr.pull($1, $2, $3, $4, 0, $5, $6)%')",
+        SYNC,
+    );
+    let committed = c.text(1, "SELECT coalesce(position::text, '-') FROM mmr.peer_progress WHERE peer = 'n1'");
+    let recorded = c.text(0, "SELECT coalesce(position::text, '-') FROM mmr.consumer WHERE name = 'n2'");
+    assert_eq!(recorded, committed, "n1 records a position n2 has not committed");
+    // n1 prunes what n2 acknowledged, nothing more; then n2 crashes.
+    c.wait_until(
+        0,
+        "SELECT NOT EXISTS (SELECT 1 FROM mmr.queue q, mmr.consumer c \
+           WHERE c.name = 'n2' AND mmr._served_between(q.xid, NULL, c.position))",
+        SYNC,
+    );
+    assert!(c.int(0, "SELECT count(*) FROM mmr.queue") >= 1000 - 50);
+    c.kill9(1);
+    drop(tx);
+    drop(blocker);
+    c.start_node(1);
+    c.sync(SYNC);
+    assert_eq!(c.int(1, "SELECT count(*) FROM t"), 1001);
+    assert_eq!(c.text(1, "SELECT state FROM mmr.peers"), "streaming");
+    assert_converged(&c, "t");
+}

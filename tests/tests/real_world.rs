@@ -803,7 +803,8 @@ fn a_peer_speaking_another_protocol_is_refused_clearly() {
     let fake = |header: &str| {
         format!(
             "CREATE OR REPLACE FUNCTION mmr.pull(consumer text, tick bigint, pos pg_snapshot, \
-               max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000) \
+               max_changes integer DEFAULT 1000, wait_ms integer DEFAULT 1000, \
+               acked_tick bigint DEFAULT NULL, acked pg_snapshot DEFAULT NULL) \
              RETURNS TABLE (kind \"char\", xid xid8, changes text, meta jsonb, applied bigint[]) \
              LANGUAGE sql AS $$ SELECT 'H'::\"char\", NULL::xid8, NULL::text, '{header}'::jsonb, NULL::bigint[] $$"
         )

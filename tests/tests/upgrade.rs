@@ -267,13 +267,26 @@ fn a_0_2_0_group_upgraded_node_by_node_verifies_and_joins() {
     c.exec(1, "INSERT INTO t SELECT g, 'n2', g FROM generate_series(101, 200) g");
     c.sync(SYNC);
 
+    // A role that may serve changes to peers keeps that right through the update
+    // (mmr.pull takes more arguments since 0.3.0).
+    let puller = "CREATE ROLE puller LOGIN; SELECT mmr.grant_pull('puller')";
+    c.exec(0, puller);
     let sys = Cluster::system_bin();
     c.restart_on(0, sys);
     su(&c, 0, "ALTER EXTENSION mmr UPDATE");
     // The catalog of a fresh install, from a node created on 0.2.0.
     let fresh = Cluster::start("rolling_020_fresh", 1);
+    fresh.exec(0, puller);
     assert_same_catalog(&catalog(&c, 0), &catalog(&fresh, 0));
     drop(fresh);
+    assert_eq!(
+        c.text(
+            0,
+            "SELECT has_function_privilege('puller', \
+             'mmr.pull(text, bigint, pg_snapshot, integer, integer, bigint, pg_snapshot)', 'EXECUTE')::text"
+        ),
+        "true"
+    );
     // Both write, the same rows too, and delete.
     c.exec(0, "UPDATE t SET v = 'n1 new', n = n + 1 WHERE id BETWEEN 1 AND 150");
     c.exec(1, "UPDATE t SET v = 'n2 new', n = n + 2 WHERE id BETWEEN 100 AND 200");
