@@ -138,6 +138,9 @@ struct Worker {
     contended: bool,
     /// The peer refused a pull sent ahead: none is sent again by this worker.
     ahead_refused: bool,
+    /// `shmem::commit_seq` when the last batch was read: local transactions that wrote
+    /// replicated tables since then move it.
+    local_commits: u64,
     /// The configuration sequence at the last `still_wanted` check, and the peer count.
     checked: std::cell::Cell<Option<(u64, i64)>>,
 }
@@ -202,6 +205,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         ahead: None,
         contended: false,
         ahead_refused: false,
+        local_commits: shmem::commit_seq(),
         checked: Default::default(),
     }
     .run();
@@ -426,13 +430,8 @@ impl Worker {
         };
         let mut rows =
             BatchRows::read(conn, READ_AHEAD_BYTES).map_err(|e| Stop::Failed { state: "error", error: e })?;
-        if rows.complete
-            && header.acks
-            && header.pending > 0
-            && !self.contended
-            && !self.ahead_refused
-            && !self.relay_check_due()
-        {
+        let may_ask_ahead = self.may_ask_ahead();
+        if rows.complete && header.acks && header.pending > 0 && may_ask_ahead {
             let next_limit = next_batch_limit(limit, rows.buffered.len(), false);
             self.ask_ahead(conn, &pos, (to_tick, &to_snap), next_limit)?;
         }
@@ -483,6 +482,19 @@ impl Worker {
         )
         .map_err(|e| Stop::Failed { state: "error", error: e })?;
         Ok(limit)
+    }
+
+    /// Whether the next batch may be asked for while this one is applied (once it is
+    /// read whole, and the peer has more): not if the peer refused that before, nor
+    /// when a look for parts to relay is due (it needs the connection), nor while this
+    /// node's applications write -- replicated tables (they committed since the last
+    /// batch), or rows the last batch held. Then the two sides take turns, and the
+    /// catch-up leaves the applications CPU: with a pull ahead, the apply worker (and
+    /// the peer's serving backend, on the same host in `make bench`) never pause, and a
+    /// local writer's rate while catching up after a partition fell to a third.
+    fn may_ask_ahead(&mut self) -> bool {
+        let local_commits = std::mem::replace(&mut self.local_commits, shmem::commit_seq());
+        !self.ahead_refused && !self.relay_check_due() && !self.contended && local_commits == self.local_commits
     }
 
     fn relay_check_due(&self) -> bool {
