@@ -37,8 +37,10 @@ use mmr_core::snapshot::Snapshot;
 use pgrx::prelude::*;
 
 /// Refuses a pull by `consumer` from position `from` if this node (`me`) or the
-/// consumer went back in time (see the module doc).
-pub fn check_pull(me: &str, consumer: &str, from: Option<&Snapshot>) -> Result<()> {
+/// consumer went back in time (see the module doc). `served`: the position the pull
+/// is served from, if it is ahead of `from` (worker/peer.rs sends such pulls); its ids
+/// must be ones this node has reached too.
+pub fn check_pull(me: &str, consumer: &str, from: Option<&Snapshot>, served: Option<&Snapshot>) -> Result<()> {
     // SAFETY: a plain backend call.
     if unsafe { pg_sys::RecoveryInProgress() } {
         // A standby lags its primary: its ids say nothing about going back.
@@ -62,22 +64,31 @@ pub fn check_pull(me: &str, consumer: &str, from: Option<&Snapshot>) -> Result<(
         ))
     })
     .map_err(spi)?;
+    let here: u64 = here.and_then(|h| h.parse().ok()).unwrap_or(u64::MAX);
+    covers_a_recorded_position(me, consumer, from, own, &others, here)?;
+    match served {
+        Some(served) => within_own_ids(me, consumer, served, here),
+        None => Ok(()),
+    }
+}
+
+/// `from` covers the consumer's recorded position, or another peer's (its ids within
+/// this node's, `here`); no position at all only for a consumer without one.
+fn covers_a_recorded_position(
+    me: &str,
+    consumer: &str,
+    from: Option<&Snapshot>,
+    own: Option<String>,
+    others: &[String],
+    here: u64,
+) -> Result<()> {
     let Some(from) = from else {
         return match own {
             Some(_) => went_back(consumer),
             None => Ok(()),
         };
     };
-    let here: u64 = here.and_then(|h| h.parse().ok()).unwrap_or(u64::MAX);
-    if from.xmax > here {
-        return Err(MmrError::HistoryLost {
-            node: me.into(),
-            what: format!(
-                "node \"{consumer}\" has applied its transactions up to id {}, its own end at {here}",
-                from.xmax
-            ),
-        });
-    }
+    within_own_ids(me, consumer, from, here)?;
     let Some(own) = own else {
         return Ok(());
     };
@@ -85,12 +96,27 @@ pub fn check_pull(me: &str, consumer: &str, from: Option<&Snapshot>) -> Result<(
     if covered(&own)? {
         return Ok(());
     }
-    for other in &others {
+    for other in others {
         if covered(other)? {
             return Ok(());
         }
     }
     went_back(consumer)
+}
+
+/// A position whose xmax this node's own transactions have not reached (`here`): this
+/// node went back in time.
+fn within_own_ids(me: &str, consumer: &str, position: &Snapshot, here: u64) -> Result<()> {
+    if position.xmax > here {
+        return Err(MmrError::HistoryLost {
+            node: me.into(),
+            what: format!(
+                "node \"{consumer}\" has applied its transactions up to id {}, its own end at {here}",
+                position.xmax
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The refusal of a consumer that went back in time; this node's worker pulling from

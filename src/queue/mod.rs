@@ -92,11 +92,9 @@ fn pull_begin(consumer: &str, at: At, max_changes: i32, wait_ms: i32, acked: Opt
     }
     check_consumer(consumer)?;
     // Before its position counts for anything (below, and in synchronous commits); the
-    // position served from too, if ahead: its xmax must be one this node has reached.
-    history::check_pull(&me.name, consumer, committed.as_ref())?;
-    if acked.is_some() {
-        history::check_pull(&me.name, consumer, from.as_ref())?;
-    }
+    // position served from too, if ahead.
+    let served = if acked.is_some() { from.as_ref() } else { None };
+    history::check_pull(&me.name, consumer, committed.as_ref(), served)?;
     // The consumer committed everything in its position before it asked: synchronous
     // commits waiting for it need not wait for this pull's own commit (src/sync.rs).
     if let Some(pos) = &committed {
