@@ -75,7 +75,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"mmr.batch_size",
         c"Approximate number of changes pulled from a peer per batch, at first.",
-        c"Transactions are never split, so a batch can be larger. Batches that fill up grow (up to 50000) while this node's sessions do not wait on them.",
+        c"Transactions are never split, so a batch can be larger. Batches that fill up grow (up to 50000), except while this node's applications write beside a catch-up or wait on a batch's locks.",
         &BATCH_SIZE,
         1,
         10_000_000,

@@ -4,6 +4,7 @@
 //! * [`vv`]: per-row version vectors;
 //! * [`decide`]: what to do with an incoming change (apply, skip, conflict + LWW);
 //! * [`prune`]: when a tombstone may be dropped;
+//! * [`pace`]: the batch sizes and pauses of an apply worker's catch-up;
 //! * [`snapshot`]: `pg_snapshot` queue positions;
 //! * [`json`]: JSON text for the capture trigger's row encoding;
 //! * [`image`]: a row image read as each column's text (and the columns it names that a
@@ -22,6 +23,7 @@ pub mod image;
 pub mod json;
 #[cfg(test)]
 mod model;
+pub mod pace;
 pub mod prune;
 pub mod schema;
 pub mod snapshot;

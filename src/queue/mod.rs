@@ -390,26 +390,32 @@ fn pending_changes(snap: &str) -> Result<i64> {
     .map(|n| n.unwrap_or(0))
 }
 
-/// The ticker (run by the launcher every `every`): takes a tick when changes have
-/// committed that no tick covers yet. Pulls take ticks themselves when a consumer is
-/// caught up; these extra ones bound the batches of a consumer that comes back after a
-/// long absence, so it catches up in transactions of `mmr.batch_size`, not in one.
-pub fn ticker(every: std::time::Duration) -> Result<()> {
+/// The ticker (run by the launcher every `TICK_CHECK_EVERY` while changes are being
+/// committed): takes a tick when changes have committed that no tick covers yet, and
+/// the last tick is older than `TICK_EVERY` or `TICK_ROWS` queue rows behind. Pulls take
+/// ticks themselves when a consumer is caught up; these extra ones bound the batches of
+/// a consumer that comes back after a long absence, so it catches up in transactions of
+/// `mmr.batch_size` -- and, while this node's applications write beside its catch-up,
+/// in batches short enough that their pauses come often (`mmr_core::pace`): a tick is
+/// as fine as a batch can be cut. Returns whether nothing was left untaken (else the
+/// launcher runs it again, even without new commits).
+pub fn ticker() -> Result<bool> {
     // Nobody to serve, nothing to bound.
     if !Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM mmr.peer)").map_err(spi)?.unwrap_or(false) {
-        return Ok(());
+        return Ok(true);
     }
-    // A tick taken since the ticker last ran (by a pull: its consumer is live) bounds
-    // the batches well enough; the ticker does not add one beside it.
+    // A tick taken lately (by a pull: its consumer is live) bounds the batches well
+    // enough; the ticker does not add one beside it.
     let latest = catalog::select_opt::<pgrx::JsonB>(
         "SELECT jsonb_build_object('id', id, 'snap', snap::text, \
-                'fresh', created_at > pg_catalog.clock_timestamp() - $1 * interval '1 ms') \
+                'fresh', created_at > pg_catalog.clock_timestamp() - $1 * interval '1 ms' \
+                         AND (SELECT last_value FROM mmr.queue_id_seq) - last_qid < $2) \
          FROM mmr.tick ORDER BY id DESC LIMIT 1",
-        &[(every.as_millis() as i64).into()],
+        &[(TICK_EVERY.as_millis() as i64).into(), TICK_ROWS.into()],
     )
     .map_err(spi)?;
     if latest.as_ref().is_some_and(|j| j.0["fresh"].as_bool() == Some(true)) {
-        return Ok(());
+        return Ok(false);
     }
     let (tick, snap) = match &latest {
         Some(j) => (j.0["id"].as_i64().unwrap_or(0), j.0["snap"].as_str().map(String::from)),
@@ -419,5 +425,12 @@ pub fn ticker(every: std::time::Duration) -> Result<()> {
     if has_unserved_changes(snap.as_deref(), from.as_ref())? {
         create_tick(tick, from.as_ref())?;
     }
-    Ok(())
+    Ok(true)
 }
+
+/// How often the launcher runs the ticker while changes are being committed.
+pub const TICK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// The ticker adds a tick once the last is this old...
+const TICK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// ...or this many queue rows behind.
+const TICK_ROWS: i64 = 500;

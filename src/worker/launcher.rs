@@ -1,6 +1,6 @@
 //! The launcher: keeps exactly one apply worker running per active (not paused) peer,
 //! reacting to `add_peer`/`remove_peer`/`pause_peer`/`resume_peer` at their commit,
-//! runs the ticker four times a second, and housekeeping (pruning, conflict-log
+//! runs the ticker (up to twenty times a second while changes are committed), and housekeeping (pruning, conflict-log
 //! retention) every few seconds.
 
 use super::txn;
@@ -14,11 +14,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
-/// How often the ticker runs (queue::ticker). Its ticks bound what a peer that was cut
-/// off takes in one batch when it comes back: at 2 s (with housekeeping) a batch held two
-/// seconds of this node's writes, and applying it locked every hot row there for as long,
-/// while that node's own writers waited (`make demo`, after the partition heals).
-const TICK_EVERY: Duration = Duration::from_millis(250);
+/// How often the ticker runs (`queue::ticker`), while changes are committed. Its ticks
+/// bound what a peer that was cut off takes in one batch when it comes back: at 2 s
+/// (with housekeeping) a batch held two seconds of this node's writes, and applying it
+/// locked every hot row there for as long, while that node's own writers waited (`make
+/// demo`, after the partition heals); at 250 ms a batch of conflicting changes still
+/// held them for up to 800 ms (`make bench`, partition part).
+const TICK_CHECK_EVERY: Duration = crate::queue::TICK_CHECK_EVERY;
+/// How often the launcher looks at the peer catalog (and its workers) without being
+/// woken by a change of it.
+const LOOP_EVERY: Duration = Duration::from_millis(250);
 /// A peer worker that exits is started again after this long at the earliest.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -27,6 +32,10 @@ struct Launcher {
     last_start: HashMap<String, Instant>,
     last_housekeeping: Instant,
     last_tick: Instant,
+    /// `shmem::commit_seq` when the ticker last found nothing left to take a tick for:
+    /// until a commit moves it, the ticker has nothing to do (an idle node runs no
+    /// transaction for it).
+    ticked_seq: Option<u64>,
 }
 
 #[pg_guard]
@@ -40,6 +49,7 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
         last_start: HashMap::new(),
         last_housekeeping: Instant::now(),
         last_tick: Instant::now(),
+        ticked_seq: None,
     };
     loop {
         super::check_interrupts_and_reload();
@@ -60,12 +70,6 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                     }
                 }
                 l.reconcile(&peers);
-                if l.last_tick.elapsed() >= TICK_EVERY {
-                    l.last_tick = Instant::now();
-                    if let Err(e) = txn::run(|| crate::queue::ticker(TICK_EVERY)) {
-                        pgrx::warning!("mmr: taking a tick failed: {e}");
-                    }
-                }
                 if l.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                     l.last_housekeeping = Instant::now();
                     warn_on_failure("housekeeping", txn::run(crate::queue::prune::housekeeping));
@@ -80,10 +84,14 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                 }
             }
             // The extension is not (yet) installed in mmr.database.
-            Ok(None) => l.reconcile(&[]),
+            Ok(None) => {
+                l.reconcile(&[]);
+                l.wait(seq, false);
+                continue;
+            }
             Err(e) => pgrx::warning!("mmr launcher: {e}"),
         }
-        shmem::wait_for(shmem::Wakeup::Config, seq, TICK_EVERY.as_millis() as i64);
+        l.wait(seq, true);
     }
 }
 
@@ -150,6 +158,37 @@ fn active_peers() -> Result<Option<Vec<String>>> {
 }
 
 impl Launcher {
+    /// Waits up to `LOOP_EVERY` for the peer catalog to change (from `seq`); meanwhile
+    /// runs the ticker every `TICK_CHECK_EVERY` if `ticking` (the extension is here).
+    fn wait(&mut self, seq: u64, ticking: bool) {
+        let until = Instant::now() + LOOP_EVERY;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || shmem::config_seq() != seq {
+                return;
+            }
+            let slice = if ticking { left.min(TICK_CHECK_EVERY) } else { left };
+            shmem::wait_for(shmem::Wakeup::Config, seq, slice.as_millis() as i64);
+            super::check_interrupts_and_reload();
+            if ticking {
+                self.tick();
+            }
+        }
+    }
+
+    /// Runs the ticker if changes were committed since it last found nothing to do.
+    fn tick(&mut self) {
+        let commits = shmem::commit_seq();
+        if self.last_tick.elapsed() < TICK_CHECK_EVERY || self.ticked_seq == Some(commits) {
+            return;
+        }
+        self.last_tick = Instant::now();
+        match txn::run(crate::queue::ticker) {
+            Ok(settled) => self.ticked_seq = settled.then_some(commits),
+            Err(e) => pgrx::warning!("mmr: taking a tick failed: {e}"),
+        }
+    }
+
     fn reconcile(&mut self, active: &[String]) {
         // Forget workers that have exited (crashed or stopped); they are restarted below.
         self.workers.retain(|_, w| w.pid().is_ok());

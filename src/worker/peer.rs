@@ -13,6 +13,10 @@
 //! of each side waiting for the other. That pull is served from the end of the batch
 //! being applied but acknowledges only the position committed here, so the peer
 //! counts nothing as applied that a crash here could still undo.
+//!
+//! While this node's applications write beside a catch-up, no pull is sent ahead, and
+//! the worker pauses between rounds and keeps its batches short (`mmr_core::pace`): the
+//! applications keep most of their rate, the catch-up takes longer.
 
 use super::txn;
 use crate::apply::{self, Applier, Change};
@@ -24,6 +28,7 @@ use crate::peer::conn::PeerConn;
 use crate::pg::kept::{self, INT4, INT8, JSONB, TEXT};
 use crate::pg::shmem;
 use mmr_core::hlc;
+use mmr_core::pace::{next_batch_limit, pause_after, SHORT_BATCH};
 use mmr_core::wire::{ProtocolError, PullHeader};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
@@ -32,43 +37,22 @@ use std::time::Duration;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// A batch shorter than this is not checked for sessions waiting on its locks (the
-/// check reads pg_stat_activity: not for every small batch of a fast catch-up).
-const CONTENTION_CHECK_AFTER: Duration = Duration::from_millis(20);
-/// The longest pause after a batch that local sessions waited on.
-const MAX_YIELD: Duration = Duration::from_millis(250);
-
-/// The largest batch a worker asks for (queue rows, see `next_batch_limit`).
-const MAX_BATCH: i32 = 50_000;
-
 /// A batch is read whole before it is applied, so that the next can be asked for
 /// meanwhile, if its rows take at most this much memory; a larger one is applied as
 /// it arrives.
 const READ_AHEAD_BYTES: usize = 64 << 20;
 
-/// The batch size to ask for next, after a batch of `applied` changes asked with
-/// `limit`. Batches that fill up double, up to `MAX_BATCH`: a catch-up of many small
-/// transactions goes faster in fewer, larger apply transactions (fewer commits, longer
-/// runs of one table). A batch that this node's sessions waited on starts over at
-/// `mmr.batch_size` (0 here): the peer's ticks, a quarter second apart, then bound it,
-/// and its locks are held no longer than that.
-fn next_batch_limit(limit: i32, applied: usize, contended: bool) -> i32 {
-    match (contended, applied >= limit.max(1) as usize) {
-        (true, _) => 0,
-        (false, true) => limit.saturating_mul(2).min(MAX_BATCH),
-        (false, false) => limit,
-    }
-}
-
-/// After a batch whose locks this node's own sessions waited on (`contended`: how long
-/// it held them), pauses as long, up to `MAX_YIELD`, before the next: a node catching up
-/// on rows its applications write too (after a partition healed) keeps at least about
-/// half of its own write rate, instead of its writers queueing behind one batch after
-/// another. Without such waiters apply goes on at once.
-fn yield_to_local_writers(contended: Option<Duration>) {
-    if let Some(held) = contended {
-        super::sleep(held.min(MAX_YIELD));
-    }
+/// What applying a batch did.
+struct Applied {
+    changes: usize,
+    /// Queue rows (transactions of the peer), the unit of a batch's size.
+    rows: usize,
+    /// The watermark of the peer stored with it.
+    watermark: i64,
+    /// How long its transaction took, holding its locks.
+    held: Duration,
+    /// This node's own sessions waited on its locks.
+    contended: bool,
 }
 
 /// Tries the set-aside changes again now, in the transaction of a batch that ran DDL:
@@ -394,6 +378,7 @@ impl Worker {
             return Err(self.record_went_back(MmrError::ConsumerWentBack(self.peer.clone()).to_string()));
         }
         let pos = self.position()?;
+        let started = std::time::Instant::now();
         let sent_ahead = self.ahead.is_some();
         let limit = self.send_pull(conn, &pos, wait)?;
         let first = conn.next_row().map_err(|e| {
@@ -430,36 +415,41 @@ impl Worker {
         };
         let mut rows =
             BatchRows::read(conn, READ_AHEAD_BYTES).map_err(|e| Stop::Failed { state: "error", error: e })?;
-        let may_ask_ahead = self.may_ask_ahead();
-        if rows.complete && header.acks && header.pending > 0 && may_ask_ahead {
-            let next_limit = next_batch_limit(limit, rows.buffered.len(), false);
+        let beside_writers = self.local_writes_since_last_batch() && header.pending > 0;
+        if rows.complete && header.acks && header.pending > 0 && !beside_writers && self.may_ask_ahead() {
+            let next_limit = next_batch_limit(limit, rows.buffered.len(), Duration::ZERO, false);
             self.ask_ahead(conn, &pos, (to_tick, &to_snap), next_limit)?;
         }
-        let (applied, watermark, contended) =
-            match self.apply_batch(conn, &mut rows, &header, peer_node, to_tick, &to_snap) {
-                Ok(done) => {
-                    self.careful = false;
-                    done
-                }
-                Err(Stop::Failed { state, error }) => {
-                    // Something in the batch could not be applied: the next try, at once,
-                    // sets it aside.
-                    self.retry_now = !self.careful;
-                    self.careful = true;
-                    return Err(Stop::Failed { state, error });
-                }
-                Err(Stop::Network(error)) => return Err(Stop::Failed { state: "error", error }),
-                Err(stop) => return Err(stop),
-            };
+        let done = match self.apply_batch(conn, &mut rows, &header, peer_node, to_tick, &to_snap) {
+            Ok(done) => {
+                self.careful = false;
+                done
+            }
+            Err(Stop::Failed { state, error }) => {
+                // Something in the batch could not be applied: the next try, at once,
+                // sets it aside.
+                self.retry_now = !self.careful;
+                self.careful = true;
+                return Err(Stop::Failed { state, error });
+            }
+            Err(Stop::Network(error)) => return Err(Stop::Failed { state: "error", error }),
+            Err(stop) => return Err(stop),
+        };
         // Committed and flushed with the new position (txn::run): see applied.rs.
-        crate::applied::note(peer_node, watermark);
+        crate::applied::note(peer_node, done.watermark);
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
-        self.report_contact(&header, applied.max(1));
-        self.batch_limit = next_batch_limit(limit, applied, contended.is_some());
-        self.contended = contended.is_some();
-        yield_to_local_writers(contended);
-        Ok(applied.max(1))
+        self.report_contact(&header, done.changes.max(1));
+        // The round's time, the peer's part included (it cuts the batch while this node
+        // waits) -- unless the pull waited for changes.
+        let busy = if wait.is_zero() { started.elapsed() } else { done.held };
+        let pause = pause_after(busy, done.contended, beside_writers);
+        self.batch_limit = next_batch_limit(limit, done.rows, done.held, pause.is_some());
+        self.contended = done.contended;
+        if let Some(pause) = pause {
+            super::sleep(pause);
+        }
+        Ok(done.changes.max(1))
     }
 
     /// Sends the pull from `pos`, waiting up to `wait` for changes, unless one was sent
@@ -484,17 +474,21 @@ impl Worker {
         Ok(limit)
     }
 
+    /// Whether this node's applications committed writes to replicated tables since the
+    /// last batch was read (then a catch-up pauses between batches, see `pause_after`,
+    /// and no pull is sent ahead: with one the apply worker, and the peer's serving
+    /// backend, never pause).
+    fn local_writes_since_last_batch(&mut self) -> bool {
+        let before = std::mem::replace(&mut self.local_commits, shmem::commit_seq());
+        before != self.local_commits
+    }
+
     /// Whether the next batch may be asked for while this one is applied (once it is
-    /// read whole, and the peer has more): not if the peer refused that before, nor
-    /// when a look for parts to relay is due (it needs the connection), nor while this
-    /// node's applications write -- replicated tables (they committed since the last
-    /// batch), or rows the last batch held. Then the two sides take turns, and the
-    /// catch-up leaves the applications CPU: with a pull ahead, the apply worker (and
-    /// the peer's serving backend, on the same host in `make bench`) never pause, and a
-    /// local writer's rate while catching up after a partition fell to a third.
-    fn may_ask_ahead(&mut self) -> bool {
-        let local_commits = std::mem::replace(&mut self.local_commits, shmem::commit_seq());
-        !self.ahead_refused && !self.relay_check_due() && !self.contended && local_commits == self.local_commits
+    /// read whole, the peer has more and no application writes here): not if the peer
+    /// refused that before, nor when a look for parts to relay is due (it needs the
+    /// connection), nor after a batch that held rows local sessions waited for.
+    fn may_ask_ahead(&self) -> bool {
+        !self.ahead_refused && !self.relay_check_due() && !self.contended
     }
 
     fn relay_check_due(&self) -> bool {
@@ -596,8 +590,6 @@ impl Worker {
     }
 
     /// Applies the rows of the current result in one transaction with the new position.
-    /// Returns the number of changes, the watermark stored, and how long the batch held
-    /// its locks if this node's own sessions waited on them.
     fn apply_batch(
         &self,
         conn: &mut PeerConn,
@@ -606,7 +598,7 @@ impl Worker {
         peer_node: i32,
         to_tick: i64,
         to_snap: &str,
-    ) -> Result<(usize, i64, Option<Duration>), Stop> {
+    ) -> Result<Applied, Stop> {
         let skew_limit = gucs::max_clock_skew().as_millis() as u64;
         let mut net_error = None;
         let started = std::time::Instant::now();
@@ -624,6 +616,7 @@ impl Worker {
             applier.careful = self.careful;
             applier.blocked = apply::set_aside::Blocked::load()?;
             let mut n = 0usize;
+            let mut txns = 0usize;
             let mut max_hlc = 0i64;
             loop {
                 let row = match rows.next(conn) {
@@ -634,6 +627,7 @@ impl Worker {
                         return Err(MmrError::Internal(e));
                     }
                 };
+                txns += 1;
                 let changes = row.get(2).cloned().flatten().unwrap_or_default();
                 let applied = row.get(4).cloned().flatten().unwrap_or_else(|| "{}".into());
                 let xid = row.get(1).cloned().flatten().unwrap_or_default();
@@ -688,8 +682,8 @@ impl Worker {
             )
             .map_err(spi)?;
             let held = started.elapsed();
-            let contended = (held >= CONTENTION_CHECK_AFTER && local_sessions_wait_on_us()?).then_some(held);
-            Ok((n, watermark, contended))
+            let contended = held >= SHORT_BATCH && local_sessions_wait_on_us()?;
+            Ok(Applied { changes: n, rows: txns, watermark, held, contended })
         });
         match (result, net_error) {
             (Ok(done), _) => Ok(done),

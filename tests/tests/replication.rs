@@ -699,3 +699,57 @@ fn a_backlog_of_inserts_is_copied_in_with_exact_values_and_decisions() {
     assert_eq!(stopped(&c), before, "a batch failed:\n{}", c.logs());
     assert!(c.log_of(1).contains("10 inserts into public.plain copied in"), "plain's inserts were not copied in");
 }
+
+/// A node catching up on a backlog while its own applications write pauses between
+/// batches to leave them room (worker/peer.rs, `pace::pause_after`): the catch-up still
+/// finishes while they go on writing -- rows of their own and rows the backlog updates
+/// too -- and both nodes converge with nothing set aside or repeated.
+#[test]
+fn a_catch_up_beside_local_writers_finishes_while_they_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut c = Cluster::start("beside-writers", 2);
+    c.replicated_table("CREATE TABLE \"Acct\" (id int PRIMARY KEY, n bigint NOT NULL, at timestamptz)", "\"Acct\"");
+    c.mesh();
+    c.exec(0, "INSERT INTO \"Acct\" SELECT g, 0, now() FROM generate_series(1, 1100) g");
+    c.sync(SYNC);
+    c.exec(1, "SELECT mmr.pause_peer('n1')");
+    let mut app = c.app(0);
+    app.batch_execute("SET DateStyle = 'German'; SET TimeZone = 'America/St_Johns'").unwrap();
+    let update = app.prepare("UPDATE \"Acct\" SET n = n + 1, at = now() WHERE id = $1").unwrap();
+    for i in 0..4000 {
+        app.execute(&update, &[&(1 + i % 1000)]).unwrap();
+    }
+    app.execute("INSERT INTO \"Acct\" VALUES (-1, 0, now())", &[]).unwrap();
+    // n2's application: rows of its own (1001..1100), and every tenth write on rows
+    // 1..20 that the backlog updates too.
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, commits, mut db) = (stop.clone(), commits.clone(), c.app(1));
+        std::thread::spawn(move || {
+            db.batch_execute("SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'sql_standard'").unwrap();
+            let update = db.prepare("UPDATE \"Acct\" SET n = n + 1, at = now() WHERE id = $1").unwrap();
+            let mut i = 0i32;
+            while !stop.load(Ordering::Relaxed) {
+                let id = if i % 10 == 0 { 1 + (i / 10) % 20 } else { 1001 + i % 100 };
+                db.execute(&update, &[&id]).unwrap();
+                commits.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+    let started = commits.load(Ordering::Relaxed);
+    c.exec(1, "SELECT mmr.resume_peer('n1')");
+    c.wait_until(1, "SELECT EXISTS (SELECT 1 FROM \"Acct\" WHERE id = -1)", SYNC);
+    let during = commits.load(Ordering::Relaxed) - started;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(during > 0, "n2's application wrote nothing while n2 caught up");
+    c.sync(SYNC);
+    assert_converged(&c, "\"Acct\"");
+    // Rows only n1 wrote carry all of its updates.
+    assert_eq!(c.int(1, "SELECT sum(n)::int8 FROM \"Acct\" WHERE id BETWEEN 21 AND 1000"), 4000 - 20 * 4);
+    assert_eq!(c.int(1, "SELECT count(*) FROM mmr.set_aside"), 0, "nothing may be set aside");
+    assert_eq!(c.int(1, "SELECT coalesce(sum(duplicate_changes), 0)::int8 FROM mmr.peer_progress"), 0);
+}
