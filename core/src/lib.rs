@@ -14,7 +14,8 @@
 //! * [`verify`]: which versions the divergence check compares, and what a repair writes;
 //! * [`sync`]: synchronous commit's quorum, read-your-writes tokens, group-unique ids;
 //! * [`wire`]: the typed, versioned pull protocol (header and encoded changes);
-//! * `model` (tests): an exhaustive model check of the protocol for one key.
+//! * `model` (tests): an exhaustive model check of the protocol for one key;
+//! * `model_ahead` (tests): one of pulls sent ahead, pruning, failed applies and crashes.
 
 pub mod conninfo;
 pub mod decide;
@@ -23,6 +24,8 @@ pub mod image;
 pub mod json;
 #[cfg(test)]
 mod model;
+#[cfg(test)]
+mod model_ahead;
 pub mod pace;
 pub mod prune;
 pub mod schema;
