@@ -430,7 +430,12 @@ pub fn ticker() -> Result<bool> {
 
 /// How often the launcher runs the ticker while changes are being committed.
 pub const TICK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
-/// The ticker adds a tick once the last is this old...
+/// The ticker adds a tick once the last is this old, or `TICK_ROWS` queue rows (ids:
+/// transactions, 1000-change chunks of big ones) behind. Ticks bound what a peer that
+/// was cut off takes in one batch when it comes back: at 2 s a batch held two seconds
+/// of this node's writes, and applying it locked every hot row there for as long while
+/// that node's own writers waited (`make demo`, after the partition heals); at 250 ms
+/// alone, a batch of conflicting changes still held them for up to 800 ms (`make
+/// bench`, partition part).
 const TICK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-/// ...or this many queue rows behind.
 const TICK_ROWS: i64 = 500;

@@ -8,22 +8,18 @@ use crate::catalog;
 use crate::error::{spi, MmrError, Result};
 use crate::gucs;
 use crate::pg::shmem;
+use crate::queue::TICK_CHECK_EVERY;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
-/// How often the ticker runs (`queue::ticker`), while changes are committed. Its ticks
-/// bound what a peer that was cut off takes in one batch when it comes back: at 2 s
-/// (with housekeeping) a batch held two seconds of this node's writes, and applying it
-/// locked every hot row there for as long, while that node's own writers waited (`make
-/// demo`, after the partition heals); at 250 ms a batch of conflicting changes still
-/// held them for up to 800 ms (`make bench`, partition part).
-const TICK_CHECK_EVERY: Duration = crate::queue::TICK_CHECK_EVERY;
 /// How often the launcher looks at the peer catalog (and its workers) without being
 /// woken by a change of it.
 const LOOP_EVERY: Duration = Duration::from_millis(250);
+/// After the ticker failed, it is not run again for this long.
+const TICK_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// A peer worker that exits is started again after this long at the earliest.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -31,7 +27,8 @@ struct Launcher {
     workers: HashMap<String, DynamicBackgroundWorker>,
     last_start: HashMap<String, Instant>,
     last_housekeeping: Instant,
-    last_tick: Instant,
+    /// When the ticker may run next.
+    tick_due: Instant,
     /// `shmem::commit_seq` when the ticker last found nothing left to take a tick for:
     /// until a commit moves it, the ticker has nothing to do (an idle node runs no
     /// transaction for it).
@@ -48,7 +45,7 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
         workers: HashMap::new(),
         last_start: HashMap::new(),
         last_housekeeping: Instant::now(),
-        last_tick: Instant::now(),
+        tick_due: Instant::now(),
         ticked_seq: None,
     };
     loop {
@@ -89,7 +86,11 @@ pub extern "C-unwind" fn mmr_launcher_main(_arg: pg_sys::Datum) {
                 l.wait(seq, false);
                 continue;
             }
-            Err(e) => pgrx::warning!("mmr launcher: {e}"),
+            Err(e) => {
+                pgrx::warning!("mmr launcher: {e}");
+                l.wait(seq, false);
+                continue;
+            }
         }
         l.wait(seq, true);
     }
@@ -168,7 +169,7 @@ impl Launcher {
                 return;
             }
             let slice = if ticking { left.min(TICK_CHECK_EVERY) } else { left };
-            shmem::wait_for(shmem::Wakeup::Config, seq, slice.as_millis() as i64);
+            shmem::wait_for(shmem::Wakeup::Config, seq, slice.as_millis().max(1) as i64);
             super::check_interrupts_and_reload();
             if ticking {
                 self.tick();
@@ -179,13 +180,16 @@ impl Launcher {
     /// Runs the ticker if changes were committed since it last found nothing to do.
     fn tick(&mut self) {
         let commits = shmem::commit_seq();
-        if self.last_tick.elapsed() < TICK_CHECK_EVERY || self.ticked_seq == Some(commits) {
+        if Instant::now() < self.tick_due || self.ticked_seq == Some(commits) {
             return;
         }
-        self.last_tick = Instant::now();
+        self.tick_due = Instant::now() + TICK_CHECK_EVERY;
         match txn::run(crate::queue::ticker) {
             Ok(settled) => self.ticked_seq = settled.then_some(commits),
-            Err(e) => pgrx::warning!("mmr: taking a tick failed: {e}"),
+            Err(e) => {
+                pgrx::warning!("mmr: taking a tick failed: {e}");
+                self.tick_due = Instant::now() + TICK_RETRY_AFTER;
+            }
         }
     }
 

@@ -28,7 +28,7 @@ use crate::peer::conn::PeerConn;
 use crate::pg::kept::{self, INT4, INT8, JSONB, TEXT};
 use crate::pg::shmem;
 use mmr_core::hlc;
-use mmr_core::pace::{next_batch_limit, pause_after, SHORT_BATCH};
+use mmr_core::pace::{next_batch_limit, pause_after, Round, SHORT_BATCH};
 use mmr_core::wire::{ProtocolError, PullHeader};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
@@ -109,8 +109,8 @@ struct Worker {
     /// A round succeeded since the last failure: the next failure backs off from the
     /// start again.
     progressed: bool,
-    /// The batch size asked of the peer now, if grown past `mmr.batch_size` (see
-    /// `next_batch_limit`).
+    /// The batch size to ask of the peer next, if other than `mmr.batch_size` (see
+    /// `next_batch_limit`; never less than the setting).
     batch_limit: i32,
     /// When this worker last looked for a part to relay for (group/part.rs).
     last_relay_check: Option<std::time::Instant>,
@@ -125,6 +125,8 @@ struct Worker {
     /// `shmem::commit_seq` when the last batch was read: local transactions that wrote
     /// replicated tables since then move it.
     local_commits: u64,
+    /// Since when the peer has had more queued after each batch (a backlog).
+    behind_since: Option<std::time::Instant>,
     /// The configuration sequence at the last `still_wanted` check, and the peer count.
     checked: std::cell::Cell<Option<(u64, i64)>>,
 }
@@ -190,6 +192,7 @@ pub extern "C-unwind" fn mmr_peer_worker_main(_arg: pg_sys::Datum) {
         contended: false,
         ahead_refused: false,
         local_commits: shmem::commit_seq(),
+        behind_since: None,
         checked: Default::default(),
     }
     .run();
@@ -378,7 +381,6 @@ impl Worker {
             return Err(self.record_went_back(MmrError::ConsumerWentBack(self.peer.clone()).to_string()));
         }
         let pos = self.position()?;
-        let started = std::time::Instant::now();
         let sent_ahead = self.ahead.is_some();
         let limit = self.send_pull(conn, &pos, wait)?;
         let first = conn.next_row().map_err(|e| {
@@ -409,14 +411,20 @@ impl Worker {
         let Some((to_tick, to_snap)) = header.batch_end().map(|(t, s)| (t, s.to_string())) else {
             // Caught up. Drain the (empty) rest of the result.
             while conn.next_row().map_err(|e| Stop::Failed { state: "error", error: e })?.is_some() {}
+            self.behind_since = None;
+            // Writes made while caught up do not count for the next backlog's rounds.
+            self.local_writes_since_last_batch();
             self.report_contact(&header, 0);
             self.store_idle_progress(&header, peer_node)?;
             return Ok(0);
         };
+        // This node's part of the round starts here: before, the peer cut the batch and
+        // sent it over the network.
+        let started = std::time::Instant::now();
         let mut rows =
             BatchRows::read(conn, READ_AHEAD_BYTES).map_err(|e| Stop::Failed { state: "error", error: e })?;
-        let beside_writers = self.local_writes_since_last_batch() && header.pending > 0;
-        if rows.complete && header.acks && header.pending > 0 && !beside_writers && self.may_ask_ahead() {
+        let local_writes = self.local_writes_since_last_batch();
+        if rows.complete && header.acks && header.pending > 0 && !local_writes && self.may_ask_ahead() {
             let next_limit = next_batch_limit(limit, rows.buffered.len(), Duration::ZERO, false);
             self.ask_ahead(conn, &pos, (to_tick, &to_snap), next_limit)?;
         }
@@ -440,13 +448,23 @@ impl Worker {
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, done.changes.max(1));
-        // The round's time, the peer's part included (it cuts the batch while this node
-        // waits) -- unless the pull waited for changes.
-        let busy = if wait.is_zero() { started.elapsed() } else { done.held };
-        let pause = pause_after(busy, done.contended, beside_writers);
+        let backlog = header.pending > done.changes as i64;
+        if header.pending == 0 {
+            self.behind_since = None;
+        } else {
+            self.behind_since.get_or_insert_with(std::time::Instant::now);
+        }
+        let pause = pause_after(Round {
+            busy: started.elapsed(),
+            contended: done.contended,
+            local_writes,
+            backlog,
+            behind_for: self.behind_since.map_or(Duration::ZERO, |t| t.elapsed()),
+        });
         self.batch_limit = next_batch_limit(limit, done.rows, done.held, pause.is_some());
         self.contended = done.contended;
         if let Some(pause) = pause {
+            pgrx::debug1!("mmr: apply from \"{}\" pauses {} ms for local sessions", self.peer, pause.as_millis());
             super::sleep(pause);
         }
         Ok(done.changes.max(1))
@@ -475,7 +493,7 @@ impl Worker {
     }
 
     /// Whether this node's applications committed writes to replicated tables since the
-    /// last batch was read (then a catch-up pauses between batches, see `pause_after`,
+    /// last batch was read (then a catch-up pauses between rounds, see `pause_after`,
     /// and no pull is sent ahead: with one the apply worker, and the peer's serving
     /// backend, never pause).
     fn local_writes_since_last_batch(&mut self) -> bool {

@@ -739,6 +739,9 @@ fn a_catch_up_beside_local_writers_finishes_while_they_write() {
             }
         })
     };
+    // The worker says at DEBUG1 when it pauses.
+    c.exec(1, "ALTER SYSTEM SET log_min_messages = debug1");
+    c.exec(1, "SELECT pg_reload_conf()");
     let started = commits.load(Ordering::Relaxed);
     c.exec(1, "SELECT mmr.resume_peer('n1')");
     c.wait_until(1, "SELECT EXISTS (SELECT 1 FROM \"Acct\" WHERE id = -1)", SYNC);
@@ -746,6 +749,9 @@ fn a_catch_up_beside_local_writers_finishes_while_they_write() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     assert!(during > 0, "n2's application wrote nothing while n2 caught up");
+    assert!(c.log_of(1).contains("mmr: apply from \"n1\" pauses"), "n2 caught up without pausing for its application");
+    c.exec(1, "ALTER SYSTEM RESET log_min_messages");
+    c.exec(1, "SELECT pg_reload_conf()");
     c.sync(SYNC);
     assert_converged(&c, "\"Acct\"");
     // Rows only n1 wrote carry all of its updates.
