@@ -26,15 +26,14 @@ pub const SHARED_BATCH: Duration = Duration::from_millis(20);
 pub const PAUSING_FOR_AT_MOST: Duration = Duration::from_secs(60);
 
 /// The batch size (queue rows) to ask for next, after a batch of `rows` asked with
-/// `limit` (at least `mmr.batch_size`, 1 or more) that took `held` to apply. A batch that
-/// fills up is followed by one twice as large as it was (it can hold more than asked: the
-/// peer cuts at its ticks), up to `MAX_BATCH`: a catch-up of many small transactions
-/// goes faster in fewer, larger apply transactions (fewer commits, longer runs of one
-/// table). After
-/// a round followed by a pause (`paused`, see [`pause_after`]) the next is sized to take
-/// about `SHARED_BATCH` at this one's rate, so that its locks are held briefly and the
-/// pauses come often. (The peer cuts a batch at its ticks and never splits a
-/// transaction, so a batch can be larger than asked.)
+/// `limit` (at least `mmr.batch_size`, 1 or more) that took `held` to apply. A batch can
+/// hold more than asked: the peer cuts at its ticks and never splits a transaction.
+/// * One that fills up is followed by one twice as large as it was, up to `MAX_BATCH`:
+///   a catch-up of many small transactions goes faster in fewer, larger apply
+///   transactions (fewer commits, longer runs of one table).
+/// * After a round followed by a pause (`paused`, see [`pause_after`]) the next is
+///   sized to take about `SHARED_BATCH` at this one's rate, so that its locks are held
+///   briefly and the pauses come often.
 pub fn next_batch_limit(limit: i32, rows: usize, held: Duration, paused: bool) -> i32 {
     if paused {
         let sized = rows.max(1) as u128 * SHARED_BATCH.as_nanos() / held.as_nanos().max(1);

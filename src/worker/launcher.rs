@@ -1,7 +1,7 @@
 //! The launcher: keeps exactly one apply worker running per active (not paused) peer,
 //! reacting to `add_peer`/`remove_peer`/`pause_peer`/`resume_peer` at their commit,
-//! runs the ticker (up to twenty times a second while changes are committed), and housekeeping (pruning, conflict-log
-//! retention) every few seconds.
+//! runs the ticker (up to twenty times a second while changes are committed), and
+//! housekeeping (pruning, conflict-log retention) every few seconds.
 
 use super::txn;
 use crate::catalog;

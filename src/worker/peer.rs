@@ -448,18 +448,24 @@ impl Worker {
         shmem::Wakeup::Applied.signal();
         self.position = Some(Position { tick: to_tick, snap: Some(to_snap) });
         self.report_contact(&header, done.changes.max(1));
-        let backlog = header.pending > done.changes as i64;
-        if header.pending == 0 {
+        let round = Round { busy: started.elapsed(), contended: done.contended, local_writes, ..Round::default() };
+        self.pace(round, header.pending, limit, &done);
+        Ok(done.changes.max(1))
+    }
+
+    /// After a round of `done`, asked with `limit`, that left `pending` changes queued
+    /// at the peer: the next batch's size, and a pause for this node's sessions if they
+    /// need room (`mmr_core::pace`).
+    fn pace(&mut self, round: Round, pending: i64, limit: i32, done: &Applied) {
+        if pending == 0 {
             self.behind_since = None;
         } else {
             self.behind_since.get_or_insert_with(std::time::Instant::now);
         }
         let pause = pause_after(Round {
-            busy: started.elapsed(),
-            contended: done.contended,
-            local_writes,
-            backlog,
+            backlog: pending > done.changes as i64,
             behind_for: self.behind_since.map_or(Duration::ZERO, |t| t.elapsed()),
+            ..round
         });
         self.batch_limit = next_batch_limit(limit, done.rows, done.held, pause.is_some());
         self.contended = done.contended;
@@ -467,7 +473,6 @@ impl Worker {
             pgrx::debug1!("mmr: apply from \"{}\" pauses {} ms for local sessions", self.peer, pause.as_millis());
             super::sleep(pause);
         }
-        Ok(done.changes.max(1))
     }
 
     /// Sends the pull from `pos`, waiting up to `wait` for changes, unless one was sent
